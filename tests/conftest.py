@@ -1,0 +1,30 @@
+"""Tests run on the CPU through Triton's interpreter, and compiled on a GPU when one is present:
+the same files, with ``DEVICE`` chosen by tritoncnn's runtime mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tritoncnn import _runtime
+
+DEVICE = _runtime.device_type()
+INTERPRET = _runtime.INTERPRET
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+def pytest_collection_modifyitems(config, items):
+    if INTERPRET:
+        skip = pytest.mark.skip(reason="needs compiled kernels on a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,66 @@
+"""Runtime mode: compiled Triton kernels on a CUDA device, or Triton's interpreter on the CPU.
+
+Triton reads ``TRITON_INTERPRET`` when a ``@triton.jit`` decorator runs, so the mode is fixed here,
+when ``tritoncnn`` is first imported and before any kernel module is. ``TRITONCNN_MODE`` forces it:
+
+* ``auto`` (default): compiled when ``torch.cuda.is_available()``, else interpreted;
+* ``compiled``: compiled kernels, CUDA tensors only;
+* ``interpret``: Triton's interpreter, CPU tensors only.
+
+An explicit ``TRITON_INTERPRET=1`` in the environment also means interpreted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+MODES = ("auto", "compiled", "interpret")
+ENV_VAR = "TRITONCNN_MODE"
+
+
+def _choose_mode() -> tuple[str, str]:
+    """Return (mode, reason)."""
+    asked = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if asked not in MODES:
+        raise ValueError(f"{ENV_VAR}={asked!r} is not one of {', '.join(MODES)}")
+    if asked != "auto":
+        return asked, f"{ENV_VAR}={asked}"
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "interpret", "TRITON_INTERPRET is set"
+    if torch.cuda.is_available():
+        return "compiled", "a CUDA device is present"
+    return "interpret", "no CUDA device"
+
+
+MODE, REASON = _choose_mode()
+INTERPRET = MODE == "interpret"
+
+if INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "1"
+    if REASON == "no CUDA device":
+        print(
+            "tritoncnn: no CUDA device, so Triton kernels run interpreted on the CPU (slowly); "
+            f"set {ENV_VAR}=compiled or interpret to choose",
+            file=sys.stderr,
+        )
+else:
+    os.environ["TRITON_INTERPRET"] = "0"
+
+
+def device_type() -> str:
+    """The device type kernels can serve in this mode: 'cpu' (interpreted) or 'cuda' (compiled)."""
+    return "cpu" if INTERPRET else "cuda"
+
+
+def check_device(name: str, tensor: torch.Tensor) -> None:
+    """Raise a clear error when ``tensor`` lives where the current mode cannot run kernels."""
+    want = device_type()
+    if tensor.device.type != want:
+        how = "interpreted (CPU tensors only)" if INTERPRET else "compiled (CUDA tensors only)"
+        raise RuntimeError(
+            f"{name} is on device {tensor.device}, but tritoncnn kernels run {how} in this "
+            f"process ({REASON}); move the tensor to {want!r} or set {ENV_VAR}"
+        )

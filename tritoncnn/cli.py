@@ -1,0 +1,61 @@
+"""The ``tritoncnn`` command: one entry point, one subcommand per job.
+
+Each subcommand lives in its own module, imported only when it runs, with ``HELP`` (one line),
+``add_arguments(parser)`` and ``main(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "env": "tritoncnn.env",
+    "demo": "tritoncnn.demo",
+    "train": "tritoncnn.models.train",
+    "tune": "tritoncnn.autotune.tune",
+    "bench": "tritoncnn.reports.bench",
+    "report": "tritoncnn.reports.report",
+}
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(COMMANDS[name])
+    except ModuleNotFoundError as err:
+        if err.name == COMMANDS[name]:
+            return None  # not built yet
+        raise
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritoncnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        # Importing every subcommand for --help would pull in all of torch's and Triton's kernels;
+        # only the one asked for is loaded with its arguments.
+        module = _load(name) if only in (None, name) else None
+        if module is None and only in (None, name):
+            continue
+        help_ = getattr(module, "HELP", None) if module else None
+        p = sub.add_parser(name, help=help_, description=help_)
+        if module is not None:
+            module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    only = wanted if wanted in COMMANDS else None
+    parser = build_parser(only)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(_load(args.command).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
