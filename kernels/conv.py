@@ -1,0 +1,2 @@
+"""Conv kernels (placeholder until written)."""
+__all__ = []

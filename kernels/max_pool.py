@@ -1,0 +1,2 @@
+"""Max-pool kernels (placeholder until written)."""
+__all__ = []
