@@ -1,2 +1,562 @@
-"""Max-pool kernels (placeholder until written)."""
-__all__ = []
+"""2-D max-pooling: Triton kernels, launchers, autograd Function and ``torch.library`` custom op.
+
+Forward writes the maxima and, for backward, the position of each maximum inside its window as a
+small integer offset ``kh * KW + kw`` (int8 for windows of up to 128 elements, where PyTorch keeps
+an int64 index). PyTorch's flat ``ih * W + iw`` index is built from the offsets only when
+``return_indices=True`` asks for it.
+
+Backward is a gather over input elements: each input element looks at the windows that can contain
+it and sums the upstream gradient of those whose saved offset points at it. No atomics, so the
+result is bit-for-bit deterministic. Non-overlapping windows (kernel_size == stride, no padding, no
+dilation: the usual 2x2/2 pool) take a fast path where each input element has at most one window.
+
+Ties and NaN follow PyTorch: a window element replaces the running maximum when it is greater or
+when it is NaN, so the first maximum wins a tie and the last NaN wins over everything.
+
+Layers, top to bottom: the functional :func:`max_pool2d` (through the custom op
+``tritoncnn::max_pool2d_fwd`` / ``tritoncnn::max_pool2d_bwd``, visible to ``torch.compile``),
+:class:`MaxPool2dFunction` (a plain ``torch.autograd.Function``), the launchers
+:func:`max_pool2d_forward` / :func:`max_pool2d_backward`, and the ``@triton.jit`` kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from tritoncnn import autotune
+
+from ._common import INTERPRET, check_device, check_float
+
+__all__ = [
+    "max_pool2d",
+    "MaxPool2dFunction",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "offsets_to_indices",
+]
+
+Pair = tuple[int, int]
+
+# Windows with more elements than this loop at run time instead of being unrolled.
+_MAX_UNROLLED_WINDOW = 64
+_INT32_LIMIT = 2**31
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _window_max_step(x_ptr, base, h0, w0, kh, kw, H, W, sxh, sxw, mask, best, arg,
+                     KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+    """Fold window element (kh, kw) into the running (max, offset), PyTorch's update rule."""
+    ih = h0 + kh * DH
+    iw = w0 + kw * DW
+    inside = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    val = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=inside, other=float("-inf"))
+    val = val.to(tl.float32)
+    take = (val > best) | (val != val)  # padding loads -inf and never takes
+    best = tl.where(take, val, best)
+    arg = tl.where(take, kh * KW + kw, arg)
+    return best, arg
+
+
+@triton.jit
+def _max_pool_fwd_kernel(
+    x_ptr, out_ptr, off_ptr,
+    total, C, H, W, OH, OW,
+    sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, UNROLL: tl.constexpr, INT64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program pools BLOCK outputs, taken in the output's memory order (NCHW or NHWC).
+
+    The input is read through its strides; out and off are contiguous in the output's format.
+    """
+    pid = tl.program_id(0)
+    if INT64:
+        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        idx = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    if CHANNELS_LAST:
+        c = idx % C
+        t = idx // C
+        ow = t % OW
+        t = t // OW
+        oh = t % OH
+        n = t // OH
+    else:
+        ow = idx % OW
+        t = idx // OW
+        oh = t % OH
+        t = t // OH
+        c = t % C
+        n = t // C
+    base = n * sxn + c * sxc
+    h0 = oh * SH - PH
+    w0 = ow * SW - PW
+    # Until something beats -inf the offset names the window's first in-image element, as PyTorch's
+    # index does: kh0 = ceil(-h0 / DH) when the window starts in the top padding, else 0.
+    kh0 = tl.maximum(DH - 1 - h0, 0) // DH
+    kw0 = tl.maximum(DW - 1 - w0, 0) // DW
+    arg = kh0 * KW + kw0
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    if UNROLL:
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                best, arg = _window_max_step(x_ptr, base, h0, w0, kh, kw, H, W, sxh, sxw, mask,
+                                             best, arg, KW, DH, DW)
+    else:
+        for k in range(KH * KW):
+            best, arg = _window_max_step(x_ptr, base, h0, w0, k // KW, k % KW, H, W, sxh, sxw,
+                                         mask, best, arg, KW, DH, DW)
+    tl.store(out_ptr + idx, best.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(off_ptr + idx, arg.to(off_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _window_grad_step(go_ptr, off_ptr, gbase, obase, ih, iw, kh, kw, OH, OW,
+                      sgh, sgw, soh, sow, mask, acc,
+                      KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                      PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+    """Add the gradient of the window (if any) that holds input (ih, iw) at its element (kh, kw)."""
+    th = ih + PH - kh * DH
+    tw = iw + PW - kw * DW
+    oh = th // SH
+    ow = tw // SW
+    hit = mask & (th >= 0) & (tw >= 0) & (oh * SH == th) & (ow * SW == tw) & (oh < OH) & (ow < OW)
+    off = tl.load(off_ptr + obase + oh * soh + ow * sow, mask=hit, other=-1)
+    hit = hit & (off == kh * KW + kw)
+    g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)
+    return acc + g.to(tl.float32)
+
+
+@triton.jit
+def _max_pool_bwd_kernel(
+    go_ptr, off_ptr, gi_ptr,
+    total, C, H, W, OH, OW,
+    sgn, sgc, sgh, sgw,
+    son, soc, soh, sow,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, NON_OVERLAP: tl.constexpr, UNROLL: tl.constexpr,
+    INT64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program computes BLOCK input gradients, taken in grad_input's memory order.
+
+    grad_output and the offsets are read through their strides; grad_input is contiguous in the
+    input's format. Windows are visited in a fixed order and summed in float32.
+    """
+    pid = tl.program_id(0)
+    if INT64:
+        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        idx = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    if CHANNELS_LAST:
+        c = idx % C
+        t = idx // C
+        iw = t % W
+        t = t // W
+        ih = t % H
+        n = t // H
+    else:
+        iw = idx % W
+        t = idx // W
+        ih = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+    gbase = n * sgn + c * sgc
+    obase = n * son + c * soc
+    if NON_OVERLAP:
+        # kernel == stride, no padding or dilation: input (ih, iw) can only be in window
+        # (ih // KH, iw // KW), at element (ih % KH, iw % KW); rows/columns past the last window
+        # belong to none.
+        oh = ih // KH
+        ow = iw // KW
+        hit = mask & (oh < OH) & (ow < OW)
+        off = tl.load(off_ptr + obase + oh * soh + ow * sow, mask=hit, other=-1)
+        hit = hit & (off == (ih - oh * KH) * KW + (iw - ow * KW))
+        g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)
+        tl.store(gi_ptr + idx, g.to(gi_ptr.dtype.element_ty), mask=mask)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        if UNROLL:
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    acc = _window_grad_step(go_ptr, off_ptr, gbase, obase, ih, iw, kh, kw, OH, OW,
+                                            sgh, sgw, soh, sow, mask, acc,
+                                            KW, SH, SW, PH, PW, DH, DW)
+        else:
+            for k in range(KH * KW):
+                acc = _window_grad_step(go_ptr, off_ptr, gbase, obase, ih, iw, k // KW, k % KW,
+                                        OH, OW, sgh, sgw, soh, sow, mask, acc,
+                                        KW, SH, SW, PH, PW, DH, DW)
+        tl.store(gi_ptr + idx, acc.to(gi_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments, shapes and checks (shared by the launchers and the custom op's fake kernels)
+# --------------------------------------------------------------------------------------------
+
+
+def _pair(value, name: str) -> Pair:
+    """An int or a sequence of one or two ints -> (h, w); PyTorch's TypeError/RuntimeError else."""
+    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        for v in value:
+            if not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool):
+                raise TypeError(f"max_pool2d: {name} must be an int or a tuple of ints, "
+                                f"got {value!r}")
+        if len(value) == 1:
+            return value[0], value[0]
+        if len(value) == 2:
+            return value[0], value[1]
+        raise RuntimeError(f"max_pool2d: {name} must either be a single int, or a tuple of two "
+                           f"ints, got {value!r}")
+    raise TypeError(f"max_pool2d: {name} must be an int or a tuple of ints, "
+                    f"got {type(value).__name__}")
+
+
+def _pool_params(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, Pair]:
+    """Normalise the pooling arguments to pairs; stride None or () means stride = kernel_size."""
+    k = _pair(kernel_size, "kernel_size")
+    if stride is None or isinstance(stride, Sequence) and len(stride) == 0:
+        s = k
+    else:
+        s = _pair(stride, "stride")
+    return k, s, _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
+def _pooled_len(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """Output length along one dimension, exactly as PyTorch's ``pooling_output_shape``."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1  # the last window must start inside the input or its left padding
+    return out
+
+
+def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, d: Pair, ceil_mode: bool) -> Pair:
+    """Check a (C, H, W) or (N, C, H, W) input shape and pooling arguments; return (OH, OW).
+
+    Errors are RuntimeErrors, as PyTorch raises them, and name the offending argument.
+    """
+    if len(shape) not in (3, 4) or any(x == 0 for x in shape[-3:]):
+        raise RuntimeError(
+            "max_pool2d: input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
+            f"C, H and W (only N may be 0), got shape {list(shape)}"
+        )
+    if min(k) <= 0:
+        raise RuntimeError(f"max_pool2d: kernel_size must be greater than zero, got {k}")
+    if min(s) <= 0:
+        raise RuntimeError(f"max_pool2d: stride must be greater than zero, got {s}")
+    if min(p) < 0:
+        raise RuntimeError(f"max_pool2d: padding must be non-negative, got {p}")
+    if min(d) <= 0:
+        raise RuntimeError(f"max_pool2d: dilation must be greater than zero, got {d}")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise RuntimeError(
+            f"max_pool2d: padding must be at most half of kernel_size, got padding={p} and "
+            f"kernel_size={k}"
+        )
+    H, W = shape[-2], shape[-1]
+    oh = _pooled_len(H, k[0], s[0], p[0], d[0], ceil_mode)
+    ow = _pooled_len(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if oh < 1 or ow < 1:
+        raise RuntimeError(
+            f"max_pool2d: input of spatial size {H}x{W} is too small for kernel_size={k}, "
+            f"stride={s}, padding={p}, dilation={d}: output size {oh}x{ow} is below 1"
+        )
+    return oh, ow
+
+
+def _check_input(input: torch.Tensor) -> None:
+    check_float("input", input)
+    check_device("input", input)
+
+
+def _offset_dtype(window: int) -> torch.dtype:
+    """The narrowest integer dtype that holds offsets 0 .. window - 1."""
+    if window <= 2**7:
+        return torch.int8
+    if window <= 2**15:
+        return torch.int16
+    return torch.int32
+
+
+def _is_nhwc(tensor: torch.Tensor) -> bool:
+    """Whether the output is channels_last: PyTorch's ``suggest_memory_format()`` rule for 4-D input
+    (strides that run N, H, W, C, size-1 ambiguities resolved to NCHW); 3-D input never is."""
+    shape = tensor.shape
+    if len(shape) != 4 or tensor.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        size, stride = shape[d], tensor.stride(d)
+        if size == 0 or stride < smallest or d == 0 and smallest == tensor.stride(1):
+            return False
+        smallest = stride * size if size > 1 else stride
+    return True
+
+
+def _empty(shape, dtype, device, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 4 else t.unsqueeze(0)
+
+
+def _max_address(t: torch.Tensor) -> int:
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def _needs_int64(total: int, block: int, *tensors: torch.Tensor) -> bool:
+    """Whether flat indices or element offsets of the tensors can reach 2**31."""
+    return total + block >= _INT32_LIMIT or any(
+        _max_address(t) >= _INT32_LIMIT for t in tensors)
+
+
+def _heuristic_config() -> dict:
+    # The interpreter pays per program instance, so it gets the largest tile.
+    return {"BLOCK": 4096, "num_warps": 4} if INTERPRET else {"BLOCK": 1024, "num_warps": 4}
+
+
+def _launch_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str,
+                   config: dict | None) -> dict:
+    heuristic = _heuristic_config()
+    chosen = config if config is not None else autotune.get_config(
+        kernel, shape, dtype, layout, heuristic)
+    return {**heuristic, **chosen}
+
+
+def _shape_key(n, c, h, w, oh, ow, k, s, p, d) -> dict:
+    return {"N": n, "C": c, "H": h, "W": w, "OH": oh, "OW": ow, "KH": k[0], "KW": k[1],
+            "SH": s[0], "SW": s[1], "PH": p[0], "PW": p[1], "DH": d[0], "DW": d[1]}
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                       ceil_mode: bool = False, config: dict | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool ``input`` (C, H, W) or (N, C, H, W); return (output, window offsets of the maxima).
+
+    Both outputs keep the input's memory format (channels_last stays channels_last). The input is
+    read through its strides, never copied. ``config`` ({"BLOCK", "num_warps"}) overrides the
+    autotuned/heuristic launch configuration.
+    """
+    _check_input(input)
+    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
+    nhwc = _is_nhwc(input)
+    out_shape = (*input.shape[:-2], oh, ow)
+    out = _empty(out_shape, input.dtype, input.device, nhwc)
+    offsets = _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc)
+    if out.numel() == 0:
+        return out, offsets
+
+    x4 = _as_4d(input)
+    N, C, H, W = x4.shape
+    layout = "nhwc" if nhwc else "nchw"
+    cfg = _launch_config("max_pool_fwd", _shape_key(N, C, H, W, oh, ow, k, s, p, d),
+                         input.dtype, layout, config)
+    total = out.numel()
+    block = cfg["BLOCK"]
+    grid = (triton.cdiv(total, block),)
+    _max_pool_fwd_kernel[grid](
+        x4, out, offsets,
+        total, C, H, W, oh, ow,
+        *x4.stride(),
+        KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
+        CHANNELS_LAST=nhwc, UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW,
+        INT64=_needs_int64(total, block, x4, out),
+        BLOCK=block, num_warps=cfg["num_warps"],
+    )
+    return out, offsets
+
+
+def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
+                        input_size: Sequence[int], kernel_size, stride=None, padding=0,
+                        dilation=1, channels_last: bool = False, config: dict | None = None
+                        ) -> torch.Tensor:
+    """Gradient of the input from the upstream gradient and the forward's window offsets.
+
+    ``input_size`` is the input's shape, ``channels_last`` its memory format (4-D only). Each input
+    element gathers from the windows that can hold it; no atomics, deterministic.
+    """
+    check_float("grad_output", grad_output)
+    check_device("grad_output", grad_output)
+    check_device("offsets", offsets)
+    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    if grad_output.shape != offsets.shape or grad_output.shape[:-2] != tuple(input_size[:-2]):
+        raise RuntimeError(
+            f"max_pool2d backward: grad_output {list(grad_output.shape)}, offsets "
+            f"{list(offsets.shape)} and input_size {list(input_size)} do not match"
+        )
+    nhwc = channels_last and len(input_size) == 4
+    grad_input = _empty(tuple(input_size), grad_output.dtype, grad_output.device, nhwc)
+    if grad_input.numel() == 0:
+        return grad_input
+
+    g4 = _as_4d(grad_output)
+    o4 = _as_4d(offsets)
+    N, C, H, W = _as_4d(grad_input).shape
+    oh, ow = g4.shape[-2:]
+    layout = "nhwc" if nhwc else "nchw"
+    cfg = _launch_config("max_pool_bwd", _shape_key(N, C, H, W, oh, ow, k, s, p, d),
+                         grad_output.dtype, layout, config)
+    total = grad_input.numel()
+    block = cfg["BLOCK"]
+    grid = (triton.cdiv(total, block),)
+    _max_pool_bwd_kernel[grid](
+        g4, o4, grad_input,
+        total, C, H, W, oh, ow,
+        *g4.stride(),
+        *o4.stride(),
+        KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
+        CHANNELS_LAST=nhwc,
+        NON_OVERLAP=k == s and p == (0, 0) and d == (1, 1),
+        UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW,
+        INT64=_needs_int64(total, block, g4, o4, grad_input),
+        BLOCK=block, num_warps=cfg["num_warps"],
+    )
+    return grad_input
+
+
+def offsets_to_indices(offsets: torch.Tensor, input_width: int, kernel_size, stride=None,
+                       padding=0, dilation=1) -> torch.Tensor:
+    """PyTorch's int64 max-pool indices (``ih * W + iw`` within each plane) from window offsets."""
+    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    oh, ow = offsets.shape[-2:]
+    h0 = torch.arange(oh, device=offsets.device).mul_(s[0]).sub_(p[0]).unsqueeze(1)  # (OH, 1)
+    w0 = torch.arange(ow, device=offsets.device).mul_(s[1]).sub_(p[1])  # (OW,)
+    # In place on a fresh copy, so the indices keep the offsets' strides (and memory format).
+    index = offsets.to(torch.int64)  # kh * KW + kw
+    kw = index % k[1]
+    index.sub_(kw).div_(k[1], rounding_mode="floor")  # kh
+    index.mul_(d[0]).add_(h0).mul_(input_width)  # ih * W
+    return index.add_(kw.mul_(d[1]).add_(w0))  # + iw
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library custom ops (what the functional API calls; torch.compile sees them)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tritoncnn::max_pool2d_fwd", mutates_args=())
+def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list[int],
+                       padding: list[int], dilation: list[int], ceil_mode: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    return max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+@_max_pool2d_fwd_op.register_fake
+def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
+    nhwc = _is_nhwc(input)
+    out_shape = (*input.shape[:-2], oh, ow)
+    return (_empty(out_shape, input.dtype, input.device, nhwc),
+            _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc))
+
+
+@torch.library.custom_op("tritoncnn::max_pool2d_bwd", mutates_args=())
+def _max_pool2d_bwd_op(grad_output: torch.Tensor, offsets: torch.Tensor, input_size: list[int],
+                       kernel_size: list[int], stride: list[int], padding: list[int],
+                       dilation: list[int], channels_last: bool) -> torch.Tensor:
+    return max_pool2d_backward(grad_output, offsets, input_size, kernel_size, stride, padding,
+                               dilation, channels_last)
+
+
+@_max_pool2d_bwd_op.register_fake
+def _max_pool2d_bwd_fake(grad_output, offsets, input_size, kernel_size, stride, padding, dilation,
+                         channels_last):
+    return _empty(tuple(input_size), grad_output.dtype, grad_output.device,
+                  channels_last and len(input_size) == 4)
+
+
+def _fwd_op_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(output[1])
+    ctx.input_size = list(input.shape)
+    ctx.channels_last = _is_nhwc(input)
+    ctx.params = (kernel_size, stride, padding, dilation)
+
+
+def _fwd_op_backward(ctx, grad_output, _grad_offsets):
+    (offsets,) = ctx.saved_tensors
+    grad_input = _max_pool2d_bwd_op(grad_output, offsets, ctx.input_size, *ctx.params,
+                                    ctx.channels_last)
+    return grad_input, None, None, None, None, None
+
+
+_max_pool2d_fwd_op.register_autograd(_fwd_op_backward, setup_context=_fwd_op_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# autograd.Function and the functional API
+# --------------------------------------------------------------------------------------------
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """``MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
+    return_indices)``: max-pooling on the Triton kernels as a plain autograd Function.
+
+    Returns the output, or (output, int64 indices) when ``return_indices`` is true. Saves only the
+    int8 window offsets for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                return_indices=False):
+        params = _pool_params(kernel_size, stride, padding, dilation)
+        out, offsets = max_pool2d_forward(input, *params, ceil_mode)
+        ctx.save_for_backward(offsets)
+        ctx.input_size = list(input.shape)
+        ctx.channels_last = _is_nhwc(input)
+        ctx.params = params
+        if not return_indices:
+            return out
+        indices = offsets_to_indices(offsets, input.shape[-1], *params)
+        ctx.mark_non_differentiable(indices)
+        return out, indices
+
+    @staticmethod
+    def backward(ctx, grad_output, *_grad_indices):
+        (offsets,) = ctx.saved_tensors
+        grad_input = max_pool2d_backward(grad_output, offsets, ctx.input_size, *ctx.params,
+                                         ctx.channels_last)
+        return grad_input, None, None, None, None, None, None
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Drop-in for ``torch.nn.functional.max_pool2d`` on the Triton kernels.
+
+    Same arguments, output shapes, values, indices and gradients as PyTorch, for 3-D (C, H, W)
+    and 4-D (N, C, H, W) input in float32, float16 or bfloat16, NCHW or channels_last (kept).
+    Goes through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it.
+    """
+    _check_input(input)
+    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    _output_hw(input.shape, k, s, p, d, ceil_mode)
+    out, offsets = _max_pool2d_fwd_op(input, list(k), list(s), list(p), list(d), bool(ceil_mode))
+    if return_indices:
+        return out, offsets_to_indices(offsets, input.shape[-1], k, s, p, d)
+    return out

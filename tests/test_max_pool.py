@@ -1,0 +1,355 @@
+"""max_pool2d against torch.nn.functional.max_pool2d (float64 on the CPU as the reference):
+values, output shapes and memory formats, indices, gradients, errors, and the custom op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritoncnn import autotune
+from tritoncnn.kernels import MaxPool2dFunction, max_pool2d
+from tritoncnn.kernels import max_pool as mp
+
+from conftest import DEVICE
+
+# (input shape, kernel_size, stride, padding, dilation, ceil_mode)
+CASES = [
+    pytest.param((2, 3, 8, 8), 2, None, 0, 1, False, id="2x2-nonoverlap"),
+    pytest.param((1, 2, 5, 7), 2, 2, 0, 1, True, id="2x2-nonoverlap-ceil-odd"),
+    pytest.param((1, 2, 9, 7), 3, 2, 1, 1, False, id="3x3s2p1-odd"),
+    pytest.param((1, 3, 7, 7), 3, 2, 0, 1, True, id="3x3s2-ceil"),
+    pytest.param((2, 2, 10, 9), (2, 3), (1, 2), (1, 1), (2, 1), False, id="nonsquare-dilation"),
+    pytest.param((2, 1, 6, 7), (3, 2), (2, 3), (1, 0), 1, True, id="nonsquare-ceil"),
+    pytest.param((1, 2, 5, 5), 2, 1, 1, 2, False, id="2x2s1p1d2"),
+    pytest.param((1, 1, 3, 3), 3, None, 0, 1, False, id="1x1-output"),
+    pytest.param((3, 5, 6), 2, 1, 0, 1, False, id="unbatched"),
+    pytest.param((1, 1, 9, 9), 9, 1, 4, 1, False, id="81-window-runtime-loop"),
+    pytest.param((1, 1, 13, 12), 12, 1, 0, 1, False, id="144-window-int16-offsets"),
+]
+
+
+def _reference(x, *args, ceil_mode=False, return_indices=False):
+    """F.max_pool2d in float64 on the CPU."""
+    return F.max_pool2d(x.detach().cpu().double(), *args, ceil_mode=ceil_mode,
+                        return_indices=return_indices)
+
+
+def _grads(x, upstream, *args, ceil_mode=False, pool=max_pool2d):
+    """(ours, reference) input gradients for one shared upstream gradient."""
+    ours_in = x.clone().requires_grad_()
+    ref_in = x.detach().cpu().double().requires_grad_()
+    pool(ours_in, *args, ceil_mode=ceil_mode).backward(upstream)
+    F.max_pool2d(ref_in, *args, ceil_mode=ceil_mode).backward(upstream.cpu().double())
+    return ours_in.grad, ref_in.grad
+
+
+def _assert_same_layout(ours, ref):
+    assert ours.shape == ref.shape
+    assert ours.stride() == ref.stride(), f"strides {ours.stride()} != PyTorch's {ref.stride()}"
+
+
+@pytest.mark.parametrize("shape, k, s, p, d, ceil_mode", CASES)
+def test_forward_and_indices(shape, k, s, p, d, ceil_mode):
+    x = torch.randn(shape, device=DEVICE)
+    out, idx = max_pool2d(x, k, s, p, d, ceil_mode=ceil_mode, return_indices=True)
+    ref, ref_idx = _reference(x, k, s, p, d, ceil_mode=ceil_mode, return_indices=True)
+    _assert_same_layout(out, ref)
+    assert out.dtype == x.dtype and idx.dtype == torch.int64
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, k, s, p, d, ceil_mode", CASES)
+def test_backward(shape, k, s, p, d, ceil_mode):
+    x = torch.randn(shape, device=DEVICE)
+    upstream = torch.randn(_reference(x, k, s, p, d, ceil_mode=ceil_mode).shape, device=DEVICE)
+    grad, ref = _grads(x, upstream, k, s, p, d, ceil_mode=ceil_mode)
+    torch.testing.assert_close(grad.cpu().double(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, k, s, p, d, ceil_mode", [CASES[0], CASES[2], CASES[8]])
+def test_autograd_function(shape, k, s, p, d, ceil_mode):
+    x = torch.randn(shape, device=DEVICE)
+    out, idx = MaxPool2dFunction.apply(x, k, s, p, d, ceil_mode, True)
+    ref, ref_idx = _reference(x, k, s, p, d, ceil_mode=ceil_mode, return_indices=True)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE)
+    grad, ref_grad = _grads(x, upstream, k, s, p, d, ceil_mode=ceil_mode,
+                            pool=lambda t, *a, ceil_mode: MaxPool2dFunction.apply(t, *a, ceil_mode))
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+CHANNELS_LAST_INPUTS = [
+    pytest.param(lambda: torch.randn(2, 5, 7, 8).to(memory_format=torch.channels_last),
+                 id="nhwc"),
+    pytest.param(lambda: torch.randn(2, 1, 7, 8).to(memory_format=torch.channels_last),
+                 id="nhwc-one-channel"),
+    pytest.param(lambda: torch.randn(2, 9, 8, 10).to(memory_format=torch.channels_last)[
+        :, 1::2, 1:, :9], id="nhwc-sliced"),
+]
+
+
+@pytest.mark.parametrize("make", CHANNELS_LAST_INPUTS)
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 0))])
+def test_channels_last(make, k, s, p):
+    x = make().to(DEVICE)
+    out, idx = max_pool2d(x, k, s, p, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x.detach().cpu(), k, s, p, return_indices=True)
+    assert out.stride(1) == 1 or out.shape[1] == 1
+    _assert_same_layout(out, ref)
+    _assert_same_layout(idx, ref_idx)
+    torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE)
+    grad, ref_grad = _grads(x, upstream, k, s, p)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: torch.randn(2, 3, 12, 9)[:, :, ::2, 1:], id="strided-slice"),
+    pytest.param(lambda: torch.randn(2, 3, 9, 8).transpose(2, 3), id="transposed-hw"),
+    pytest.param(lambda: torch.randn(2, 8, 6, 3).permute(0, 3, 1, 2)[:, 1:], id="permuted-sliced"),
+    pytest.param(lambda: torch.randn(6, 7, 4).permute(2, 0, 1), id="unbatched-permuted"),
+    pytest.param(lambda: torch.randn(1, 2, 1, 1).expand(3, 2, 6, 5), id="expanded"),
+])
+def test_non_contiguous_input(make):
+    x = make().to(DEVICE)
+    out = max_pool2d(x, 3, 2, 1)
+    ref = _reference(x, 3, 2, 1)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE)
+    grad, ref_grad = _grads(x, upstream, 3, 2, 1)
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_of_zero():
+    x = torch.randn(0, 3, 6, 6, device=DEVICE, requires_grad=True)
+    out, idx = max_pool2d(x, 2, return_indices=True)
+    assert out.shape == idx.shape == (0, 3, 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 1, 1)])
+def test_nan_propagates_like_torch(k, s, p):
+    x = torch.randn(1, 2, 6, 6)
+    x[0, 0, 1, 1] = x[0, 0, 1, 0] = x[0, 1, 4, 5] = x[0, 1, 0, 0] = float("nan")
+    x = x.to(DEVICE)
+    out, idx = max_pool2d(x, k, s, p, return_indices=True)
+    ref, ref_idx = _reference(x, k, s, p, return_indices=True)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE)
+    grad, ref_grad = _grads(x, upstream, k, s, p)
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k, s, p, d", [(2, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 2)])
+def test_ties_pick_torchs_element(k, s, p, d):
+    x = torch.randint(-2, 2, (2, 2, 7, 7)).float().to(DEVICE)
+    out, idx = max_pool2d(x, k, s, p, d, return_indices=True)
+    ref, ref_idx = _reference(x, k, s, p, d, return_indices=True)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE)
+    grad, ref_grad = _grads(x, upstream, k, s, p, d)
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_all_minus_inf_windows():
+    x = torch.full((1, 1, 4, 5), float("-inf"), device=DEVICE)
+    out, idx = max_pool2d(x, 3, 2, 1, return_indices=True)
+    ref, ref_idx = _reference(x, 3, 2, 1, return_indices=True)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+
+
+def test_window_entirely_in_padding():
+    # A dilated window can miss the input: PyTorch gives -inf and the index of its first
+    # element after skipping the top/left padding (outside the plane); so do we.
+    x = torch.randn(1, 1, 2, 2, device=DEVICE)
+    out, idx = max_pool2d(x, 2, 1, 1, 3, return_indices=True)
+    ref, ref_idx = _reference(x, 2, 1, 1, 3, return_indices=True)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_expanded_upstream_gradient(channels_last):
+    """out.sum().backward() hands backward a stride-0 gradient; it is read in place."""
+    x = torch.randn(2, 3, 7, 6, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ours_in = x.clone().requires_grad_()
+    ref_in = x.detach().cpu().double().requires_grad_()
+    max_pool2d(ours_in, 3, 2, 1).sum().backward()
+    F.max_pool2d(ref_in, 3, 2, 1).sum().backward()
+    torch.testing.assert_close(ours_in.grad.cpu().double(), ref_in.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 1)])
+def test_backward_is_deterministic(k, s):
+    x = torch.randint(-1, 2, (2, 3, 9, 9)).float().to(DEVICE).requires_grad_()
+    out = max_pool2d(x, k, s)
+    upstream = torch.randn_like(out)
+    first, = torch.autograd.grad(out, x, upstream, retain_graph=True)
+    second, = torch.autograd.grad(out, x, upstream)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1)])
+def test_half_precision(dtype, k, s, p):
+    x = torch.randn(2, 3, 9, 8, device=DEVICE, dtype=dtype)
+    out, idx = max_pool2d(x, k, s, p, return_indices=True)
+    ref, ref_idx = _reference(x, k, s, p, return_indices=True)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)  # a max is exact
+    torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+    upstream = torch.randn(ref.shape, device=DEVICE, dtype=dtype)
+    grad, ref_grad = _grads(x, upstream, k, s, p)
+    assert grad.dtype == dtype
+    # float32 sums of at most four half-precision values, rounded once: within half an ulp.
+    tol = 2e-3 if dtype == torch.float16 else 8e-3
+    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=tol, atol=tol)
+
+
+def test_small_tiles_and_config_override(monkeypatch):
+    """Many program instances (a 64-element tile) and get_config called on every launch."""
+    calls = []
+
+    def recording_get_config(kernel, shape, dtype, layout, heuristic):
+        calls.append((kernel, dict(shape), dtype, layout))
+        return {"BLOCK": 64, "num_warps": 1}
+
+    monkeypatch.setattr(autotune, "get_config", recording_get_config)
+    x = torch.randn(2, 3, 9, 10, device=DEVICE).to(memory_format=torch.channels_last)
+    for k, s, p in [(2, 2, 0), (3, 2, 1)]:
+        out, idx = max_pool2d(x, k, s, p, return_indices=True)
+        ref, ref_idx = _reference(x, k, s, p, return_indices=True)
+        torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+        torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+        upstream = torch.randn(ref.shape, device=DEVICE)
+        grad, ref_grad = _grads(x, upstream, k, s, p)
+        torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+    kernels = [c[0] for c in calls]
+    assert kernels.count("max_pool_fwd") == 4 and kernels.count("max_pool_bwd") == 2
+    assert all(c[2] == torch.float32 and c[3] == "nhwc" for c in calls)
+    assert calls[0][1]["KH"] == 2 and calls[0][1]["OH"] == 4
+
+    # An explicit config wins over get_config.
+    out, _ = mp.max_pool2d_forward(x, 3, 2, 1, config={"BLOCK": 32, "num_warps": 1})
+    torch.testing.assert_close(out.cpu().double(), _reference(x, 3, 2, 1), rtol=0, atol=0)
+    assert len(calls) == 6
+
+
+def test_int64_indexing_path(monkeypatch):
+    """The int64 offset arithmetic used for tensors past 2**31 elements, forced on a small one."""
+    monkeypatch.setattr(mp, "_INT32_LIMIT", 0)
+    x = torch.randn(2, 3, 9, 8, device=DEVICE)
+    for k, s, p in [(2, 2, 0), (3, 2, 1)]:
+        out, idx = max_pool2d(x, k, s, p, return_indices=True)
+        ref, ref_idx = _reference(x, k, s, p, return_indices=True)
+        torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+        torch.testing.assert_close(idx.cpu(), ref_idx, rtol=0, atol=0)
+        upstream = torch.randn(ref.shape, device=DEVICE)
+        grad, ref_grad = _grads(x, upstream, k, s, p)
+        torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(channels_last):
+    x = torch.randn(2, 3, 7, 6, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    torch.library.opcheck(torch.ops.tritoncnn.max_pool2d_fwd.default,
+                          (x, [3, 2], [2, 1], [1, 1], [1, 1], False))
+    _, offsets = torch.ops.tritoncnn.max_pool2d_fwd(x.detach(), [2, 2], [2, 2], [0, 0], [1, 1],
+                                                    True)
+    grad_out = torch.randn(offsets.shape, device=DEVICE)
+    torch.library.opcheck(torch.ops.tritoncnn.max_pool2d_bwd.default,
+                          (grad_out, offsets, list(x.shape), [2, 2], [2, 2], [0, 0], [1, 1],
+                           channels_last))
+
+
+def test_torch_compile_traces_the_custom_op():
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(lambda t: max_pool2d(t, 3, 2, 1).square().sum(), backend="aot_eager",
+                             fullgraph=True)
+    compiled(x).backward()
+    ref_in = x.detach().cpu().double().requires_grad_()
+    F.max_pool2d(ref_in, 3, 2, 1).square().sum().backward()
+    torch.testing.assert_close(x.grad.cpu().double(), ref_in.grad, rtol=1e-6, atol=1e-6)
+
+
+# (make input, pooling args, error type, text the message must hold)
+BAD = [
+    pytest.param(lambda: torch.randn(5, 5), (2,), RuntimeError, "input", id="2d-input"),
+    pytest.param(lambda: torch.randn(1, 1, 1, 5, 5), (2,), RuntimeError, "input", id="5d-input"),
+    pytest.param(lambda: torch.randn(1, 0, 5, 5), (2,), RuntimeError, "input", id="zero-channels"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (0,), RuntimeError, "kernel_size", id="k0"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), ((2, -1), 1), RuntimeError, "kernel_size",
+                 id="k-negative"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2, 0), RuntimeError, "stride", id="stride0"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2, -1), RuntimeError, "stride",
+                 id="stride-negative"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2, 2, 2), RuntimeError, "padding",
+                 id="padding-over-half"),
+    pytest.param(lambda: torch.randn(1, 2, 9, 9), (2, 1, 2, 3), RuntimeError, "padding",
+                 id="padding-over-half-dilated"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2, 2, -1), RuntimeError, "padding",
+                 id="padding-negative"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2, 2, 0, 0), RuntimeError, "dilation",
+                 id="dilation0"),
+    pytest.param(lambda: torch.randn(1, 1, 2, 2), (3,), RuntimeError, "kernel_size",
+                 id="output-below-1"),
+    pytest.param(lambda: torch.randn(1, 1, 4, 4), (2, 1, 0, 4), RuntimeError, "dilation",
+                 id="output-below-1-dilated"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), ((1, 2, 3),), RuntimeError, "kernel_size",
+                 id="kernel-three-ints"),
+    pytest.param(lambda: torch.randn(1, 2, 5, 5), (2.0,), TypeError, "kernel_size",
+                 id="kernel-float"),
+]
+
+
+@pytest.mark.parametrize("make, args, error, name", BAD)
+def test_bad_arguments_raise_like_torch(make, args, error, name):
+    x = make()
+    with pytest.raises(error):
+        F.max_pool2d(x, *args)
+    with pytest.raises(error, match=name):
+        max_pool2d(x.to(DEVICE), *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_unsupported_dtype_raises(dtype):
+    x = torch.zeros(1, 2, 4, 4, device=DEVICE, dtype=dtype)
+    with pytest.raises(TypeError, match="input"):
+        max_pool2d(x, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1)])
+def test_compiled_many_programs_against_torch_cuda(dtype, channels_last, k, s, p):
+    """Compiled kernels on a shape that spans many programs, against PyTorch on the same GPU."""
+    x = torch.randn(4, 64, 57, 56, device=DEVICE, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ours_in = x.clone().requires_grad_()
+    ref_in = x.clone().requires_grad_()
+    out, idx = max_pool2d(ours_in, k, s, p, return_indices=True)
+    ref, ref_idx = F.max_pool2d(ref_in, k, s, p, return_indices=True)
+    _assert_same_layout(out, ref)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(idx, ref_idx, rtol=0, atol=0)
+    upstream = torch.randn_like(ref)
+    out.backward(upstream)
+    ref.backward(upstream)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad)
