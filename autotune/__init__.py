@@ -1,13 +1,91 @@
-"""tritoncnn.autotune: config spaces, the tuner, the persistent per-GPU cache and ``tritoncnn tune``.
+"""tritoncnn.autotune: config spaces, the tuner, the persistent per-GPU cache, ``tritoncnn tune``.
 
-Launchers call :func:`get_config` on every launch.
+Launchers call :func:`get_config` on every launch, with the shape dict that :func:`conv_shape` /
+:func:`pool_shape` build for the same layer (``tritoncnn tune`` plans with those, so both must
+agree; tests/test_autotune.py checks it)::
+
+    shape = autotune.conv_shape(x.shape, w.shape, stride, padding, dilation, groups)
+    cfg = autotune.get_config("conv_fwd", shape, x.dtype, "nhwc", _conv_fwd_heuristic(shape))
+
+and make their kernels tunable by registering a problem factory (details in :mod:`.tuner`)::
+
+    autotune.register_problem("conv_fwd", _conv_fwd_problem)  # (shape, dtype, layout) -> Problem
+
+Nothing is tuned inside a training step unless asked for: ``TRITONCNN_AUTOTUNE=1`` in the
+environment, or :func:`enable_autotune`, makes a lookup that misses the cache tune that shape on the
+spot (through the kernel's registered factory) and store the winner. Otherwise a miss returns the
+heuristic.
+
+Modules: :mod:`.spaces` (config spaces and pruning), :mod:`.tuner` (the tuner and the factory
+registry), :mod:`.cache` (the cache file), :mod:`.tune` (the ``tritoncnn tune`` command).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+import os
+from typing import Mapping, NamedTuple
 
 import torch
+
+from tritoncnn import _runtime
+
+from . import cache, spaces, tuner
+from .cache import (ConfigCache, bucket_shape, cache_path, default_cache, entry_key,
+                    set_default_cache, shape_key)
+from .spaces import SPACES, candidates, conv_shape, pool_shape
+from .tuner import (Problem, best_config, make_problem, register_problem, tune_and_store,
+                    tune_problem)
+
+__all__ = [
+    "get_config", "enable_autotune", "autotune_enabled", "record_calls", "Launch",
+    "register_problem", "make_problem", "Problem", "tune_problem", "tune_and_store", "best_config",
+    "SPACES", "candidates", "conv_shape", "pool_shape",
+    "ConfigCache", "default_cache", "set_default_cache", "cache_path", "entry_key", "shape_key",
+    "bucket_shape", "INTERPRET", "ENV_AUTOTUNE",
+]
+
+INTERPRET = _runtime.INTERPRET  # under the interpreter nothing is timed: the heuristic is used
+ENV_AUTOTUNE = "TRITONCNN_AUTOTUNE"
+
+_autotune: bool | None = None  # None: follow the environment variable
+_tried: set[str] = set()  # keys tuned on first use in this process (winner or not)
+_records: list | None = None
+
+
+def enable_autotune(on: bool = True) -> None:
+    """Tune cache misses on first use (what ``TRITONCNN_AUTOTUNE=1`` does); ``train --autotune``."""
+    global _autotune
+    _autotune = bool(on)
+
+
+def autotune_enabled() -> bool:
+    if _autotune is not None:
+        return _autotune
+    return os.environ.get(ENV_AUTOTUNE, "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+class Launch(NamedTuple):
+    """One ``get_config`` call, as :func:`record_calls` keeps it."""
+
+    kernel: str
+    shape: dict
+    dtype: torch.dtype
+    layout: str
+    heuristic: dict
+    config: dict  # what get_config returned
+
+
+@contextlib.contextmanager
+def record_calls():
+    """Collect every ``get_config`` call made inside the block as a :class:`Launch`: the exact
+    launches of a model (``tune`` tunes those), and the configs they got."""
+    global _records
+    outer, _records = _records, []
+    try:
+        yield _records
+    finally:
+        _records = outer
 
 
 def get_config(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: str,
@@ -19,4 +97,30 @@ def get_config(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout
     kernel, dtype, layout and bucketed shape, or ``heuristic`` when there is none (and always under
     the interpreter, where nothing is timed).
     """
-    return dict(heuristic)
+    if INTERPRET:
+        config = dict(heuristic)
+    else:
+        found = default_cache().lookup(kernel, shape, dtype, layout)
+        if found is None:
+            found = _missing(kernel, shape, dtype, layout, heuristic)
+        if found is None:
+            config = dict(heuristic)
+        elif found.keys() == heuristic.keys():
+            config = dict(found)
+        else:  # keys the launcher no longer takes are dropped, keys an entry lacks kept
+            config = {k: found.get(k, v) for k, v in heuristic.items()}
+    if _records is not None:
+        _records.append(Launch(kernel, dict(shape), dtype, layout, dict(heuristic), dict(config)))
+    return config
+
+
+def _missing(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: str,
+             heuristic: Mapping[str, int]) -> dict | None:
+    """A cache miss: tune it now when asked to (once per entry and process), else None."""
+    if not autotune_enabled() or tuner.tuning_now():
+        return None
+    key = entry_key(kernel, shape, dtype, layout)
+    if key in _tried:
+        return None
+    _tried.add(key)
+    return tuner.tune_on_first_use(kernel, shape, dtype, layout, heuristic, default_cache())

@@ -1,0 +1,327 @@
+"""Config spaces, one per kernel, as data; and the per-shape pruning done before anything is timed.
+
+Each space is a list of candidate configs (plain dicts of the launch parameters a launcher accepts).
+:func:`candidates` takes a kernel's space and one problem shape and returns the configs worth
+timing:
+
+* **no tile larger than the problem needs**: a block size is clamped to the next power of two of the
+  GEMM dimension it tiles (never below 16, since ``tl.dot`` needs at least 16 per dimension), and
+  configs that become identical are merged;
+* **warp cap**: a flattened (r, s, c) reduction loop miscompiles with 8 warps (DESIGN.md §5), so
+  the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their ``num_warps``
+  capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
+  ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
+* **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread;
+* **shared memory**: the pipelined operand tiles,
+  ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements, must fit the device's per-block
+  budget (queried from torch.cuda when a device is present, else :data:`DEFAULT_SMEM_BYTES`, the
+  H100/H200 opt-in limit);
+* **split count** (``conv_dw``): each split keeps at least one BLOCK_K step of the reduction, and
+  only the split counts that bring the grid closest to one full wave are kept.
+
+Shape dicts. The launchers and ``tritoncnn tune`` must build the same shape dict for the same layer,
+or tuned entries are never found: build them with :func:`conv_shape` and :func:`pool_shape`. Keys:
+
+* conv kernels (``conv_fwd``, ``conv_dx``, ``conv_dw``, ``conv_pool_fwd``): ``N, C, H, W`` (input),
+  ``K, R, S`` (filters), ``P, Q`` (conv output, before any fused pooling), ``stride_h, stride_w,
+  pad_h, pad_w, dil_h, dil_w, groups``;
+* pool kernels (``max_pool_fwd``, ``max_pool_bwd``): ``N, C, H, W`` (input), ``OH, OW`` (output;
+  ``ceil_mode`` shows only there), ``KH, KW`` (window), ``SH, SW`` (stride), ``PH, PW`` (padding),
+  ``DH, DW`` (dilation).
+
+GEMM view of the conv kernels, used for the tile caps (a missing key only disables that cap):
+
+* ``conv_fwd`` / ``conv_pool_fwd``: M = N*P*Q, N = K/groups, reduction = C/groups*R*S;
+* ``conv_dx``: M = N*H*W, N = C/groups, reduction = K/groups*R*S;
+* ``conv_dw``: M = K/groups, N = C/groups*R*S, reduction = N*P*Q (split ``SPLIT`` ways).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Iterable, Mapping
+
+import torch
+
+# Configs -----------------------------------------------------------------------------------------
+
+CONV_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): Triton's matmul tutorial set for
+# CUDA, plus narrow-N tiles for layers with few output channels and 64-deep tiles for Hopper.
+_CONV_TILES = [
+    (128, 256, 64, 8, 8, 3),
+    (256, 128, 64, 8, 8, 3),
+    (128, 128, 64, 8, 4, 3),
+    (128, 128, 32, 8, 4, 4),
+    (128, 64, 64, 8, 4, 3),
+    (128, 64, 32, 8, 4, 4),
+    (64, 128, 64, 8, 4, 3),
+    (64, 128, 32, 8, 4, 4),
+    (64, 256, 32, 8, 4, 4),
+    (64, 64, 64, 8, 4, 3),
+    (64, 64, 32, 8, 4, 4),
+    (128, 32, 32, 8, 4, 4),
+    (64, 32, 32, 8, 4, 5),
+    (32, 64, 32, 8, 2, 5),
+    (32, 32, 32, 8, 2, 5),
+    (128, 16, 32, 8, 4, 4),
+    (64, 16, 64, 8, 2, 4),
+]
+
+# conv_dw: fewer tiles, each tried with several reduction splits.
+_CONV_DW_TILES = [
+    (128, 128, 64, 8, 8, 3),
+    (128, 128, 32, 8, 4, 4),
+    (128, 64, 32, 8, 4, 4),
+    (64, 128, 32, 8, 4, 4),
+    (64, 64, 64, 8, 4, 3),
+    (64, 64, 32, 8, 4, 4),
+    (32, 64, 64, 8, 2, 4),
+    (64, 32, 64, 8, 2, 4),
+    (32, 32, 64, 8, 2, 4),
+]
+SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+POOL_BLOCKS = (256, 512, 1024, 2048, 4096)
+POOL_WARPS = (4, 8)
+
+
+def _conv_space(tiles) -> list[dict]:
+    return [dict(zip(CONV_KEYS, t)) for t in tiles]
+
+
+def _pool_space() -> list[dict]:
+    return [dict(BLOCK=b, num_warps=w) for b, w in itertools.product(POOL_BLOCKS, POOL_WARPS)]
+
+
+SPACES: dict[str, list[dict]] = {
+    "conv_fwd": _conv_space(_CONV_TILES),
+    "conv_dx": _conv_space(_CONV_TILES),
+    "conv_dw": [dict(c, SPLIT=s) for c in _conv_space(_CONV_DW_TILES) for s in SPLITS],
+    "conv_pool_fwd": _conv_space(_CONV_TILES),
+    "max_pool_fwd": _pool_space(),
+    "max_pool_bwd": _pool_space(),
+}
+
+CONV_KERNELS = ("conv_fwd", "conv_dx", "conv_dw", "conv_pool_fwd")
+POOL_KERNELS = ("max_pool_fwd", "max_pool_bwd")
+
+# Pruning limits ----------------------------------------------------------------------------------
+
+MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the module docstring
+MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
+MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
+DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
+DEFAULT_NUM_SMS = 132  # H100 SXM
+SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
+
+
+def next_pow2(n: int) -> int:
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def device_limits() -> tuple[int, int]:
+    """(shared memory bytes per block, SM count) of the current CUDA device, else H100 values."""
+    try:
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            smem = getattr(props, "shared_memory_per_block_optin", 0) or DEFAULT_SMEM_BYTES
+            return int(smem), int(props.multi_processor_count)
+    except Exception:  # a broken driver must not stop shape planning
+        pass
+    return DEFAULT_SMEM_BYTES, DEFAULT_NUM_SMS
+
+
+# Shape dicts -------------------------------------------------------------------------------------
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1]))
+    return int(v), int(v)
+
+
+def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> dict:
+    """The shape dict of a conv layer: input (N, C, H, W), weight (K, C/groups, R, S).
+
+    ``padding`` may be an int, a pair, 'valid' or 'same' (as in ``F.conv2d``).
+    """
+    n, c, h, w = (int(d) for d in x_shape)
+    k, _, r, s = (int(d) for d in w_shape)
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    if padding == "valid":
+        ph = pw = 0
+    elif padding == "same":
+        ph, pw = dh * (r - 1) // 2, dw * (s - 1) // 2
+    else:
+        ph, pw = _pair(padding)
+    if padding == "same":
+        p, q = h, w
+    else:
+        p = (h + 2 * ph - dh * (r - 1) - 1) // sh + 1
+        q = (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
+    return dict(N=n, C=c, H=h, W=w, K=k, R=r, S=s, P=p, Q=q, stride_h=sh, stride_w=sw,
+                pad_h=ph, pad_w=pw, dil_h=dh, dil_w=dw, groups=int(groups))
+
+
+def pool_shape(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> dict:
+    """The shape dict of a max-pool layer on input (N, C, H, W), arguments as ``F.max_pool2d``."""
+    n, c, h, w = (int(d) for d in x_shape)
+    r, s = _pair(kernel_size)
+    sh, sw = _pair(stride if stride not in (None, (), []) else kernel_size)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+
+    def out(size, k, st, pad, dil):
+        span = size + 2 * pad - dil * (k - 1) - 1
+        o = (span + (st - 1 if ceil_mode else 0)) // st + 1
+        if ceil_mode and (o - 1) * st >= size + pad:  # the last window must start inside the input
+            o -= 1
+        return o
+
+    return dict(N=n, C=c, H=h, W=w, OH=out(h, r, sh, ph, dh), OW=out(w, s, sw, pw, dw), KH=r, KW=s,
+                SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw)
+
+
+def gemm_dims(kernel: str, shape: Mapping[str, int]) -> tuple[int | None, int | None, int | None]:
+    """(M, N, reduction) of a conv kernel's implicit GEMM; None where the shape lacks a key."""
+    g = int(shape.get("groups", 1) or 1)
+
+    def prod(*keys):
+        if not all(k in shape for k in keys):
+            return None
+        out = 1
+        for k in keys:
+            out *= int(shape[k])
+        return out
+
+    rs = prod("R", "S")
+    if kernel in ("conv_fwd", "conv_pool_fwd"):
+        k, crs = shape.get("K"), prod("C", "R", "S")
+        return prod("N", "P", "Q"), (k // g if k else None), (crs // g if crs else None)
+    if kernel == "conv_dx":
+        c = shape.get("C")
+        krs = prod("K") * rs if ("K" in shape and rs) else None
+        return prod("N", "H", "W"), (c // g if c else None), (krs // g if krs else None)
+    if kernel == "conv_dw":
+        k, crs = shape.get("K"), prod("C", "R", "S")
+        return (k // g if k else None), (crs // g if crs else None), prod("N", "P", "Q")
+    raise KeyError(f"{kernel!r} is not a conv kernel ({', '.join(CONV_KERNELS)})")
+
+
+def pool_elements(kernel: str, shape: Mapping[str, int]) -> int | None:
+    """Elements one pool kernel's grid covers: outputs (forward) or inputs (backward, a gather)."""
+    keys = ("N", "C", "OH", "OW") if kernel == "max_pool_fwd" else ("N", "C", "H", "W")
+    if not all(k in shape for k in keys):
+        return None
+    out = 1
+    for k in keys:
+        out *= int(shape[k])
+    return out
+
+
+# Pruning -----------------------------------------------------------------------------------------
+
+def element_size(dtype) -> int:
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    return {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}[str(dtype)]
+
+
+def conv_smem_bytes(cfg: Mapping[str, int], dtype) -> int:
+    """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles."""
+    a = cfg["BLOCK_M"] * cfg["BLOCK_K"]
+    b = cfg["BLOCK_K"] * cfg["BLOCK_N"]
+    return cfg.get("num_stages", 1) * (a + b) * element_size(dtype)
+
+
+def _cap(block: int, dim: int | None, floor: int) -> int:
+    if dim is None:
+        return block
+    return max(floor, min(block, next_pow2(dim)))
+
+
+def _dedupe(configs: Iterable[dict]) -> list[dict]:
+    seen, out = set(), []
+    for c in configs:
+        key = tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]:
+    m, n, red = gemm_dims(kernel, shape)
+    cap_warps = MAX_WARPS.get(kernel)
+    out = []
+    for cfg in space:
+        c = dict(cfg)
+        c["BLOCK_M"] = _cap(c["BLOCK_M"], m, MIN_DOT)
+        c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
+        red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))
+        c["BLOCK_K"] = _cap(c["BLOCK_K"], red_per_split, MIN_DOT)
+        if cap_warps is not None:
+            c["num_warps"] = min(c["num_warps"], cap_warps)
+        # small tiles need few warps: at least one 16x16 dot per warp
+        c["num_warps"] = max(1, min(c["num_warps"], c["BLOCK_M"] * c["BLOCK_N"] // 256))
+        if c["BLOCK_M"] * c["BLOCK_N"] > MAX_ACC_PER_THREAD * 32 * c["num_warps"]:
+            continue
+        if conv_smem_bytes(c, dtype) > smem_budget:
+            continue
+        if "SPLIT" in c and red is not None and c["SPLIT"] > 1 and red < c["SPLIT"] * c["BLOCK_K"]:
+            continue  # a split with nothing to reduce
+        out.append(c)
+    out = _dedupe(out)
+    if kernel == "conv_dw" and m is not None and n is not None:
+        out = _prune_splits(out, m, n, num_sms)
+    return out
+
+
+def _prune_splits(configs: list[dict], m: int, n: int, num_sms: int) -> list[dict]:
+    """Per tile, keep SPLIT=1 and the SPLITS_KEPT split counts whose grid is nearest one wave."""
+    by_tile: dict[tuple, list[dict]] = {}
+    for c in configs:
+        by_tile.setdefault(tuple((k, v) for k, v in c.items() if k != "SPLIT"), []).append(c)
+    out = []
+    for group in by_tile.values():
+        def grid(c):
+            return -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"]) * c["SPLIT"]
+
+        keep = sorted((c for c in group if c["SPLIT"] > 1),
+                      key=lambda c: (abs(grid(c) / num_sms - 1.0), c["SPLIT"]))[:SPLITS_KEPT]
+        out.extend(c for c in group if c["SPLIT"] == 1 or c in keep)
+    return out
+
+
+def _prune_pool(kernel, space, shape) -> list[dict]:
+    total = pool_elements(kernel, shape)
+    out = []
+    for cfg in space:
+        c = dict(cfg)
+        c["BLOCK"] = _cap(c["BLOCK"], total, MIN_DOT)
+        c["num_warps"] = max(1, min(c["num_warps"], c["BLOCK"] // 32))  # one element per thread
+        out.append(c)
+    return _dedupe(out)
+
+
+def candidates(kernel: str, shape: Mapping[str, int], dtype=torch.float32, *,
+               space: list[dict] | None = None, smem_budget: int | None = None,
+               num_sms: int | None = None) -> list[dict]:
+    """The configs of ``kernel``'s space worth timing on ``shape`` (pruned as the module says)."""
+    if space is None:
+        if kernel not in SPACES:
+            raise KeyError(f"no config space for kernel {kernel!r}; known: {', '.join(SPACES)}")
+        space = SPACES[kernel]
+    dev_smem, dev_sms = device_limits()
+    smem_budget = dev_smem if smem_budget is None else smem_budget
+    num_sms = dev_sms if num_sms is None else num_sms
+    if kernel in CONV_KERNELS:
+        return _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms)
+    if kernel in POOL_KERNELS:
+        return _prune_pool(kernel, space, shape)
+    return _dedupe(dict(c) for c in space)

@@ -1,0 +1,554 @@
+"""tritoncnn.autotune on the CPU: config spaces and pruning, the tuner with fake kernels and a fake
+timer, the cache file (round trip, corrupt and stale files, concurrent writers), the lookup
+launchers use, and ``tritoncnn tune --dry-run`` on a plain torch model. Nothing here launches a
+kernel."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from tritoncnn import _runtime, autotune, cli
+from tritoncnn.autotune import cache as cache_mod
+from tritoncnn.autotune import spaces, tuner
+from tritoncnn.autotune import tune as tune_cmd
+
+INTERPRET_MODE = _runtime.INTERPRET
+HEURISTIC = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh process-wide cache under tmp_path; lookups behave as on a GPU (not interpreted)."""
+    monkeypatch.setenv(cache_mod.ENV_DIR, str(tmp_path))
+    monkeypatch.setattr(autotune, "INTERPRET", False)
+    monkeypatch.setattr(autotune, "_autotune", None)
+    monkeypatch.delenv(autotune.ENV_AUTOTUNE, raising=False)
+    autotune._tried.clear()
+    autotune.set_default_cache(None)
+    yield autotune.default_cache()
+    autotune.set_default_cache(None)
+
+
+def conv(n=8, c=16, h=32, w=32, k=32, r=3, stride=1, pad=1):
+    return spaces.conv_shape((n, c, h, w), (k, c, r, r), stride, pad)
+
+
+# Spaces and pruning ------------------------------------------------------------------------------
+
+def test_every_kernel_has_a_space():
+    for kernel in ("conv_fwd", "conv_dx", "conv_dw", "conv_pool_fwd", "max_pool_fwd",
+                   "max_pool_bwd"):
+        assert spaces.SPACES[kernel], kernel
+    assert all("SPLIT" in c for c in spaces.SPACES["conv_dw"])
+
+
+@pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw", "conv_pool_fwd"])
+def test_conv_pruning_rules(kernel):
+    shape = conv(n=2, c=3, h=9, w=9, k=16)  # RGB stem, 16 filters: M=162, N=16, reduction=27
+    found = spaces.candidates(kernel, shape, torch.bfloat16)
+    m, n, red = spaces.gemm_dims(kernel, shape)
+    assert found and len(found) <= len(spaces.SPACES[kernel])
+    assert len({json.dumps(c, sort_keys=True) for c in found}) == len(found)  # merged duplicates
+    for c in found:
+        assert min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16  # tl.dot's minimum
+        assert c["BLOCK_M"] <= max(16, spaces.next_pow2(m))
+        assert c["BLOCK_N"] <= max(16, spaces.next_pow2(n))  # no 128-wide tile for 16 channels
+        assert c["BLOCK_K"] <= max(16, spaces.next_pow2(red))
+        assert c["num_warps"] <= 4  # flattened reduction loop (DESIGN.md section 5)
+        assert spaces.conv_smem_bytes(c, torch.bfloat16) <= spaces.DEFAULT_SMEM_BYTES
+
+
+def test_big_layer_keeps_big_tiles_and_warp_cap():
+    found = spaces.candidates("conv_fwd", conv(n=64, c=256, h=56, w=56, k=256), torch.float16)
+    assert max(c["BLOCK_M"] for c in found) >= 128 and max(c["BLOCK_N"] for c in found) >= 128
+    assert all(c["num_warps"] <= 4 for c in found)
+    assert all(c["BLOCK_M"] * c["BLOCK_N"] <= 128 * 32 * c["num_warps"] for c in found)
+
+
+def test_shared_memory_budget_prunes():
+    shape = conv(n=64, c=256, h=56, w=56, k=256)
+    full = spaces.candidates("conv_fwd", shape, torch.float32)
+    small = spaces.candidates("conv_fwd", shape, torch.float32, smem_budget=48 * 1024)
+    assert 0 < len(small) < len(full)
+    assert all(spaces.conv_smem_bytes(c, torch.float32) <= 48 * 1024 for c in small)
+    assert any(spaces.conv_smem_bytes(c, torch.float32) > 48 * 1024 for c in full)
+
+
+def test_conv_dw_splits_leave_work_for_each_split():
+    shape = conv(n=4, c=16, h=8, w=8, k=32)  # reduction N*P*Q = 256
+    found = spaces.candidates("conv_dw", shape, torch.float16)
+    assert any(c["SPLIT"] == 1 for c in found) and any(c["SPLIT"] > 1 for c in found)
+    for c in found:
+        assert c["SPLIT"] * c["BLOCK_K"] <= 256 or c["SPLIT"] == 1
+
+
+def test_pool_pruning_caps_block():
+    tiny = spaces.pool_shape((1, 2, 8, 8), 2)  # 32 outputs
+    found = spaces.candidates("max_pool_fwd", tiny)
+    assert found == [dict(BLOCK=32, num_warps=1)]
+    big = spaces.candidates("max_pool_bwd", spaces.pool_shape((64, 64, 112, 112), 2))
+    assert len(big) == len(spaces.SPACES["max_pool_bwd"])
+
+
+def test_shape_helpers_match_torch():
+    x = torch.empty(2, 3, 17, 11, device="meta")
+    w = torch.empty(8, 3, 5, 3, device="meta")
+    for stride, pad, dil in [(1, 0, 1), (2, 2, 1), (3, 1, 2), (1, "same", 1), (1, "valid", 1)]:
+        y = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad, dilation=dil)
+        s = spaces.conv_shape(x.shape, w.shape, stride, pad, dil)
+        assert (s["P"], s["Q"]) == tuple(y.shape[2:]), (stride, pad, dil)
+    pools = [(2, None, 0, False), (3, 2, 1, True), (3, 2, 0, True), (2, 1, 1, False)]
+    for k, st, pad, ceil in pools:
+        y = torch.nn.functional.max_pool2d(x, k, st, pad, ceil_mode=ceil)
+        s = spaces.pool_shape(x.shape, k, st, pad, 1, ceil)
+        assert (s["OH"], s["OW"]) == tuple(y.shape[2:]), (k, st, pad, ceil)
+
+
+# Bucketing ---------------------------------------------------------------------------------------
+
+def test_bucketing_rounds_sizes_and_keeps_structure():
+    b = autotune.bucket_shape(conv(n=48, c=3, h=224, w=224, k=64, r=7, stride=2, pad=3))
+    assert (b["N"], b["C"], b["H"], b["W"], b["K"]) == (64, 4, 256, 256, 64)
+    assert (b["R"], b["S"], b["stride_h"], b["pad_h"], b["groups"]) == (7, 7, 2, 3, 1)
+    same = autotune.shape_key(conv(n=33)) == autotune.shape_key(conv(n=64))
+    assert same and autotune.shape_key(conv(n=32)) != autotune.shape_key(conv(n=33))
+    assert autotune.shape_key(conv(r=3)) != autotune.shape_key(conv(r=5, pad=1))
+    assert autotune.shape_key(dict(N=2, H=3)) == autotune.shape_key(dict(H=3, N=2))
+    assert autotune.shape_key(dict(N=1, H=0)) == "H=0,N=1"
+
+
+def test_entry_key_names_gpu_triton_kernel_dtype_layout():
+    key = autotune.entry_key("conv_fwd", conv(), torch.bfloat16, "NHWC", device="H100|triton-3.6.0")
+    assert key.startswith("H100|triton-3.6.0|conv_fwd|bfloat16|nhwc|")
+    assert autotune.entry_key("conv_fwd", conv(), torch.float16, "nhwc") != autotune.entry_key(
+        "conv_fwd", conv(), torch.bfloat16, "nhwc")
+
+
+# The tuner ---------------------------------------------------------------------------------------
+
+class FakeTimer:
+    """Reports the time a config's fake kernel claims; counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, fn):
+        self.calls += 1
+        out = fn()
+        return out.ms, out.ms * 0.9, out.ms * 1.1
+
+
+class FakeConstantTimer:
+    """Runs the kernel once and reports 0.5 ms."""
+
+    def __call__(self, fn):
+        fn()
+        return 0.5, 0.5, 0.5
+
+
+class FakeOutput(torch.Tensor):
+    pass
+
+
+def fake_kernel(ref, times, wrong=(), broken=()):
+    """A launcher: BLOCK_M picks a time; ``wrong`` configs return garbage, ``broken`` ones raise."""
+    from triton.runtime.errors import OutOfResources
+
+    def run(cfg):
+        bm = cfg["BLOCK_M"]
+        if bm in broken:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+        out = (ref + 1.0 if bm in wrong else ref.clone()).as_subclass(FakeOutput)
+        out.ms = times[bm]
+        return out
+
+    return run
+
+
+def configs(*bms):
+    return [dict(HEURISTIC, BLOCK_M=bm) for bm in bms]
+
+
+def test_tuner_times_every_config_and_picks_the_fastest():
+    ref = torch.randn(4, 4)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 3.0, 32: 1.0, 64: 2.0}),
+                               reference=ref, configs=configs(16, 32, 64), kernel="conv_fwd")
+    timer = FakeTimer()
+    table = autotune.tune_problem(problem, timer=timer)
+    assert timer.calls == 3 and len(table) == 3
+    assert list(table["status"]) == ["ok"] * 3
+    assert list(table["ms"]) == [3.0, 1.0, 2.0] and list(table["p20_ms"]) == pytest.approx(
+        [2.7, 0.9, 1.8])
+    assert autotune.best_config(table)["BLOCK_M"] == 32
+    assert {"kernel", "config", "cfg_BLOCK_M", "max_error", "best", "heuristic"} <= set(table)
+
+
+def test_failed_configs_are_recorded_and_tuning_goes_on():
+    ref = torch.randn(4, 4)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 3.0, 32: 1.0, 64: 2.0}, broken=(32,)),
+                               reference=ref, configs=configs(16, 32, 64))
+    table = autotune.tune_problem(problem, timer=FakeTimer())
+    row = table.set_index("cfg_BLOCK_M").loc[32]
+    assert row["status"] == "failed" and "OutOfResources" in row["error"]
+    assert autotune.best_config(table)["BLOCK_M"] == 64
+
+
+def test_a_fast_wrong_config_never_wins():
+    ref = torch.randn(8, 8)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 0.01, 32: 1.0, 64: 2.0}, wrong=(16,)),
+                               reference=lambda: ref, configs=configs(16, 32, 64))
+    table = autotune.tune_problem(problem, timer=FakeTimer())
+    row = table.set_index("cfg_BLOCK_M").loc[16]
+    assert row["status"] == "wrong" and row["max_error"] == pytest.approx(1.0)
+    assert not row["best"]
+    assert autotune.best_config(table)["BLOCK_M"] == 32
+
+
+def test_no_correct_config_means_no_winner(tmp_path):
+    ref = torch.randn(3)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 1.0, 32: 1.0}, wrong=(16,), broken=(32,)),
+                               reference=ref, configs=configs(16, 32), kernel="conv_fwd",
+                               shape=conv())
+    store = autotune.ConfigCache(tmp_path / "c.json")
+    table, winner = autotune.tune_and_store(problem, store, timer=FakeTimer())
+    assert winner is None and not table["best"].any() and not store.entries
+
+
+def test_heuristic_is_timed_too_and_stored_with_the_winner(tmp_path):
+    ref = torch.randn(3)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 1.0, 32: 4.0, 64: 2.0}), reference=ref,
+                               configs=configs(16, 64), heuristic=dict(HEURISTIC, BLOCK_M=32),
+                               kernel="conv_fwd", shape=conv(), dtype=torch.float16, layout="nhwc")
+    store = autotune.ConfigCache(tmp_path / "c.json")
+    table, winner = autotune.tune_and_store(problem, store, timer=FakeTimer())
+    assert len(table) == 3 and table["heuristic"].sum() == 1 and winner["BLOCK_M"] == 16
+    entry = autotune.ConfigCache(tmp_path / "c.json").get(
+        autotune.entry_key("conv_fwd", conv(), torch.float16, "nhwc"))
+    assert entry["config"] == winner and entry["ms"] == 1.0 and entry["heuristic_ms"] == 4.0
+
+
+def test_correctness_check_covers_tuples_ints_and_nans():
+    a = torch.tensor([1.0, float("nan"), 3.0])
+    off = torch.tensor([0, 1, 3], dtype=torch.int8)
+    assert tuner.max_error((a, off), (a.clone(), off.clone()), 1e-3, 1e-3)[1]
+    assert not tuner.max_error((a, off), (a, off + 1), 1e-3, 1e-3)[1]  # offsets must be exact
+    assert not tuner.max_error(torch.tensor([1.0, 2.0, 3.0]), a, 1e-3, 1e-3)[1]  # NaN placement
+    assert not tuner.max_error(a[:2], a, 1e-3, 1e-3)[1]  # shape
+    assert tuner.max_error(torch.tensor([100.5]), torch.tensor([100.0]), 0.0, 1e-2)[1]  # relative
+
+
+# The cache ---------------------------------------------------------------------------------------
+
+def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(cache_mod.ENV_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert autotune.cache_path() == tmp_path / "xdg" / "tritoncnn" / "autotune.json"
+    monkeypatch.setenv(cache_mod.ENV_DIR, str(tmp_path / "mine"))
+    assert autotune.cache_path() == tmp_path / "mine" / "autotune.json"
+
+
+def test_cache_round_trip_with_bucketed_shapes(tmp_path):
+    path = tmp_path / "sub" / "autotune.json"
+    winner = dict(HEURISTIC, BLOCK_M=128)
+    autotune.ConfigCache(path).put("conv_fwd", conv(n=64), torch.bfloat16, "nhwc", winner, ms=0.5)
+    data = json.loads(path.read_text())
+    assert data["format"] == cache_mod.FORMAT_VERSION and len(data["entries"]) == 1
+    fresh = autotune.ConfigCache(path)
+    assert fresh.lookup("conv_fwd", conv(n=64), torch.bfloat16, "nhwc") == winner
+    assert fresh.lookup("conv_fwd", conv(n=40), torch.bfloat16, "nhwc") == winner  # same bucket
+    assert fresh.lookup("conv_fwd", conv(n=65), torch.bfloat16, "nhwc") is None
+    assert fresh.lookup("conv_fwd", conv(n=64), torch.float16, "nhwc") is None
+    assert fresh.lookup("conv_fwd", conv(n=64), torch.bfloat16, "nchw") is None
+    assert fresh.lookup("conv_dx", conv(n=64), torch.bfloat16, "nhwc") is None
+    assert not list(path.parent.glob("*.tmp"))  # the temporary file was moved into place
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 999, "entries": {}}),
+                                     json.dumps([1, 2]), ""])
+def test_corrupt_or_stale_cache_warns_once_and_is_replaced(tmp_path, content):
+    path = tmp_path / "autotune.json"
+    path.write_text(content)
+    store = autotune.ConfigCache(path)
+    with pytest.warns(UserWarning, match="ignoring it"):
+        assert store.lookup("conv_fwd", conv(), torch.float16, "nhwc") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.lookup("conv_fwd", conv(n=2), torch.float16, "nhwc") is None
+        store.put("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC)  # rewrites the file
+    assert autotune.ConfigCache(path).lookup("conv_fwd", conv(), torch.float16, "nhwc") == HEURISTIC
+
+
+def _writer(path, tag, count, barrier):
+    store = cache_mod.ConfigCache(path)
+    barrier.wait()
+    for i in range(count):
+        store.update({f"{tag}-{i}": dict(config=dict(BLOCK_M=i), shape=dict(N=2 ** i, tag=tag))})
+
+
+def test_two_processes_writing_at_once_keep_both_entries(tmp_path):
+    path = tmp_path / "autotune.json"
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(str(path), tag, 15, barrier)) for tag in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    entries = autotune.ConfigCache(path).entries
+    assert len(entries) == 30
+    assert {json.dumps(e["shape"], sort_keys=True) for e in entries.values()} == {
+        json.dumps(dict(N=2 ** i, tag=t), sort_keys=True) for t in "ab" for i in range(15)}
+
+
+# get_config: what launchers call -----------------------------------------------------------------
+
+def test_get_config_returns_the_cached_winner(store):
+    winner = dict(HEURISTIC, BLOCK_M=128, BLOCK_N=64)
+    assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC) == HEURISTIC
+    store.put("conv_fwd", conv(), torch.float16, "nhwc", winner)
+    got = autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC)
+    assert got == winner
+    got["BLOCK_M"] = 1  # callers may change what they get
+    assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC) == winner
+    assert autotune.get_config("conv_fwd", conv(), torch.float32, "nhwc", HEURISTIC) == HEURISTIC
+
+
+def test_get_config_reads_the_file_once_and_is_fast(store):
+    store.put("max_pool_fwd", dict(N=4), torch.float16, "nhwc", dict(BLOCK=512, num_warps=4))
+    store.reload()
+    shape, heur = dict(N=4), dict(BLOCK=1024, num_warps=8)
+    assert autotune.get_config("max_pool_fwd", shape, torch.float16, "nhwc", heur)["BLOCK"] == 512
+    store.path.unlink()  # in memory after the first read
+    start = time.perf_counter()
+    for _ in range(10_000):
+        cfg = autotune.get_config("max_pool_fwd", shape, torch.float16, "nhwc", heur)
+    per_call = (time.perf_counter() - start) / 10_000
+    assert cfg == dict(BLOCK=512, num_warps=4) and per_call < 50e-6
+
+
+def test_get_config_adapts_old_entries_to_the_launchers_keys(store):
+    store.put("conv_dw", conv(), torch.float16, "nhwc", dict(BLOCK_M=64, OLD_KEY=3))
+    heur = dict(HEURISTIC, SPLIT=4)
+    assert autotune.get_config("conv_dw", conv(), torch.float16, "nhwc", heur) == dict(heur,
+                                                                                       BLOCK_M=64)
+
+
+def test_interpreter_always_gets_the_heuristic(store, monkeypatch):
+    store.put("conv_fwd", conv(), torch.float16, "nhwc", dict(HEURISTIC, BLOCK_M=128))
+    monkeypatch.setattr(autotune, "INTERPRET", True)
+    assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC) == HEURISTIC
+
+
+def test_autotune_on_first_use_tunes_a_missing_entry_once(store, monkeypatch):
+    ref = torch.randn(4)
+    made = []
+
+    def factory(shape, dtype, layout):
+        made.append((shape, dtype, layout))
+        return autotune.Problem(run=fake_kernel(ref, {16: 2.0, 32: 3.0, 64: 1.0}), reference=ref,
+                                configs=configs(16, 64))
+
+    monkeypatch.setitem(tuner._FACTORIES, "conv_fwd", factory)
+    monkeypatch.setattr(tuner, "default_timer", FakeTimer)
+    shape = conv()
+    assert autotune.get_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC) == HEURISTIC
+    assert not made  # off unless asked for
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "1")
+    got = autotune.get_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC)
+    assert got["BLOCK_M"] == 64 and made == [(shape, torch.float16, "nhwc")]
+    assert autotune.get_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC) == got
+    assert len(made) == 1 and store.path.exists()
+    monkeypatch.delenv(autotune.ENV_AUTOTUNE)
+    autotune.enable_autotune(True)
+    assert autotune.autotune_enabled()
+
+
+def test_autotune_without_a_factory_warns_and_uses_the_heuristic(store, monkeypatch):
+    monkeypatch.setattr(tuner, "_FACTORIES", {})
+    monkeypatch.setattr(tuner, "_warned_missing", set())
+    monkeypatch.setattr(tuner, "_ensure_kernels_imported", lambda: None)
+    autotune.enable_autotune()
+    with pytest.warns(UserWarning, match="registered no problem factory"):
+        got = autotune.get_config("max_pool_bwd", dict(N=3), torch.float16, "nhwc", dict(BLOCK=64))
+    assert got == dict(BLOCK=64)
+
+
+def test_record_calls_collects_launches(store):
+    with autotune.record_calls() as calls:
+        autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC)
+    autotune.get_config("conv_dx", conv(), torch.float16, "nhwc", HEURISTIC)
+    assert calls == [("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC, HEURISTIC)]
+    assert calls[0].config == HEURISTIC and calls[0].kernel == "conv_fwd"
+
+
+def test_register_problem_as_decorator(monkeypatch):
+    monkeypatch.setattr(tuner, "_FACTORIES", {})
+
+    @autotune.register_problem("max_pool_fwd")
+    def factory(shape, dtype, layout):
+        return autotune.Problem(run=lambda cfg: None, reference=None)
+
+    p = autotune.make_problem("max_pool_fwd", dict(N=2), torch.float16, "nhwc", dict(BLOCK=64))
+    assert (p.kernel, p.shape, p.dtype, p.layout, p.heuristic) == (
+        "max_pool_fwd", dict(N=2), torch.float16, "nhwc", dict(BLOCK=64))
+
+
+# tritoncnn tune ----------------------------------------------------------------------------------
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # (N, 16, 16, 16)
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 8, 8)
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 10),
+    )
+
+
+def test_collect_layers_on_the_meta_device():
+    layers = tune_cmd.collect_layers(small_cnn(), (3, 32, 32), batch_size=8)
+    assert [r["type"] for r in layers] == ["conv", "pool", "conv", "conv", "pool", "linear"]
+    assert layers[0]["first"] and not layers[2]["first"]
+    assert layers[3]["input"] == (8, 32, 16, 16) and layers[4]["input"] == (8, 32, 16, 16)
+    kernels = tune_cmd.layer_kernels(layers, torch.bfloat16, "nhwc")
+    names = [k["kernel"] for k in kernels]
+    # the stem needs no dX; the two 16x16 convs differ in C; the two pools in H, W and C;
+    # the Linear layer runs on the conv kernels as a 1x1 conv, laid out nchw
+    assert names.count("conv_fwd") == 4 and names.count("conv_dx") == 3
+    assert names.count("conv_dw") == 4 and names.count("max_pool_fwd") == 2
+    assert all(k["configs"] > 0 for k in kernels)
+    fc = [k for k in kernels if k["layers"] == ["9"]]
+    assert len(fc) == 3 and {k["layout"] for k in fc} == {"nchw"}
+    assert fc[0]["shape"] == spaces.conv_shape((8, 2048, 1, 1), (10, 2048, 1, 1))
+
+
+def test_collect_layers_deduplicates_shared_shapes():
+    model = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+    kernels = tune_cmd.layer_kernels(tune_cmd.collect_layers(model, (8, 8, 8), 2),
+                                     torch.float16, "nchw")
+    assert [k["kernel"] for k in kernels] == ["conv_fwd", "conv_dw", "conv_dx"]
+    assert kernels[2]["layers"] == ["1", "2", "3"]
+
+
+def test_tune_dry_run_cli(monkeypatch, capsys):
+    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
+    rc = cli.main(["tune", "--model", "small", "--batch-size", "4", "--dtype", "fp16",
+                   "--input-shape", "3x32x32", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "conv_fwd" in out and "max_pool_bwd" in out and "configs to time" in out
+    assert "from 6 layers" in out
+
+
+def test_tune_without_a_gpu_says_it_needs_one(monkeypatch, capsys):
+    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
+    monkeypatch.setattr(_runtime, "INTERPRET", True)
+    rc = cli.main(["tune", "--model", "small", "--input-shape", "3x32x32"])
+    assert rc == 1 and "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tune_cli_tunes_writes_the_cache_and_the_table(store, monkeypatch, tmp_path, capsys):
+    made = []
+
+    def factory(shape, dtype, layout):
+        made.append(shape)
+        ref = torch.ones(3)
+        return autotune.Problem(run=lambda cfg: ref.clone(), reference=ref)
+
+    monkeypatch.setattr(tuner, "_FACTORIES", {"conv_fwd": factory, "max_pool_fwd": factory})
+    monkeypatch.setattr(tuner, "_ensure_kernels_imported", lambda: None)
+    monkeypatch.setattr(tuner, "default_timer", FakeConstantTimer)
+    monkeypatch.setattr(_runtime, "INTERPRET", False)
+    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
+    monkeypatch.setattr(tune_cmd, "_shapes_from_run", lambda args, dtype: [])  # no GPU here
+    out = tmp_path / "results.csv"
+    rc = cli.main(["tune", "--model", "small", "--batch-size", "4", "--input-shape", "3x32x32",
+                   "--dtype", "fp16", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "no problem factory registered for conv_dw, conv_dx, max_pool_bwd" in captured.err
+    assert len(made) == 6  # 3 conv + 1 linear conv_fwd shapes, 2 max_pool_fwd shapes
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert set(table["kernel"]) == {"conv_fwd", "max_pool_fwd"} and table["best"].sum() == 6
+    assert {"layers", "gpu", "triton", "ms", "status", "config"} <= set(table)
+    store.reload()
+    assert len(store.entries) == 6
+    assert autotune.get_config("conv_fwd", made[0], torch.float16, "nhwc", HEURISTIC) != HEURISTIC
+
+
+# A real (tiny) Triton kernel through the tuner ---------------------------------------------------
+
+def test_tuner_with_a_real_triton_kernel(device):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _scale_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 2.0, mask=mask)
+
+    x = torch.randn(1000, device=device)
+
+    def run(cfg):
+        y = torch.empty_like(x)
+        _scale_kernel[(triton.cdiv(x.numel(), cfg["BLOCK"]),)](x, y, x.numel(), BLOCK=cfg["BLOCK"],
+                                                                num_warps=cfg["num_warps"])
+        return y
+
+    space = [dict(BLOCK=256, num_warps=4), dict(BLOCK=96, num_warps=4),  # arange needs 2**k
+             dict(BLOCK=1024, num_warps=4)]
+    problem = autotune.Problem(run=run, reference=x * 2, configs=space, kernel="scale")
+    # do_bench needs a GPU; under the interpreter a fake timer stands in
+    timer = FakeConstantTimer() if INTERPRET_MODE else None
+    table = autotune.tune_problem(problem, timer=timer)
+    assert list(table["status"]) == ["ok", "failed", "ok"], table[["status", "error"]]
+    assert autotune.best_config(table) in (space[0], space[2])
+
+
+# The launchers and the cache ---------------------------------------------------------------------
+
+def _kernel_api(*names):
+    try:
+        from tritoncnn import kernels
+    except Exception as err:  # pragma: no cover - the kernels are built beside this package
+        pytest.skip(f"tritoncnn.kernels cannot be imported ({err})")
+    missing = [n for n in names if not hasattr(kernels, n)]
+    if missing:
+        pytest.skip(f"tritoncnn.kernels has no {', '.join(missing)} yet")
+    return kernels
+
+
+def test_launchers_and_tune_build_the_same_shape_dicts(store, device):
+    kernels = _kernel_api("conv2d", "max_pool2d", "linear")
+    x = torch.randn(2, 3, 7, 6, device=device)
+    w = torch.randn(4, 3, 3, 3, device=device)
+    with autotune.record_calls() as calls:
+        kernels.conv2d(x, w, None, stride=2, padding=1)
+        kernels.max_pool2d(x, 3, 2, 1, ceil_mode=True)
+        kernels.linear(torch.randn(5, 7, device=device), torch.randn(3, 7, device=device))
+    assert [(c.kernel, c.layout) for c in calls] == [
+        ("conv_fwd", "nchw"), ("max_pool_fwd", "nchw"), ("conv_fwd", "nchw")]
+    assert calls[0].shape == spaces.conv_shape(x.shape, w.shape, 2, 1)
+    assert calls[1].shape == spaces.pool_shape(x.shape, 3, 2, 1, 1, True)
+    assert calls[2].shape == spaces.conv_shape((5, 7, 1, 1), (3, 7, 1, 1))
+
+
+def test_launchers_pick_the_cached_config(store, device):
+    kernels = _kernel_api("max_pool2d")
+    x = torch.randn(1, 2, 6, 6, device=device)
+    cached = dict(BLOCK=16, num_warps=1)
+    store.put("max_pool_fwd", spaces.pool_shape(x.shape, 2), x.dtype, "nchw", cached)
+    with autotune.record_calls() as calls:
+        y = kernels.max_pool2d(x, 2)
+    assert [(c.kernel, c.config) for c in calls] == [("max_pool_fwd", cached)]
+    torch.testing.assert_close(y, torch.nn.functional.max_pool2d(x, 2))
