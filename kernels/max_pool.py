@@ -560,3 +560,45 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     if return_indices:
         return out, offsets_to_indices(offsets, input.shape[-1], k, s, p, d)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tuning problems (``tritoncnn tune`` and tuning on first use; GPU only)
+# --------------------------------------------------------------------------------------------
+
+
+def _pool_problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
+    """Random input of a pool shape dict on the GPU, the pooling arguments as pairs, ceil_mode."""
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(shape["N"], shape["C"], shape["H"], shape["W"], device="cuda", dtype=dtype)
+    x = x.contiguous(memory_format=fmt)
+    params = ((shape["KH"], shape["KW"]), (shape["SH"], shape["SW"]), (shape["PH"], shape["PW"]),
+              (shape["DH"], shape["DW"]))
+    # ceil_mode shows in OH/OW: the floor output is smaller wherever ceil_mode added a window.
+    floor = [_pooled_len(shape[dim], *(v[i] for v in params), False)
+             for i, dim in enumerate("HW")]
+    ceil_mode = floor != [shape["OH"], shape["OW"]]
+    return x, params, ceil_mode
+
+
+def _max_pool_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
+    x, params, ceil_mode = _pool_problem_inputs(shape, dtype, layout)
+    ref = torch.nn.functional.max_pool2d(x, *params, ceil_mode=ceil_mode)
+    return autotune.Problem(
+        run=lambda cfg: max_pool2d_forward(x, *params, ceil_mode, config=cfg)[0], reference=ref)
+
+
+def _max_pool_bwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
+    x, params, ceil_mode = _pool_problem_inputs(shape, dtype, layout)
+    out, offsets = max_pool2d_forward(x, *params, ceil_mode)
+    grad = torch.randn_like(out)
+    xr = x.detach().requires_grad_()
+    torch.nn.functional.max_pool2d(xr, *params, ceil_mode=ceil_mode).backward(grad)
+    return autotune.Problem(
+        run=lambda cfg: max_pool2d_backward(grad, offsets, list(x.shape), *params,
+                                            channels_last=layout == "nhwc", config=cfg),
+        reference=xr.grad)
+
+
+autotune.register_problem("max_pool_fwd", _max_pool_fwd_problem)
+autotune.register_problem("max_pool_bwd", _max_pool_bwd_problem)

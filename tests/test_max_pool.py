@@ -353,3 +353,17 @@ def test_compiled_many_programs_against_torch_cuda(dtype, channels_last, k, s, p
     out.backward(upstream)
     ref.backward(upstream)
     torch.testing.assert_close(ours_in.grad, ref_in.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["max_pool_fwd", "max_pool_bwd"])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_tuning_problems_pass_their_own_correctness_gate(kernel, ceil_mode):
+    """The registered tuning problems run every config of the space and all come out right."""
+    from tritoncnn import autotune
+
+    shape = autotune.pool_shape((2, 16, 15, 17), 3, 2, 1, 1, ceil_mode)
+    heuristic = {"BLOCK": 1024, "num_warps": 4}
+    problem = autotune.make_problem(kernel, shape, torch.float32, "nhwc", heuristic)
+    table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
+    assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
