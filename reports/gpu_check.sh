@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU run: install, environment report, GPU tests, benchmarks, tuning, on a CUDA machine that
+# needs no network. Every part has its own time limit and a failing part does not stop the others;
+# the whole run keeps within TOTAL_S seconds (default 480).
+#
+#   bash reports/gpu_check.sh OUTDIR
+#
+# Writes at most six files into OUTDIR:
+#   env.txt    tritoncnn env
+#   tests.log  pytest output
+#   bench.csv  every benchmark row (ceilings, --quick, the fuller suites, training steps)
+#   tune.csv   the tuning table, when the tune command exists and writes one
+#   run.log    everything else (install, bench and tune output, part timings and exit codes)
+#   summary.md the report's summary tables, built from bench.csv on the same machine
+# Then, on any machine: tritoncnn report --results OUTDIR
+#
+# Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
+# rows record, for a copy of the tree without git metadata), TUNE_ARGS (arguments of the tune
+# command, default "--model lenet5 --batch-size 1024 --dtype bf16").
+set -u
+
+if [ $# -ne 1 ]; then
+    echo "usage: bash reports/gpu_check.sh OUTDIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUTDIR=$(cd "$1" && pwd)
+cd "$(dirname "$0")/.." || exit 2
+
+PY=${PYTHON:-python3}
+TOTAL_S=${TOTAL_S:-480}
+START=$(date +%s)
+LOG="$OUTDIR/run.log"
+CSV=bench.csv
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15 TRITONCNN_MODE=${TRITONCNN_MODE:-compiled}
+: > "$LOG"
+
+exec 3>&1  # the console, while parts write into the log
+say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG" >&3; }
+
+# part NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and the time left; never fails.
+part() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$(( TOTAL_S - ($(date +%s) - START) ))
+    if [ "$left" -lt "$limit" ]; then limit=$left; fi
+    if [ "$limit" -lt 15 ]; then
+        say "$name: not run, ${left}s left of ${TOTAL_S}s"
+        return 0
+    fi
+    say "$name: start (limit ${limit}s)"
+    local t0=$(date +%s)
+    timeout -k 10 "$limit" "$@"
+    local rc=$?
+    say "$name: exit $rc after $(( $(date +%s) - t0 ))s$([ $rc -eq 124 ] && echo ' (time limit)')"
+    return 0
+}
+
+bench() {  # bench LIMIT_S NAME ARGS...: a bench part whose budget ends before its time limit
+    local limit=$1 name=$2
+    shift 2
+    local left=$(( TOTAL_S - ($(date +%s) - START) ))
+    if [ "$left" -lt "$limit" ]; then limit=$left; fi
+    # no new case after the budget; 30 s (a third, for short parts) left for the case in flight
+    local budget=$(( limit > 90 ? limit - 30 : limit * 2 / 3 ))
+    part "$name" "$limit" $PY -m tritoncnn.cli bench --out "$OUTDIR" --csv "$CSV" \
+        --budget-s "$budget" "$@" >> "$LOG" 2>&1
+}
+
+say "gpu_check: output in $OUTDIR, ${TOTAL_S}s in all"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv >> "$LOG" 2>&1 || say "nvidia-smi: not available"
+
+part install 90 $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1
+part env 45 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
+
+part tests 150 bash -c "set -o pipefail; $PY -m pytest -x -q -p no:cacheprovider 2>&1 \
+    | tee '$OUTDIR/tests.log' | tail -n 5"
+
+# Ceilings, a few layers of each suite, bf16, channels_last, forward and forward+backward,
+# tritoncnn and cuDNN.
+bench 80 bench-quick --quick --no-train
+# The VGG-16 and CIFAR layers in bf16 and TF32 against cuDNN (the kernel work's headline cases).
+bench 100 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
+    --dtype bf16,tf32 --layout channels_last --direction forward,forward+backward --impl tritoncnn,cudnn
+# Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
+bench 50 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
+    --direction forward,forward+backward --impl tritoncnn,cudnn
+# A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s, memory.
+bench 70 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
+# Tuning of one model's kernels (TUNE_ARGS picks another; the table is written at the end).
+if $PY -m tritoncnn.cli tune --help > /dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    part tune 45 $PY -m tritoncnn.cli tune --out "$OUTDIR/tune.csv" \
+        ${TUNE_ARGS:---model lenet5 --batch-size 1024 --dtype bf16} >> "$LOG" 2>&1
+else
+    say "tune: no tune command in this build"
+fi
+# torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases).
+bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward
+
+if [ -s "$OUTDIR/$CSV" ]; then
+    REPORT_DIR=$(mktemp -d)
+    # outside the total: the summary is what the console shows last
+    timeout -k 5 40 $PY -m tritoncnn.cli report --results "$OUTDIR/$CSV" \
+        --out "$REPORT_DIR/REPORT.md" >> "$LOG" 2>&1 || say "report: failed"
+    if [ -f "$REPORT_DIR/REPORT.md" ]; then
+        # the summary tables (ceilings, geometric means, failures), not the per-layer ones
+        awk '/^### /{keep = ($0 ~ /ceilings|Geometric|Skipped/)} keep' "$REPORT_DIR/REPORT.md" \
+            > "$OUTDIR/summary.md"
+        cat "$OUTDIR/summary.md"
+    fi
+fi
+say "gpu_check: done; files: $(ls "$OUTDIR" | tr '\n' ' ')"
+exit 0

@@ -1,0 +1,671 @@
+"""``tritoncnn report``: REPORT.md and its figures from the benchmark CSVs (no GPU needed).
+
+Reads every CSV under the results folders: rows of ``tritoncnn bench`` (recognised by their columns),
+tuning tables of ``tritoncnn tune`` (a file whose name has "tune" in it) and training metrics (a
+CSV with ``step`` and ``loss`` columns). Where a case was measured more than once, the newest row
+counts. Writes, per GPU: the measured ceilings; per suite and dtype the geometric-mean speedup over
+cuDNN; per layer the time, TFLOP/s, % of the measured matmul peak and the speedup; max-pool GB/s and
+% of the measured copy bandwidth; training step time, images/s and peak memory; the skipped and
+failed cases. Then the autotuning results and the training curves, when present. Figures (PNG):
+speedup per layer, a roofline with the measured ceilings, pool bandwidth against size, training
+curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+
+HELP = "write reports/REPORT.md and its figures from benchmark, tuning and training CSVs"
+
+# one measured case; the last entry is the implementation, compared against a baseline row
+# that matches on all the others
+KEY = ["gpu", "suite", "layer", "op", "shape", "dtype", "precision", "layout", "direction",
+       "implementation"]
+BENCH_REQUIRED = {"suite", "layer", "implementation", "median_ms", "direction", "status"}
+BASELINES = ("cudnn", "torch")  # F.conv2d & co: cuDNN on a GPU, PyTorch's own kernels on the CPU
+KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool")
+DIRECTION_ORDER = {"forward": 0, "backward": 1, "forward+backward": 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", action="append", default=None, metavar="PATH",
+                        help="CSV file or folder searched for CSVs (repeatable; default "
+                             "reports/results)")
+    parser.add_argument("--out", default="reports/REPORT.md", help="the report to write")
+    parser.add_argument("--figures", default=None,
+                        help="folder for the PNG figures (default: figures/ beside --out)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def markdown_table(df, align: dict[str, str] | None = None) -> str:
+    """A GitHub-flavoured markdown table of ``df`` (cells as they print; numbers right-aligned)."""
+    if df is None or len(df) == 0:
+        return "_(none)_\n"
+    cols = [str(c) for c in df.columns]
+    align = align or {}
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cols) + " |"]
+    seps = []
+    for c, series in zip(cols, (df[c] for c in df.columns)):
+        right = align.get(c, "r" if _numeric(series) else "l") == "r"
+        seps.append("---:" if right else "---")
+    lines.append("| " + " | ".join(seps) + " |")
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _numeric(series) -> bool:
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    cells = [str(v).strip().rstrip("x%") for v in series if str(v).strip() not in ("", "nan")]
+    if not cells:
+        return False
+    try:
+        [float(c) for c in cells]
+    except ValueError:
+        return False
+    return True
+
+
+def _num(v, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return format(v, fmt)
+
+
+def _sig(v) -> str:
+    """One decimal from 10 up, three significant digits below (CPU runs are tiny numbers)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def find_csvs(paths) -> list[Path]:
+    found = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix == ".csv":
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(p.rglob("*.csv")))
+    return found
+
+
+def load(paths):
+    """(bench rows, tuning tables, training-metric tables) from the CSVs under ``paths``."""
+    import pandas as pd
+
+    bench, tune, curves = [], [], []
+    for path in find_csvs(paths):
+        try:
+            df = pd.read_csv(path)
+        except Exception as err:
+            print(f"tritoncnn report: skipping {path}: {type(err).__name__}: {err}")
+            continue
+        if BENCH_REQUIRED <= set(df.columns):
+            bench.append(df.assign(source=str(path)))
+        elif "tune" in path.name.lower():
+            tune.append((path, df))
+        elif {"step", "loss"} <= set(df.columns) or (
+                "epoch" in df.columns and any(c.endswith("acc") for c in df.columns)):
+            curves.append((path, df))
+    rows = pd.concat(bench, ignore_index=True) if bench else pd.DataFrame()
+    return prepare(rows), tune, curves
+
+
+def prepare(df):
+    """Numbers as numbers, the newest row per case, and each row's baseline time and speedup."""
+    import numpy as np
+    import pandas as pd
+
+    if df.empty:
+        return df
+    df = df.copy()
+    for col in KEY:
+        if col not in df.columns:
+            df[col] = "-"
+        df[col] = df[col].fillna("-").astype(str)
+    for col in ("median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "flop", "bytes", "setup_s",
+                "rel_err", "images_per_s", "peak_mem_mb", "batch"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+    for col in ("note", "timestamp", "torch", "triton", "git_sha", "timing"):
+        if col not in df.columns:
+            df[col] = ""
+        df[col] = df[col].fillna("").astype(str)
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates(KEY, keep="last")
+    ok = df[df["status"] == "ok"]
+    base = ok[ok["implementation"].isin(BASELINES)]
+    base = base.sort_values("implementation").drop_duplicates(KEY[:-1], keep="first")
+    base = base[KEY[:-1] + ["median_ms"]].rename(columns={"median_ms": "baseline_ms"})
+    df = df.merge(base, on=KEY[:-1], how="left")
+    df["speedup"] = np.where(df["status"] == "ok", df["baseline_ms"] / df["median_ms"], np.nan)
+    df["ai"] = np.where(df["bytes"] > 0, df["flop"] / df["bytes"], np.nan)
+    return df.reset_index(drop=True)
+
+
+def ceilings(df) -> dict:
+    """Per GPU: {"matmul": {precision: TFLOP/s}, "copy": GB/s} from the Ceiling rows."""
+    out: dict = {}
+    if df.empty:
+        return out
+    rows = df[(df["suite"] == "Ceiling") & (df["status"] == "ok")]
+    for gpu, g in rows.groupby("gpu"):
+        mm = g[g["op"] == "matmul"]
+        cp = g[g["op"] == "copy"]
+        out[gpu] = {"matmul": dict(zip(mm["precision"], mm["tflops"])),
+                    "copy": float(cp["gbps"].max()) if len(cp) else math.nan}
+    return out
+
+
+def add_peaks(df, ceil: dict):
+    """% of the matmul ceiling of the row's precision (bf16's when that one was not measured),
+    and % of the copy bandwidth."""
+    import numpy as np
+
+    if df.empty:
+        return df
+    df = df.copy()
+
+    def peak(row):
+        c = ceil.get(row["gpu"], {}).get("matmul", {})
+        return c.get(row["precision"], c.get("bf16", np.nan))
+
+    df["peak_tflops"] = df.apply(peak, axis=1) if len(df) else np.nan
+    df["copy_gbps"] = df["gpu"].map(lambda g: ceil.get(g, {}).get("copy", np.nan))
+    df["pct_peak"] = 100 * df["tflops"] / df["peak_tflops"]
+    df["pct_bw"] = 100 * df["gbps"] / df["copy_gbps"]
+    return df
+
+
+def geomean_speedups(df):
+    """Per GPU, suite, op, dtype/precision, layout, direction and implementation: the geometric
+    mean over layers of (baseline time / implementation time)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = df[(df["status"] == "ok") & df["speedup"].notna()
+              & ~df["implementation"].isin(BASELINES) & df["op"].isin(KERNEL_OPS + ("train_step",))]
+    if rows.empty:
+        return pd.DataFrame(columns=["gpu", "suite", "op", "dtype", "precision", "layout",
+                                     "direction", "implementation", "layers", "geomean", "min",
+                                     "max"])
+    group = ["gpu", "suite", "op", "dtype", "precision", "layout", "direction", "implementation"]
+    out = rows.groupby(group, sort=False)["speedup"].agg(
+        layers="count", geomean=lambda s: float(np.exp(np.log(s).mean())), min="min",
+        max="max").reset_index()
+    out["_d"] = out["direction"].map(DIRECTION_ORDER)
+    return out.sort_values(["gpu", "suite", "op", "precision", "layout", "_d",
+                            "implementation"]).drop(columns="_d").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _pick_layout(df):
+    layouts = list(df["layout"].unique())
+    return "channels_last" if "channels_last" in layouts else layouts[0]
+
+
+def baseline_name(df) -> str:
+    return "cuDNN" if (df["implementation"] == "cudnn").any() else "PyTorch"
+
+
+def fig_speedup(df, gpu: str, precision: str, path: Path) -> Path | None:
+    """Bars of the speedup over cuDNN per layer (log scale), one panel per direction."""
+    import numpy as np
+
+    rows = df[(df["gpu"] == gpu) & (df["precision"] == precision) & (df["status"] == "ok")
+              & df["op"].isin(KERNEL_OPS) & df["speedup"].notna()
+              & ~df["implementation"].isin(BASELINES)]
+    if rows.empty:
+        return None
+    layout = _pick_layout(rows)
+    rows = rows[rows["layout"] == layout]
+    directions = sorted(rows["direction"].unique(), key=DIRECTION_ORDER.get)
+    impls = sorted(rows["implementation"].unique())
+    labels = list(dict.fromkeys(
+        f"{r.suite}/{r.layer}" + ("+pool" if r.op == "conv_relu_pool" else "")
+        for r in rows.itertuples()))
+    plt = _plt()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, axes = plt.subplots(len(directions), 1, squeeze=False,
+                             figsize=(max(8, 0.35 * len(labels) * max(1, len(impls)) + 2),
+                                      3.2 * len(directions) + 1))
+    base = baseline_name(df[df["gpu"] == gpu])
+    width = 0.8 / len(impls)
+    x = np.arange(len(labels))
+    for ax, direction in zip(axes[:, 0], directions):
+        d = rows[rows["direction"] == direction]
+        for i, impl in enumerate(impls):
+            di = d[d["implementation"] == impl]
+            vals = {f"{r.suite}/{r.layer}" + ("+pool" if r.op == "conv_relu_pool" else ""):
+                    r.speedup for r in di.itertuples()}
+            heights = np.array([vals.get(lb, np.nan) for lb in labels]) - 1.0
+            # bars start at 1 (cuDNN's time): up when faster, down when slower
+            ax.bar(x + (i - (len(impls) - 1) / 2) * width, heights, width, bottom=1.0, label=impl)
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(f"speedup over {base} (x, log)")
+        ax.set_title(direction, fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Speedup over {base} per layer, {gpu}\n"
+                 f"{precision}, {layout}; above 1 = faster than {base}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_roofline(df, gpu: str, precision: str, ceil: dict, path: Path) -> Path | None:
+    """Achieved TFLOP/s against arithmetic intensity, under the measured ceilings."""
+    import numpy as np
+
+    rows = df[(df["gpu"] == gpu) & (df["precision"] == precision) & (df["status"] == "ok")
+              & df["op"].isin(("conv_relu", "conv_relu_pool")) & df["tflops"].notna()
+              & (df["ai"] > 0)]
+    if rows.empty:
+        return None
+    c = ceil.get(gpu, {})
+    peak = c.get("matmul", {}).get(precision, c.get("matmul", {}).get("bf16", math.nan))
+    bw = c.get("copy", math.nan)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    lo = max(min(rows["ai"].min() / 2, 1.0), 1e-3)
+    hi = max(rows["ai"].max() * 2, 1e4)
+    if not math.isnan(peak) and not math.isnan(bw):
+        xs = np.logspace(math.log10(lo), math.log10(hi), 200)
+        ax.plot(xs, np.minimum(peak, xs * bw / 1e3), color="black", linewidth=1.2,
+                label=f"measured ceilings: {_sig(peak)} TFLOP/s matmul, {_sig(bw)} GB/s copy")
+    markers = {"forward": "o", "backward": "v", "forward+backward": "s"}
+    for (impl, direction), g in rows.groupby(["implementation", "direction"]):
+        ax.scatter(g["ai"], g["tflops"], marker=markers.get(direction, "x"), s=22, alpha=0.8,
+                   label=f"{impl}, {direction}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per minimum byte moved)")
+    ax.set_ylabel("achieved TFLOP/s")
+    ax.set_title(f"Roofline of the conv layers, {gpu} ({precision})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_pool(df, gpu: str, ceil: dict, path: Path) -> Path | None:
+    """Max-pool GB/s against the bytes each call must move, with the copy bandwidth."""
+    rows = df[(df["gpu"] == gpu) & (df["op"] == "pool") & (df["status"] == "ok")
+              & df["gbps"].notna()]
+    if rows.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (impl, direction, prec, layout), g in rows.groupby(
+            ["implementation", "direction", "precision", "layout"]):
+        g = g.sort_values("bytes")
+        ax.plot(g["bytes"] / 1e6, g["gbps"], marker="o", markersize=4, linewidth=1,
+                label=f"{impl}, {direction}, {prec}, {layout}")
+    bw = ceil.get(gpu, {}).get("copy", math.nan)
+    if not math.isnan(bw):
+        ax.axhline(bw, color="black", linestyle="--", linewidth=1,
+                   label=f"measured device copy: {_sig(bw)} GB/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("minimum bytes moved per call (MB)")
+    ax.set_ylabel("effective bandwidth (GB/s)")
+    ax.set_title(f"Max-pool bandwidth against size, {gpu}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _curve_label(path: Path, name, many: bool) -> str:
+    return f"{path.parent.name}: {name}" if many else str(name)
+
+
+def fig_curves(curves, path: Path, title: str) -> Path | None:
+    """Training loss against step (files with ``step`` and ``loss``) and accuracy against epoch
+    (files with ``epoch`` and ``*_acc``), one line per backend and run."""
+    import pandas as pd
+
+    steps = [(p, df) for p, df in curves if {"step", "loss"} <= set(df.columns)]
+    epochs = [(p, df) for p, df in curves if "epoch" in df.columns
+              and any(c.endswith("acc") for c in df.columns)]
+    if not steps and not epochs:
+        return None
+    panels = [k for k, v in (("loss", steps), ("acc", epochs)) if v]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(6.5 * len(panels), 4.5))
+    many = len({p.parent for p, _ in curves}) > 1
+    for ax, kind in zip(axes[0], panels):
+        for p, df in steps if kind == "loss" else epochs:
+            groups = df.groupby("backend") if "backend" in df.columns else [(p.stem, df)]
+            for name, g in groups:
+                label = _curve_label(p, name, many)
+                if kind == "loss":
+                    x = "global_step" if "global_step" in g.columns else "step"
+                    g = g.sort_values(x)
+                    ax.plot(g[x], pd.to_numeric(g["loss"], errors="coerce"), linewidth=1,
+                            label=label)
+                else:
+                    g = g.sort_values("epoch")
+                    for col in (c for c in g.columns if c.endswith("acc")):
+                        ax.plot(g["epoch"], pd.to_numeric(g[col], errors="coerce"), marker="o",
+                                markersize=3, label=f"{label} {col.replace('_acc', '')}")
+        if kind == "loss":
+            ax.set_xlabel("training step")
+            ax.set_ylabel("training loss (cross-entropy)")
+        else:
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("accuracy (fraction correct)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _layer_table(rows):
+    import pandas as pd
+
+    rows = rows.assign(_d=rows["direction"].map(DIRECTION_ORDER)).sort_values(
+        ["layer", "op", "precision", "layout", "_d", "implementation"], kind="stable")
+    ok = rows["status"] == "ok"
+    out = pd.DataFrame({
+        "layer": rows["layer"],
+        "op": rows["op"],
+        "shape": rows["shape"],
+        "dtype": rows["precision"],
+        "layout": rows["layout"],
+        "direction": rows["direction"],
+        "implementation": rows["implementation"],
+        "median ms": [_num(v, ".4g") if o else s for v, o, s in
+                      zip(rows["median_ms"], ok, rows["status"])],
+        "p20-p80 ms": [f"{a:.4g}-{b:.4g}" if o else "" for a, b, o in
+                       zip(rows["p20_ms"], rows["p80_ms"], ok)],
+        "TFLOP/s": [_sig(v) if o else "" for v, o in zip(rows["tflops"], ok)],
+        "% of peak": [_num(v, ".0f") if o else "" for v, o in zip(rows["pct_peak"], ok)],
+        "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
+                    rows["speedup"]],
+        "rel. error": [_num(v, ".1e") for v in rows["rel_err"]],
+    })
+    return out
+
+
+def _pool_table(rows):
+    import pandas as pd
+
+    rows = rows.assign(_d=rows["direction"].map(DIRECTION_ORDER)).sort_values(
+        ["bytes", "layer", "precision", "layout", "_d", "implementation"], kind="stable")
+    ok = rows["status"] == "ok"
+    return pd.DataFrame({
+        "layer": rows["layer"],
+        "shape": rows["shape"],
+        "dtype": rows["precision"],
+        "layout": rows["layout"],
+        "direction": rows["direction"],
+        "implementation": rows["implementation"],
+        "MB moved": [_sig(v / 1e6) for v in rows["bytes"]],
+        "median ms": [_num(v, ".4g") if o else s for v, o, s in
+                      zip(rows["median_ms"], ok, rows["status"])],
+        "GB/s": [_sig(v) if o else "" for v, o in zip(rows["gbps"], ok)],
+        "% of copy": [_num(v, ".0f") if o else "" for v, o in zip(rows["pct_bw"], ok)],
+        "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
+                    rows["speedup"]],
+        "rel. error": [_num(v, ".1e") for v in rows["rel_err"]],
+    })
+
+
+def _train_table(rows):
+    import pandas as pd
+
+    rows = rows.sort_values(["layer", "precision", "implementation"], kind="stable")
+    ok = rows["status"] == "ok"
+    return pd.DataFrame({
+        "model": rows["layer"],
+        "input": rows["shape"],
+        "dtype": rows["precision"],
+        "implementation": rows["implementation"],
+        "step ms": [_num(v, ".4g") if o else s for v, o, s in
+                    zip(rows["median_ms"], ok, rows["status"])],
+        "images/s": [_num(v, ".0f") for v in rows["images_per_s"]],
+        "peak memory MiB": [_num(v, ".0f") for v in rows["peak_mem_mb"]],
+        "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
+                    rows["speedup"]],
+        "note": rows["note"],
+    })
+
+
+def _tune_section(tune) -> list[str]:
+    """Per tuned kernel shape: configs tried, the best time, the heuristic's, the winner."""
+    import pandas as pd
+
+    lines = ["## Autotuning", ""]
+    for path, df in tune:
+        lines += [f"From `{path}` ({len(df)} measurements).", ""]
+        tcol = next((c for c in ("ms", "median_ms", "time_ms") if c in df.columns), None)
+        keys = [c for c in ("gpu", "model", "kernel", "dtype", "layout", "shape")
+                if c in df.columns]
+        if tcol is None or "kernel" not in keys:
+            lines.append(markdown_table(df.head(40)))
+            continue
+        df = df.assign(**{tcol: pd.to_numeric(df[tcol], errors="coerce")})
+        ok = df["status"].eq("ok") if "status" in df.columns else df[tcol].notna()
+        rows = []
+        for key, g in df.groupby(keys, sort=False, dropna=False):
+            good = g[ok.loc[g.index] & g[tcol].notna()]
+            row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+            row["configs"] = len(g)
+            row["failed or wrong"] = int((~ok.loc[g.index]).sum())
+            if len(good):
+                best = good.loc[good[tcol].idxmin()]
+                row["best ms"] = _sig(best[tcol])
+                heur = good[good["heuristic"].astype(str).eq("True")] if "heuristic" in g else []
+                if len(heur):
+                    h = float(heur[tcol].iloc[0])
+                    row["heuristic ms"] = _sig(h)
+                    row["tuned speedup"] = f"{h / best[tcol]:.2f}x"
+                row["winner"] = best.get("config", "")
+            rows.append(row)
+        lines.append(markdown_table(pd.DataFrame(rows)))
+    return lines
+
+
+def _run_devices(path: Path) -> list[str]:
+    """The device a training run names: a ``gpu`` or ``device`` entry of config.json beside its
+    CSVs."""
+    import json
+
+    try:
+        config = json.loads((path.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(config, dict):
+        return []
+    return [str(config[k]) for k in ("gpu", "device") if config.get(k)][:1]
+
+
+def build(results, out: Path, figures: Path | None = None) -> Path:
+    """Write the report and its figures; returns the report's path."""
+    import pandas as pd
+
+    out = Path(out)
+    figures = Path(figures) if figures else out.parent / "figures"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    df, tune, curves = load(results)
+    ceil = ceilings(df)
+    df = add_peaks(df, ceil)
+
+    def link(path: Path) -> str:
+        return os.path.relpath(path, out.parent).replace(os.sep, "/")
+
+    src = ", ".join(f"`{p}`" for p in results)
+    lines = [
+        "# tritoncnn performance report",
+        "",
+        f"Generated by `tritoncnn report` from {len(df)} benchmark rows found under {src}. "
+        "Regenerate with `tritoncnn report`; the CSVs hold every number below.",
+        "",
+        "How to read it: *speedup* is the cuDNN time (`F.conv2d` + `F.relu` (+ `F.max_pool2d`), "
+        "`torch.backends.cudnn.benchmark = True`, same dtype and memory format) over the "
+        "implementation's time, above 1 is faster; on a CPU run the baseline is PyTorch's own "
+        "kernels. Times are medians of `triton.testing.do_bench` (p20-p80 beside them); the first "
+        "call (compilation, autotuning, cuDNN's algorithm search) is not timed. TFLOP/s counts "
+        "2·N·K·P·Q·(C/groups)·R·S per forward and twice that per backward; GB/s counts the fewest "
+        "bytes each op must move (reports/suites.py). *% of peak* is against the bf16/fp16/TF32/"
+        "fp32 matmul rate measured on the same card in the same run; *% of copy* against its "
+        "measured device-to-device copy bandwidth. dtype `tf32` is float32 with TF32 allowed on "
+        "both sides, `ieee` float32 without. *rel. error* is ‖out − ref‖ / ‖ref‖ of the "
+        "implementation's output against PyTorch's op in IEEE float32 on the same inputs.",
+        "",
+    ]
+    if df.empty:
+        lines += ["No benchmark rows found: run `tritoncnn bench` on a GPU first "
+                  "(or `bash reports/gpu_check.sh OUTDIR`).", ""]
+    for gpu, g in df.groupby("gpu", sort=False) if not df.empty else []:
+        gs = _slug(gpu)
+        lines += [f"## {gpu}", ""]
+        meta = {
+            "torch": ", ".join(sorted(set(g["torch"]) - {""})),
+            "triton": ", ".join(sorted(set(g["triton"]) - {""})),
+            "git sha": ", ".join(sorted(set(g["git_sha"]) - {""})),
+            "measured": f"{g['timestamp'].min()} to {g['timestamp'].max()}",
+            "rows": ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()),
+        }
+        lines += [markdown_table(pd.DataFrame({"": list(meta), "value": list(meta.values())}))]
+        c = ceil.get(gpu)
+        lines += ["### Measured ceilings", ""]
+        if c:
+            crow = [(f"matmul {p}", f"{_sig(v)} TFLOP/s") for p, v in c["matmul"].items()]
+            crow.append(("device-to-device copy (read + write)", f"{_sig(c['copy'])} GB/s"))
+            lines += [markdown_table(pd.DataFrame(crow, columns=["ceiling", "measured"]))]
+        else:
+            lines += ["_No ceiling rows: % of peak is left blank._", ""]
+
+        base = baseline_name(g)
+        lines += [f"### Geometric-mean speedup over {base}", "",
+                  f"Per suite, op, dtype, layout and direction: the geometric mean over layers of "
+                  f"the {base} time over the implementation's time.", ""]
+        gm = geomean_speedups(g)
+        if len(gm):
+            t = gm.drop(columns=["gpu"]).assign(
+                geomean=gm["geomean"].map(lambda v: f"{v:.2f}x"),
+                min=gm["min"].map(lambda v: f"{v:.2f}x"),
+                max=gm["max"].map(lambda v: f"{v:.2f}x"))
+            lines += [markdown_table(t.rename(columns={"precision": "dtype (precision)"})
+                                     .drop(columns=["dtype"]))]
+        else:
+            lines += ["_No implementation was timed beside its baseline._", ""]
+
+        for prec in g["precision"].unique():
+            for kind, fn in (("speedup", fig_speedup), ("roofline", fig_roofline)):
+                p = figures / f"{kind}_{gs}_{_slug(prec)}.png"
+                made = fn(g, gpu, prec, p) if kind == "speedup" else fn(g, gpu, prec, ceil, p)
+                if made:
+                    lines += [f"![{kind}, {gpu}, {prec}]({link(made)})", ""]
+
+        conv = g[g["op"].isin(("conv_relu", "conv_relu_pool"))]
+        for suite, s in conv.groupby("suite", sort=False):
+            lines += [f"### {suite}: time, TFLOP/s, % of peak, speedup per layer", "",
+                      markdown_table(_layer_table(s))]
+
+        pool = g[g["op"] == "pool"]
+        if len(pool):
+            lines += ["### Max-pool: GB/s and % of copy bandwidth", "",
+                      markdown_table(_pool_table(pool))]
+            p = fig_pool(g, gpu, ceil, figures / f"pool_bandwidth_{gs}.png")
+            if p:
+                lines += [f"![max-pool bandwidth, {gpu}]({link(p)})", ""]
+
+        train = g[g["op"] == "train_step"]
+        if len(train):
+            lines += ["### Training step: time, images/s, peak memory", "",
+                      "Synthetic data, SGD with momentum, autocast for bf16/fp16; the first "
+                      "steps (compilation, autotuning) are not timed. *speedup* is the torch "
+                      "backend's step time over this backend's.", "",
+                      markdown_table(_train_table(train))]
+
+        bad = g[g["status"] != "ok"]
+        if len(bad):
+            lines += ["### Skipped and failed cases", ""]
+            summary = (bad.groupby(["status", "implementation", "op", "note"], sort=False)
+                       .size().reset_index(name="cases"))
+            lines += [markdown_table(summary[["status", "implementation", "op", "cases",
+                                              "note"]])]
+
+    if tune:
+        lines += _tune_section(tune)
+    if curves:
+        lines += ["## Training runs", ""]
+        for path, df in curves:
+            if "epoch" in df.columns and "step" not in df.columns:
+                last = df.groupby("backend").tail(1) if "backend" in df.columns else df.tail(1)
+                lines += [f"Last epoch of `{path}`:", "", markdown_table(last)]
+        devices = sorted({d for path, _ in curves for d in _run_devices(path)})
+        p = fig_curves(curves, figures / "training_curves.png",
+                       "Training curves, tritoncnn and torch backends, "
+                       + (", ".join(devices) if devices else "device not recorded"))
+        if p:
+            lines += [f"![training curves]({link(p)})", ""]
+
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    return out
+
+
+def main(args) -> int:
+    results = args.results or ["reports/results"]
+    missing = [r for r in results if not Path(r).exists()]
+    if missing:
+        print(f"tritoncnn report: no such path: {', '.join(missing)} (run `tritoncnn bench` "
+              "first, or name the results with --results)")
+        return 2
+    path = build(results, Path(args.out), Path(args.figures) if args.figures else None)
+    print(f"tritoncnn report: wrote {path}")
+    return 0

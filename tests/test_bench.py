@@ -1,0 +1,271 @@
+"""The benchmark harness on the CPU: FLOP and byte counts against hand-computed values, the suite
+file, and ``tritoncnn bench`` on tiny shapes with the torch implementation (and stand-in kernels)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tritoncnn.kernels as kernels
+from tritoncnn import cli
+from tritoncnn.reports import bench
+from tritoncnn.reports import suites as S
+
+# --------------------------------------------------------------------------------------------
+# Counts
+
+
+def test_conv_flops_by_hand():
+    # VGG-16 conv1_1: 64 images 3x224x224 -> 64 maps 224x224, 3x3 filters, padding 1
+    assert S.conv_flops(64, 3, 224, 224, 64, 3, 3, 1, 1) == 2 * 64 * 64 * 224 * 224 * 3 * 3 * 3
+    assert S.conv_flops(64, 3, 224, 224, 64, 3, 3, 1, 1) == 11_098_128_384
+    # stride 2, no padding: 7 -> (7 - 3) // 2 + 1 = 3
+    assert S.conv_flops(1, 2, 7, 7, 5, 3, 3, stride=2) == 2 * 1 * 5 * 3 * 3 * 2 * 3 * 3
+    # groups 2: each filter sees C / groups = 4 channels; 5x5 input, pad 1 keeps 5x5
+    assert S.conv_flops(2, 8, 5, 5, 4, 3, 3, 1, 1, groups=2) == 2 * 2 * 4 * 5 * 5 * 4 * 3 * 3
+    # dilation 2: effective 5x5 window, 9 -> 5 without padding
+    assert S.conv_flops(1, 1, 9, 9, 1, 3, 3, dilation=2) == 2 * 5 * 5 * 9
+    # backward is dX and dW: two forward-sized products
+    fwd = S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1)
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward") == 2 * fwd
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="forward+backward") == 3 * fwd
+    with pytest.raises(ValueError, match="direction"):
+        S.conv_flops(1, 1, 3, 3, 1, 1, 1, direction="sideways")
+
+
+def test_conv_bytes_by_hand():
+    # conv1_1 in bf16: X 64*3*224*224, W 64*3*3*3, b 64, Y 64*64*224*224, two bytes each
+    x, w, b, y = 9_633_792, 1_728, 64, 205_520_896
+    assert S.conv_min_bytes(64, 3, 224, 224, 64, 3, 3, 1, 1, element_size=2) == 2 * (x + w + b + y)
+    assert S.conv_min_bytes(64, 3, 224, 224, 64, 3, 3, 1, 1, element_size=2) == 430_312_960
+    # a fused 2x2 pool writes a quarter of Y
+    assert S.conv_min_bytes(64, 3, 224, 224, 64, 3, 3, 1, 1, element_size=2,
+                            fused_pool=2) == 2 * (x + w + b + y // 4)
+    # tiny, fp32: X 1*2*4*4 = 32, W 3*2*1*1 = 6, b 3, Y 1*3*4*4 = 48
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4) == 4 * (32 + 6 + 3 + 48)
+    # backward reads X, W, dY, Y and writes dX, dW, db
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward") == \
+        4 * (32 + 6 + 48 + 48 + 32 + 6 + 3)
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, bias=False) == 4 * (32 + 6 + 48)
+
+
+def test_pool_bytes_by_hand():
+    # 64x64x224x224 -> 112x112 in bf16: read 205,520,896 elements, write a quarter of them
+    assert S.pool_min_bytes(64, 64, 224, 224, 2, element_size=2) == 2 * (205_520_896 + 51_380_224)
+    assert S.pool_min_bytes(64, 64, 224, 224, 2, element_size=2) == 513_802_240
+    assert S.pool_min_bytes(64, 64, 224, 224, 2, element_size=2, direction="backward") == \
+        513_802_240
+    assert S.pool_min_bytes(64, 64, 224, 224, 2, element_size=2,
+                            direction="forward+backward") == 2 * 513_802_240
+    # overlapping 3x3 stride 2 padding 1 on 112: (112 + 2 - 3) // 2 + 1 = 56
+    assert S.pool_min_bytes(1, 1, 112, 112, 3, 2, 1, element_size=4) == 4 * (112 * 112 + 56 * 56)
+    assert S.copy_bytes(1000, 2) == 4000
+    assert S.matmul_flops(2, 3, 4) == 48
+
+
+def test_suite_file_matches_its_own_derived_columns():
+    """The counts recomputed from the shapes agree with the columns bench_suite.csv carries."""
+    shapes = S.load_conv_suite()
+    with open(S.SUITE_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(shapes) == len(rows) == 37
+    for shape, row in zip(shapes, rows):
+        assert (shape.P, shape.Q) == (int(row["P"]), int(row["Q"])), shape.layer
+        gflop = S.shape_flops(shape, "forward") / 1e9
+        assert gflop == pytest.approx(float(row["GFLOP_fwd"]), rel=1e-3, abs=1e-3), shape.layer
+        mb = S.shape_bytes(shape, "forward", 2, fused=shape.fused_pool) / 1e6
+        assert mb == pytest.approx(float(row["min_MB_fwd_bf16"]), abs=0.01), shape.layer
+
+
+def test_select():
+    assert {s.suite for s in S.select()} == {"VGG16_224_N64", "ResNet_56x56_N256",
+                                             "ResNet9_CIFAR_N512", "airbench94_N1024",
+                                             "LeNet5_N1024", "Pool"}
+    quick = S.select(quick=True)
+    assert [s.layer for s in quick if s.suite == "VGG16_224_N64"] == list(
+        S.QUICK_LAYERS["VGG16_224_N64"])
+    assert [s.layer for s in S.select(["Pool"], layers=["vgg_pool1"])] == ["vgg_pool1"]
+    pool1 = S.select(["Pool"], layers=["vgg_pool1"])[0]
+    assert (pool1.P, pool1.Q) == (112, 112)
+    with pytest.raises(ValueError, match="unknown suite"):
+        S.select(["NoSuchSuite"])
+
+
+# --------------------------------------------------------------------------------------------
+# The harness on the CPU
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def _bench(tmp_path, *extra):
+    argv = ["bench", "--device", "cpu", "--out", str(tmp_path), "--cpu-reps", "2", *extra]
+    assert cli.main(argv) == 0
+    return _rows(tmp_path / "bench.csv")
+
+
+def test_bench_torch_on_tiny_shapes(tmp_path):
+    header, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "cudnn")
+    assert header == bench.COLUMNS
+    for col in ("suite", "layer", "shape", "dtype", "layout", "direction", "implementation",
+                "median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "gpu", "torch", "triton",
+                "git_sha", "timestamp", "precision", "note"):
+        assert col in header
+    ceil = [r for r in rows if r["suite"] == "Ceiling"]
+    assert {r["op"] for r in ceil} == {"matmul", "copy"}
+    cases = [r for r in rows if r["suite"] == "Tiny"]
+    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2, pool2: 4 ops x 2 layouts x 3 directions
+    assert len(cases) == 4 * 2 * 3
+    assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows if r["note"]]
+    assert {r["implementation"] for r in cases} == {"torch"}
+    assert {r["direction"] for r in cases} == set(S.DIRECTIONS)
+    assert {r["layout"] for r in cases} == {"channels_last", "nchw"}
+    assert {(r["dtype"], r["precision"]) for r in cases} == {("fp32", "ieee")}
+    for r in cases:
+        ms = float(r["median_ms"])
+        assert float(r["p20_ms"]) <= ms <= float(r["p80_ms"])
+        assert float(r["gbps"]) == pytest.approx(int(r["bytes"]) / (ms * 1e-3) / 1e9, rel=1e-4)
+        if r["op"] == "pool":
+            assert r["tflops"] == "" and int(r["flop"]) == 0
+        else:
+            assert float(r["tflops"]) == pytest.approx(int(r["flop"]) / (ms * 1e-3) / 1e12,
+                                                       rel=1e-4)
+        assert r["gpu"].startswith("CPU") and r["torch"] == torch.__version__
+    conv = next(r for r in cases if r["layer"] == "conv3x3" and r["op"] == "conv_relu"
+                and r["direction"] == "forward")
+    assert int(conv["flop"]) == 2 * 2 * 4 * 8 * 8 * 3 * 3 * 3
+    assert conv["shape"] == "2x3x8x8 k4 3x3 s1 p1 -> 8x8"
+
+
+def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypatch):
+    """Stand-in kernels: one works, one raises, one is missing; every case still gets its row."""
+    def broken_conv2d_relu(*args, **kwargs):
+        raise RuntimeError("stand-in failure")
+
+    monkeypatch.setattr(kernels, "conv2d_relu", broken_conv2d_relu, raising=False)
+    monkeypatch.setattr(kernels, "conv2d_relu_pool", None, raising=False)
+    monkeypatch.setattr(kernels, "max_pool2d", lambda x, k, s=None, p=0: F.max_pool2d(x, k, s, p),
+                        raising=False)
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,cudnn", "--layout", "nchw",
+                     "--direction", "forward,forward+backward", "--no-ceilings")
+    # per direction: conv3x3 conv_relu (tritoncnn, torch), conv3x3 conv_relu_pool (tritoncnn,
+    # tritoncnn-unfused, torch), conv1x1_s2 conv_relu (2), pool2 (2)
+    assert len(rows) == 2 * (2 + 3 + 2 + 2)
+    by = {}
+    for r in rows:
+        by.setdefault((r["op"], r["implementation"]), set()).add(r["status"])
+    assert by[("pool", "tritoncnn")] == {"ok"}
+    # the stand-in max-pool is PyTorch's own: no error against the reference
+    assert {float(r["rel_err"]) for r in rows
+            if r["op"] == "pool" and r["implementation"] == "tritoncnn"} == {0.0}
+    assert {r["rel_err"] for r in rows if r["implementation"] == "torch"} == {""}
+    assert by[("conv_relu", "tritoncnn")] == {"error"}
+    assert by[("conv_relu_pool", "tritoncnn-unfused")] == {"error"}
+    assert by[("conv_relu_pool", "tritoncnn")] == {"skipped"}
+    assert by[("conv_relu", "torch")] == by[("conv_relu_pool", "torch")] == {"ok"}
+    notes = {r["note"] for r in rows if r["status"] != "ok"}
+    assert "RuntimeError: stand-in failure" in notes
+    assert "tritoncnn.kernels has no conv2d_relu_pool" in notes
+    assert all(r["median_ms"] == "" for r in rows if r["status"] != "ok")
+
+
+def test_bench_appends_and_keeps_one_header(tmp_path):
+    args = ("--suite", "Tiny", "--layers", "pool2", "--impl", "cudnn", "--layout", "nchw",
+            "--direction", "forward", "--no-ceilings")
+    _bench(tmp_path, *args)
+    header, rows = _bench(tmp_path, *args)
+    assert header == bench.COLUMNS and len(rows) == 2
+    lines = (tmp_path / "bench.csv").read_text().splitlines()
+    assert sum(line.startswith("suite,") for line in lines) == 1
+
+
+def test_bench_budget_and_list(tmp_path, capsys):
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "cudnn", "--no-ceilings",
+                     "--budget-s", "0")
+    assert rows == []
+    assert "cases not run" in capsys.readouterr().out
+    assert cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--impl", "cudnn",
+                     "--layout", "nchw", "--direction", "forward", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 4 and listed[0].startswith("Tiny/conv3x3 conv_relu fp32 nchw forward")
+
+
+def test_bench_rejects_unknown_choices(tmp_path):
+    with pytest.raises(SystemExit, match="--dtype fp8"):
+        cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--dtype", "fp8",
+                  "--out", str(tmp_path)])
+
+
+class _TinyNet(nn.Sequential):
+    input_shape = (1, 8, 8)
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 10))
+
+
+def test_bench_training_step(tmp_path, monkeypatch):
+    import tritoncnn.models as models
+
+    built = []
+
+    def get_model(name, backend="triton"):
+        built.append((name, backend))
+        return _TinyNet()
+
+    monkeypatch.setattr(models, "get_model", get_model, raising=False)
+    _, rows = _bench(tmp_path, "--suite", "Train", "--train-models", "tiny", "--train-steps", "2",
+                     "--train-batch", "4", "--no-ceilings")
+    assert sorted(built) == [("tiny", "torch"), ("tiny", "triton")]
+    assert [r["implementation"] for r in rows] == ["tritoncnn", "torch"]
+    for r in rows:
+        assert r["status"] == "ok", r["note"]
+        assert r["op"] == "train_step" and r["batch"] == "4" and r["shape"] == "batch 4 x 1x8x8"
+        assert float(r["images_per_s"]) == pytest.approx(4 / (float(r["median_ms"]) * 1e-3),
+                                                         rel=1e-4)
+
+
+def test_gpu_timing_path_with_stand_in_timers(monkeypatch):
+    """The GPU branch of the timer: do_bench quantiles, then CUDA graphs for microsecond cases."""
+    import types
+
+    import triton.testing
+
+    calls = []
+
+    def do_bench(fn, warmup, rep, grad_to_none, quantiles):
+        calls.append(("events", quantiles))
+        return [0.01, 0.009, 0.012]
+
+    def do_bench_cudagraph(fn, rep, grad_to_none, quantiles):
+        calls.append(("graph", rep))
+        return [0.008, 0.0079, 0.0081]
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", do_bench_cudagraph)
+    cuda = types.SimpleNamespace(type="cuda")
+    assert bench.time_fn(lambda: None, cuda, graph_below_ms=0.0) == (0.01, 0.009, 0.012,
+                                                                     "do_bench")
+    assert calls == [("events", [0.5, 0.2, 0.8])]
+    assert bench.time_fn(lambda: None, cuda, graph_below_ms=0.05) == (0.008, 0.0079, 0.0081,
+                                                                      "do_bench_cudagraph")
+    assert calls[-1] == ("graph", 20.0)
+
+    def no_graph(*args, **kwargs):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", no_graph)
+    med, _, _, how = bench.time_fn(lambda: None, cuda, graph_below_ms=0.05)
+    assert med == 0.01 and how == "do_bench (graph capture failed: RuntimeError)"
+
+
+def test_default_output_folder_names_the_gpu():
+    assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert bench.slug("CPU x86_64 (2 cores)") == "cpu-x86-64-2-cores"

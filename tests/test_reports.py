@@ -1,0 +1,200 @@
+"""``tritoncnn report`` on small fixture CSVs: numbers checked by hand, figures written."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pandas as pd
+import pytest
+
+from tritoncnn import cli
+from tritoncnn.reports import bench, report
+
+GPU = "Test GPU 80GB"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(**kw):
+    row = dict(gpu=GPU, device="cuda", torch="2.11.0", triton="3.6.0", git_sha="abc1234",
+               timestamp="2026-11-26T00:00:00+00:00", status="ok", dtype="bf16",
+               precision="bf16", layout="channels_last", direction="forward", shape="-")
+    row.update(kw)
+    return row
+
+
+def _conv(layer, impl, ms, tflops, timestamp="2026-11-26T00:00:01+00:00", **kw):
+    flop = tflops * 1e12 * ms * 1e-3
+    fields = dict(suite="S1", layer=layer, op="conv_relu", implementation=impl, median_ms=ms,
+                  p20_ms=ms * 0.9, p80_ms=ms * 1.1, tflops=tflops, flop=flop, bytes=flop / 100,
+                  gbps=flop / 100 / (ms * 1e-3) / 1e9, timestamp=timestamp)
+    return _row(**{**fields, **kw})
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=bench.COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in bench.COLUMNS})
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A bench CSV, a tuning table and a training run, as the three commands write them."""
+    d = tmp_path / "results" / "test-gpu"
+    d.mkdir(parents=True)
+    rows = [
+        # the card's ceilings: 800 TFLOP/s bf16 matmul, 3000 GB/s copy
+        _row(suite="Ceiling", layer="matmul_8192", op="matmul", implementation="cublas",
+             median_ms=1.0, tflops=800.0, flop=8e11, bytes=1, gbps=1.0),
+        _row(suite="Ceiling", layer="copy_1024MiB", op="copy", implementation="torch",
+             median_ms=1.0, gbps=3000.0, flop=0, bytes=3e9),
+        # L1: cuDNN 2 ms, tritoncnn 1 ms (2x, 400 TFLOP/s = 50% of peak);
+        # L2: cuDNN 1 ms, tritoncnn 0.25 ms (4x). Geometric mean: sqrt(2 * 4) = 2.83x
+        _conv("L1", "cudnn", 2.0, 200.0),
+        _conv("L1", "tritoncnn", 1.0, 400.0),
+        _conv("L2", "cudnn", 1.0, 100.0),
+        _conv("L2", "tritoncnn", 0.25, 400.0),
+        # an older measurement of the same case: the newer row counts
+        _conv("L1", "tritoncnn", 10.0, 40.0, timestamp="2026-11-25T00:00:00+00:00"),
+        # a case that could not run
+        _conv("L2", "tritoncnn-unfused", 1.0, 1.0, status="skipped",
+              note="tritoncnn.kernels has no conv2d_relu_pool", median_ms=""),
+        # pool: PyTorch at 1500 GB/s (50% of copy), tritoncnn at 3000 GB/s (100%, 2x)
+        _row(suite="Pool", layer="vgg_pool1", op="pool", implementation="cudnn", median_ms=0.4,
+             gbps=1500.0, flop=0, bytes=6e8, shape="64x64x224x224 k2 s2 p0 -> 112x112"),
+        _row(suite="Pool", layer="vgg_pool1", op="pool", implementation="tritoncnn",
+             median_ms=0.2, gbps=3000.0, flop=0, bytes=6e8, shape="64x64x224x224 k2 s2 p0 -> 112x112"),
+        # training step: torch 20 ms, tritoncnn 16 ms (1.25x)
+        _row(suite="Train", layer="vgg11", op="train_step", implementation="cudnn",
+             direction="forward+backward", median_ms=20.0, images_per_s=12800.0,
+             peak_mem_mb=1000.0, batch=256, shape="batch 256 x 3x32x32"),
+        _row(suite="Train", layer="vgg11", op="train_step", implementation="tritoncnn",
+             direction="forward+backward", median_ms=16.0, images_per_s=16000.0,
+             peak_mem_mb=700.0, batch=256, shape="batch 256 x 3x32x32"),
+    ]
+    _write(d / "bench.csv", rows)
+    # tuning: three configs of one kernel shape; the heuristic 1.0 ms, the best 0.5 ms, one failed
+    pd.DataFrame([
+        dict(model="lenet5", layers="c1", kernel="conv_fwd", dtype="bfloat16", layout="nhwc",
+             shape='{"C": 1}', config='{"BLOCK_M": 64}', heuristic=True, cfg_BLOCK_M=64,
+             status="ok", ms=1.0, p20_ms=0.9, p80_ms=1.1, max_error=0.0, error="", best=False),
+        dict(model="lenet5", layers="c1", kernel="conv_fwd", dtype="bfloat16", layout="nhwc",
+             shape='{"C": 1}', config='{"BLOCK_M": 128}', heuristic=False, cfg_BLOCK_M=128,
+             status="ok", ms=0.5, p20_ms=0.45, p80_ms=0.55, max_error=0.0, error="", best=True),
+        dict(model="lenet5", layers="c1", kernel="conv_fwd", dtype="bfloat16", layout="nhwc",
+             shape='{"C": 1}', config='{"BLOCK_M": 256}', heuristic=False, cfg_BLOCK_M=256,
+             status="failed", ms=math.nan, p20_ms=math.nan, p80_ms=math.nan, max_error=math.nan,
+             error="OutOfResources: shared memory", best=False),
+    ]).assign(batch_size=1024, gpu=GPU).to_csv(d / "tune_lenet5_bf16_nhwc_b1024.csv", index=False)
+    # a training run: per-step losses and per-epoch accuracies of both backends
+    run = tmp_path / "results" / "train-run"
+    run.mkdir()
+    pd.DataFrame([dict(backend=b, epoch=1, step=s, global_step=s, loss=2.3 / s, lr=0.01,
+                       seconds=s * 0.1) for b in ("triton", "torch") for s in range(1, 6)]
+                 ).to_csv(run / "steps.csv", index=False)
+    pd.DataFrame([dict(backend=b, epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e,
+                       test_loss=1.1 / e, test_acc=0.45 + 0.1 * e, images_per_s=1000.0,
+                       seconds=1.0, peak_mem_mb=10.0) for b in ("triton", "torch")
+                  for e in (1, 2)]).to_csv(run / "epochs.csv", index=False)
+    return tmp_path / "results"
+
+
+def test_geomean_speedup_by_hand(results):
+    df, tune, curves = report.load([results])
+    gm = report.geomean_speedups(df)
+    conv = gm[(gm["op"] == "conv_relu") & (gm["implementation"] == "tritoncnn")]
+    assert len(conv) == 1
+    assert conv["geomean"].iloc[0] == pytest.approx(math.sqrt(2.0 * 4.0))
+    assert conv["layers"].iloc[0] == 2
+    assert (conv["min"].iloc[0], conv["max"].iloc[0]) == pytest.approx((2.0, 4.0))
+    pool = gm[gm["op"] == "pool"]
+    assert pool["geomean"].iloc[0] == pytest.approx(2.0)
+    train = gm[gm["op"] == "train_step"]
+    assert train["geomean"].iloc[0] == pytest.approx(1.25)
+    assert len(tune) == 1 and len(curves) == 2
+    # the older, slower L1 row was dropped
+    l1 = df[(df["layer"] == "L1") & (df["implementation"] == "tritoncnn")]
+    assert list(l1["median_ms"]) == [1.0]
+
+
+def test_peaks_from_measured_ceilings(results):
+    df, _, _ = report.load([results])
+    ceil = report.ceilings(df)
+    assert ceil[GPU]["matmul"] == {"bf16": 800.0} and ceil[GPU]["copy"] == 3000.0
+    df = report.add_peaks(df, ceil)
+    l1 = df[(df["layer"] == "L1") & (df["implementation"] == "tritoncnn")].iloc[0]
+    assert l1["pct_peak"] == pytest.approx(50.0)
+    pool = df[(df["op"] == "pool")].set_index("implementation")
+    assert pool.loc["tritoncnn", "pct_bw"] == pytest.approx(100.0)
+    assert pool.loc["cudnn", "pct_bw"] == pytest.approx(50.0)
+
+
+def test_report_tables_and_figures(results, tmp_path):
+    out = tmp_path / "doc" / "REPORT.md"
+    assert cli.main(["report", "--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"## {GPU}" in text
+    assert "| matmul bf16 | 800.0 TFLOP/s |" in text
+    assert "| device-to-device copy (read + write) | 3000.0 GB/s |" in text
+    # the summary line of S1: two layers, geomean 2.83x, min 2.00x, max 4.00x
+    assert ("| S1 | conv_relu | bf16 | channels_last | forward | tritoncnn | 2 | 2.83x | 2.00x | "
+            "4.00x |") in text
+    # per layer: L1 on tritoncnn, 1 ms, 400 TFLOP/s, 50% of peak, 2x
+    line = next(ln for ln in text.splitlines() if ln.startswith("| L1 |") and "| tritoncnn |" in ln)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[7:12] == ["1", "0.9-1.1", "400.0", "50", "2.00x"]
+    # pool: 3000 GB/s, 100% of copy, 2x
+    line = next(ln for ln in text.splitlines() if ln.startswith("| vgg_pool1 |")
+                and "| tritoncnn |" in ln)
+    assert [c.strip() for c in line.strip("|").split("|")][-4:-1] == ["3000.0", "100", "2.00x"]
+    # training: images/s, peak memory, speedup
+    line = next(ln for ln in text.splitlines() if ln.startswith("| vgg11 |") and "tritoncnn" in ln)
+    assert "| 16000 | 700 | 1.25x |" in line
+    # skipped cases are listed with their reason
+    assert "tritoncnn.kernels has no conv2d_relu_pool" in text
+    # autotuning: 3 configs, 1 failed, best 0.5 ms against the heuristic's 1 ms
+    line = next(ln for ln in text.splitlines() if "| conv_fwd |" in ln)
+    assert '| 3 | 1 | 0.5 | 1 | 2.00x | {"BLOCK_M": 128} |' in line
+    # figures: written, linked relative to the report, PNG
+    figures = out.parent / "figures"
+    names = {p.name for p in figures.glob("*.png")}
+    assert names == {"speedup_test-gpu-80gb_bf16.png", "roofline_test-gpu-80gb_bf16.png",
+                     "pool_bandwidth_test-gpu-80gb.png", "training_curves.png"}
+    for name in names:
+        assert (figures / name).read_bytes()[:8] == PNG
+        assert f"](figures/{name})" in text
+
+
+def test_report_without_results(tmp_path, capsys):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    out = tmp_path / "REPORT.md"
+    assert cli.main(["report", "--results", str(empty), "--out", str(out)]) == 0
+    assert "No benchmark rows found" in out.read_text()
+    assert cli.main(["report", "--results", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_markdown_table():
+    df = pd.DataFrame({"name": ["a|b", "c"], "n": [1, 22], "s": ["1.5x", ""]})
+    assert report.markdown_table(df) == (
+        "| name | n | s |\n"
+        "| --- | ---: | ---: |\n"
+        "| a\\|b | 1 | 1.5x |\n"
+        "| c | 22 |  |\n"
+    )
+    assert report.markdown_table(df.iloc[:0]) == "_(none)_\n"
+
+
+def test_report_reads_what_bench_writes(tmp_path):
+    """The two commands fit together: a CPU bench run becomes a report (PyTorch as baseline)."""
+    res = tmp_path / "res"
+    assert cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--layers", "conv3x3",
+                     "--impl", "cudnn", "--layout", "nchw", "--direction", "forward",
+                     "--cpu-reps", "1", "--out", str(res)]) == 0
+    out = tmp_path / "REPORT.md"
+    assert cli.main(["report", "--results", str(res), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### Tiny: time, TFLOP/s, % of peak, speedup per layer" in text
+    assert "| conv3x3 | conv_relu_pool |" in text and "matmul ieee" in text
