@@ -1,2 +1,616 @@
-"""Conv kernels (placeholder until written)."""
-__all__ = []
+"""Conv2d (+ bias + ReLU) and linear layers on one implicit-GEMM Triton core, forward and backward.
+
+Three layers, as elsewhere in tritoncnn:
+
+* host launchers :func:`conv2d_forward` and :func:`conv2d_backward`: take validated 4-D tensors and a
+  :class:`ConvGeometry`, pick the launch config (``tritoncnn.autotune.get_config``, overridable per
+  call), allocate and launch the kernels of ``_conv_kernels``;
+* :class:`Conv2dFunction` (a ``torch.autograd.Function``) and the custom ops ``tritoncnn::conv2d`` /
+  ``tritoncnn::conv2d_backward`` (``torch.library``, with fake, autograd and autocast registrations,
+  so ``opcheck``, ``torch.compile`` and ``torch.autocast`` work);
+* the functional API :func:`conv2d`, :func:`conv2d_relu` and :func:`linear`, which go through the
+  custom op. ``linear`` is a 1x1 convolution over a 1x1 map: the same kernels.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+
+from tritoncnn import autotune
+
+from ._common import (
+    INTERPRET,
+    as_pair,
+    check_device,
+    check_float,
+    dot_precision,
+    is_channels_last,
+    memory_format_of,
+)
+from ._conv_kernels import (
+    _conv_dw_kernel,
+    _conv_dx_kernel,
+    _conv_fwd_kernel,
+    _sum_splits_kernel,
+)
+
+__all__ = [
+    "ConvGeometry",
+    "Conv2dFunction",
+    "conv2d",
+    "conv2d_relu",
+    "linear",
+    "conv2d_forward",
+    "conv2d_backward",
+    "resolve_geometry",
+]
+
+# Kernels whose reduction is one flattened (tap, channel block) loop: Triton miscompiles that loop
+# form at num_warps >= 8 (DESIGN.md section 5), so their configs are capped at this many warps.
+_FLAT_LOOP_MAX_WARPS = 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry and validation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Resolved convolution arguments: everything but the tensors.
+
+    ``padding`` is (top, bottom, left, right): padding='same' with an even kernel pads one more on
+    the bottom/right, as ``F.conv2d`` does.
+    """
+
+    stride: Tuple[int, int]
+    padding: Tuple[int, int, int, int]
+    dilation: Tuple[int, int]
+    groups: int
+
+    def output_size(self, H: int, W: int, R: int, S: int) -> Tuple[int, int]:
+        """(P, Q) for an H x W input and an R x S kernel."""
+        (sh, sw), (pt, pb, pl, pr), (dh, dw) = self.stride, self.padding, self.dilation
+        return (H + pt + pb - dh * (R - 1) - 1) // sh + 1, (W + pl + pr - dw * (S - 1) - 1) // sw + 1
+
+    def as_op_args(self) -> tuple:
+        """The geometry as the custom ops' (stride, padding, dilation, groups) arguments."""
+        return list(self.stride), list(self.padding), list(self.dilation), self.groups
+
+    @classmethod
+    def from_op_args(cls, stride, padding, dilation, groups) -> "ConvGeometry":
+        return cls(tuple(stride), tuple(padding), tuple(dilation), int(groups))
+
+
+def _shape(t: torch.Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def _check_tensors(input, weight, bias, *, same_dtype: bool = True) -> None:
+    """Types, devices and dtypes of the three tensors (shapes are checked by resolve_geometry)."""
+    check_float("input", input)
+    check_float("weight", weight)
+    if bias is not None:
+        check_float("bias", bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != input.device:
+            raise ValueError(
+                f"input is on {input.device} but {name} is on {t.device}; they must share a device"
+            )
+    check_device("input", input)
+    if same_dtype:
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and t.dtype != input.dtype:
+                raise TypeError(
+                    f"input has dtype {input.dtype} but {name} has dtype {t.dtype}; "
+                    "they must match (or run under torch.autocast)"
+                )
+
+
+def _positive_pair(value, name: str) -> Tuple[int, int]:
+    pair = as_pair(value, name)
+    if min(pair) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0, dilation=1,
+                     groups=1) -> ConvGeometry:
+    """Check ``F.conv2d``-style arguments against 4-D shapes and resolve them into a geometry.
+
+    ``input_shape`` is (N, C, H, W), ``weight_shape`` (K, C/groups, R, S), ``bias_shape`` (K,) or
+    None. Every error names the argument and the shapes involved.
+    """
+    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {input_shape}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"weight must be 4-D (K, C/groups, R, S), got shape {weight_shape}")
+    N, C, H, W = input_shape
+    K, CG, R, S = weight_shape
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if C % groups:
+        raise ValueError(f"groups={groups} does not divide the C={C} channels of input {input_shape}")
+    if K % groups:
+        raise ValueError(
+            f"groups={groups} does not divide the K={K} output channels of weight {weight_shape}"
+        )
+    if CG * groups != C:
+        raise ValueError(
+            f"channel mismatch: input {input_shape} has C={C} channels, but weight {weight_shape} "
+            f"with groups={groups} expects C = {CG} * {groups} = {CG * groups}"
+        )
+    if bias_shape is not None and tuple(bias_shape) != (K,):
+        raise ValueError(
+            f"bias must have shape ({K},) to match the K={K} output channels of weight "
+            f"{weight_shape}, got shape {tuple(bias_shape)}"
+        )
+    sh, sw = _positive_pair(stride, "stride")
+    dh, dw = _positive_pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride {stride!r}")
+            th, tw = dh * (R - 1), dw * (S - 1)
+            pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    else:
+        ph, pw = as_pair(padding, "padding")
+        if min(ph, pw) < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        pads = (ph, ph, pw, pw)
+    extent_h, extent_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    padded_h, padded_w = H + pads[0] + pads[1], W + pads[2] + pads[3]
+    if extent_h > padded_h or extent_w > padded_w:
+        raise ValueError(
+            f"kernel of weight {weight_shape} (dilated extent {extent_h}x{extent_w}) is larger than "
+            f"the padded input {padded_h}x{padded_w} of input {input_shape}"
+        )
+    geometry = ConvGeometry((sh, sw), pads, (dh, dw), groups)
+    # Kernels index pixels and offsets inside one image in int32 (the batch term is int64).
+    P, Q = geometry.output_size(H, W, R, S)
+    if max(N * H * W, N * P * Q, C * H * W, K * P * Q) >= 2**31:
+        raise ValueError(
+            f"input {input_shape} with weight {weight_shape} has more than 2**31 - 1 pixels in "
+            "the batch or elements in one image; split the batch"
+        )
+    return geometry
+
+
+def _parse_activation(activation) -> bool:
+    """None -> False, 'relu' -> True (the only activation the epilogue has)."""
+    if activation is None:
+        return False
+    if activation == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configs
+# ----------------------------------------------------------------------------------------------
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    """The power of two covering n, clamped to [lo, hi]."""
+    return max(lo, min(hi, triton.next_power_of_2(max(1, int(n)))))
+
+
+def _gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype) -> dict:
+    """Tiles for an implicit GEMM of rows x cols with a reduction block over ``red`` channels.
+
+    The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
+    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory).
+    """
+    if INTERPRET:
+        return dict(BLOCK_M=_pow2(rows, 16, 2048), BLOCK_N=_pow2(cols, 16, 64),
+                    BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
+    block_k = _pow2(red, 16, 32 if dtype == torch.float32 else 64)
+    return dict(BLOCK_M=_pow2(rows, 16, 128), BLOCK_N=_pow2(cols, 16, 128), BLOCK_K=block_k,
+                GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
+
+
+def _dw_heuristic(KG: int, RSC: int, NPQ: int, tiles_per_split: int, dtype, device) -> dict:
+    """dW tiles: rows = output channels, columns = (r, s, c) taps, reduction over N*P*Q pixels,
+    split so that the grid fills the GPU (one split under the interpreter)."""
+    if INTERPRET:
+        return dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
+                    BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1, SPLIT=1)
+    cfg = dict(BLOCK_M=_pow2(KG, 16, 128), BLOCK_N=_pow2(RSC, 16, 128),
+               BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_M=8, num_warps=4, num_stages=3)
+    tiles = tiles_per_split(cfg)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    steps = triton.cdiv(NPQ, cfg["BLOCK_K"])
+    cfg["SPLIT"] = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(steps, 8), 64))
+    return cfg
+
+
+def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
+            override: Optional[dict]) -> dict:
+    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top."""
+    cfg = dict(autotune.get_config(kernel, shape, dtype, layout, heuristic))
+    if override:
+        cfg.update(override)
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+        block = cfg[key]
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"{kernel} config {key}={block} must be a power of two >= 16")
+    if kernel in ("conv_fwd", "conv_dx"):
+        cfg["num_warps"] = min(cfg["num_warps"], _FLAT_LOOP_MAX_WARPS)
+    return cfg
+
+
+def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, P: int, Q: int) -> dict:
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    return dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, groups=geometry.groups,
+                stride_h=geometry.stride[0], stride_w=geometry.stride[1],
+                pad_h=geometry.padding[0], pad_w=geometry.padding[2],
+                dil_h=geometry.dilation[0], dil_w=geometry.dilation[1])
+
+
+def _layout(x: torch.Tensor) -> str:
+    return "nhwc" if is_channels_last(x) else "nchw"
+
+
+def _dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
+    """DOT_FP32 (bf16 tiles upcast under the interpreter) and PRECISION for the kernels."""
+    return dict(DOT_FP32=INTERPRET and dtype == torch.bfloat16,
+                PRECISION=dot_precision(dtype, allow_tf32))
+
+
+def _launch_opts(cfg: dict) -> dict:
+    return dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Host launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   geometry: ConvGeometry, relu: bool = False, allow_tf32: Optional[bool] = None,
+                   config: Optional[dict] = None) -> torch.Tensor:
+    """Y = relu?(conv2d(input, weight) + bias): (N, C, H, W) -> (N, K, P, Q), in input's format.
+
+    Tensors must already be checked (see :func:`resolve_geometry`); ``config`` overrides keys of
+    the "conv_fwd" launch config.
+    """
+    N, C, H, W = input.shape
+    K, CG, R, S = weight.shape
+    KG = K // geometry.groups
+    P, Q = geometry.output_size(H, W, R, S)
+    y = torch.empty((N, K, P, Q), device=input.device, dtype=input.dtype,
+                    memory_format=memory_format_of(input))
+    if y.numel() == 0:
+        return y
+    M = N * P * Q
+    cfg = _config("conv_fwd", _shape_key(input, weight, geometry, P, Q), input.dtype,
+                  _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
+    (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    _conv_fwd_kernel[grid](
+        input, weight, bias if bias is not None else weight, y,
+        N, H, W, P, Q, R, S, CG, KG,
+        *input.stride(), *weight.stride(), *y.stride(),
+        sh, sw, pt, pl, dh, dw,
+        HAS_BIAS=bias is not None, RELU=relu, **_dot_args(input.dtype, allow_tf32),
+        **_launch_opts(cfg),
+    )
+    return y
+
+
+def conv2d_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    output: Optional[torch.Tensor],
+    geometry: ConvGeometry,
+    relu: bool = False,
+    needs: Tuple[bool, bool, bool] = (True, True, True),
+    allow_tf32: Optional[bool] = None,
+    configs: Optional[dict] = None,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dX, dW, db) of :func:`conv2d_forward`; each is None where ``needs`` says it is not wanted.
+
+    ``output`` is the saved forward output, needed only for ``relu`` (its mask is applied while
+    dY is loaded). ``configs`` maps "conv_dx" / "conv_dw" to config overrides. dX keeps input's
+    memory format, dW weight's strides.
+    """
+    configs = configs or {}
+    need_dx, need_dw, need_db = needs
+    if relu and output is None:
+        raise ValueError("conv2d_backward with relu=True needs the saved forward output")
+    N, C, H, W = input.shape
+    K, CG, R, S = weight.shape
+    groups = geometry.groups
+    KG = K // groups
+    P, Q = grad_output.shape[2:]
+    (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    y = output if relu else grad_output  # only read when relu
+    shape = _shape_key(input, weight, geometry, P, Q)
+    layout = _layout(input)
+    dot = _dot_args(input.dtype, allow_tf32)
+
+    dx = dw_out = db = None
+    if need_dx:
+        dx = torch.empty_like(input, memory_format=memory_format_of(input))
+        HP, WP = triton.cdiv(H, sh), triton.cdiv(W, sw)
+        rows = N * HP * WP
+        if dx.numel():
+            cfg = _config("conv_dx", shape, input.dtype, layout,
+                          _gemm_heuristic(rows, CG, KG, input.dtype), configs.get("conv_dx"))
+            grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(CG, cfg["BLOCK_N"]), groups,
+                    sh * sw)
+            _conv_dx_kernel[grid](
+                grad_output, y, weight, dx,
+                N, H, W, P, Q, R, S, CG, KG,
+                *grad_output.stride(), *y.stride(), *weight.stride(), *dx.stride(),
+                sh, sw, pt, pl, dh, dw,
+                sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
+                RELU=relu, **dot, **_launch_opts(cfg),
+            )
+
+    if need_dw or need_db:
+        RSC = R * S * CG
+        NPQ = N * P * Q
+        if need_dw:
+            dw_out = torch.empty_like(weight)
+        if need_db:
+            db = torch.empty((K,), device=weight.device, dtype=weight.dtype)
+        if NPQ == 0:
+            for t in (dw_out, db):
+                if t is not None:
+                    t.zero_()
+            return dx, dw_out, db
+
+        def tiles(cfg):
+            cols = triton.cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
+            return triton.cdiv(KG, cfg["BLOCK_M"]) * cols
+
+        heuristic = _dw_heuristic(KG, RSC, NPQ, lambda cfg: tiles(cfg) * groups, input.dtype,
+                                  input.device)
+        cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"))
+        block_k = cfg["BLOCK_K"]
+        chunk = triton.cdiv(triton.cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
+        split = triton.cdiv(NPQ, chunk)
+        f32 = dict(device=input.device, dtype=torch.float32)
+        dw_part = torch.empty((split, K, RSC), **f32) if need_dw else None
+        db_part = torch.empty((split, K), **f32) if need_db else None
+        dummy = dw_part if need_dw else db_part
+        _conv_dw_kernel[(tiles(cfg), groups, split)](
+            grad_output, y, input,
+            dw_part if need_dw else dummy, db_part if need_db else dummy,
+            N, H, W, P, Q, R, S, CG, KG, K, chunk,
+            *grad_output.stride(), *y.stride(), *input.stride(),
+            sh, sw, pt, pl, dh, dw,
+            NEED_DW=need_dw, NEED_DB=need_db, RELU=relu, **dot, **_launch_opts(cfg),
+        )
+        if need_dw:
+            _sum_splits(dw_part, dw_out, RSC, CG, S, dw_out.stride())
+        if need_db:
+            _sum_splits(db_part, db, 1, 1, 1, (db.stride(0), 0, 0, 0))
+    return dx, dw_out, db
+
+
+def _sum_splits(part: torch.Tensor, out: torch.Tensor, cols: int, CG: int, S: int,
+                out_strides) -> None:
+    """out = part.sum(0) in split order, cast and scattered into out's layout."""
+    split, L = part.shape[0], part[0].numel()
+    block = _pow2(L, 16, 16384) if INTERPRET else 1024
+    _sum_splits_kernel[(triton.cdiv(L, block),)](
+        part, out, split, L, cols, CG, S, *out_strides, BLOCK=block,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd Function
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolve_tf32(allow_tf32: Optional[bool]) -> bool:
+    """Fix the float32 dot precision at forward time, so backward uses the same one."""
+    return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else bool(allow_tf32)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """conv2d + bias + optional ReLU as an autograd Function on 4-D tensors.
+
+    ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, activation,
+    allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
+    "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. The functional API
+    (:func:`conv2d`) goes through the custom op instead, which also works under torch.compile.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                activation=None, allow_tf32=None, configs=None):
+        relu = _parse_activation(activation)
+        _check_tensors(input, weight, bias)
+        geometry = resolve_geometry(_shape(input), _shape(weight),
+                                    None if bias is None else _shape(bias),
+                                    stride, padding, dilation, groups)
+        allow = _resolve_tf32(allow_tf32)
+        configs = configs or {}
+        y = conv2d_forward(input, weight, bias, geometry, relu, allow, configs.get("conv_fwd"))
+        ctx.save_for_backward(input, weight, y if relu else None)
+        ctx.geometry, ctx.relu, ctx.allow_tf32, ctx.configs = geometry, relu, allow, configs
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, output = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        dx, dw, db = conv2d_backward(
+            grad_output, input, weight, output, ctx.geometry, ctx.relu,
+            (need_dx, need_dw, need_db and ctx.has_bias), ctx.allow_tf32, ctx.configs,
+        )
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops: tritoncnn::conv2d and tritoncnn::conv2d_backward
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tritoncnn::conv2d", mutates_args=())
+def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               stride: List[int], padding: List[int], dilation: List[int], groups: int,
+               relu: bool, allow_tf32: bool) -> torch.Tensor:
+    """relu?(conv2d(input, weight) + bias) with resolved geometry; padding is (top, bottom,
+    left, right)."""
+    _check_tensors(input, weight, bias)
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    return conv2d_forward(input, weight, bias, geometry, relu, allow_tf32)
+
+
+@_conv2d_op.register_fake
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, allow_tf32):
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    N, _, H, W = input.shape
+    K, _, R, S = weight.shape
+    P, Q = geometry.output_size(H, W, R, S)
+    return torch.empty((N, K, P, Q), device=input.device, dtype=input.dtype,
+                       memory_format=memory_format_of(input))
+
+
+@torch.library.custom_op("tritoncnn::conv2d_backward", mutates_args=())
+def _conv2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+                        output: Optional[torch.Tensor], stride: List[int], padding: List[int],
+                        dilation: List[int], groups: int, relu: bool, allow_tf32: bool,
+                        output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dX, dW, db) of tritoncnn::conv2d; a gradient left out by ``output_mask`` comes back as an
+    empty tensor."""
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    grads = conv2d_backward(grad_output, input, weight, output, geometry, relu,
+                            tuple(output_mask), allow_tf32)
+    return tuple(g if g is not None else input.new_empty(0) for g in grads)
+
+
+@_conv2d_backward_op.register_fake
+def _conv2d_backward_fake(grad_output, input, weight, output, stride, padding, dilation, groups,
+                          relu, allow_tf32, output_mask):
+    need_dx, need_dw, need_db = output_mask
+    return (
+        torch.empty_like(input, memory_format=memory_format_of(input)) if need_dx
+        else input.new_empty(0),
+        torch.empty_like(weight) if need_dw else input.new_empty(0),
+        weight.new_empty((weight.shape[0],)) if need_db else input.new_empty(0),
+    )
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, relu, allow_tf32 = inputs
+    ctx.save_for_backward(input, weight, output if relu else None)
+    ctx.op_args = (stride, padding, dilation, groups, relu, allow_tf32)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_op_backward(ctx, grad_output):
+    input, weight, output = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2] and ctx.has_bias]
+    grads = [None, None, None]
+    if any(mask):
+        computed = torch.ops.tritoncnn.conv2d_backward(grad_output, input, weight, output,
+                                                       *ctx.op_args, mask)
+        grads = [g if want else None for g, want in zip(computed, mask)]
+    return (*grads, None, None, None, None, None, None)
+
+
+_conv2d_op.register_autograd(_conv2d_op_backward, setup_context=_conv2d_setup_context)
+
+_autocast_lib = torch.library.Library("tritoncnn", "FRAGMENT")
+
+
+def _register_autocast(device_type: str, dispatch_key: str) -> None:
+    """Under torch.autocast(device_type), cast the tensors to the autocast dtype, as F.conv2d
+    does, then run the op with autocast off."""
+
+    def autocast_conv2d(input, weight, bias, *args):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t):
+            ok = t is not None and t.is_floating_point() and t.device.type == device_type
+            return t.to(dtype) if ok else t
+
+        with torch.autocast(device_type, enabled=False):
+            return _conv2d_op(cast(input), cast(weight), cast(bias), *args)
+
+    _autocast_lib.impl("conv2d", autocast_conv2d, dispatch_key)
+
+
+_register_autocast("cpu", "AutocastCPU")
+_register_autocast("cuda", "AutocastCUDA")
+
+
+# ----------------------------------------------------------------------------------------------
+# Functional API
+# ----------------------------------------------------------------------------------------------
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride=1, padding=0, dilation=1, groups: int = 1, activation: Optional[str] = None,
+           *, allow_tf32: Optional[bool] = None) -> torch.Tensor:
+    """``F.conv2d`` (+ ReLU when ``activation="relu"``) on tritoncnn's implicit-GEMM kernels.
+
+    Arguments as in ``torch.nn.functional.conv2d``: input (N, C, H, W) or unbatched (C, H, W),
+    weight (K, C/groups, R, S), bias (K,) or None; stride, dilation an int or pair; padding an
+    int, a pair, 'same' or 'valid'. The output keeps input's memory format. float32 dots use TF32
+    when ``allow_tf32`` says so, by default when ``torch.backends.cudnn.allow_tf32`` does.
+    """
+    relu = _parse_activation(activation)
+    check_float("input", input)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {_shape(input)}"
+        )
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    autocasting = torch.is_autocast_enabled(x.device.type)
+    _check_tensors(x, weight, bias, same_dtype=not autocasting)
+    geometry = resolve_geometry(_shape(x), _shape(weight), None if bias is None else _shape(bias),
+                                stride, padding, dilation, groups)
+    y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
+    return y.squeeze(0) if unbatched else y
+
+
+def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                stride=1, padding=0, dilation=1, groups: int = 1, *,
+                allow_tf32: Optional[bool] = None) -> torch.Tensor:
+    """relu(conv2d(...)): the fused CONV -> RELU layer (see :func:`conv2d`)."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups, "relu",
+                  allow_tf32=allow_tf32)
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           activation: Optional[str] = None, *, allow_tf32: Optional[bool] = None) -> torch.Tensor:
+    """``F.linear`` (+ ReLU) as a 1x1 convolution over a 1x1 map: the conv kernels, unchanged.
+
+    input (*, in_features), weight (out_features, in_features), bias (out_features,) or None.
+    """
+    check_float("input", input)
+    check_float("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight must be 2-D (out_features, in_features), got shape {_shape(weight)}"
+        )
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"input of shape {_shape(input)} must end in in_features={weight.shape[1]} "
+            f"of weight {_shape(weight)}"
+        )
+    out_features, in_features = weight.shape
+    x = input.reshape(-1, in_features)[:, :, None, None]              # (B, in, 1, 1)
+    y = conv2d(x, weight[:, :, None, None], bias, activation=activation,
+               allow_tf32=allow_tf32)                                  # (B, out, 1, 1)
+    return y.reshape(*input.shape[:-1], out_features)

@@ -1,0 +1,338 @@
+"""Triton kernels of the conv family: one implicit-GEMM core, forward and backward.
+
+Notation (PyTorch's): input X (N, C, H, W), weight Wt (K, C/groups, R, S), output Y (N, K, P, Q);
+``CG = C/groups`` and ``KG = K/groups`` are the channels of one group. Every tensor comes in as a
+pointer plus its four element strides, so NCHW, channels_last and views all work; channels_last
+(C innermost) makes the channel tiles contiguous and is the fast path.
+
+* forward  ``_conv_fwd_kernel``: GEMM rows = output pixels (n, p, q), columns = output channels,
+  reduction over (r, s, c) with c innermost; epilogue bias + ReLU + cast, written once.
+* input gradient ``_conv_dx_kernel``: the transposed GEMM, rows = input pixels (n, h, w), columns =
+  input channels, reduction over (r, s, k). Stride-phase form: each program serves one phase
+  ((h + pad) % stride) and visits only the taps that map its pixels onto output pixels (only the
+  image borders are masked) -- no zero-inserted dY, no multiply-adds wasted on stride holes.
+* weight gradient ``_conv_dw_kernel``: rows = output channels, columns = (r, s, c), reduction over
+  (n, p, q) split into SPLIT chunks; each chunk writes an fp32 partial and ``_sum_splits_kernel``
+  adds them in a fixed order (deterministic, no atomics). db is the same masked sum of dY.
+
+The ReLU mask (Y > 0, from the saved output) is applied while dY is loaded.
+
+Index arithmetic: offsets inside one image stay int32, the batch term ``n * stride_n`` is int64, so
+tensors past 2**31 elements are addressed correctly.
+
+The forward and dX reductions are single flattened loops over (tap, channel block), so Triton
+pipelines them across taps; the launcher caps these two kernels at 4 warps (this loop form
+miscompiles at num_warps >= 8, see DESIGN.md section 5). dW loops over pixels and is not capped.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped ("swizzled") order of output tiles: GROUP_M row tiles share their column tiles in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(NCOLS, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b in fp32. DOT_FP32 upcasts the tiles first (bf16 under the interpreter, whose
+    tl.dot is wrong for bf16)."""
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _relu_masked(dy, y_ptr, y_off, mask, RELU: tl.constexpr):
+    """ReLU backward folded into the load of dY: keep dY where the saved output is > 0."""
+    if RELU:
+        y = tl.load(y_ptr + y_off, mask=mask, other=0.0)
+        dy = tl.where(y > 0, dy, tl.zeros_like(dy))
+    return dy
+
+
+@triton.jit
+def _conv_fwd_mainloop(
+    x_ptr, w_ptr,
+    x_row, h0, w0, mask_m,      # per GEMM row: image base offset (int64), top-left tap, validity
+    w_col, mask_n,              # per GEMM column: output channel base offset, validity
+    H, W, CG, R, S,
+    sxc, sxh, sxw, swc, swr, sws,
+    dil_h, dil_w,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c.
+
+    The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
+    row groupings (e.g. whole pooling windows) call this core with their own row mapping.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    for it in range(R * S * c_blocks):
+        cb = it % c_blocks
+        rs = it // c_blocks
+        r = rs // S
+        s = rs % S
+        h = h0 + r * dil_h                                   # (BLOCK_M,)
+        w = w0 + s * dil_w
+        ok = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        c = cb * BLOCK_K + offs_k                            # (BLOCK_K,)
+        mask_c = c < CG
+        a_off = x_row + h * sxh + w * sxw                    # (BLOCK_M,) int64
+        a = tl.load(x_ptr + (a_off[:, None] + c[None, :] * sxc),
+                    mask=ok[:, None] & mask_c[None, :], other=0.0)   # (BLOCK_M, BLOCK_K)
+        b = tl.load(w_ptr + (w_col[None, :] + c[:, None] * swc + r * swr + s * sws),
+                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    return acc
+
+
+@triton.jit
+def _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    """Epilogue on the fp32 accumulator: + bias[chan] per column, then ReLU."""
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + chan, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, H, W, P, Q, R, S, CG, KG,
+    sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
+    syn, syk, syp, syq,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Y = act(conv(X, Wt) + b). Grid: (row tiles * column tiles, groups)."""
+    g = tl.program_id(1)
+    M = N * P * Q
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # output pixel (n, p, q)
+    mask_m = offs_m < M
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = offs_m // (P * Q)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # output channel within the group
+    mask_n = offs_n < KG
+    chan = g * KG + offs_n                                 # output channel
+
+    x_row = n.to(tl.int64) * sxn + (g * CG) * sxc
+    acc = _conv_fwd_mainloop(
+        x_ptr, w_ptr, x_row, p * stride_h - pad_h, q * stride_w - pad_w, mask_m,
+        chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
+        BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+    )
+    acc = _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS, RELU)
+
+    y_off = (n.to(tl.int64) * syn + p * syp + q * syq)[:, None] + (chan * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _first_tap(a, stride, dil, STEP, NONE):
+    """Smallest tap index r with (a - r*dil) % stride == 0, where the phase a is (h + pad) % stride
+    of the input rows: the taps of this phase are r, r + STEP, ... with STEP = stride /
+    gcd(stride, dil). Returns NONE when no tap of the phase ever reaches an output pixel."""
+    first = a * 0 + STEP                                   # an int32 tensor: loop-carried
+    for t in range(STEP):
+        hit = ((a - t * dil) % stride == 0) & (first == STEP)
+        first = tl.where(hit, t, first)
+    return tl.where(first < STEP, first, NONE)
+
+
+@triton.jit
+def _conv_dx_kernel(
+    dy_ptr, y_ptr, w_ptr, dx_ptr,
+    N, H, W, P, Q, R, S, CG, KG,
+    sdn, sdk, sdp, sdq,
+    syn, syk, syp, syq,
+    swk, swc, swr, sws,
+    sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    STEP_R, STEP_S, HP, WP,
+    RELU: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """dX = conv_transpose(relu_mask(dY), Wt), stride-phase form.
+
+    Grid: (row tiles * column tiles, groups, stride_h * stride_w phases). Phase (a_h, a_w) owns the
+    input pixels with (h + pad_h) % stride_h == a_h and (w + pad_w) % stride_w == a_w; for them,
+    only taps r = r0 + i*STEP_R (and s likewise) land on an output pixel, p = (h + pad_h - r*dil_h)
+    / stride_h exactly. HP, WP = ceil(H/stride_h), ceil(W/stride_w) bound the pixels of a phase.
+    Pixels that no output touches get zeros, so dX is written once, entirely.
+    """
+    g = tl.program_id(1)
+    phase = tl.program_id(2)
+    a_h = phase // stride_w
+    a_w = phase % stride_w
+    h_first = ((a_h - pad_h) % stride_h + stride_h) % stride_h   # first input row of the phase
+    w_first = ((a_w - pad_w) % stride_w + stride_w) % stride_w
+    h_count = (H - h_first + stride_h - 1) // stride_h           # rows of the phase (maybe 0)
+    w_count = (W - w_first + stride_w - 1) // stride_w
+    M = N * h_count * w_count
+    pid_m, pid_n = _tile_ids(tl.program_id(0), N * HP * WP, CG, BLOCK_M, BLOCK_N, GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # input pixel of this phase
+    mask_m = offs_m < M
+    wc = tl.maximum(w_count, 1)
+    hwc = tl.maximum(h_count * w_count, 1)
+    n = offs_m // hwc
+    h = h_first + ((offs_m // wc) % tl.maximum(h_count, 1)) * stride_h
+    w = w_first + (offs_m % wc) * stride_w
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)            # input channel within the group
+    mask_n = offs_n < CG
+
+    r0 = _first_tap(a_h, stride_h, dil_h, STEP_R, R)
+    s0 = _first_tap(a_w, stride_w, dil_w, STEP_S, S)
+    n_r = tl.where(r0 < R, (R - r0 + STEP_R - 1) // STEP_R, 0)
+    n_s = tl.where(s0 < S, (S - s0 + STEP_S - 1) // STEP_S, 0)
+
+    dy_row = n.to(tl.int64) * sdn
+    y_row = n.to(tl.int64) * syn
+    offs_k = tl.arange(0, BLOCK_K)
+    k_blocks = tl.cdiv(KG, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(n_r * n_s * k_blocks):
+        kb = it % k_blocks
+        rs = it // k_blocks
+        r = r0 + (rs // n_s) * STEP_R
+        s = s0 + (rs % n_s) * STEP_S
+        p = (h + pad_h - r * dil_h) // stride_h                # exact: the phase guarantees it
+        q = (w + pad_w - s * dil_w) // stride_w
+        ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        k = kb * BLOCK_K + offs_k
+        mask_k = k < KG
+        chan = g * KG + k                                       # output channel
+        mask_a = ok[:, None] & mask_k[None, :]
+        a = tl.load(dy_ptr + ((dy_row + p * sdp + q * sdq)[:, None] + (chan * sdk)[None, :]),
+                    mask=mask_a, other=0.0)                     # (BLOCK_M, BLOCK_K)
+        a = _relu_masked(a, y_ptr, (y_row + p * syp + q * syq)[:, None] + (chan * syk)[None, :],
+                         mask_a, RELU)
+        b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+
+    dx_off = (n.to(tl.int64) * sxn + h * sxh + w * sxw)[:, None] + ((g * CG + offs_n) * sxc)[None, :]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _conv_dw_kernel(
+    dy_ptr, y_ptr, x_ptr, dw_part_ptr, db_part_ptr,
+    N, H, W, P, Q, R, S, CG, KG, K, CHUNK,
+    sdn, sdk, sdp, sdq,
+    syn, syk, syp, syq,
+    sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Partial dW and db over one chunk of the (n, p, q) reduction.
+
+    Grid: (row tiles * column tiles, groups, splits). Rows are output channels of the group,
+    columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
+    [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials:
+    dw_part (SPLIT, K, R*S*CG) contiguous, db_part (SPLIT, K) from the first column tile.
+    """
+    g = tl.program_id(1)
+    split = tl.program_id(2)
+    RSC = R * S * CG
+    if NEED_DW:
+        pid_m, pid_n = _tile_ids(tl.program_id(0), KG, RSC, BLOCK_M, BLOCK_N, GROUP_M)
+    else:  # db only: one column tile
+        pid_m, pid_n = _tile_ids(tl.program_id(0), KG, 1, BLOCK_M, BLOCK_N, GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # output channel within the group
+    mask_m = offs_m < KG
+    chan = g * KG + offs_m
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # tap (r, s, c)
+    mask_n = offs_n < RSC
+    c = offs_n % CG
+    s = (offs_n // CG) % S
+    r = offs_n // (CG * S)
+    col_h = r * dil_h - pad_h                              # (BLOCK_N,)
+    col_w = s * dil_w - pad_w
+    col_x = (g * CG + c) * sxc
+
+    NPQ = N * P * Q
+    t_begin = split * CHUNK
+    t_end = tl.minimum(t_begin + CHUNK, NPQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for t0 in range(t_begin, t_end, BLOCK_K):
+        t = t0 + tl.arange(0, BLOCK_K)                     # output pixel (n, p, q)
+        mask_t = t < t_end
+        q = t % Q
+        p = (t // Q) % P
+        n = (t // (P * Q)).to(tl.int64)
+        mask_a = mask_m[:, None] & mask_t[None, :]
+        a = tl.load(dy_ptr + ((chan * sdk)[:, None] + (n * sdn + p * sdp + q * sdq)[None, :]),
+                    mask=mask_a, other=0.0)                # dY^T (BLOCK_M, BLOCK_K)
+        a = _relu_masked(a, y_ptr, (chan * syk)[:, None] + (n * syn + p * syp + q * syq)[None, :],
+                         mask_a, RELU)
+        if NEED_DB:
+            acc_b += tl.sum(a.to(tl.float32), axis=1)
+        if NEED_DW:
+            h = (p * stride_h)[:, None] + col_h[None, :]   # (BLOCK_K, BLOCK_N)
+            w = (q * stride_w)[:, None] + col_w[None, :]
+            ok = (mask_t[:, None] & mask_n[None, :]) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            b = tl.load(x_ptr + ((n * sxn)[:, None] + col_x[None, :] + h * sxh + w * sxw),
+                        mask=ok, other=0.0)                # X patches (BLOCK_K, BLOCK_N)
+            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+
+    if NEED_DW:
+        part = split.to(tl.int64) * K * RSC + (chan * RSC)[:, None] + offs_n[None, :]
+        tl.store(dw_part_ptr + part, acc, mask=mask_m[:, None] & mask_n[None, :])
+    if NEED_DB:
+        tl.store(db_part_ptr + split.to(tl.int64) * K + chan, acc_b, mask=mask_m & (pid_n == 0))
+
+
+@triton.jit
+def _sum_splits_kernel(
+    part_ptr, out_ptr, SPLIT, L, COLS, CG, S,
+    so_k, so_c, so_r, so_s,
+    BLOCK: tl.constexpr,
+):
+    """out[k, c, r, s] = sum over splits, in split order, of part[split, k, (r, s, c)].
+
+    part is fp32 (SPLIT, L) contiguous with L = K * COLS and COLS = R*S*CG (1 for db); the sum is
+    cast to out's dtype and stored through out's strides (so_c = so_r = so_s = 0 for db).
+    """
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < L
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    ptrs = part_ptr + e
+    for _ in range(SPLIT):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += L                                          # pointer steps: no int32 overflow
+    k = e // COLS
+    j = e % COLS
+    c = j % CG
+    s = (j // CG) % S
+    r = j // (CG * S)
+    tl.store(out_ptr + (k * so_k + c * so_c + r * so_r + s * so_s),
+             acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,435 @@
+"""conv2d / conv2d_relu / linear against a float64 PyTorch reference: values and all three
+gradients with one shared upstream gradient, determinism, the custom op, autocast, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu, linear
+from tritoncnn.kernels.conv import ConvGeometry, conv2d_backward, resolve_geometry
+
+from conftest import DEVICE
+
+# (N, C, H, W, K, (R, S), stride, padding, dilation, groups): each line one property, tiny sizes.
+CASES = {
+    "lecture_32x32x3_six_5x5": (2, 3, 32, 32, 6, (5, 5), 1, 0, 1, 1),     # -> 28x28x6
+    "stem_c3_3x3_pad1": (2, 3, 9, 9, 8, (3, 3), 1, 1, 1, 1),
+    "1x1": (2, 8, 5, 5, 4, (1, 1), 1, 0, 1, 1),
+    "stride2": (2, 4, 9, 9, 6, (3, 3), 2, 1, 1, 1),
+    "same_even_kernel": (1, 4, 7, 6, 5, (4, 3), 1, "same", 1, 1),
+    "valid": (2, 3, 6, 7, 4, (3, 2), 1, "valid", 1, 1),
+    "dilation2": (2, 4, 9, 8, 4, (3, 3), 1, 2, 2, 1),
+    "groups2": (2, 4, 6, 6, 6, (3, 3), 1, 1, 1, 2),
+    "depthwise_x2": (2, 4, 6, 6, 8, (3, 3), 1, 1, 1, 4),
+    "nonsquare": (1, 3, 7, 10, 5, (3, 2), (2, 1), (1, 0), 1, 1),
+    "n1_odd": (1, 5, 11, 13, 7, (3, 3), 1, 1, 1, 1),
+    "single_output_channel": (2, 3, 5, 6, 1, (3, 3), 1, 1, 1, 1),
+    "1x1_stride2_untouched_pixels": (2, 4, 7, 7, 4, (1, 1), 2, 0, 1, 1),
+    "stride2_dilation2": (1, 3, 11, 11, 4, (3, 3), 2, 2, 2, 1),
+    "stride3_kernel2": (1, 2, 10, 8, 3, (2, 2), 3, 1, 1, 1),
+    "many_channels": (1, 70, 4, 5, 70, (3, 3), 1, 1, 1, 1),           # several channel tiles
+}
+
+# Tolerance per element is base * reduction length (float64 reference).
+TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2)}
+
+
+def _make(case, dtype, channels_last, bias=True, seed=0):
+    N, C, H, W, K, (R, S), *_, groups = case
+    gen = torch.Generator().manual_seed(seed)
+    # Inputs rounded to `dtype` first, so the float64 reference sees exactly what the kernel sees.
+    x = torch.randn(N, C, H, W, generator=gen).to(dtype).double()
+    w = (torch.randn(K, C // groups, R, S, generator=gen) / math.sqrt(C // groups * R * S))
+    w = w.to(dtype).double()
+    b = torch.randn(K, generator=gen).to(dtype).double() if bias else None
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x, w, b
+
+
+def _compare(name, got, want, base, rtol, reduce_len):
+    atol = base * reduce_len
+    got, want = got.double().cpu(), want.double().cpu()
+    err = (got - want).abs()
+    bad = err > atol + rtol * want.abs()
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{got.numel()} elements off, max error {err.max():.3g} "
+            f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
+            f"want {want[where]:.6g}"
+        )
+
+
+def _relu_backward(grad, y, relu=True):
+    """The reference's ReLU backward, masked by the output the kernels saved (y > 0): an output
+    within rounding of zero may take either sign, and the backward kernels follow the saved one."""
+    return grad * (y.detach().double().cpu() > 0).to(grad.device) if relu else grad
+
+
+def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=True):
+    """Forward and dX, dW, db of conv2d against float64 F.conv2d with one upstream gradient."""
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
+    x, w, b = _make(case, dtype, channels_last, bias)
+    leaves = [t for t in (x, w, b) if t is not None]
+    ref = [t.clone().requires_grad_() for t in leaves]
+    ours = [t.to(DEVICE, dtype).requires_grad_() for t in leaves]
+    if channels_last:
+        ours[0] = x.to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
+        ours[0].requires_grad_()
+
+    z_ref = F.conv2d(ref[0], ref[1], ref[2] if bias else None, stride, padding, dilation, groups)
+    y_ref = F.relu(z_ref) if relu else z_ref
+    y = conv2d(ours[0], ours[1], ours[2] if bias else None, stride, padding, dilation, groups,
+               activation="relu" if relu else None, allow_tf32=False)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
+
+    base, rtol = TOL[dtype]
+    _compare("y", y, y_ref, base, rtol, C // groups * R * S)
+    grad = torch.randn_like(y_ref).to(dtype).double()  # representable in dtype, like the inputs
+    z_ref.backward(_relu_backward(grad, y, relu))
+    y.backward(grad.to(DEVICE, dtype))
+    P, Q = y_ref.shape[2:]
+    lengths = [K // groups * R * S, N * P * Q, N * P * Q]
+    for name, ours_t, ref_t, n in zip(("dx", "dw", "db"), ours, ref, lengths):
+        _compare(name, ours_t.grad, ref_t.grad, base, rtol, n)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv_nchw(name):
+    _check_case(CASES[name], channels_last=False, relu=name != "1x1")
+
+
+@pytest.mark.parametrize("name", ["lecture_32x32x3_six_5x5", "stem_c3_3x3_pad1", "stride2",
+                                  "same_even_kernel", "groups2", "depthwise_x2", "nonsquare",
+                                  "stride2_dilation2"])
+def test_conv_channels_last(name):
+    _check_case(CASES[name], channels_last=True)
+
+
+def test_lecture_output_shape():
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    w = torch.randn(6, 3, 5, 5, device=DEVICE)
+    assert conv2d(x, w).shape == (1, 6, 28, 28)
+
+
+@pytest.mark.parametrize("name", ["stem_c3_3x3_pad1", "stride2", "groups2"])
+def test_conv_no_bias(name):
+    _check_case(CASES[name], bias=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_low_precision(dtype, channels_last):
+    _check_case(CASES["stem_c3_3x3_pad1"], dtype=dtype, channels_last=channels_last)
+
+
+def test_conv2d_relu_and_unbatched():
+    x = torch.randn(3, 7, 6, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    y = conv2d_relu(x, w, b, padding=1, allow_tf32=False)
+    want = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1))
+    assert y.shape == (4, 7, 6)
+    _compare("y", y, want, *TOL[torch.float32], 27)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("lead", [(5,), (2, 3), ()])
+def test_linear(relu, lead):
+    x = torch.randn(*lead, 20, dtype=torch.float64)
+    w = torch.randn(7, 20, dtype=torch.float64) / math.sqrt(20)
+    b = torch.randn(7, dtype=torch.float64)
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    ours = [t.to(DEVICE, torch.float32).requires_grad_() for t in (x, w, b)]
+    y_ref = F.linear(*ref)
+    if relu:
+        y_ref = F.relu(y_ref)
+    y = linear(*ours, activation="relu" if relu else None, allow_tf32=False)
+    assert y.shape == y_ref.shape
+    base, rtol = TOL[torch.float32]
+    _compare("y", y, y_ref, base, rtol, 20)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y.backward(grad.to(DEVICE, torch.float32))
+    batch = max(1, math.prod(lead))
+    for name, o, r, n in zip(("dx", "dw", "db"), ours, ref, (7, batch, batch)):
+        _compare(name, o.grad, r.grad, base, rtol, n)
+
+
+def test_linear_without_bias():
+    x = torch.randn(4, 9, device=DEVICE)
+    w = torch.randn(3, 9, device=DEVICE)
+    y = linear(x, w, allow_tf32=False)
+    _compare("y", y, F.linear(x.double(), w.double()), *TOL[torch.float32], 9)
+
+
+def test_only_needed_gradients():
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE)
+    conv2d_relu(x, w, b).sum().backward()
+    assert x.grad is None and b.grad is None and w.grad is not None
+    x.requires_grad_()
+    w.grad = None
+    w.requires_grad_(False)
+    conv2d(x, w, b).sum().backward()
+    assert x.grad is not None and w.grad is None
+
+
+# Small tiles force several row/column tiles, the grouped tile order and a 3-way dW split.
+SMALL_TILES = {
+    "conv_fwd": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2),
+    "conv_dx": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2),
+    "conv_dw": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=3),
+}
+
+
+@pytest.mark.parametrize("configs", [None, "small"])
+def test_backward_launcher_returns_only_needed(configs):
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    w = torch.randn(40, 3, 3, 3, device=DEVICE)
+    geometry = resolve_geometry(x.shape, w.shape, (40,), 1, 1)
+    grad = torch.randn(2, 40, 6, 6, device=DEVICE)
+    dx, dw, db = conv2d_backward(grad, x, w, None, geometry, needs=(False, False, True),
+                                 allow_tf32=False, configs=SMALL_TILES if configs else None)
+    assert dx is None and dw is None
+    torch.testing.assert_close(db, grad.sum((0, 2, 3)), atol=1e-4, rtol=1e-5)
+
+
+def _function_grads(x, w, b, grad, configs, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = Conv2dFunction.apply(*leaves, kw.get("stride", 1), kw.get("padding", 1), 1,
+                             kw.get("groups", 1), "relu", False, configs)
+    y.backward(grad)
+    return y, [t.grad for t in leaves]
+
+
+def test_function_with_config_overrides_matches_reference():
+    x = torch.randn(2, 20, 7, 6, device=DEVICE)
+    w = torch.randn(18, 10, 3, 3, device=DEVICE) / math.sqrt(90)
+    b = torch.randn(18, device=DEVICE)
+    grad = torch.randn(2, 18, 4, 3, device=DEVICE)
+    y, grads = _function_grads(x, w, b, grad, SMALL_TILES, stride=2, groups=2)
+    ref = [t.double().cpu().requires_grad_() for t in (x, w, b)]
+    y_ref = F.relu(F.conv2d(*ref, stride=2, padding=1, groups=2))
+    y_ref.backward(grad.double().cpu())
+    base, rtol = TOL[torch.float32]
+    _compare("y", y, y_ref, base, rtol, 90)
+    for name, g, r, n in zip(("dx", "dw", "db"), grads, ref, (81, 24, 24)):
+        _compare(name, g, r.grad, base, rtol, n)
+
+
+def test_backward_is_deterministic():
+    x = torch.randn(2, 6, 5, 7, device=DEVICE)
+    w = torch.randn(8, 6, 3, 3, device=DEVICE)
+    b = torch.randn(8, device=DEVICE)
+    grad = torch.randn(2, 8, 5, 7, device=DEVICE)
+    _, first = _function_grads(x, w, b, grad, SMALL_TILES)
+    _, second = _function_grads(x, w, b, grad, SMALL_TILES)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+    # and through the public API with the default (tuned or heuristic) configs
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        conv2d_relu(*leaves, padding=1).backward(grad)
+        runs.append([t.grad for t in leaves])
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+
+
+def test_get_config_called_per_launch(monkeypatch):
+    from tritoncnn import autotune
+
+    seen = []
+
+    def spy(kernel, shape, dtype, layout, heuristic):
+        seen.append((kernel, layout, dtype))
+        return dict(heuristic)
+
+    monkeypatch.setattr(autotune, "get_config", spy)
+    x = torch.randn(1, 3, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    x.requires_grad_()
+    conv2d(x, w).sum().backward()
+    assert sorted(k for k, _, _ in seen) == ["conv_dw", "conv_dx", "conv_fwd"]
+    assert {layout for _, layout, _ in seen} == {"nhwc"}
+
+
+def test_opcheck():
+    x = torch.randn(1, 3, 5, 4, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    geometry = ConvGeometry((1, 2), (1, 1, 0, 1), (1, 1), 1)
+    args = (x, w, b, *geometry.as_op_args(), True, False)
+    torch.library.opcheck(torch.ops.tritoncnn.conv2d.default, args)
+    y = torch.ops.tritoncnn.conv2d(*args).detach()
+    grad = torch.randn_like(y)
+    torch.library.opcheck(
+        torch.ops.tritoncnn.conv2d_backward.default,
+        (grad, x.detach(), w.detach(), y, *geometry.as_op_args(), True, False,
+         [True, True, False]),
+    )
+
+
+def test_torch_compile_traces_the_custom_op():
+    """fullgraph tracing through the fake and autograd registrations (aot_eager: no codegen)."""
+    x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    step = torch.compile(lambda x, w, b: conv2d_relu(x, w, b, padding=1).square().sum(),
+                         backend="aot_eager", fullgraph=True)
+    step(x, w, b).backward()
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    conv2d_relu(*leaves, padding=1).square().sum().backward()
+    for got, want in zip((x, w, b), leaves):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
+def test_autocast_casts_like_f_conv2d():
+    x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = conv2d_relu(x, w, b, padding=1)
+        want = F.relu(F.conv2d(x, w, b, padding=1))
+    assert y.dtype == want.dtype == torch.bfloat16
+    _compare("y", y, want.float(), *TOL[torch.bfloat16], 27)
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+
+
+def _bad(**overrides):
+    args = dict(input=torch.randn(1, 4, 6, 6, device=DEVICE),
+                weight=torch.randn(8, 4, 3, 3, device=DEVICE),
+                bias=torch.randn(8, device=DEVICE))
+    args.update(overrides)
+    return args
+
+
+BAD = {
+    "channel_mismatch": (_bad(weight=torch.randn(8, 3, 3, 3)), {}, ValueError,
+                         "channel mismatch"),
+    "weight_not_4d": (_bad(weight=torch.randn(8, 4, 3)), {}, ValueError, "weight must be 4-D"),
+    "groups_not_dividing": (_bad(weight=torch.randn(8, 2, 3, 3)), {"groups": 3}, ValueError,
+                            "does not divide the C=4"),
+    "groups_not_dividing_k": (_bad(weight=torch.randn(6, 1, 3, 3)), {"groups": 4}, ValueError,
+                              "does not divide the K=6"),
+    "bias_length": (_bad(bias=torch.randn(7)), {}, ValueError, r"bias must have shape \(8,\)"),
+    "different_devices": (_bad(weight=torch.randn(8, 4, 3, 3, device="meta")), {}, ValueError,
+                          "share a device"),
+    "different_dtypes": (_bad(weight=torch.randn(8, 4, 3, 3, dtype=torch.float16)), {},
+                         TypeError, "dtype"),
+    "integer_input": (_bad(input=torch.ones(1, 4, 6, 6, dtype=torch.int32)), {}, TypeError,
+                      "input has dtype torch.int32"),
+    "integer_weight": (_bad(weight=torch.ones(8, 4, 3, 3, dtype=torch.int64)), {}, TypeError,
+                       "weight has dtype torch.int64"),
+    "kernel_too_large": (_bad(weight=torch.randn(8, 4, 7, 3)), {}, ValueError,
+                         "larger than the padded input"),
+    "stride_zero": (_bad(), {"stride": 0}, ValueError, "stride must be positive"),
+    "dilation_negative": (_bad(), {"dilation": (1, -1)}, ValueError,
+                          "dilation must be positive"),
+    "padding_negative": (_bad(), {"padding": -1}, ValueError, "padding must be non-negative"),
+    "padding_word": (_bad(), {"padding": "full"}, ValueError, "'same' or 'valid'"),
+    "same_with_stride": (_bad(), {"padding": "same", "stride": 2}, ValueError,
+                         "needs stride 1"),
+    "input_2d": (_bad(input=torch.randn(4, 6)), {}, ValueError, "input must be 3-D"),
+    "bad_activation": (_bad(), {"activation": "tanh"}, ValueError, "activation"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input(name):
+    tensors, kwargs, error, message = BAD[name]
+    tensors = {k: v.to(DEVICE) if v.device.type != "meta" else v for k, v in tensors.items()}
+    with pytest.raises(error, match=message):
+        conv2d(**tensors, **kwargs)
+
+
+def test_bad_input_error_names_shapes():
+    with pytest.raises(ValueError) as info:
+        conv2d(torch.randn(1, 4, 6, 6, device=DEVICE), torch.randn(8, 3, 3, 3, device=DEVICE))
+    assert "(1, 4, 6, 6)" in str(info.value) and "(8, 3, 3, 3)" in str(info.value)
+
+
+def test_too_many_pixels_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"2\*\*31"):
+        resolve_geometry((2**16, 8, 256, 256), (8, 8, 3, 3), None, 1, 1)
+
+
+def test_linear_bad_input():
+    with pytest.raises(ValueError, match="in_features=5"):
+        linear(torch.randn(2, 4, device=DEVICE), torch.randn(3, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        linear(torch.randn(2, 4, device=DEVICE), torch.randn(3, 4, 1, device=DEVICE))
+
+
+def test_bad_config():
+    x = torch.randn(1, 3, 5, 5, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="BLOCK_K=8"):
+        Conv2dFunction.apply(x, w, None, 1, 0, 1, 1, None, None, {"conv_fwd": {"BLOCK_K": 8}})
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiled kernels only: TF32, bf16 tensor cores, GPU-sized tiles, 8-warp configs.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gpu_larger_shapes(dtype, channels_last):
+    _check_case((4, 64, 20, 18, 96, (3, 3), 1, 1, 1, 1), dtype=dtype, channels_last=channels_last)
+    _check_case((2, 48, 17, 17, 80, (3, 3), 2, 1, 1, 2), dtype=dtype, channels_last=channels_last)
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_follows_cudnn_flag():
+    x = torch.randn(4, 64, 16, 16, device=DEVICE)
+    w = torch.randn(64, 64, 3, 3, device=DEVICE) / 24
+    want = F.conv2d(x.double(), w.double(), padding=1)
+    exact = conv2d(x, w, padding=1, allow_tf32=False)
+    tf32 = conv2d(x, w, padding=1, allow_tf32=True)
+    err_exact = (exact.double() - want).abs().max().item()
+    err_tf32 = (tf32.double() - want).abs().max().item()
+    assert err_exact < 1e-4 < err_tf32 < 5e-2
+    old = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        assert torch.equal(conv2d(x, w, padding=1), exact)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_eight_warp_configs(dtype):
+    """Large tiles with num_warps=8 asked for: the flattened-loop kernels must stay correct (they
+    cap themselves at 4 warps; a Triton miscompile breaks that loop form at 8)."""
+    big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=2)
+    configs = {"conv_fwd": big, "conv_dx": big, "conv_dw": dict(big, SPLIT=4)}
+    x = torch.randn(4, 128, 16, 16, device=DEVICE, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(128, 128, 3, 3, device=DEVICE) / 34).to(dtype)
+    b = torch.randn(128, device=DEVICE, dtype=dtype)
+    grad = torch.randn(4, 128, 16, 16, device=DEVICE, dtype=dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = Conv2dFunction.apply(*leaves, 1, 1, 1, 1, "relu", False, configs)
+    y.backward(grad)
+    ref = [t.double().requires_grad_() for t in (x, w, b)]
+    z_ref = F.conv2d(*ref, padding=1)
+    y_ref = F.relu(z_ref)
+    z_ref.backward(_relu_backward(grad.double(), y))
+    base, rtol = TOL[dtype]
+    _compare("y", y, y_ref, base, rtol, 128 * 9)
+    for name, o, r, n in zip(("dx", "dw", "db"), leaves, ref, (128 * 9, 1024, 1024)):
+        _compare(name, o.grad, r.grad, base, rtol, n)
