@@ -1,0 +1,182 @@
+"""tritoncnn layers: drop-in subclasses of the torch.nn layers that run on tritoncnn kernels.
+
+Each class subclasses its torch.nn counterpart, so the constructor signature, the parameter names
+(``weight``, ``bias``), the initialisation and the ``state_dict`` are PyTorch's own: a checkpoint
+moves between ``nn.Conv2d`` and ``tritoncnn.models.Conv2d`` unchanged. Only ``forward`` differs: it
+calls the functional ops of ``tritoncnn.kernels``. An option the kernels cannot serve raises at
+construction, not on the first forward.
+
+    Conv2d       nn.Conv2d                    -> kernels.conv2d
+    Conv2dReLU   nn.Conv2d followed by ReLU   -> kernels.conv2d_relu (bias and ReLU in the epilogue)
+    MaxPool2d    nn.MaxPool2d                 -> kernels.max_pool2d
+    Linear       nn.Linear                    -> kernels.linear
+    LinearReLU   nn.Linear followed by ReLU   -> kernels.linear(..., activation="relu")
+
+Under ``torch.autocast`` the layers cast their inputs and parameters to the autocast dtype, as
+autocast does for ``F.conv2d`` and ``F.linear`` (max-pool keeps its input's dtype), so
+``--dtype bf16`` trains both backends at the same precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "Linear", "LinearReLU", "TRITON_LAYERS"]
+
+
+def _kernels():
+    """The functional ops, imported on first use (importing them fixes Triton's runtime mode)."""
+    from tritoncnn import kernels
+
+    return kernels
+
+
+def _op(name: str):
+    op = getattr(_kernels(), name, None)
+    if op is None:
+        raise NotImplementedError(
+            f"tritoncnn.kernels has no {name}() in this installation; "
+            "build the model with backend='torch' instead"
+        )
+    return op
+
+
+def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Cast floating tensors to the autocast dtype when autocast is on for their device."""
+    ref = tensors[0]
+    device_type = ref.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+        for t in tensors
+    )
+
+
+class _ConvBase(nn.Conv2d):
+    """nn.Conv2d with the options the kernels cannot serve rejected at construction."""
+
+    _activation: str | None = None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"{type(self).__name__}: padding_mode={padding_mode!r} is not supported; "
+                "tritoncnn kernels pad with zeros only (padding_mode='zeros'). Keep this layer "
+                "as torch.nn.Conv2d, or pad the input with torch.nn.functional.pad first"
+            )
+        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"{type(self).__name__}: dtype={dtype} is not supported; tritoncnn kernels "
+                "compute in torch.float32, torch.float16 or torch.bfloat16"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, K, P, Q)
+        x, w, b = _autocast(input, self.weight, self.bias)
+        op = _op("conv2d_relu" if self._activation == "relu" else "conv2d")
+        return op(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2d(_ConvBase):
+    """``torch.nn.Conv2d`` on tritoncnn's implicit-GEMM conv kernel (zero padding only)."""
+
+
+class Conv2dReLU(_ConvBase):
+    """``torch.nn.Conv2d`` followed by ReLU, fused: bias and ReLU run in the kernel's epilogue.
+
+    Same constructor, parameters and ``state_dict`` as ``nn.Conv2d``; the output is
+    ``relu(conv2d(input))``.
+    """
+
+    _activation = "relu"
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", activation=relu"
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``torch.nn.MaxPool2d`` on tritoncnn's max-pool kernel (every option of ``F.max_pool2d``)."""
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        # PyTorch's own rule (checked only in forward there): padding at most half the window.
+        ks = _pair(self.kernel_size)
+        pad = _pair(self.padding)
+        if any(p * 2 > k for p, k in zip(pad, ks)):
+            raise ValueError(
+                f"MaxPool2d: padding={self.padding} must be at most half of "
+                f"kernel_size={self.kernel_size}"
+            )
+
+    def forward(self, input: torch.Tensor):  # (N, C, H, W) -> (N, C, H2, W2)
+        return _op("max_pool2d")(
+            input, self.kernel_size, self.stride, self.padding, self.dilation,
+            ceil_mode=self.ceil_mode, return_indices=self.return_indices,
+        )
+
+
+class _LinearBase(nn.Linear):
+    _activation: str | None = None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"{type(self).__name__}: dtype={dtype} is not supported; tritoncnn kernels "
+                "compute in torch.float32, torch.float16 or torch.bfloat16"
+            )
+        super().__init__(in_features, out_features, bias, device, dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (*, in) -> (*, out)
+        x, w, b = _autocast(input, self.weight, self.bias)
+        lead = x.shape[:-1]
+        y = _op("linear")(x.reshape(-1, self.in_features), w, b, activation=self._activation)
+        return y.reshape(*lead, self.out_features)
+
+
+class Linear(_LinearBase):
+    """``torch.nn.Linear`` on tritoncnn's GEMM kernel."""
+
+
+class LinearReLU(_LinearBase):
+    """``torch.nn.Linear`` followed by ReLU, fused into the kernel's epilogue."""
+
+    _activation = "relu"
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", activation=relu"
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# Every layer class this module defines; convert() and the fx tracer treat them as leaves.
+TRITON_LAYERS = (Conv2d, Conv2dReLU, MaxPool2d, Linear, LinearReLU)

@@ -1,0 +1,756 @@
+"""``tritoncnn train``: train a CNN on tritoncnn kernels beside the same network on torch (cuDNN).
+
+    tritoncnn train                                   # a small CNN on the built-in digits
+    tritoncnn train --model vgg11 --data cifar10:~/data/cifar --dtype bf16 --epochs 10
+    tritoncnn train --spec "[(CONV3-32-RELU)*2-POOL2]*3-(FC256-RELU)*1-FC10" --data synthetic
+    tritoncnn train --out runs/a --resume             # continue a stopped run where it left off
+    torchrun --nproc-per-node 2 -m tritoncnn.cli train --model vgg11   # data-parallel (DDP)
+
+With ``--backend both`` (the default) the model is built once under ``--seed``; the triton twin is
+that model passed through ``convert()``, so both start from the same weights and see the batches
+in the same order (and dropout draws the same numbers). The run ends with a side-by-side table:
+final loss, test accuracy, images/s and peak memory for each backend.
+
+What ``--out DIR`` receives:
+
+    config.json                   the run's settings (``--resume`` reads them back)
+    steps.csv                     backend, epoch, step, global_step, loss, lr, seconds
+    epochs.csv                    backend, epoch, train/test loss and accuracy, images/s, memory
+    summary.csv                   the side-by-side table
+    curves.png                    loss and accuracy curves of both backends
+    <backend>/checkpoint.pt       model, optimizer, grad scaler, RNG and data-order state
+
+A checkpoint is written at the end of every epoch, every ``--save-every`` steps, and when the run
+is stopped with Ctrl-C (at the next step boundary; a second Ctrl-C stops at once). ``--resume``
+restores the weights, the optimizer, the random number generators and the position in the epoch's
+batch order, so an interrupted and resumed run ends with the weights of an uninterrupted one.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of each batch
+(``DistributedSampler``; ``--batch-size`` is the global batch, split evenly) and
+``DistributedDataParallel`` averages the gradients: NCCL on GPUs, gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HELP = "train a CNN on tritoncnn kernels beside the same network on torch (cuDNN)"
+
+# The default run: a small CNN on 8x8 digits, sized to finish in a few minutes on a 2-core CPU
+# through Triton's interpreter (both backends) and to reach well above chance (10%).
+DEFAULT_SPEC = "CONV3-16-RELU-POOL2-CONV3-32-RELU-POOL2-FC10"
+
+BACKENDS = ("triton", "torch")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STEP_FIELDS = ["backend", "epoch", "step", "global_step", "loss", "lr", "seconds"]
+EPOCH_FIELDS = ["backend", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+                "images_per_s", "seconds", "peak_mem_mb"]
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = None  # a zoo model (lenet5, convnetjs, vgg11, vgg16); None: use spec
+    spec: str | None = None  # a spec string (see tritoncnn.models.spec); None: DEFAULT_SPEC
+    data: str = "digits"  # digits | mnist:DIR | cifar10:DIR | synthetic[:N]
+    input_size: int | None = None  # None: the zoo model's default, or the data's own size
+    width: float | None = None  # zoo models' width multiplier; None: the model's default
+    epochs: int = 2
+    batch_size: int = 32  # the global batch: split across processes under torchrun
+    lr: float = 0.1  # peak learning rate
+    schedule: str = "cosine"  # cosine: decay to 0 over the run, step by step; constant
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    dtype: str = "fp32"  # fp32, or bf16 / fp16 under torch.autocast
+    backend: str = "both"  # triton | torch | both
+    seed: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    autotune: bool = False  # tune kernel configs per shape (sets TRITONCNN_AUTOTUNE=1)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    save_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    stop_after: int = 0  # stop, as Ctrl-C would, after N steps of this invocation (0: never)
+    progress: bool = True  # tqdm progress bars
+
+
+# Settings a resumed run must share with the run it continues (epochs may grow).
+_MUST_MATCH = ("model", "spec", "data", "input_size", "width", "batch_size", "lr", "schedule",
+               "momentum", "weight_decay", "dtype", "backend", "seed")
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data import DATA_HELP
+    from .zoo import MODELS
+
+    d = TrainConfig()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 2)[1]
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--model", choices=sorted(MODELS), default=None,
+                      help="a model from the zoo")
+    what.add_argument("--spec", default=None,
+                      help=f"a CNN as a spec string (default {DEFAULT_SPEC!r}); see "
+                           "tritoncnn.models.spec for the grammar")
+    a = parser.add_argument
+    a("--data", default=None, help=f"{DATA_HELP} (default {d.data})")
+    a("--input-size", type=int, default=None,
+      help="image size fed to the model (default: the zoo model's, or the data's own)")
+    a("--width", type=float, default=None, help="channel width multiplier of zoo models")
+    a("--epochs", type=int, default=None, help=f"default {d.epochs}")
+    a("--batch-size", type=int, default=None,
+      help=f"global batch size (default {d.batch_size}); split across torchrun processes")
+    a("--lr", type=float, default=None, help=f"SGD learning rate (default {d.lr})")
+    a("--schedule", choices=("cosine", "constant"), default=None,
+      help="learning-rate schedule (default cosine: from --lr down to 0 over all steps)")
+    a("--momentum", type=float, default=None, help=f"SGD momentum (default {d.momentum})")
+    a("--weight-decay", type=float, default=None, help=f"default {d.weight_decay}")
+    a("--dtype", choices=sorted(DTYPES), default=None,
+      help="fp32, or bf16/fp16 under torch.autocast (default fp32)")
+    a("--backend", choices=(*BACKENDS, "both"), default=None,
+      help="tritoncnn kernels, plain torch (cuDNN on a GPU), or both side by side (default)")
+    a("--seed", type=int, default=None, help=f"default {d.seed}")
+    a("--out", default=None, help=f"output folder (default {d.out})")
+    a("--resume", action="store_true", default=None,
+      help="continue the run in --out from its checkpoints (its settings are read back)")
+    a("--autotune", action="store_true", default=None,
+      help="autotune the kernels' configs per layer shape (TRITONCNN_AUTOTUNE=1)")
+    a("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    a("--save-every", type=int, default=None, metavar="STEPS",
+      help="also checkpoint every STEPS steps (default: at each epoch's end only)")
+    a("--stop-after", type=int, default=None, metavar="STEPS",
+      help="stop after STEPS steps as Ctrl-C would (checkpoint, then --resume continues)")
+    a("--no-progress", dest="progress", action="store_false", default=None,
+      help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Settings from the command line; with --resume, unset ones come from the run's config.json."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = TrainConfig()
+    if given.get("resume"):
+        out = Path(given.get("out", cfg.out))
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise SystemExit(f"--resume: {saved} not found; nothing to resume in {out}")
+        stored = json.loads(saved.read_text())
+        for key in _MUST_MATCH:
+            if key in given and key in stored and given[key] != stored[key]:
+                raise SystemExit(
+                    f"--resume: the run in {out} was started with --{key.replace('_', '-')} "
+                    f"{stored[key]}, not {given[key]}; resume with the same settings"
+                )
+        cfg = TrainConfig(**{k: v for k, v in stored.items() if k in {f.name for f in fields(cfg)}})
+        cfg.stop_after = 0
+    for key, value in given.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        result = run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tritoncnn train: error: {err}", file=sys.stderr)
+        return 2
+    return 130 if result["stopped"] else 0
+
+
+# --------------------------------------------------------------------------------------------
+# processes and devices
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return _Dist(world, rank, local)
+
+
+def _pick_device(cfg: TrainConfig, dist: _Dist) -> torch.device:
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.world > 1:
+        name = f"cuda:{dist.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        torch.cuda.set_device(device)
+    if "triton" in _backends(cfg):
+        from tritoncnn import _runtime
+
+        if device.type != _runtime.device_type():
+            how = "interpreted (CPU tensors)" if _runtime.INTERPRET else "compiled (CUDA tensors)"
+            raise ValueError(
+                f"tritoncnn kernels run {how} in this process ({_runtime.REASON}), but --device "
+                f"is {device}; choose --device {_runtime.device_type()} or --backend torch"
+            )
+    return device
+
+
+def _backends(cfg: TrainConfig) -> tuple[str, ...]:
+    if cfg.backend == "both":
+        return BACKENDS
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"backend must be triton, torch or both, got {cfg.backend!r}")
+    return (cfg.backend,)
+
+
+class _PeakMemory:
+    """Peak memory while one backend trains: CUDA bytes allocated, or the process's peak RSS on
+    the CPU (Linux: VmHWM, reset through /proc/self/clear_refs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "cuda max allocated" if device.type == "cuda" else "process peak RSS"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------
+# model and data
+
+def build_model(cfg: TrainConfig, in_channels: int, input_size: int, num_classes: int) -> nn.Module:
+    """The plain torch.nn model the config names (the caller seeds)."""
+    from .spec import build
+    from .zoo import get_model
+
+    if cfg.model:
+        kw = {"in_channels": in_channels, "input_size": input_size, "num_classes": num_classes}
+        if cfg.width is not None:
+            kw["width"] = cfg.width
+        return get_model(cfg.model, backend="torch", **kw)
+    if cfg.width is not None:
+        raise ValueError("--width applies to zoo models (--model); write the widths into --spec")
+    return build(cfg.spec or DEFAULT_SPEC, backend="torch", in_channels=in_channels,
+                 input_size=input_size)
+
+
+def _model_input_size(cfg: TrainConfig) -> int | None:
+    if cfg.input_size is not None:
+        return cfg.input_size
+    if cfg.model:
+        from . import zoo
+
+        configs = {"lenet5": zoo.LeNet5Config, "convnetjs": zoo.ConvNetJSConfig,
+                   "convnetjs_cifar10": zoo.ConvNetJSConfig, "vgg11": zoo.VGGConfig,
+                   "vgg16": zoo.VGGConfig}
+        return configs[cfg.model]().input_size
+    return None  # a spec takes the data at its own size
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+def _write_rows(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def _truncate_rows(path: Path, backend: str, key: str, limit: float) -> None:
+    """Drop ``backend``'s rows whose ``key`` passed ``limit``: work the checkpoint does not hold
+    and the resumed run does again."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        names = reader.fieldnames or []
+        rows = [r for r in reader if r["backend"] != backend or float(r[key]) <= limit]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------------------------
+# stopping at a step boundary
+
+class _StopFlag:
+    """Ctrl-C asks the loop to stop after the current step; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ntritoncnn train: stopping after this step (Ctrl-C again to stop now)",
+              file=sys.stderr)
+
+    @contextmanager
+    def installed(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# --------------------------------------------------------------------------------------------
+# one backend
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total``: a function of the step alone,
+    so a resumed run follows the same schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    raise ValueError(f"schedule must be cosine or constant, got {cfg.schedule!r}")
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              autocast, batch: int = 256) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            xb = x[i:i + batch].to(device, non_blocking=True)  # (B, C, H, W)
+            yb = y[i:i + batch].to(device, non_blocking=True)  # (B,)
+            with autocast():
+                logits = model(xb)  # (B, classes)
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    n = max(1, len(y))
+    return loss_sum / n, correct / n
+
+
+def _all_reduce(values: list[float], dist: _Dist, device: torch.device) -> list[float]:
+    if dist.world == 1:
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: torch.device,
+                   dist: _Dist, out: Path, stop: _StopFlag) -> dict:
+    """Train one backend to cfg.epochs (or until stopped); returns its results."""
+    from torch.utils.data import DistributedSampler
+
+    ckpt_path = out / name / "checkpoint.pt"
+    steps_csv, epochs_csv = out / "steps.csv", out / "epochs.csv"
+    dtype = DTYPES[cfg.dtype]
+    use_amp = dtype != torch.float32
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
+
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    state = {"epoch": 0, "step": 0, "global_step": 0, "sums": [0.0, 0.0, 0.0],
+             "epoch_time": 0.0, "train_time": 0.0, "images": 0, "history": [],
+             "peak_mem_mb": 0.0}
+
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        rngs = ckpt["rng"]
+        _set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0], device)
+        if dist.main:
+            _truncate_rows(steps_csv, name, "global_step", state["global_step"])
+            _truncate_rows(epochs_csv, name, "epoch", state["epoch"])
+    else:
+        if cfg.resume and dist.main:  # rows of a start that never reached a checkpoint
+            _truncate_rows(steps_csv, name, "global_step", 0)
+            _truncate_rows(epochs_csv, name, "epoch", 0)
+        torch.manual_seed(cfg.seed + 1)  # dropout and anything else random: same for each backend
+        np.random.seed(cfg.seed + 1)
+        random.seed(cfg.seed + 1)
+
+    net: nn.Module = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over "
+                         f"{dist.world} processes")
+    local_batch = cfg.batch_size // dist.world
+    n_train = len(data.y_train)
+    sampler = DistributedSampler(range(n_train), num_replicas=dist.world, rank=dist.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=False)
+    steps_per_epoch = math.ceil(len(sampler) / local_batch)
+
+    memory = _PeakMemory(device)
+    memory.reset()
+    stopped = False
+    done_steps = 0  # in this invocation
+
+    def checkpoint() -> None:
+        rng = [_rng_state(device)]
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            rng = [None] * dist.world
+            tdist.all_gather_object(rng, _rng_state(device))
+        if dist.main:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scaler": scaler.state_dict(), "state": state, "rng": rng,
+                          "backend": name, "config": asdict(cfg)}, ckpt_path)
+
+    from tqdm.auto import tqdm
+
+    net.train()
+    for epoch in range(state["epoch"], cfg.epochs):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long)  # this process's share, in order
+        bar = tqdm(total=steps_per_epoch, initial=state["step"], leave=False, dynamic_ncols=True,
+                   desc=f"{name:>6} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and dist.main), file=sys.stderr)
+        for step in range(state["step"], steps_per_epoch):
+            idx = order[step * local_batch:(step + 1) * local_batch]
+            xb = data.x_train[idx].to(device, non_blocking=True)  # (B, C, H, W)
+            yb = data.y_train[idx].to(device, non_blocking=True)  # (B,)
+            lr = _lr_at(cfg, state["global_step"], cfg.epochs * steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            with autocast():
+                logits = net(xb)  # (B, classes)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_v = loss.item()  # waits for the step to finish
+            correct = (logits.detach().argmax(1) == yb).sum().item()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            loss_g, correct_g, count_g = _all_reduce([loss_v * len(yb), correct, len(yb)],
+                                                     dist, device)
+            state["sums"] = [a + b for a, b in zip(state["sums"], (loss_g, correct_g, count_g))]
+            state["epoch_time"] += dt
+            state["train_time"] += dt
+            state["images"] += int(count_g)
+            state["global_step"] += 1
+            state["step"] = step + 1
+            done_steps += 1
+            if dist.main:
+                _write_rows(steps_csv, STEP_FIELDS, [{
+                    "backend": name, "epoch": epoch + 1, "step": step + 1,
+                    "global_step": state["global_step"], "loss": loss_g / count_g, "lr": lr,
+                    "seconds": round(state["train_time"], 4)}])
+            bar.set_postfix(loss=f"{loss_g / count_g:.4f}", refresh=False)
+            bar.update(1)
+            want_stop = stop.requested or (cfg.stop_after and done_steps >= cfg.stop_after)
+            if dist.world > 1:
+                want_stop = bool(_all_reduce([float(want_stop)], dist, device)[0])
+            if want_stop and state["step"] < steps_per_epoch:
+                stopped = True
+                break
+            if cfg.save_every and state["global_step"] % cfg.save_every == 0:
+                checkpoint()
+        bar.close()
+        if stopped:
+            break
+        # end of epoch: metrics, a checkpoint
+        test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, device, autocast)
+        loss_sum, correct_sum, count = state["sums"]
+        state["peak_mem_mb"] = max(state["peak_mem_mb"], memory.peak_mb())
+        row = {"backend": name, "epoch": epoch + 1, "train_loss": loss_sum / count,
+               "train_acc": correct_sum / count, "test_loss": test_loss, "test_acc": test_acc,
+               "images_per_s": count / max(state["epoch_time"], 1e-9),
+               "seconds": state["epoch_time"], "peak_mem_mb": state["peak_mem_mb"]}
+        state["history"].append(row)
+        state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0.0], epoch_time=0.0)
+        if dist.main:
+            _write_rows(epochs_csv, EPOCH_FIELDS, [row])
+            if cfg.progress:
+                tqdm.write(f"{name:>6} epoch {epoch + 1}/{cfg.epochs}: train loss "
+                           f"{row['train_loss']:.4f}, acc {row['train_acc']:.1%}; test loss "
+                           f"{test_loss:.4f}, acc {test_acc:.1%}; "
+                           f"{row['images_per_s']:.0f} images/s", file=sys.stderr)
+        checkpoint()
+        want_stop = stop.requested or (cfg.stop_after and done_steps >= cfg.stop_after)
+        if dist.world > 1:
+            want_stop = bool(_all_reduce([float(want_stop)], dist, device)[0])
+        if want_stop and epoch + 1 < cfg.epochs:
+            stopped = True
+            break
+
+    if stopped:
+        state["peak_mem_mb"] = max(state["peak_mem_mb"], memory.peak_mb())
+        checkpoint()
+
+    last = state["history"][-1] if state["history"] else {}
+    return {
+        "backend": name,
+        "stopped": stopped,
+        "epochs": state["epoch"],
+        "steps": state["global_step"],
+        "final_loss": last.get("train_loss", float("nan")),
+        "test_loss": last.get("test_loss", float("nan")),
+        "test_acc": last.get("test_acc", float("nan")),
+        "images_per_s": state["images"] / max(state["train_time"], 1e-9),
+        "train_seconds": state["train_time"],
+        "peak_mem_mb": state["peak_mem_mb"],
+        "memory": memory.kind,
+        "history": state["history"],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as ``cfg`` says; returns ``{"results": {backend: ...}, "stopped": bool, ...}``."""
+    backends = _backends(cfg)
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be at least 1")
+    if cfg.model and cfg.spec:
+        raise ValueError("give --model or --spec, not both")
+    if cfg.autotune:
+        _enable_autotune()
+
+    dist = _init_distributed(cfg.device if cfg.device != "auto" else
+                             ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _pick_device(cfg, dist)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the cuDNN twin at its best, as benchmarks run it
+    out = Path(cfg.out)
+
+    from .data import load_data
+
+    data = load_data(cfg.data, input_size=_model_input_size(cfg), seed=cfg.seed)
+    in_channels, size, _ = data.image_shape
+    torch.manual_seed(cfg.seed)
+    base = build_model(cfg, in_channels, size, data.num_classes)
+    base.eval()  # no dropout draws: the probe must not move the random number generator
+    with torch.no_grad():
+        probe = base(data.x_train[:2])
+    base.train()
+    if probe.dim() != 2 or probe.shape[1] != data.num_classes:
+        raise ValueError(
+            f"the model's output per image has shape {tuple(probe.shape[1:])}, but {data.name} "
+            f"has {data.num_classes} classes: end the model with FC{data.num_classes}"
+        )
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            for f in ("steps.csv", "epochs.csv", "summary.csv", "curves.png"):
+                (out / f).unlink(missing_ok=True)
+            for b in BACKENDS:
+                (out / b / "checkpoint.pt").unlink(missing_ok=True)
+        saved = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "stop_after")}
+        (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+        print(f"tritoncnn train: {_describe(cfg)} on {data} | {', '.join(backends)} on "
+              f"{device} | {cfg.dtype} | {sum(p.numel() for p in base.parameters()):,} "
+              f"parameters | out {out}", file=sys.stderr)
+
+    from .zoo import to_backend
+
+    results: dict[str, dict] = {}
+    stopped = False
+    stop = _StopFlag()
+    with stop.installed():
+        for name in backends:
+            model = to_backend(copy.deepcopy(base), name)
+            results[name] = _train_backend(name, model, data, cfg, device, dist, out, stop)
+            if results[name]["stopped"]:
+                stopped = True
+                break
+
+    table = None
+    if dist.main:
+        if stopped:
+            print(f"tritoncnn train: stopped; checkpoint saved. Continue with: tritoncnn train "
+                  f"--out {out} --resume", file=sys.stderr)
+        else:
+            table = _summary(results, out)
+            print(table.to_string(float_format=lambda v: f"{v:.4g}"), flush=True)
+        _plot(out)
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+        tdist.destroy_process_group()
+    return {"results": results, "stopped": stopped, "summary": table, "out": out,
+            "device": str(device)}
+
+
+def _describe(cfg: TrainConfig) -> str:
+    return cfg.model if cfg.model else f"spec {cfg.spec or DEFAULT_SPEC!r}"
+
+
+def _enable_autotune() -> None:
+    os.environ["TRITONCNN_AUTOTUNE"] = "1"
+    try:
+        from tritoncnn import autotune
+    except ImportError:
+        return
+    enable = getattr(autotune, "enable_autotune", None)
+    if callable(enable):
+        enable()
+
+
+def _summary(results: dict[str, dict], out: Path):
+    """The side-by-side table (one column per backend), also written to summary.csv."""
+    import pandas as pd
+
+    rows = {
+        "final train loss": {b: r["final_loss"] for b, r in results.items()},
+        "test loss": {b: r["test_loss"] for b, r in results.items()},
+        "test accuracy %": {b: 100 * r["test_acc"] for b, r in results.items()},
+        "images/s": {b: r["images_per_s"] for b, r in results.items()},
+        "train seconds": {b: r["train_seconds"] for b, r in results.items()},
+        f"peak memory MB ({next(iter(results.values()))['memory']})":
+            {b: r["peak_mem_mb"] for b, r in results.items()},
+    }
+    table = pd.DataFrame(rows).T
+    if {"triton", "torch"} <= set(results):
+        a, b = results["triton"]["state_dict"], results["torch"]["state_dict"]
+        diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+        table.loc["max |w_triton - w_torch|"] = {"triton": diff, "torch": diff}
+    table.index.name = "metric"
+    table.to_csv(out / "summary.csv")
+    return table
+
+
+def _plot(out: Path) -> None:
+    """Loss per step and accuracy per epoch, every backend in one PNG (Agg, no display)."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps_csv, epochs_csv = out / "steps.csv", out / "epochs.csv"
+    if not steps_csv.exists():
+        return
+    steps = pd.read_csv(steps_csv)
+    epochs = pd.read_csv(epochs_csv) if epochs_csv.exists() else pd.DataFrame()
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    # torch wide and pale under triton thin: where the twins agree, both stay visible
+    styles = {"triton": dict(color="C0", lw=1.2, zorder=3),
+              "torch": dict(color="C1", lw=3.5, alpha=0.55, zorder=2)}
+    for backend, g in steps.groupby("backend"):
+        ax_loss.plot(g["global_step"], g["loss"], label=backend, **styles.get(backend, {}))
+    ax_loss.set(xlabel="step", ylabel="training loss (batch)", title="loss", yscale="log")
+    ax_loss.legend()
+    for backend, g in (epochs.groupby("backend") if len(epochs) else []):
+        st = styles.get(backend, {})
+        ax_acc.plot(g["epoch"], 100 * g["test_acc"], marker="o", label=f"{backend} test", **st)
+        ax_acc.plot(g["epoch"], 100 * g["train_acc"], marker=".", label=f"{backend} train",
+                    **{**st, "ls": ":"})
+    ax_acc.set(xlabel="epoch", ylabel="accuracy %", title="accuracy")
+    ax_acc.xaxis.get_major_locator().set_params(integer=True)
+    if len(epochs):
+        ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+
+
+if __name__ == "__main__":
+    from tritoncnn.cli import main as _cli_main
+
+    sys.exit(_cli_main(["train", *sys.argv[1:]]))

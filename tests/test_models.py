@@ -1,0 +1,393 @@
+"""tritoncnn.models: the layers, convert(), the zoo and the spec builder.
+
+Structure (state_dict, convert's rewrites, the zoo's shapes, the spec grammar) is checked with the
+tritoncnn layers' kernels swapped for PyTorch's reference ops (``torch_kernels``), so those tests
+say nothing about the kernels and run fast; the tests marked ``kernels`` run the real kernels on
+tiny shapes (interpreted on the CPU) and compare with torch.nn.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritoncnn.kernels as K
+from tritoncnn.models import convert, get_model, layers
+from tritoncnn.models.convert import ConvertReport
+from tritoncnn.models.layers import Conv2d, Conv2dReLU, Linear, LinearReLU, MaxPool2d
+from tritoncnn.models.spec import SpecError, build, parse
+
+from conftest import DEVICE
+
+HAVE_KERNELS = all(hasattr(K, n) for n in ("conv2d", "conv2d_relu", "linear", "max_pool2d"))
+needs_kernels = pytest.mark.skipif(
+    not HAVE_KERNELS, reason="tritoncnn.kernels lacks conv2d/conv2d_relu/linear/max_pool2d"
+)
+
+# PyTorch's ops under the names and call signatures the layers use
+_REFERENCE = {
+    "conv2d": lambda x, w, b, s, p, d, g: F.conv2d(x, w, b, s, p, d, g),
+    "conv2d_relu": lambda x, w, b, s, p, d, g: F.relu(F.conv2d(x, w, b, s, p, d, g)),
+    "max_pool2d": lambda x, k, s, p, d, ceil_mode=False, return_indices=False: F.max_pool2d(
+        x, k, s, p, d, ceil_mode=ceil_mode, return_indices=return_indices),
+    "linear": lambda x, w, b, activation=None: (
+        F.relu(F.linear(x, w, b)) if activation == "relu" else F.linear(x, w, b)),
+}
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32():
+    """float32 in IEEE on both sides (no TF32 on a GPU), so outputs agree to 1e-4."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch):
+    """The tritoncnn layers compute with PyTorch's ops: structure tests, exact outputs."""
+    monkeypatch.setattr(layers, "_op", _REFERENCE.__getitem__)
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+
+LAYER_CASES = [
+    (Conv2d, nn.Conv2d, (3, 8, 3), dict(stride=2, padding=1)),
+    (Conv2d, nn.Conv2d, (4, 6, (3, 1)), dict(groups=2, bias=False, dilation=(2, 1))),
+    (Conv2dReLU, nn.Conv2d, (1, 5, 5), dict(padding="same")),
+    (Linear, nn.Linear, (7, 3), {}),
+    (LinearReLU, nn.Linear, (7, 3), dict(bias=False)),
+    (MaxPool2d, nn.MaxPool2d, (3,), dict(stride=2, padding=1, ceil_mode=True)),
+]
+
+
+@pytest.mark.parametrize("cls,torch_cls,args,kw", LAYER_CASES)
+def test_layer_matches_torch_nn_state_and_init(cls, torch_cls, args, kw):
+    torch.manual_seed(1)
+    ref = torch_cls(*args, **kw)
+    torch.manual_seed(1)
+    ours = cls(*args, **kw)
+    assert isinstance(ours, torch_cls)
+    _same_state(ours, ref)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    # checkpoints move both ways
+    other = torch_cls(*args, **kw)
+    other.load_state_dict(ours.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    _same_state(other, ours)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
+    (lambda: Conv2dReLU(3, 4, 3, padding=1, padding_mode="circular"), "padding_mode"),
+    (lambda: Conv2d(3, 4, 3, dtype=torch.float64), "float64"),
+    (lambda: Linear(3, 4, dtype=torch.float64), "float64"),
+    (lambda: MaxPool2d(2, padding=2), "at most half"),
+])
+def test_layer_rejects_what_kernels_cannot_serve(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_layers_forward_through_kernel_api(torch_kernels):
+    x = torch.randn(2, 3, 9, 7)
+    conv = Conv2dReLU(3, 4, 3, padding=1)
+    ref = nn.Conv2d(3, 4, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    assert torch.equal(conv(x), F.relu(ref(x)))
+    pool = MaxPool2d(2, return_indices=True)
+    out, idx = pool(x)
+    assert torch.equal(idx, F.max_pool2d(x, 2, return_indices=True)[1])
+    lin = LinearReLU(7, 5)
+    assert lin(torch.randn(2, 3, 7)).shape == (2, 3, 5)  # any leading dims, like nn.Linear
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls,torch_cls,args,kw,shape", [
+    (Conv2dReLU, nn.Conv2d, (3, 5, 3), dict(padding=1), (2, 3, 7, 6)),
+    (Conv2d, nn.Conv2d, (4, 6, 3), dict(stride=2, groups=2), (2, 4, 9, 9)),
+    (MaxPool2d, nn.MaxPool2d, (2,), {}, (2, 3, 7, 6)),
+    (LinearReLU, nn.Linear, (10, 7), {}, (5, 10)),
+    (Linear, nn.Linear, (10, 3), {}, (5, 10)),
+])
+def test_layer_outputs_and_gradients_match_torch(cls, torch_cls, args, kw, shape):
+    torch.manual_seed(0)
+    ours = cls(*args, **kw).to(DEVICE)
+    ref = torch_cls(*args, **kw).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape, device=DEVICE)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = ours(xa)
+    yb = ref(xb)
+    if cls in (Conv2dReLU, LinearReLU):
+        yb = F.relu(yb)
+    torch.testing.assert_close(ya, yb, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
+    for (name, pa), pb in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# convert()
+
+class Block(nn.Module):
+    """A custom forward: conv -> F.relu (found by torch.fx), and an unfusable conv."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.side = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return y + self.side(x)  # side's output is not followed by a ReLU
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),  # nested Sequential
+            nn.MaxPool2d(2),
+        )
+        self.blocks = nn.ModuleList([Block(4), Block(4)])
+        self.odd = nn.ModuleDict({
+            "circ": nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),  # kept
+            "bn": nn.BatchNorm2d(4),  # kept
+        })
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, x):  # (N, 3, 8, 8)
+        x = self.stem(x)  # (N, 4, 4, 4)
+        for b in self.blocks:
+            x = b(x)
+        x = self.odd["bn"](self.odd["circ"](x))
+        return self.head(x)  # (N, 3)
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+def _kinds(model: nn.Module) -> dict[str, str]:
+    return {n: type(m).__name__ for n, m in model.named_modules() if n}
+
+
+def test_convert_nested_containers(torch_kernels):
+    torch.manual_seed(0)
+    model = Nested().eval()
+    rng = torch.get_rng_state()
+    with pytest.warns(UserWarning, match="odd.circ"):
+        conv = convert(model)
+    assert torch.equal(rng, torch.get_rng_state())  # converting draws no random numbers
+    kinds = _kinds(conv)
+    assert kinds["stem.0"] == "Conv2dReLU" and kinds["stem.1"] == "Identity"
+    assert kinds["stem.2.0"] == "Conv2dReLU" and kinds["stem.3"] == "MaxPool2d"
+    assert isinstance(conv.stem[3], MaxPool2d)
+    assert kinds["blocks.0.conv"] == "Conv2dReLU"  # through torch.fx: conv -> F.relu
+    assert isinstance(conv.blocks[1].side, Conv2d) and not isinstance(conv.blocks[1].side,
+                                                                      Conv2dReLU)
+    assert isinstance(conv.head[1], LinearReLU) and isinstance(conv.head[3], Linear)
+    assert type(conv.odd["circ"]) is nn.Conv2d and type(conv.odd["bn"]) is nn.BatchNorm2d
+    report = conv.convert_report
+    assert isinstance(report, ConvertReport) and report.traced == ["blocks.0", "blocks.1"]
+    assert type(conv) is Nested and isinstance(conv.stem, nn.Sequential)  # structure kept
+    assert {n for n, _, _ in report.kept} == {"odd.circ", "odd.bn"}
+    assert "padding_mode" in dict((n, r) for n, _, r in report.kept)["odd.circ"]
+    assert len(report.fused) == 5 and "stem.0" in str(report)
+    # same parameters, same outputs; the original is untouched
+    _same_state(conv, model)
+    assert type(model.stem[0]) is nn.Conv2d
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(conv(x), model(x), atol=0, rtol=0)
+
+
+def test_convert_untraceable_model_converts_unfused(torch_kernels):
+    model = Untraceable()
+    conv = convert(model)
+    assert type(conv.conv) is Conv2d and type(conv.fc) is Linear
+    assert conv.convert_report.traced == []
+    assert any("not torch.fx-traceable" in n for n in conv.convert_report.notes)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(conv(x), model(x), atol=0, rtol=0)
+
+
+def test_convert_inplace_shared_and_top_level(torch_kernels):
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.Tanh(), shared)  # one module used twice
+    params = list(model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept, so no warning
+        out = convert(model, inplace=True)
+    assert out is model and out[0] is out[2] and isinstance(out[0], Linear)
+    assert list(out.parameters()) == params  # the same Parameter objects: optimizers keep working
+    top = convert(nn.Conv2d(3, 4, 3))  # a bare layer converts too
+    assert type(top) is Conv2d and top.convert_report.replaced[0][0] == ""
+    unfused = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), fuse=False)
+    assert type(unfused[0]) is Conv2d and type(unfused[1]) is nn.ReLU
+
+
+@needs_kernels
+def test_convert_outputs_match_on_kernels():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.ReLU(), nn.Linear(5, 3),
+    ).to(DEVICE)
+    conv = convert(model)
+    assert isinstance(conv[0][0], Conv2dReLU)
+    x = torch.randn(2, 3, 7, 6, device=DEVICE)
+    torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# zoo
+
+ZOO_CASES = [
+    ("lenet5", {}, (1, 32)),
+    ("lenet5", dict(input_size=28, in_channels=3, num_classes=5), (3, 28)),
+    ("convnetjs", {}, (3, 32)),
+    ("vgg11", dict(width=0.125), (3, 32)),
+    ("vgg16", dict(width=1 / 16, input_size=224, num_classes=7, fc_width=32), (3, 224)),
+]
+
+
+@pytest.mark.parametrize("name,kw,inp", ZOO_CASES)
+def test_zoo_same_seed_same_weights_on_both_backends(name, kw, inp, torch_kernels):
+    torch.manual_seed(3)
+    ref = get_model(name, backend="torch", **kw)
+    torch.manual_seed(3)
+    tri = get_model(name, backend="triton", **kw)
+    _same_state(tri, ref)
+    assert not any(type(m) in (nn.Conv2d, nn.Linear, nn.MaxPool2d) for m in tri.modules())
+    c, s = inp
+    x = torch.randn(2, c, s, s)
+    ref.eval(), tri.eval()
+    y = ref(x)
+    assert y.shape == (2, kw.get("num_classes", 10))
+    torch.testing.assert_close(tri(x), y, atol=0, rtol=0)
+
+
+def test_zoo_shapes_and_errors():
+    vgg = get_model("vgg16", backend="torch")
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in vgg.modules())
+    n_fcs = sum(isinstance(m, nn.Linear) for m in vgg.modules())
+    assert (n_convs, n_fcs) == (13, 3)
+    assert vgg.features[0].out_channels == 64 and vgg.classifier[0].in_features == 512
+    vgg224 = get_model("vgg11", backend="torch", input_size=224, num_classes=1000, width=0.25)
+    assert vgg224.classifier[0].in_features == 128 * 7 * 7
+    assert vgg224.classifier[0].out_features == 1024  # 4096 x width at 224
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("resnet50")
+    with pytest.raises(ValueError, match="backend"):
+        get_model("lenet5", backend="cudnn")
+    with pytest.raises(TypeError, match="unknown option"):
+        get_model("lenet5", depth=3)
+    with pytest.raises(ValueError, match="input_size"):
+        get_model("vgg11", input_size=16)
+
+
+# --------------------------------------------------------------------------------------------
+# spec grammar
+
+def test_spec_lecture_pattern_builds():
+    spec = "[(CONV3-32-RELU)*2-POOL2]*3-(FC256-RELU)*1-FC10"
+    layers_ = parse(spec)
+    assert [l.kind for l in layers_].count("conv") == 6
+    assert [l.kind for l in layers_].count("pool") == 3
+    assert [(l.kind, l.size) for l in layers_[-3:]] == [("fc", 256), ("relu", 0), ("fc", 10)]
+    model = build(spec, backend="torch", in_channels=3, input_size=32)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert model[16].in_features == 32 * 4 * 4  # the first FC, after Flatten
+
+
+@pytest.mark.parametrize("spec,expect", [
+    ("conv5p0-6-relu-pool2-fc10", [("conv", 5, 6, 1, 0), ("relu",), ("pool", 2, 0, 2, 0),
+                                   ("fc", 10)]),
+    ("CONV3S2-8", [("conv", 3, 8, 2, 1)]),
+    ("CONV3P0S2-8", [("conv", 3, 8, 2, 0)]),
+    ("POOL3S2", [("pool", 3, 0, 2, 0)]),
+    ("INPUT-(FC4)*3-SOFTMAX", [("fc", 4)] * 3),
+    (" [ (CONV3-4 - RELU) * 2 ] - FC2 ", [("conv", 3, 4, 1, 1), ("relu",)] * 2 + [("fc", 2)]),
+])
+def test_spec_parses(spec, expect):
+    got = [(l.kind, l.size, l.channels, l.stride, l.pad)[:len(e)] for l, e in
+           zip(parse(spec), expect)]
+    assert got == [tuple(e) for e in expect] and len(parse(spec)) == len(expect)
+
+
+# (spec, index of the mistake, words the message must contain)
+SPEC_ERRORS = [
+    ("[(CONV3-x-RELU)*2-POOL2]*3-FC10", 8, "number of filters"),
+    ("CONV3-32-", 9, "end of the spec"),
+    ("(CONV3-8", 0, "never closed"),
+    ("CONV3-8)", 7, "closes nothing"),
+    ("[CONV3-8)", 8, "cannot close the '['"),
+    ("CONVV3-8", 0, "unknown layer 'CONVV'"),
+    ("CONV3", 5, "number of filters"),
+    ("CONV3-8--RELU", 8, "between two '-'"),
+    ("(CONV3-8)*0", 10, "at least 1"),
+    ("(CONV3-8)*", 10, "repeat count"),
+    ("CONV3Q-8", 5, "unexpected 'Q'"),
+    ("CONV3P1P2-8", 7, "twice"),
+    ("CONV3-8 RELU", 8, "expected '-'"),
+    ("()", 1, "empty group"),
+    ("", 0, "empty spec"),
+    ("FC10-SOFTMAX-FC2", 5, "last"),
+    ("FC4-INPUT", 4, "first"),
+    ("POOL2-FC10-CONV3-4", 11, "CONV after FC"),
+    ("FC10-POOL2", 5, "POOL after FC"),
+    ("[POOL2]*4-FC10", 1, "does not fit a 1x1"),  # the 4th repetition: 8 -> 4 -> 2 -> 1 -> 0
+    ("CONV9P0-4", 0, "does not fit a 8x8"),
+]
+
+
+@pytest.mark.parametrize("spec,pos,words", SPEC_ERRORS)
+def test_spec_errors_point_at_the_mistake(spec, pos, words):
+    with pytest.raises(SpecError) as info:
+        build(spec, backend="torch", in_channels=1, input_size=8)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.position == pos, str(err)
+    assert words in err.message
+    # the message shows the spec and a caret under the mistake
+    lines = str(err).splitlines()
+    assert lines[1] == f"  {spec}" and lines[2] == "  " + " " * pos + "^"
+
+
+def test_spec_same_seed_same_weights(torch_kernels):
+    spec = "CONV3-4-RELU-POOL2-FC8-RELU-FC3"
+    torch.manual_seed(5)
+    ref = build(spec, backend="torch", in_channels=2, input_size=6)
+    torch.manual_seed(5)
+    tri = build(spec, backend="triton", in_channels=2, input_size=6)
+    _same_state(tri, ref)
+    assert isinstance(tri[0], Conv2dReLU) and isinstance(tri[4], LinearReLU)
+    x = torch.randn(3, 2, 6, 6)
+    torch.testing.assert_close(tri(x), ref(x), atol=0, rtol=0)
