@@ -52,6 +52,35 @@ _INT32_LIMIT = 2**31
 
 
 @triton.jit
+def _block_indices(BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """This program's BLOCK flat element indices (int64 when offsets can pass 2**31)."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _unflatten(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
+    """(n, c, h, w) of flat positions in a contiguous (N, C, H, W) tensor, NCHW or NHWC order."""
+    if CHANNELS_LAST:
+        c = idx % C
+        t = idx // C
+        w = t % W
+        t = t // W
+        h = t % H
+        n = t // H
+    else:
+        w = idx % W
+        t = idx // W
+        h = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+    return n, c, h, w
+
+
+@triton.jit
 def _window_max_step(x_ptr, base, h0, w0, kh, kw, H, W, sxh, sxw, mask, best, arg,
                      KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
     """Fold window element (kh, kw) into the running (max, offset), PyTorch's update rule."""
@@ -80,26 +109,9 @@ def _max_pool_fwd_kernel(
 
     The input is read through its strides; out and off are contiguous in the output's format.
     """
-    pid = tl.program_id(0)
-    if INT64:
-        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        idx = pid * BLOCK + tl.arange(0, BLOCK)
+    idx = _block_indices(BLOCK, INT64)
     mask = idx < total
-    if CHANNELS_LAST:
-        c = idx % C
-        t = idx // C
-        ow = t % OW
-        t = t // OW
-        oh = t % OH
-        n = t // OH
-    else:
-        ow = idx % OW
-        t = idx // OW
-        oh = t % OH
-        t = t // OH
-        c = t % C
-        n = t // C
+    n, c, oh, ow = _unflatten(idx, C, OH, OW, CHANNELS_LAST)
     base = n * sxn + c * sxc
     h0 = oh * SH - PH
     w0 = ow * SW - PW
@@ -155,26 +167,9 @@ def _max_pool_bwd_kernel(
     grad_output and the offsets are read through their strides; grad_input is contiguous in the
     input's format. Windows are visited in a fixed order and summed in float32.
     """
-    pid = tl.program_id(0)
-    if INT64:
-        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        idx = pid * BLOCK + tl.arange(0, BLOCK)
+    idx = _block_indices(BLOCK, INT64)
     mask = idx < total
-    if CHANNELS_LAST:
-        c = idx % C
-        t = idx // C
-        iw = t % W
-        t = t // W
-        ih = t % H
-        n = t // H
-    else:
-        iw = idx % W
-        t = idx // W
-        ih = t % H
-        t = t // H
-        c = t % C
-        n = t // C
+    n, c, ih, iw = _unflatten(idx, C, H, W, CHANNELS_LAST)
     gbase = n * sgn + c * sgc
     obase = n * son + c * soc
     if NON_OVERLAP:

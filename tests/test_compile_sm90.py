@@ -1,0 +1,22 @@
+"""Every kernel specialization the ops launch compiles for sm_90 (Hopper), with no GPU present.
+
+The interpreter never runs Triton's compiler; this runs it (through ptxas) in a subprocess, so a
+kernel that would fail to compile on an H100/H200 fails here first. See tests/compile_sm90.py.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tritoncnn import _runtime
+
+
+@pytest.mark.skipif(not _runtime.INTERPRET, reason="a GPU compiles the kernels in the other tests")
+def test_all_kernels_compile_for_sm90():
+    script = Path(__file__).with_name("compile_sm90.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "kernels compiled for sm_90" in done.stdout
