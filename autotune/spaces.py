@@ -11,7 +11,9 @@ timing:
   the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their ``num_warps``
   capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
   ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
-* **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread;
+* **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
+  every register tile of the epilogue (:data:`ACC_TILES`: ``conv_pool_fwd`` keeps a running window
+  maximum and its offset beside the accumulator, three tiles);
 * **shared memory**: the pipelined operand tiles,
   ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements, must fit the device's per-block
   budget (queried from torch.cuda when a device is present, else :data:`DEFAULT_SMEM_BYTES`, the
@@ -24,14 +26,17 @@ or tuned entries are never found: build them with :func:`conv_shape` and :func:`
 
 * conv kernels (``conv_fwd``, ``conv_dx``, ``conv_dw``, ``conv_pool_fwd``): ``N, C, H, W`` (input),
   ``K, R, S`` (filters), ``P, Q`` (conv output, before any fused pooling), ``stride_h, stride_w,
-  pad_h, pad_w, dil_h, dil_w, groups``;
+  pad_h, pad_w, dil_h, dil_w, groups``; plus ``pool`` (the window F = S) for ``conv_pool_fwd`` and
+  for the ``conv_dx`` / ``conv_dw`` launches of the fused conv + ReLU + max-pool's backward, whose
+  dY load differs from the plain conv's (a shape dict without ``pool`` is the plain conv);
 * pool kernels (``max_pool_fwd``, ``max_pool_bwd``): ``N, C, H, W`` (input), ``OH, OW`` (output;
   ``ceil_mode`` shows only there), ``KH, KW`` (window), ``SH, SW`` (stride), ``PH, PW`` (padding),
   ``DH, DW`` (dilation).
 
 GEMM view of the conv kernels, used for the tile caps (a missing key only disables that cap):
 
-* ``conv_fwd`` / ``conv_pool_fwd``: M = N*P*Q, N = K/groups, reduction = C/groups*R*S;
+* ``conv_fwd`` / ``conv_pool_fwd``: M = N*P*Q (pooled pixels N*(P//pool)*(Q//pool) for
+  ``conv_pool_fwd``), N = K/groups, reduction = C/groups*R*S;
 * ``conv_dx``: M = N*H*W, N = C/groups, reduction = K/groups*R*S;
 * ``conv_dw``: M = K/groups, N = C/groups*R*S, reduction = N*P*Q (split ``SPLIT`` ways).
 """
@@ -113,6 +118,7 @@ POOL_KERNELS = ("max_pool_fwd", "max_pool_bwd")
 MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the module docstring
 MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
 MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
+ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
 SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
@@ -202,7 +208,11 @@ def gemm_dims(kernel: str, shape: Mapping[str, int]) -> tuple[int | None, int | 
     rs = prod("R", "S")
     if kernel in ("conv_fwd", "conv_pool_fwd"):
         k, crs = shape.get("K"), prod("C", "R", "S")
-        return prod("N", "P", "Q"), (k // g if k else None), (crs // g if crs else None)
+        m = prod("N", "P", "Q")
+        pool = int(shape.get("pool", 1) or 1)
+        if kernel == "conv_pool_fwd" and pool > 1 and m is not None:  # rows are pooled pixels
+            m = int(shape["N"]) * (int(shape["P"]) // pool) * (int(shape["Q"]) // pool)
+        return m, (k // g if k else None), (crs // g if crs else None)
     if kernel == "conv_dx":
         c = shape.get("C")
         krs = prod("K") * rs if ("K" in shape and rs) else None
@@ -269,7 +279,8 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
             c["num_warps"] = min(c["num_warps"], cap_warps)
         # small tiles need few warps: at least one 16x16 dot per warp
         c["num_warps"] = max(1, min(c["num_warps"], c["BLOCK_M"] * c["BLOCK_N"] // 256))
-        if c["BLOCK_M"] * c["BLOCK_N"] > MAX_ACC_PER_THREAD * 32 * c["num_warps"]:
+        tiles = ACC_TILES.get(kernel, 1)
+        if tiles * c["BLOCK_M"] * c["BLOCK_N"] > MAX_ACC_PER_THREAD * 32 * c["num_warps"]:
             continue
         if conv_smem_bytes(c, dtype) > smem_budget:
             continue

@@ -17,6 +17,14 @@ pointer plus its four element strides, so NCHW, channels_last and views all work
 
 The ReLU mask (Y > 0, from the saved output) is applied while dY is loaded.
 
+* fused conv + ReLU + max-pool ``_conv_pool_fwd_kernel``: GEMM rows = pooled pixels (n, ph, pw);
+  the mainloop runs once per window element (i, j), each time over the conv pixels
+  (ph*POOL + i, pw*POOL + j) of the same rows, and the epilogue folds the accumulators into a
+  running window maximum and its offset ``i*POOL + j``; bias and ReLU are applied once, to the
+  maximum.
+  Backward reuses the dX/dW kernels with ``POOL > 1``: their dY load rebuilds the conv-output
+  gradient from the pooled gradient, the offsets and the pooled output (see ``_load_dy``).
+
 Index arithmetic: offsets inside one image stay int32, the batch term ``n * stride_n`` is int64, so
 tensors past 2**31 elements are addressed correctly.
 
@@ -61,6 +69,25 @@ def _relu_masked(dy, y_ptr, y_off, mask, RELU: tl.constexpr):
         y = tl.load(y_ptr + y_off, mask=mask, other=0.0)
         dy = tl.where(y > 0, dy, tl.zeros_like(dy))
     return dy
+
+
+@triton.jit
+def _load_dy(dy_ptr, dy_off, y_ptr, y_off, off_ptr, elem, mask,
+             RELU: tl.constexpr, POOL: tl.constexpr):
+    """dY at conv-output pixels, with the masks of the fused epilogue folded into the load.
+
+    POOL == 1: dy_off / y_off address dY and the saved output at the pixel itself.
+    POOL > 1 (fused max-pool): dy_off / y_off address the pooled gradient and the pooled output at
+    the pixel's window (p // POOL, q // POOL), and ``elem`` is the pixel's place in that window,
+    (p % POOL) * POOL + q % POOL. The gradient reaches the pixel only where the window's saved
+    offset (same strides as the pooled output) names it; everywhere else dY is 0.
+    Then the ReLU mask: kept where the saved (pooled) output is > 0.
+    """
+    if POOL > 1:
+        off = tl.load(off_ptr + y_off, mask=mask, other=-1).to(tl.int32)
+        mask = mask & (off == elem)
+    dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
+    return _relu_masked(dy, y_ptr, y_off, mask, RELU)
 
 
 @triton.jit
@@ -151,6 +178,69 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _conv_pool_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
+    N, H, W, PP, PQ, R, S, CG, KG,
+    sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
+    syn, syk, syp, syq,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Y = max_pool(relu(conv(X, Wt) + b), POOL) over non-overlapping POOL x POOL windows, and
+    OFF = the offset i*POOL + j of each maximum inside its window. Grid: (row tiles * column
+    tiles, groups).
+
+    Rows are pooled pixels (n, ph, pw) of the (PP, PQ) pooled map; window element (i, j) is conv
+    pixel (ph*POOL + i, pw*POOL + j), so every row's window is whole. Ties and NaN as
+    ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when it is greater or
+    NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0 after bias pools to
+    relu's 0 with offset 0, the first of its equal zeros. OFF has Y's strides.
+    """
+    g = tl.program_id(1)
+    M = N * PP * PQ
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # pooled pixel (n, ph, pw)
+    mask_m = offs_m < M
+    pw = offs_m % PQ
+    ph = (offs_m // PQ) % PP
+    n = offs_m // (PP * PQ)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # output channel within the group
+    mask_n = offs_n < KG
+    chan = g * KG + offs_n                                 # output channel
+
+    x_row = n.to(tl.int64) * sxn + (g * CG) * sxc
+    h_win = ph * POOL * stride_h - pad_h                   # top-left tap of window element (0, 0)
+    w_win = pw * POOL * stride_w - pad_w
+    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
+    arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for e in range(POOL * POOL):                           # window element (i, j), row-major
+        i = e // POOL
+        j = e % POOL
+        acc = _conv_fwd_mainloop(
+            x_ptr, w_ptr, x_row, h_win + i * stride_h, w_win + j * stride_w, mask_m,
+            chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
+            BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+        )
+        take = (acc > best) | (acc != acc)
+        best = tl.where(take, acc, best)
+        arg = tl.where(take, e, arg)
+    # max(relu(x_e + b)) == relu(max(x_e) + b): bias and ReLU once, on the maximum.
+    best = _bias_relu(best, b_ptr, chan, mask_n, HAS_BIAS, False)
+    alive = (best > 0) | (best != best)                    # ReLU keeps NaN, as F.relu does
+    best = tl.where(alive, best, 0.0)
+    arg = tl.where(alive, arg, 0)
+
+    y_off = (n.to(tl.int64) * syn + ph * syp + pw * syq)[:, None] + (chan * syk)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(off_ptr + y_off, arg.to(off_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _first_tap(a, stride, dil, STEP, NONE):
     """Smallest tap index r with (a - r*dil) % stride == 0, where the phase a is (h + pad) % stride
     of the input rows: the taps of this phase are r, r + STEP, ... with STEP = stride /
@@ -164,7 +254,7 @@ def _first_tap(a, stride, dil, STEP, NONE):
 
 @triton.jit
 def _conv_dx_kernel(
-    dy_ptr, y_ptr, w_ptr, dx_ptr,
+    dy_ptr, y_ptr, off_ptr, w_ptr, dx_ptr,
     N, H, W, P, Q, R, S, CG, KG,
     sdn, sdk, sdp, sdq,
     syn, syk, syp, syq,
@@ -172,10 +262,13 @@ def _conv_dx_kernel(
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     STEP_R, STEP_S, HP, WP,
-    RELU: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, POOL: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dX = conv_transpose(relu_mask(dY), Wt), stride-phase form.
+
+    With POOL > 1, dY is rebuilt from the pooled gradient while it is loaded (``_load_dy``); the
+    launcher then passes P, Q = the conv pixels the pooling windows cover, PP*POOL x PQ*POOL.
 
     Grid: (row tiles * column tiles, groups, stride_h * stride_w phases). Phase (a_h, a_w) owns the
     input pixels with (h + pad_h) % stride_h == a_h and (w + pad_w) % stride_w == a_w; for them,
@@ -226,10 +319,12 @@ def _conv_dx_kernel(
         mask_k = k < KG
         chan = g * KG + k                                       # output channel
         mask_a = ok[:, None] & mask_k[None, :]
-        a = tl.load(dy_ptr + ((dy_row + p * sdp + q * sdq)[:, None] + (chan * sdk)[None, :]),
-                    mask=mask_a, other=0.0)                     # (BLOCK_M, BLOCK_K)
-        a = _relu_masked(a, y_ptr, (y_row + p * syp + q * syq)[:, None] + (chan * syk)[None, :],
-                         mask_a, RELU)
+        pp = p // POOL                                          # dY's pixel: p, or its window
+        pq = q // POOL
+        elem = (p - pp * POOL) * POOL + (q - pq * POOL)
+        a = _load_dy(dy_ptr, (dy_row + pp * sdp + pq * sdq)[:, None] + (chan * sdk)[None, :],
+                     y_ptr, (y_row + pp * syp + pq * syq)[:, None] + (chan * syk)[None, :],
+                     off_ptr, elem[:, None], mask_a, RELU, POOL)  # (BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
@@ -241,13 +336,13 @@ def _conv_dx_kernel(
 
 @triton.jit
 def _conv_dw_kernel(
-    dy_ptr, y_ptr, x_ptr, dw_part_ptr, db_part_ptr,
+    dy_ptr, y_ptr, off_ptr, x_ptr, dw_part_ptr, db_part_ptr,
     N, H, W, P, Q, R, S, CG, KG, K, CHUNK,
     sdn, sdk, sdp, sdq,
     syn, syk, syp, syq,
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr,
+    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -257,6 +352,8 @@ def _conv_dw_kernel(
     columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
     [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials:
     dw_part (SPLIT, K, R*S*CG) contiguous, db_part (SPLIT, K) from the first column tile.
+    With POOL > 1, dY is rebuilt from the pooled gradient while it is loaded (``_load_dy``); the
+    launcher then passes P, Q = PP*POOL, PQ*POOL, so only pixels inside a window are visited.
     """
     g = tl.program_id(1)
     split = tl.program_id(2)
@@ -290,10 +387,12 @@ def _conv_dw_kernel(
         p = (t // Q) % P
         n = (t // (P * Q)).to(tl.int64)
         mask_a = mask_m[:, None] & mask_t[None, :]
-        a = tl.load(dy_ptr + ((chan * sdk)[:, None] + (n * sdn + p * sdp + q * sdq)[None, :]),
-                    mask=mask_a, other=0.0)                # dY^T (BLOCK_M, BLOCK_K)
-        a = _relu_masked(a, y_ptr, (chan * syk)[:, None] + (n * syn + p * syp + q * syq)[None, :],
-                         mask_a, RELU)
+        pp = p // POOL                                     # dY's pixel: p itself, or its window
+        pq = q // POOL
+        elem = (p - pp * POOL) * POOL + (q - pq * POOL)
+        a = _load_dy(dy_ptr, (chan * sdk)[:, None] + (n * sdn + pp * sdp + pq * sdq)[None, :],
+                     y_ptr, (chan * syk)[:, None] + (n * syn + pp * syp + pq * syq)[None, :],
+                     off_ptr, elem[None, :], mask_a, RELU, POOL)  # dY^T (BLOCK_M, BLOCK_K)
         if NEED_DB:
             acc_b += tl.sum(a.to(tl.float32), axis=1)
         if NEED_DW:

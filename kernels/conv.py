@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 import triton
 
-from tritoncnn import autotune
+from tritoncnn import _runtime, autotune
 
 from ._common import (
     INTERPRET,
@@ -242,18 +242,24 @@ def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic
         block = cfg[key]
         if block < 16 or block & (block - 1):
             raise ValueError(f"{kernel} config {key}={block} must be a power of two >= 16")
-    if kernel in ("conv_fwd", "conv_dx"):
+    if kernel in ("conv_fwd", "conv_dx", "conv_pool_fwd"):
         cfg["num_warps"] = min(cfg["num_warps"], _FLAT_LOOP_MAX_WARPS)
     return cfg
 
 
-def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, P: int, Q: int) -> dict:
+def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, P: int, Q: int,
+               pool: int = 1) -> dict:
+    """``autotune.conv_shape`` of the layer (P, Q: the conv output, before any pooling), plus
+    ``pool`` for the kernels of the fused conv + ReLU + max-pool (a separate cache entry)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    return dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, groups=geometry.groups,
-                stride_h=geometry.stride[0], stride_w=geometry.stride[1],
-                pad_h=geometry.padding[0], pad_w=geometry.padding[2],
-                dil_h=geometry.dilation[0], dil_w=geometry.dilation[1])
+    shape = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, groups=geometry.groups,
+                 stride_h=geometry.stride[0], stride_w=geometry.stride[1],
+                 pad_h=geometry.padding[0], pad_w=geometry.padding[2],
+                 dil_h=geometry.dilation[0], dil_w=geometry.dilation[1])
+    if pool > 1:
+        shape["pool"] = pool
+    return shape
 
 
 def _layout(x: torch.Tensor) -> str:
@@ -318,12 +324,21 @@ def conv2d_backward(
     needs: Tuple[bool, bool, bool] = (True, True, True),
     allow_tf32: Optional[bool] = None,
     configs: Optional[dict] = None,
+    offsets: Optional[torch.Tensor] = None,
+    pool: int = 1,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(dX, dW, db) of :func:`conv2d_forward`; each is None where ``needs`` says it is not wanted.
 
     ``output`` is the saved forward output, needed only for ``relu`` (its mask is applied while
     dY is loaded). ``configs`` maps "conv_dx" / "conv_dw" to config overrides. dX keeps input's
     memory format, dW weight's strides.
+
+    ``pool > 1``: the backward of the fused conv + ReLU + max-pool (``conv_pool``).
+    ``grad_output`` and ``output`` are then the pooled gradient and pooled output, ``offsets`` the
+    forward's window offsets (``output``'s shape; both are copied contiguous where their strides
+    differ, as the kernels read them with one set of strides); the conv-output gradient is
+    rebuilt inside the kernels as they load it, never stored. Configs come from "conv_dx" /
+    "conv_dw" with ``pool`` in the shape dict, so they are cached apart from the plain conv's.
     """
     configs = configs or {}
     need_dx, need_dw, need_db = needs
@@ -333,10 +348,28 @@ def conv2d_backward(
     K, CG, R, S = weight.shape
     groups = geometry.groups
     KG = K // groups
-    P, Q = grad_output.shape[2:]
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    if pool > 1:
+        if not relu or offsets is None:
+            raise ValueError("conv2d_backward with pool > 1 needs relu=True, the pooled output "
+                             "and the window offsets")
+        P_conv, Q_conv = geometry.output_size(H, W, R, S)
+        pooled = (N, K, P_conv // pool, Q_conv // pool)
+        if not tuple(grad_output.shape) == tuple(output.shape) == tuple(offsets.shape) == pooled:
+            raise ValueError(
+                f"pooled gradient {_shape(grad_output)}, output {_shape(output)} and offsets "
+                f"{_shape(offsets)} must all have the pooled shape {pooled}"
+            )
+        # The kernels address the offsets with the output's strides (size-1 dims never move).
+        if any(a != b for n, a, b in zip(output.shape, output.stride(), offsets.stride()) if n > 1):
+            output, offsets = output.contiguous(), offsets.contiguous()
+        # Only the pixels the windows cover get a gradient: the kernels see that P x Q map.
+        P, Q = grad_output.shape[2] * pool, grad_output.shape[3] * pool
+    else:
+        P_conv, Q_conv = P, Q = grad_output.shape[2:]
     y = output if relu else grad_output  # only read when relu
-    shape = _shape_key(input, weight, geometry, P, Q)
+    off = offsets if pool > 1 else y     # only read when pool > 1
+    shape = _shape_key(input, weight, geometry, P_conv, Q_conv, pool)
     layout = _layout(input)
     dot = _dot_args(input.dtype, allow_tf32)
 
@@ -351,12 +384,12 @@ def conv2d_backward(
             grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
             _conv_dx_kernel[grid](
-                grad_output, y, weight, dx,
+                grad_output, y, off, weight, dx,
                 N, H, W, P, Q, R, S, CG, KG,
                 *grad_output.stride(), *y.stride(), *weight.stride(), *dx.stride(),
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
-                RELU=relu, **dot, **_launch_opts(cfg),
+                RELU=relu, POOL=pool, **dot, **_launch_opts(cfg),
             )
 
     if need_dw or need_db:
@@ -387,12 +420,13 @@ def conv2d_backward(
         db_part = torch.empty((split, K), **f32) if need_db else None
         dummy = dw_part if need_dw else db_part
         _conv_dw_kernel[(tiles(cfg), groups, split)](
-            grad_output, y, input,
+            grad_output, y, off, input,
             dw_part if need_dw else dummy, db_part if need_db else dummy,
             N, H, W, P, Q, R, S, CG, KG, K, chunk,
             *grad_output.stride(), *y.stride(), *input.stride(),
             sh, sw, pt, pl, dh, dw,
-            NEED_DW=need_dw, NEED_DB=need_db, RELU=relu, **dot, **_launch_opts(cfg),
+            NEED_DW=need_dw, NEED_DB=need_db, RELU=relu, POOL=pool, **dot,
+            **_launch_opts(cfg),
         )
         if need_dw:
             _sum_splits(dw_part, dw_out, RSC, CG, S, dw_out.stride())
@@ -532,11 +566,11 @@ _conv2d_op.register_autograd(_conv2d_op_backward, setup_context=_conv2d_setup_co
 _autocast_lib = torch.library.Library("tritoncnn", "FRAGMENT")
 
 
-def _register_autocast(device_type: str, dispatch_key: str) -> None:
-    """Under torch.autocast(device_type), cast the tensors to the autocast dtype, as F.conv2d
-    does, then run the op with autocast off."""
+def _register_autocast(name: str, op, device_type: str, dispatch_key: str) -> None:
+    """Under torch.autocast(device_type), cast the (input, weight, bias) of custom op
+    ``tritoncnn::<name>`` to the autocast dtype, as F.conv2d does, then run it with autocast off."""
 
-    def autocast_conv2d(input, weight, bias, *args):
+    def autocast_op(input, weight, bias, *args):
         dtype = torch.get_autocast_dtype(device_type)
 
         def cast(t):
@@ -544,13 +578,18 @@ def _register_autocast(device_type: str, dispatch_key: str) -> None:
             return t.to(dtype) if ok else t
 
         with torch.autocast(device_type, enabled=False):
-            return _conv2d_op(cast(input), cast(weight), cast(bias), *args)
+            return op(cast(input), cast(weight), cast(bias), *args)
 
-    _autocast_lib.impl("conv2d", autocast_conv2d, dispatch_key)
+    _autocast_lib.impl(name, autocast_op, dispatch_key)
 
 
-_register_autocast("cpu", "AutocastCPU")
-_register_autocast("cuda", "AutocastCUDA")
+def register_conv_autocast(name: str, op) -> None:
+    """Autocast registrations (CPU and CUDA) for a custom op taking (input, weight, bias, ...)."""
+    _register_autocast(name, op, "cpu", "AutocastCPU")
+    _register_autocast(name, op, "cuda", "AutocastCUDA")
+
+
+register_conv_autocast("conv2d", _conv2d_op)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,3 +653,95 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     y = conv2d(x, weight[:, :, None, None], bias, activation=activation,
                allow_tf32=allow_tf32)                                  # (B, out, 1, 1)
     return y.reshape(*input.shape[:-1], out_features)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tuning problems (``tritoncnn tune`` and tuning on first use; GPU only)
+# ----------------------------------------------------------------------------------------------
+
+
+def problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
+    """(x, w, b, geometry) for a conv shape dict (``autotune.conv_shape``), on the device kernels
+    run on (the GPU; the CPU under the interpreter, where tests check the problems themselves).
+
+    Values are small integers (-1, 0, 1): exact in every dtype and, summed in fp32, in every
+    accumulation order, TF32 included. So the conv values, their ReLU masks and their pooling
+    maxima are exact, and every config must reproduce the float64 reference's masks and window
+    offsets exactly. The bottom/right padding is whatever gives the shape's P, Q (padding='same'
+    with an even kernel pads one more there).
+    """
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    N, C, H, W, K, R, S = (shape[k] for k in ("N", "C", "H", "W", "K", "R", "S"))
+    groups = shape.get("groups", 1)
+
+    def ints(*size):
+        return torch.randint(-1, 2, size, device=_runtime.device_type()).to(dtype)
+
+    x = ints(N, C, H, W).contiguous(memory_format=fmt)
+    w = ints(K, C // groups, R, S)
+    b = ints(K)
+    (sh, sw), (dh, dw) = (shape["stride_h"], shape["stride_w"]), (shape["dil_h"], shape["dil_w"])
+    pt, pl = shape["pad_h"], shape["pad_w"]
+    pb = max(0, (shape["P"] - 1) * sh + dh * (R - 1) + 1 - H - pt)
+    pr = max(0, (shape["Q"] - 1) * sw + dw * (S - 1) + 1 - W - pl)
+    return x, w, b, ConvGeometry((sh, sw), (pt, pb, pl, pr), (dh, dw), groups)
+
+
+def reference_conv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                   geometry: ConvGeometry) -> torch.Tensor:
+    """conv2d(x, w) + b in float64 with torch (autograd-able), any padding of the geometry."""
+    pt, pb, pl, pr = geometry.padding
+    x = torch.nn.functional.pad(x.double(), (pl, pr, pt, pb))
+    return torch.nn.functional.conv2d(x, w.double(), None if b is None else b.double(),
+                                      geometry.stride, 0, geometry.dilation, geometry.groups)
+
+
+def _conv_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
+    x, w, b, geometry = problem_inputs(shape, dtype, layout)
+    ref = torch.relu(reference_conv(x, w, b, geometry))
+    return autotune.Problem(
+        run=lambda cfg: conv2d_forward(x, w, b, geometry, relu=True, config=cfg), reference=ref)
+
+
+def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
+                           layout: str) -> autotune.Problem:
+    """conv_dx (returns dX) or conv_dw (returns dW, db) of conv + ReLU, or, when the shape dict
+    has ``pool`` > 1, of the fused conv + ReLU + max-pool; reference: float64 autograd through
+    torch's conv of the same (pool-routed, ReLU-masked) conv-output gradient."""
+    pool = shape.get("pool", 1)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x, w, b, geometry = problem_inputs(shape, dtype, layout)
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    z = reference_conv(*leaves, geometry)                              # (N, K, P, Q)
+    y = torch.relu(z.detach())
+    offsets = None
+    if pool > 1:
+        y, index = torch.nn.functional.max_pool2d(y, pool, return_indices=True)
+        grad = torch.randint(-1, 2, y.shape, device=y.device).double()
+        N, K, P, Q = z.shape
+        routed = (grad * (y > 0)).reshape(N, K, -1)
+        dense = z.new_zeros((N, K, P * Q)).scatter(2, index.reshape(N, K, -1), routed)
+        dense = dense.view(z.shape)
+        offsets = ((index // Q) % pool * pool + index % Q % pool).to(torch.int8)
+        offsets = offsets.contiguous(memory_format=fmt)
+    else:
+        grad = torch.randint(-1, 2, y.shape, device=y.device).double()
+        dense = grad * (y > 0)
+    z.backward(dense)
+    grad = grad.to(dtype).contiguous(memory_format=fmt)
+    y = y.to(dtype).contiguous(memory_format=fmt)
+
+    def run(cfg, dx=kernel == "conv_dx"):
+        grads = conv2d_backward(grad, x, w, y, geometry, True, (dx, not dx, not dx),
+                                configs={kernel: cfg}, offsets=offsets, pool=pool)
+        return grads[0] if dx else grads[1:]
+
+    ref = leaves[0].grad if kernel == "conv_dx" else (leaves[1].grad, leaves[2].grad)
+    return autotune.Problem(run=run, reference=ref)
+
+
+autotune.register_problem("conv_fwd", _conv_fwd_problem)
+autotune.register_problem(
+    "conv_dx", lambda shape, dtype, layout: _conv_backward_problem("conv_dx", shape, dtype, layout))
+autotune.register_problem(
+    "conv_dw", lambda shape, dtype, layout: _conv_backward_problem("conv_dw", shape, dtype, layout))

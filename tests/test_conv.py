@@ -433,3 +433,40 @@ def test_gpu_eight_warp_configs(dtype):
     _compare("y", y, y_ref, base, rtol, 128 * 9)
     for name, o, r, n in zip(("dx", "dw", "db"), leaves, ref, (128 * 9, 1024, 1024)):
         _compare(name, o.grad, r.grad, base, rtol, n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tuning problems (autotune.register_problem): any config must pass the tuner's correctness gate.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw"])
+def test_tuning_problems_run_here(kernel):
+    """The registered problems build on any device and pass their own gate; under the
+    interpreter with one large-tile config (asymmetric 'same' padding of an even kernel)."""
+    from tritoncnn import autotune
+
+    shape = autotune.conv_shape((2, 5, 7, 6), (6, 5, 2, 3), 1, "same")
+    cfg = dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=1)
+    if kernel == "conv_dw":
+        cfg = dict(cfg, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT=2)
+    problem = autotune.make_problem(kernel, shape, torch.float32, "nchw")
+    problem.configs = [cfg]
+    table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
+    assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw"])
+def test_every_config_passes_the_correctness_gate(kernel, dtype):
+    """Every pruned config of the space, on shapes with edge tiles, is correct on the GPU."""
+    from tritoncnn import autotune
+
+    for layout, shape in (
+            ("nhwc", autotune.conv_shape((3, 40, 23, 19), (72, 40, 3, 3), 1, 1)),
+            ("nchw", autotune.conv_shape((2, 48, 17, 17), (80, 24, 3, 3), 2, 1, 1, 2))):
+        problem = autotune.make_problem(kernel, shape, dtype, layout)
+        table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
+        assert len(table) > 1
+        assert (table["status"] == "ok").all(), table[["config", "status", "error"]]

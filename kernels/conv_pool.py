@@ -1,0 +1,316 @@
+"""Fused conv2d + bias + ReLU + max-pool (non-overlapping F x F windows) in one kernel, forward
+and backward: the lecture's CONV -> RELU -> POOL block without the full-size activation.
+
+``conv2d_relu_pool(x, w, b, stride, padding, dilation, groups, pool=F)`` equals
+``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups)), F)``, flooring odd
+conv output sizes as max_pool2d does.
+
+* Forward (``_conv_pool_fwd_kernel``): the GEMM rows of a tile are pooled pixels, so the tile covers
+  whole windows; the implicit-GEMM mainloop of the conv runs once per window element, and the
+  epilogue keeps the running maximum and its window offset, then adds the bias and applies ReLU once
+  (max(relu(x_i + b)) = relu(max(x_i) + b)). Only the pooled output and the window offsets (int8
+  for windows of up to 128 elements) are written; ties and NaN as max_pool2d over the ReLU output.
+* Saved for backward: input, weight, the pooled output and the offsets, never the conv output.
+* Backward: the conv's dX and dW/db kernels with ``POOL = F``; while they load dY they rebuild the
+  conv-output gradient from the pooled gradient (non-zero only at each window's offset, and only
+  where the pooled output is > 0), so no full-size gradient is ever stored. Deterministic, as the
+  conv backward (fixed-order split sums, no atomics).
+
+Launch configs: "conv_pool_fwd" for the forward; the backward uses "conv_dx" / "conv_dw" with
+``pool`` added to the conv's shape dict, so its tuned entries stay apart from the plain conv's.
+
+Layers, top to bottom: :func:`conv2d_relu_pool` (through the custom ops
+``tritoncnn::conv2d_relu_pool`` / ``tritoncnn::conv2d_relu_pool_backward``, visible to
+``torch.compile`` and ``opcheck``), :class:`Conv2dReLUPoolFunction` (a plain autograd Function),
+the launcher :func:`conv2d_relu_pool_forward` (backward: ``conv.conv2d_backward(..., pool=F)``).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+
+from tritoncnn import autotune
+
+from ._common import INTERPRET, check_float, memory_format_of
+from ._conv_kernels import _conv_pool_fwd_kernel
+from .conv import (
+    ConvGeometry,
+    _check_tensors,
+    _config,
+    _dot_args,
+    _gemm_heuristic,
+    _launch_opts,
+    _layout,
+    _resolve_tf32,
+    _shape,
+    _shape_key,
+    conv2d_backward,
+    problem_inputs,
+    reference_conv,
+    register_conv_autocast,
+    resolve_geometry,
+)
+from .max_pool import _offset_dtype
+
+__all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forward"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks, shapes, configs
+# ----------------------------------------------------------------------------------------------
+
+
+def check_pool(pool, P: int, Q: int, input_shape, weight_shape) -> int:
+    """``pool`` must be a positive int no larger than the P x Q conv output; returns it."""
+    if not isinstance(pool, int) or isinstance(pool, bool):
+        raise TypeError(f"pool must be an int (the window size and stride F), got {pool!r}")
+    if pool <= 0:
+        raise ValueError(f"pool must be positive, got {pool}")
+    if pool > P or pool > Q:
+        raise ValueError(
+            f"pool={pool} is larger than the {P}x{Q} conv output of input {tuple(input_shape)} "
+            f"and weight {tuple(weight_shape)}: the pooled output would be empty"
+        )
+    return pool
+
+
+def _pooled_size(geometry: ConvGeometry, input_shape, weight_shape, pool: int):
+    """(P, Q) of the conv output and (PP, PQ) = (P // pool, Q // pool) of the pooled output."""
+    P, Q = geometry.output_size(input_shape[2], input_shape[3], weight_shape[2], weight_shape[3])
+    return (P, Q), (P // pool, Q // pool)
+
+
+def _heuristic(rows: int, cols: int, red: int, dtype: torch.dtype) -> dict:
+    """The conv tiles, at most 64 x 64 on a GPU: the epilogue keeps a running maximum and an
+    offset beside the accumulator, three register tiles where the conv keeps one."""
+    cfg = _gemm_heuristic(rows, cols, red, dtype)
+    if not INTERPRET:
+        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 64)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Host launcher
+# ----------------------------------------------------------------------------------------------
+
+
+def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
+                             bias: Optional[torch.Tensor], geometry: ConvGeometry, pool: int,
+                             allow_tf32: Optional[bool] = None, config: Optional[dict] = None
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(pooled output (N, K, P // pool, Q // pool), window offsets of the maxima) of
+    max_pool2d(relu(conv2d(input, weight) + bias), pool), both in input's memory format.
+
+    Tensors and ``pool`` must already be checked (:func:`resolve_geometry`, :func:`check_pool`);
+    ``config`` overrides keys of the "conv_pool_fwd" launch config. The offset of element (i, j)
+    of a window is ``i * pool + j``; the offsets have the output's strides.
+    """
+    N, C, H, W = input.shape
+    K, CG, R, S = weight.shape
+    KG = K // geometry.groups
+    (P, Q), (PP, PQ) = _pooled_size(geometry, input.shape, weight.shape, pool)
+    fmt = memory_format_of(input)
+    y = torch.empty((N, K, PP, PQ), device=input.device, dtype=input.dtype, memory_format=fmt)
+    offsets = torch.empty((N, K, PP, PQ), device=input.device, dtype=_offset_dtype(pool * pool),
+                          memory_format=fmt)
+    if y.numel() == 0:
+        return y, offsets
+    M = N * PP * PQ
+    cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, P, Q, pool), input.dtype,
+                  _layout(input), _heuristic(M, KG, CG, input.dtype), config)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
+    (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    _conv_pool_fwd_kernel[grid](
+        input, weight, bias if bias is not None else weight, y, offsets,
+        N, H, W, PP, PQ, R, S, CG, KG,
+        *input.stride(), *weight.stride(), *y.stride(),
+        sh, sw, pt, pl, dh, dw,
+        POOL=pool, HAS_BIAS=bias is not None, **_dot_args(input.dtype, allow_tf32),
+        **_launch_opts(cfg),
+    )
+    return y, offsets
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd Function
+# ----------------------------------------------------------------------------------------------
+
+
+class Conv2dReLUPoolFunction(torch.autograd.Function):
+    """max_pool2d(relu(conv2d + bias), pool) as an autograd Function on 4-D tensors.
+
+    ``Conv2dReLUPoolFunction.apply(input, weight, bias, stride, padding, dilation, groups, pool,
+    allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
+    "conv_pool_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. Saves input, weight, the
+    pooled output and the window offsets. The functional API (:func:`conv2d_relu_pool`) goes
+    through the custom op instead, which also works under torch.compile.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
+                allow_tf32=None, configs=None):
+        _check_tensors(input, weight, bias)
+        geometry = resolve_geometry(_shape(input), _shape(weight),
+                                    None if bias is None else _shape(bias),
+                                    stride, padding, dilation, groups)
+        (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
+        check_pool(pool, P, Q, input.shape, weight.shape)
+        allow = _resolve_tf32(allow_tf32)
+        configs = configs or {}
+        y, offsets = conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow,
+                                              configs.get("conv_pool_fwd"))
+        ctx.save_for_backward(input, weight, y, offsets)
+        ctx.geometry, ctx.pool, ctx.allow_tf32, ctx.configs = geometry, pool, allow, configs
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, output, offsets = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        dx, dw, db = conv2d_backward(
+            grad_output, input, weight, output, ctx.geometry, True,
+            (need_dx, need_dw, need_db and ctx.has_bias), ctx.allow_tf32, ctx.configs,
+            offsets=offsets, pool=ctx.pool,
+        )
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops: tritoncnn::conv2d_relu_pool and tritoncnn::conv2d_relu_pool_backward
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tritoncnn::conv2d_relu_pool", mutates_args=())
+def _conv2d_relu_pool_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                         pool: int, allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(max_pool2d(relu(conv2d(input, weight) + bias), pool), window offsets) with resolved
+    geometry; padding is (top, bottom, left, right)."""
+    _check_tensors(input, weight, bias)
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32)
+
+
+@_conv2d_relu_pool_op.register_fake
+def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, groups, pool,
+                           allow_tf32):
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    _, (PP, PQ) = _pooled_size(geometry, input.shape, weight.shape, pool)
+    shape = (input.shape[0], weight.shape[0], PP, PQ)
+    fmt = memory_format_of(input)
+    return (torch.empty(shape, device=input.device, dtype=input.dtype, memory_format=fmt),
+            torch.empty(shape, device=input.device, dtype=_offset_dtype(pool * pool),
+                        memory_format=fmt))
+
+
+@torch.library.custom_op("tritoncnn::conv2d_relu_pool_backward", mutates_args=())
+def _conv2d_relu_pool_backward_op(
+        grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+        output: torch.Tensor, offsets: torch.Tensor, stride: List[int], padding: List[int],
+        dilation: List[int], groups: int, pool: int, allow_tf32: bool,
+        output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dX, dW, db) of tritoncnn::conv2d_relu_pool from the pooled gradient, the pooled output and
+    the offsets; a gradient left out by ``output_mask`` comes back as an empty tensor."""
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    grads = conv2d_backward(grad_output, input, weight, output, geometry, True,
+                            tuple(output_mask), allow_tf32, offsets=offsets, pool=pool)
+    return tuple(g if g is not None else input.new_empty(0) for g in grads)
+
+
+@_conv2d_relu_pool_backward_op.register_fake
+def _conv2d_relu_pool_backward_fake(grad_output, input, weight, output, offsets, stride, padding,
+                                    dilation, groups, pool, allow_tf32, output_mask):
+    need_dx, need_dw, need_db = output_mask
+    return (
+        torch.empty_like(input, memory_format=memory_format_of(input)) if need_dx
+        else input.new_empty(0),
+        torch.empty_like(weight) if need_dw else input.new_empty(0),
+        weight.new_empty((weight.shape[0],)) if need_db else input.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, pool, allow_tf32 = inputs
+    y, offsets = output
+    ctx.save_for_backward(input, weight, y, offsets)
+    ctx.op_args = (stride, padding, dilation, groups, pool, allow_tf32)
+    ctx.has_bias = bias is not None
+
+
+def _op_backward(ctx, grad_output, _grad_offsets):
+    input, weight, y, offsets = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2] and ctx.has_bias]
+    grads = [None, None, None]
+    if any(mask):
+        computed = torch.ops.tritoncnn.conv2d_relu_pool_backward(
+            grad_output, input, weight, y, offsets, *ctx.op_args, mask)
+        grads = [g if want else None for g, want in zip(computed, mask)]
+    return (*grads, None, None, None, None, None, None)
+
+
+_conv2d_relu_pool_op.register_autograd(_op_backward, setup_context=_setup_context)
+register_conv_autocast("conv2d_relu_pool", _conv2d_relu_pool_op)
+
+
+# ----------------------------------------------------------------------------------------------
+# Functional API
+# ----------------------------------------------------------------------------------------------
+
+
+def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+                     groups: int = 1, pool: int = 2, *,
+                     allow_tf32: Optional[bool] = None) -> torch.Tensor:
+    """``F.max_pool2d(F.relu(F.conv2d(input, weight, bias, stride, padding, dilation, groups)),
+    pool)`` in one fused kernel: CONV -> RELU -> POOL with F = S = ``pool``.
+
+    Conv arguments as in :func:`tritoncnn.kernels.conv2d` (input (N, C, H, W) or unbatched
+    (C, H, W); padding an int, a pair, 'same' or 'valid'); ``pool`` is the window size and stride,
+    a positive int no larger than the conv output (odd sizes are floored like max_pool2d). The
+    output keeps input's memory format. Goes through the custom op, so torch.compile, opcheck and
+    torch.autocast work.
+    """
+    check_float("input", input)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {_shape(input)}"
+        )
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    autocasting = torch.is_autocast_enabled(x.device.type)
+    _check_tensors(x, weight, bias, same_dtype=not autocasting)
+    geometry = resolve_geometry(_shape(x), _shape(weight), None if bias is None else _shape(bias),
+                                stride, padding, dilation, groups)
+    (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
+    check_pool(pool, P, Q, x.shape, weight.shape)
+    y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
+                                _resolve_tf32(allow_tf32))
+    return y.squeeze(0) if unbatched else y
+
+
+# ----------------------------------------------------------------------------------------------
+# Tuning problem (``tritoncnn tune`` and tuning on first use; GPU only)
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_pool_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
+    """Pooled output and offsets against float64 torch; the integer inputs of
+    ``conv.problem_inputs`` make the maxima exact, so the offsets must match exactly."""
+    pool = shape.get("pool", 2)
+    x, w, b, geometry = problem_inputs(shape, dtype, layout)
+    z = reference_conv(x, w, b, geometry)
+    ref, index = torch.nn.functional.max_pool2d(torch.relu(z), pool, return_indices=True)
+    Q = z.shape[3]
+    offsets = ((index // Q) % pool * pool + index % Q % pool).to(_offset_dtype(pool * pool))
+    return autotune.Problem(
+        run=lambda cfg: conv2d_relu_pool_forward(x, w, b, geometry, pool, config=cfg),
+        reference=(ref, offsets))
+
+
+autotune.register_problem("conv_pool_fwd", _conv_pool_fwd_problem)
