@@ -49,6 +49,8 @@ from typing import Iterable, Mapping
 
 import torch
 
+from tritoncnn._shapes import as_pair, conv_len, pooled_len
+
 # Configs -----------------------------------------------------------------------------------------
 
 CONV_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
@@ -144,52 +146,43 @@ def device_limits() -> tuple[int, int]:
 
 # Shape dicts -------------------------------------------------------------------------------------
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[-1]))
-    return int(v), int(v)
-
-
 def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> dict:
     """The shape dict of a conv layer: input (N, C, H, W), weight (K, C/groups, R, S).
 
-    ``padding`` may be an int, a pair, 'valid' or 'same' (as in ``F.conv2d``).
+    ``padding`` may be an int, a pair, 'valid' or 'same' (as in ``F.conv2d``), or the resolved
+    (top, bottom, left, right) of a launcher's ``ConvGeometry``; ``pad_h`` / ``pad_w`` are the
+    top / left padding, P and Q the conv output.
     """
-    n, c, h, w = (int(d) for d in x_shape)
-    k, _, r, s = (int(d) for d in w_shape)
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
+    n, c, h, w = map(int, x_shape)
+    k, _, r, s = map(int, w_shape)
+    sh, sw = map(int, as_pair(stride, "stride"))
+    dh, dw = map(int, as_pair(dilation, "dilation"))
     if padding == "valid":
-        ph = pw = 0
-    elif padding == "same":
-        ph, pw = dh * (r - 1) // 2, dw * (s - 1) // 2
+        pads = (0, 0, 0, 0)
+    elif padding == "same":  # an even kernel pads one more on the bottom/right, as F.conv2d does
+        th, tw = dh * (r - 1), dw * (s - 1)
+        pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(map(int, padding))
     else:
-        ph, pw = _pair(padding)
-    if padding == "same":
-        p, q = h, w
-    else:
-        p = (h + 2 * ph - dh * (r - 1) - 1) // sh + 1
-        q = (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
+        ph, pw = map(int, as_pair(padding, "padding"))
+        pads = (ph, ph, pw, pw)
+    p = conv_len(h, r, sh, pads[0] + pads[1], dh)
+    q = conv_len(w, s, sw, pads[2] + pads[3], dw)
     return dict(N=n, C=c, H=h, W=w, K=k, R=r, S=s, P=p, Q=q, stride_h=sh, stride_w=sw,
-                pad_h=ph, pad_w=pw, dil_h=dh, dil_w=dw, groups=int(groups))
+                pad_h=pads[0], pad_w=pads[2], dil_h=dh, dil_w=dw, groups=int(groups))
 
 
 def pool_shape(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> dict:
     """The shape dict of a max-pool layer on input (N, C, H, W), arguments as ``F.max_pool2d``."""
     n, c, h, w = (int(d) for d in x_shape)
-    r, s = _pair(kernel_size)
-    sh, sw = _pair(stride if stride not in (None, (), []) else kernel_size)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-
-    def out(size, k, st, pad, dil):
-        span = size + 2 * pad - dil * (k - 1) - 1
-        o = (span + (st - 1 if ceil_mode else 0)) // st + 1
-        if ceil_mode and (o - 1) * st >= size + pad:  # the last window must start inside the input
-            o -= 1
-        return o
-
-    return dict(N=n, C=c, H=h, W=w, OH=out(h, r, sh, ph, dh), OW=out(w, s, sw, pw, dw), KH=r, KW=s,
+    r, s = (int(v) for v in as_pair(kernel_size, "kernel_size"))
+    no_stride = stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0
+    sh, sw = (r, s) if no_stride else (int(v) for v in as_pair(stride, "stride"))
+    ph, pw = (int(v) for v in as_pair(padding, "padding"))
+    dh, dw = (int(v) for v in as_pair(dilation, "dilation"))
+    return dict(N=n, C=c, H=h, W=w, OH=pooled_len(h, r, sh, ph, dh, ceil_mode),
+                OW=pooled_len(w, s, sw, pw, dw, ceil_mode), KH=r, KW=s,
                 SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw)
 
 

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from tritoncnn import _runtime
+from tritoncnn._shapes import as_pair, conv_len, pooled_len  # noqa: F401  (re-exported)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 INTERPRET = _runtime.INTERPRET
-
-
-def as_pair(value, name: str) -> tuple[int, int]:
-    """``3`` -> ``(3, 3)``; ``(2, 3)`` -> ``(2, 3)``; anything else is a ValueError naming ``name``."""
-    if isinstance(value, torch.SymInt) or isinstance(value, int) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) == 1:
-            return as_pair(value[0], name)
-        if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:
@@ -42,16 +29,27 @@ def check_device(name: str, tensor: torch.Tensor) -> None:
 
 
 def is_channels_last(tensor: torch.Tensor) -> bool:
-    """True when a 4-D tensor is laid out NHWC (and is not also plainly NCHW-contiguous)."""
-    return (
-        tensor.dim() == 4
-        and tensor.is_contiguous(memory_format=torch.channels_last)
-        and not tensor.is_contiguous()
-    )
+    """Whether an op's output for this input is channels_last: PyTorch's ``suggest_memory_format()``
+    rule (``is_channels_last_strides_2d``), which F.conv2d and F.max_pool2d follow.
+
+    4-D strides must run N, H, W, C from largest to smallest; size-1 dimensions are ambiguous and
+    resolve to NCHW. So sliced channels_last views (``x[:, :3]``, ``x[:, :, 1:]``) stay
+    channels_last; 3-D input never is.
+    """
+    shape = tensor.shape
+    if len(shape) != 4 or tensor.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        size, stride = shape[d], tensor.stride(d)
+        if size == 0 or stride < smallest or d == 0 and smallest == tensor.stride(1):
+            return False
+        smallest = stride * size if size > 1 else stride
+    return True
 
 
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
-    """The memory format an op's output should keep for this input."""
+    """The memory format an op's output keeps for this input (see :func:`is_channels_last`)."""
     return torch.channels_last if is_channels_last(tensor) else torch.contiguous_format
 
 

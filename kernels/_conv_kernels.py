@@ -13,7 +13,8 @@ pointer plus its four element strides, so NCHW, channels_last and views all work
   image borders are masked) -- no zero-inserted dY, no multiply-adds wasted on stride holes.
 * weight gradient ``_conv_dw_kernel``: rows = output channels, columns = (r, s, c), reduction over
   (n, p, q) split into SPLIT chunks; each chunk writes an fp32 partial and ``_sum_splits_kernel``
-  adds them in a fixed order (deterministic, no atomics). db is the same masked sum of dY.
+  adds them in a fixed order (deterministic, no atomics); one split stores dW straight into the
+  weight's layout (``DIRECT``). db is the same masked sum of dY.
 
 The ReLU mask (Y > 0, from the saved output) is applied while dY is loaded.
 
@@ -22,8 +23,9 @@ The ReLU mask (Y > 0, from the saved output) is applied while dY is loaded.
   (ph*POOL + i, pw*POOL + j) of the same rows, and the epilogue folds the accumulators into a
   running window maximum and its offset ``i*POOL + j``; bias and ReLU are applied once, to the
   maximum.
-  Backward reuses the dX/dW kernels with ``POOL > 1``: their dY load rebuilds the conv-output
-  gradient from the pooled gradient, the offsets and the pooled output (see ``_load_dy``).
+  Dead windows (pooled output 0, ReLU's) get offset -1. Backward reuses the dX/dW kernels with
+  ``OFFSETS`` on: their dY load rebuilds the conv-output gradient from the pooled gradient and the
+  offsets alone (see ``_load_dy``).
 
 Index arithmetic: offsets inside one image stay int32, the batch term ``n * stride_n`` is int64, so
 tensors past 2**31 elements are addressed correctly.
@@ -73,21 +75,25 @@ def _relu_masked(dy, y_ptr, y_off, mask, RELU: tl.constexpr):
 
 @triton.jit
 def _load_dy(dy_ptr, dy_off, y_ptr, y_off, off_ptr, elem, mask,
-             RELU: tl.constexpr, POOL: tl.constexpr):
+             RELU: tl.constexpr, OFFSETS: tl.constexpr):
     """dY at conv-output pixels, with the masks of the fused epilogue folded into the load.
 
-    POOL == 1: dy_off / y_off address dY and the saved output at the pixel itself.
-    POOL > 1 (fused max-pool): dy_off / y_off address the pooled gradient and the pooled output at
+    Plain conv (OFFSETS off): dy_off / y_off address dY and the saved output at the pixel itself;
+    with RELU, dY is kept where the saved output is > 0.
+    OFFSETS (the fused max-pool, any POOL): dy_off / y_off address the pooled gradient and the
+    window offsets at
     the pixel's window (p // POOL, q // POOL), and ``elem`` is the pixel's place in that window,
     (p % POOL) * POOL + q % POOL. The gradient reaches the pixel only where the window's saved
-    offset (same strides as the pooled output) names it; everywhere else dY is 0.
-    Then the ReLU mask: kept where the saved (pooled) output is > 0.
+    offset names it; everywhere else dY is 0. Windows whose pooled output is ReLU's 0 (its
+    gradient is 0 there) carry offset -1, which names no pixel: the ReLU mask is in the offsets.
     """
-    if POOL > 1:
+    if OFFSETS:
         off = tl.load(off_ptr + y_off, mask=mask, other=-1).to(tl.int32)
-        mask = mask & (off == elem)
-    dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
-    return _relu_masked(dy, y_ptr, y_off, mask, RELU)
+        dy = tl.load(dy_ptr + dy_off, mask=mask & (off == elem), other=0.0)
+    else:
+        dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
+        dy = _relu_masked(dy, y_ptr, y_off, mask, RELU)
+    return dy
 
 
 @triton.jit
@@ -197,7 +203,9 @@ def _conv_pool_fwd_kernel(
     pixel (ph*POOL + i, pw*POOL + j), so every row's window is whole. Ties and NaN as
     ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when it is greater or
     NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0 after bias pools to
-    relu's 0 with offset 0, the first of its equal zeros. OFF has Y's strides.
+    relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's backward passes no
+    gradient (a NaN window keeps its offset: F.relu's backward passes NaN outputs' gradient), so
+    backward needs the offsets alone, not Y.
     """
     g = tl.program_id(1)
     M = N * PP * PQ
@@ -230,9 +238,9 @@ def _conv_pool_fwd_kernel(
         arg = tl.where(take, e, arg)
     # max(relu(x_e + b)) == relu(max(x_e) + b): bias and ReLU once, on the maximum.
     best = _bias_relu(best, b_ptr, chan, mask_n, HAS_BIAS, False)
-    alive = (best > 0) | (best != best)                    # ReLU keeps NaN, as F.relu does
-    best = tl.where(alive, best, 0.0)
-    arg = tl.where(alive, arg, 0)
+    dead = best <= 0                                       # ReLU's 0 (NaN is kept, as F.relu does)
+    best = tl.where(dead, 0.0, best)
+    arg = tl.where(dead, -1, arg)                          # dead windows: no pixel gets dY
 
     y_off = (n.to(tl.int64) * syn + ph * syp + pw * syq)[:, None] + (chan * syk)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -262,13 +270,15 @@ def _conv_dx_kernel(
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     STEP_R, STEP_S, HP, WP,
-    RELU: tl.constexpr, POOL: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, POOL: tl.constexpr, OFFSETS: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dX = conv_transpose(relu_mask(dY), Wt), stride-phase form.
 
-    With POOL > 1, dY is rebuilt from the pooled gradient while it is loaded (``_load_dy``); the
-    launcher then passes P, Q = the conv pixels the pooling windows cover, PP*POOL x PQ*POOL.
+    With OFFSETS (the fused op's backward), dY is rebuilt from the pooled gradient and the window
+    offsets while it is loaded (``_load_dy``); the launcher then passes P, Q = the conv pixels the
+    pooling windows cover, PP*POOL x PQ*POOL.
 
     Grid: (row tiles * column tiles, groups, stride_h * stride_w phases). Phase (a_h, a_w) owns the
     input pixels with (h + pad_h) % stride_h == a_h and (w + pad_w) % stride_w == a_w; for them,
@@ -324,7 +334,7 @@ def _conv_dx_kernel(
         elem = (p - pp * POOL) * POOL + (q - pq * POOL)
         a = _load_dy(dy_ptr, (dy_row + pp * sdp + pq * sdq)[:, None] + (chan * sdk)[None, :],
                      y_ptr, (y_row + pp * syp + pq * syq)[:, None] + (chan * syk)[None, :],
-                     off_ptr, elem[:, None], mask_a, RELU, POOL)  # (BLOCK_M, BLOCK_K)
+                     off_ptr, elem[:, None], mask_a, RELU, OFFSETS)  # (BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
@@ -341,9 +351,10 @@ def _conv_dw_kernel(
     sdn, sdk, sdp, sdq,
     syn, syk, syp, syq,
     sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    OFFSETS: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Partial dW and db over one chunk of the (n, p, q) reduction.
@@ -352,8 +363,11 @@ def _conv_dw_kernel(
     columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
     [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials:
     dw_part (SPLIT, K, R*S*CG) contiguous, db_part (SPLIT, K) from the first column tile.
-    With POOL > 1, dY is rebuilt from the pooled gradient while it is loaded (``_load_dy``); the
-    launcher then passes P, Q = PP*POOL, PQ*POOL, so only pixels inside a window are visited.
+    DIRECT (one split, nothing to sum): dw_part / db_part are dW itself, stored cast through its
+    strides (swk, swc, swr, sws), and db (K,) contiguous.
+    With OFFSETS (the fused op's backward), dY is rebuilt from the pooled gradient and the window
+    offsets while it is loaded (``_load_dy``); the launcher then passes P, Q = PP*POOL, PQ*POOL,
+    so only pixels inside a window are visited.
     """
     g = tl.program_id(1)
     split = tl.program_id(2)
@@ -392,7 +406,7 @@ def _conv_dw_kernel(
         elem = (p - pp * POOL) * POOL + (q - pq * POOL)
         a = _load_dy(dy_ptr, (chan * sdk)[:, None] + (n * sdn + pp * sdp + pq * sdq)[None, :],
                      y_ptr, (chan * syk)[:, None] + (n * syn + pp * syp + pq * syq)[None, :],
-                     off_ptr, elem[None, :], mask_a, RELU, POOL)  # dY^T (BLOCK_M, BLOCK_K)
+                     off_ptr, elem[None, :], mask_a, RELU, OFFSETS)  # dY^T (BLOCK_M, BLOCK_K)
         if NEED_DB:
             acc_b += tl.sum(a.to(tl.float32), axis=1)
         if NEED_DW:
@@ -404,10 +418,15 @@ def _conv_dw_kernel(
             acc = _mma(a, b, acc, DOT_FP32, PRECISION)
 
     if NEED_DW:
-        part = split.to(tl.int64) * K * RSC + (chan * RSC)[:, None] + offs_n[None, :]
-        tl.store(dw_part_ptr + part, acc, mask=mask_m[:, None] & mask_n[None, :])
+        if DIRECT:
+            part = (chan * swk)[:, None] + (c * swc + r * swr + s * sws)[None, :]
+        else:
+            part = split.to(tl.int64) * K * RSC + (chan * RSC)[:, None] + offs_n[None, :]
+        tl.store(dw_part_ptr + part, acc.to(dw_part_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
     if NEED_DB:
-        tl.store(db_part_ptr + split.to(tl.int64) * K + chan, acc_b, mask=mask_m & (pid_n == 0))
+        tl.store(db_part_ptr + split.to(tl.int64) * K + chan,
+                 acc_b.to(db_part_ptr.dtype.element_ty), mask=mask_m & (pid_n == 0))
 
 
 @triton.jit

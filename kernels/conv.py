@@ -12,6 +12,7 @@ Three layers, as elsewhere in tritoncnn:
   custom op. ``linear`` is a 1x1 convolution over a 1x1 map: the same kernels.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -26,6 +27,7 @@ from ._common import (
     as_pair,
     check_device,
     check_float,
+    conv_len,
     dot_precision,
     is_channels_last,
     memory_format_of,
@@ -74,7 +76,7 @@ class ConvGeometry:
     def output_size(self, H: int, W: int, R: int, S: int) -> Tuple[int, int]:
         """(P, Q) for an H x W input and an R x S kernel."""
         (sh, sw), (pt, pb, pl, pr), (dh, dw) = self.stride, self.padding, self.dilation
-        return (H + pt + pb - dh * (R - 1) - 1) // sh + 1, (W + pl + pr - dw * (S - 1) - 1) // sw + 1
+        return conv_len(H, R, sh, pt + pb, dh), conv_len(W, S, sw, pl + pr, dw)
 
     def as_op_args(self) -> tuple:
         """The geometry as the custom ops' (stride, padding, dilation, groups) arguments."""
@@ -117,14 +119,8 @@ def _positive_pair(value, name: str) -> Tuple[int, int]:
     return pair
 
 
-def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0, dilation=1,
-                     groups=1) -> ConvGeometry:
-    """Check ``F.conv2d``-style arguments against 4-D shapes and resolve them into a geometry.
-
-    ``input_shape`` is (N, C, H, W), ``weight_shape`` (K, C/groups, R, S), ``bias_shape`` (K,) or
-    None. Every error names the argument and the shapes involved.
-    """
-    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+def _check_shapes(input_shape: tuple, weight_shape: tuple, bias_shape, groups) -> None:
+    """4-D input and weight, groups dividing both channel counts, matching channels and bias."""
     if len(input_shape) != 4:
         raise ValueError(f"input must be 4-D (N, C, H, W), got shape {input_shape}")
     if len(weight_shape) != 4:
@@ -149,6 +145,39 @@ def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0,
             f"bias must have shape ({K},) to match the K={K} output channels of weight "
             f"{weight_shape}, got shape {tuple(bias_shape)}"
         )
+
+
+def _check_fit(geometry: ConvGeometry, input_shape: tuple, weight_shape: tuple) -> None:
+    """The dilated kernel fits the padded input; pixel counts stay below 2**31."""
+    N, C, H, W = input_shape
+    K, _, R, S = weight_shape
+    (dh, dw), pads = geometry.dilation, geometry.padding
+    extent_h, extent_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    padded_h, padded_w = H + pads[0] + pads[1], W + pads[2] + pads[3]
+    if extent_h > padded_h or extent_w > padded_w:
+        raise ValueError(
+            f"kernel of weight {weight_shape} (dilated extent {extent_h}x{extent_w}) is larger than "
+            f"the padded input {padded_h}x{padded_w} of input {input_shape}"
+        )
+    # Kernels index pixels and offsets inside one image in int32 (the batch term is int64).
+    P, Q = geometry.output_size(H, W, R, S)
+    if max(N * H * W, N * P * Q, C * H * W, K * P * Q) >= 2**31:
+        raise ValueError(
+            f"input {input_shape} with weight {weight_shape} has more than 2**31 - 1 pixels in "
+            "the batch or elements in one image; split the batch"
+        )
+
+
+def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0, dilation=1,
+                     groups=1) -> ConvGeometry:
+    """Check ``F.conv2d``-style arguments against 4-D shapes and resolve them into a geometry.
+
+    ``input_shape`` is (N, C, H, W), ``weight_shape`` (K, C/groups, R, S), ``bias_shape`` (K,) or
+    None. Every error names the argument and the shapes involved.
+    """
+    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+    _check_shapes(input_shape, weight_shape, bias_shape, groups)
+    R, S = weight_shape[2:]
     sh, sw = _positive_pair(stride, "stride")
     dh, dw = _positive_pair(dilation, "dilation")
     if isinstance(padding, str):
@@ -166,22 +195,32 @@ def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0,
         if min(ph, pw) < 0:
             raise ValueError(f"padding must be non-negative, got {padding!r}")
         pads = (ph, ph, pw, pw)
-    extent_h, extent_w = dh * (R - 1) + 1, dw * (S - 1) + 1
-    padded_h, padded_w = H + pads[0] + pads[1], W + pads[2] + pads[3]
-    if extent_h > padded_h or extent_w > padded_w:
-        raise ValueError(
-            f"kernel of weight {weight_shape} (dilated extent {extent_h}x{extent_w}) is larger than "
-            f"the padded input {padded_h}x{padded_w} of input {input_shape}"
-        )
     geometry = ConvGeometry((sh, sw), pads, (dh, dw), groups)
-    # Kernels index pixels and offsets inside one image in int32 (the batch term is int64).
-    P, Q = geometry.output_size(H, W, R, S)
-    if max(N * H * W, N * P * Q, C * H * W, K * P * Q) >= 2**31:
-        raise ValueError(
-            f"input {input_shape} with weight {weight_shape} has more than 2**31 - 1 pixels in "
-            "the batch or elements in one image; split the batch"
-        )
+    _check_fit(geometry, input_shape, weight_shape)
     return geometry
+
+
+def check_geometry(geometry: ConvGeometry, input_shape, weight_shape, bias_shape) -> None:
+    """The checks of :func:`resolve_geometry` on an already resolved geometry (what the custom ops
+    receive): a direct ``torch.ops.tritoncnn`` call with mismatched shapes gets the same errors
+    instead of a launch that reads out of bounds."""
+    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+    _check_shapes(input_shape, weight_shape, bias_shape, geometry.groups)
+    if len(geometry.stride) != 2 or min(geometry.stride) <= 0:
+        raise ValueError(f"stride must be positive, got {geometry.stride}")
+    if len(geometry.dilation) != 2 or min(geometry.dilation) <= 0:
+        raise ValueError(f"dilation must be positive, got {geometry.dilation}")
+    if len(geometry.padding) != 4 or min(geometry.padding) < 0:
+        raise ValueError(
+            "padding must be 4 non-negative ints (top, bottom, left, right), "
+            f"got {geometry.padding}"
+        )
+    _check_fit(geometry, input_shape, weight_shape)
+
+
+def _check_grad_shape(name: str, tensor: Optional[torch.Tensor], want: tuple) -> None:
+    if tensor is not None and tuple(tensor.shape) != tuple(want):
+        raise ValueError(f"{name} has shape {_shape(tensor)}, expected the output shape {want}")
 
 
 def _parse_activation(activation) -> bool:
@@ -203,33 +242,62 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, int(n)))))
 
 
+@functools.lru_cache(maxsize=None)
+def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype) -> tuple:
+    if INTERPRET:
+        cfg = dict(BLOCK_M=_pow2(rows, 16, 2048), BLOCK_N=_pow2(cols, 16, 64),
+                   BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
+    else:
+        block_k = _pow2(red, 16, 32 if dtype == torch.float32 else 64)
+        cfg = dict(BLOCK_M=_pow2(rows, 16, 128), BLOCK_N=_pow2(cols, 16, 128), BLOCK_K=block_k,
+                   GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
+    return tuple(cfg.items())
+
+
 def _gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype) -> dict:
     """Tiles for an implicit GEMM of rows x cols with a reduction block over ``red`` channels.
 
     The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
-    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory).
+    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory). Memoised:
+    a fresh dict per call, built once per argument tuple.
     """
-    if INTERPRET:
-        return dict(BLOCK_M=_pow2(rows, 16, 2048), BLOCK_N=_pow2(cols, 16, 64),
-                    BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
-    block_k = _pow2(red, 16, 32 if dtype == torch.float32 else 64)
-    return dict(BLOCK_M=_pow2(rows, 16, 128), BLOCK_N=_pow2(cols, 16, 128), BLOCK_K=block_k,
-                GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
+    return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype))
 
 
-def _dw_heuristic(KG: int, RSC: int, NPQ: int, tiles_per_split: int, dtype, device) -> dict:
-    """dW tiles: rows = output channels, columns = (r, s, c) taps, reduction over N*P*Q pixels,
-    split so that the grid fills the GPU (one split under the interpreter)."""
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device, queried once per device."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _dw_heuristic_items(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool,
+                        dtype: torch.dtype, device: torch.device) -> tuple:
     if INTERPRET:
-        return dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
-                    BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1, SPLIT=1)
+        return tuple(dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
+                          BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1,
+                          SPLIT=1).items())
     cfg = dict(BLOCK_M=_pow2(KG, 16, 128), BLOCK_N=_pow2(RSC, 16, 128),
                BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_M=8, num_warps=4, num_stages=3)
-    tiles = tiles_per_split(cfg)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    tiles = _dw_tiles(cfg, KG, RSC, need_dw) * groups
     steps = triton.cdiv(NPQ, cfg["BLOCK_K"])
-    cfg["SPLIT"] = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(steps, 8), 64))
-    return cfg
+    cfg["SPLIT"] = max(1, min(triton.cdiv(2 * _num_sms(device), tiles), triton.cdiv(steps, 8), 64))
+    return tuple(cfg.items())
+
+
+def _dw_heuristic(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool, dtype,
+                  device) -> dict:
+    """dW tiles: rows = output channels, columns = (r, s, c) taps, reduction over N*P*Q pixels,
+    split so that the grid fills the GPU (one split under the interpreter). Memoised per
+    argument tuple, like :func:`_gemm_heuristic`."""
+    return dict(_dw_heuristic_items(int(KG), int(RSC), int(NPQ), int(groups), bool(need_dw),
+                                    dtype, torch.device(device)))
+
+
+def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
+    """Output tiles of one group of the dW grid (db alone: one column tile)."""
+    cols = triton.cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
+    return triton.cdiv(KG, cfg["BLOCK_M"]) * cols
 
 
 def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
@@ -247,16 +315,11 @@ def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic
     return cfg
 
 
-def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, P: int, Q: int,
-               pool: int = 1) -> dict:
+def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, pool: int = 1) -> dict:
     """``autotune.conv_shape`` of the layer (P, Q: the conv output, before any pooling), plus
     ``pool`` for the kernels of the fused conv + ReLU + max-pool (a separate cache entry)."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    shape = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, groups=geometry.groups,
-                 stride_h=geometry.stride[0], stride_w=geometry.stride[1],
-                 pad_h=geometry.padding[0], pad_w=geometry.padding[2],
-                 dil_h=geometry.dilation[0], dil_w=geometry.dilation[1])
+    shape = autotune.conv_shape(x.shape, w.shape, geometry.stride, geometry.padding,
+                                geometry.dilation, geometry.groups)
     if pool > 1:
         shape["pool"] = pool
     return shape
@@ -299,7 +362,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if y.numel() == 0:
         return y
     M = N * P * Q
-    cfg = _config("conv_fwd", _shape_key(input, weight, geometry, P, Q), input.dtype,
+    cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
                   _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
@@ -333,45 +396,49 @@ def conv2d_backward(
     dY is loaded). ``configs`` maps "conv_dx" / "conv_dw" to config overrides. dX keeps input's
     memory format, dW weight's strides.
 
-    ``pool > 1``: the backward of the fused conv + ReLU + max-pool (``conv_pool``).
-    ``grad_output`` and ``output`` are then the pooled gradient and pooled output, ``offsets`` the
-    forward's window offsets (``output``'s shape; both are copied contiguous where their strides
-    differ, as the kernels read them with one set of strides); the conv-output gradient is
-    rebuilt inside the kernels as they load it, never stored. Configs come from "conv_dx" /
-    "conv_dw" with ``pool`` in the shape dict, so they are cached apart from the plain conv's.
+    ``offsets`` given (required with ``pool > 1``): the backward of the fused conv + ReLU +
+    max-pool (``conv_pool``). ``grad_output`` is the pooled gradient and ``offsets`` the
+    forward's window offsets, -1 where the pooled output is ReLU's 0 (whose gradient is 0);
+    ``output`` is not read. The conv-output gradient is rebuilt inside the kernels as they load
+    it (non-zero only at the pixel a window's offset names), never stored. Configs come from "conv_dx" / "conv_dw" with ``pool``
+    in the shape dict, so they are cached apart from the plain conv's.
     """
     configs = configs or {}
     need_dx, need_dw, need_db = needs
-    if relu and output is None:
-        raise ValueError("conv2d_backward with relu=True needs the saved forward output")
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
     groups = geometry.groups
     KG = K // groups
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    if pool > 1:
+    P_conv, Q_conv = geometry.output_size(H, W, R, S)
+    if pool > 1 or offsets is not None:
         if not relu or offsets is None:
-            raise ValueError("conv2d_backward with pool > 1 needs relu=True, the pooled output "
-                             "and the window offsets")
-        P_conv, Q_conv = geometry.output_size(H, W, R, S)
-        pooled = (N, K, P_conv // pool, Q_conv // pool)
-        if not tuple(grad_output.shape) == tuple(output.shape) == tuple(offsets.shape) == pooled:
             raise ValueError(
-                f"pooled gradient {_shape(grad_output)}, output {_shape(output)} and offsets "
-                f"{_shape(offsets)} must all have the pooled shape {pooled}"
+                "conv2d_backward of the fused max-pool needs relu=True and the window offsets")
+        pooled = (N, K, P_conv // pool, Q_conv // pool)
+        shapes = [grad_output, offsets] + ([output] if output is not None else [])
+        if any(tuple(t.shape) != pooled for t in shapes):
+            raise ValueError(
+                f"pooled gradient {_shape(grad_output)}, offsets {_shape(offsets)}"
+                + ("" if output is None else f" and output {_shape(output)}")
+                + f" must all have the pooled shape {pooled}"
             )
-        # The kernels address the offsets with the output's strides (size-1 dims never move).
-        if any(a != b for n, a, b in zip(output.shape, output.stride(), offsets.stride()) if n > 1):
-            output, offsets = output.contiguous(), offsets.contiguous()
         # Only the pixels the windows cover get a gradient: the kernels see that P x Q map.
-        P, Q = grad_output.shape[2] * pool, grad_output.shape[3] * pool
+        P, Q = pooled[2] * pool, pooled[3] * pool
+        y = offsets  # the kernels read the offsets with the strides they pass for y
     else:
-        P_conv, Q_conv = P, Q = grad_output.shape[2:]
-    y = output if relu else grad_output  # only read when relu
-    off = offsets if pool > 1 else y     # only read when pool > 1
-    shape = _shape_key(input, weight, geometry, P_conv, Q_conv, pool)
+        if relu and output is None:
+            raise ValueError("conv2d_backward with relu=True needs the saved forward output")
+        P, Q = P_conv, Q_conv
+        _check_grad_shape("grad_output", grad_output, (N, K, P, Q))
+        _check_grad_shape("output", output, (N, K, P, Q))
+        y = output if relu else grad_output  # only read when relu
+    from_offsets = offsets is not None
+    off = y  # read only from offsets: then y is the offsets
+    shape = _shape_key(input, weight, geometry, pool)
     layout = _layout(input)
     dot = _dot_args(input.dtype, allow_tf32)
+    relu_mask = relu and not from_offsets  # else the offsets carry the mask
 
     dx = dw_out = db = None
     if need_dx:
@@ -389,7 +456,7 @@ def conv2d_backward(
                 *grad_output.stride(), *y.stride(), *weight.stride(), *dx.stride(),
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
-                RELU=relu, POOL=pool, **dot, **_launch_opts(cfg),
+                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, **dot, **_launch_opts(cfg),
             )
 
     if need_dw or need_db:
@@ -405,33 +472,34 @@ def conv2d_backward(
                     t.zero_()
             return dx, dw_out, db
 
-        def tiles(cfg):
-            cols = triton.cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
-            return triton.cdiv(KG, cfg["BLOCK_M"]) * cols
-
-        heuristic = _dw_heuristic(KG, RSC, NPQ, lambda cfg: tiles(cfg) * groups, input.dtype,
-                                  input.device)
+        heuristic = _dw_heuristic(KG, RSC, NPQ, groups, need_dw, input.dtype, input.device)
         cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"))
         block_k = cfg["BLOCK_K"]
         chunk = triton.cdiv(triton.cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
         split = triton.cdiv(NPQ, chunk)
-        f32 = dict(device=input.device, dtype=torch.float32)
-        dw_part = torch.empty((split, K, RSC), **f32) if need_dw else None
-        db_part = torch.empty((split, K), **f32) if need_db else None
-        dummy = dw_part if need_dw else db_part
-        _conv_dw_kernel[(tiles(cfg), groups, split)](
+        if split == 1:  # the kernel casts and stores dW / db in place: no partials, no sum pass
+            dw_dst, db_dst = dw_out, db
+        else:
+            f32 = dict(device=input.device, dtype=torch.float32)
+            dw_dst = torch.empty((split, K, RSC), **f32) if need_dw else None
+            db_dst = torch.empty((split, K), **f32) if need_db else None
+        dummy = dw_dst if need_dw else db_dst
+        dw_strides = dw_out.stride() if need_dw else (0, 0, 0, 0)
+        _conv_dw_kernel[(_dw_tiles(cfg, KG, RSC, need_dw) * groups, groups, split)](
             grad_output, y, off, input,
-            dw_part if need_dw else dummy, db_part if need_db else dummy,
+            dw_dst if need_dw else dummy, db_dst if need_db else dummy,
             N, H, W, P, Q, R, S, CG, KG, K, chunk,
-            *grad_output.stride(), *y.stride(), *input.stride(),
+            *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,
             sh, sw, pt, pl, dh, dw,
-            NEED_DW=need_dw, NEED_DB=need_db, RELU=relu, POOL=pool, **dot,
-            **_launch_opts(cfg),
+            NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
+            DIRECT=split == 1,
+            **dot, **_launch_opts(cfg),
         )
-        if need_dw:
-            _sum_splits(dw_part, dw_out, RSC, CG, S, dw_out.stride())
-        if need_db:
-            _sum_splits(db_part, db, 1, 1, 1, (db.stride(0), 0, 0, 0))
+        if split > 1:
+            if need_dw:
+                _sum_splits(dw_dst, dw_out, RSC, CG, S, dw_out.stride())
+            if need_db:
+                _sum_splits(db_dst, db, 1, 1, 1, (db.stride(0), 0, 0, 0))
     return dx, dw_out, db
 
 
@@ -455,13 +523,47 @@ def _resolve_tf32(allow_tf32: Optional[bool]) -> bool:
     return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else bool(allow_tf32)
 
 
+def _forward(input, weight, bias, geometry: ConvGeometry, relu: bool, allow_tf32: bool,
+             config: Optional[dict] = None) -> torch.Tensor:
+    """Checks the tensors and geometry against each other, then launches: the forward of the
+    custom op and of Conv2dFunction, so a direct op call gets the functional API's errors."""
+    _check_tensors(input, weight, bias)
+    check_geometry(geometry, _shape(input), _shape(weight), None if bias is None else _shape(bias))
+    return conv2d_forward(input, weight, bias, geometry, relu, allow_tf32, config)
+
+
+def _save_for_backward(ctx, input, weight, bias, output, geometry: ConvGeometry, relu: bool,
+                       allow_tf32: bool, configs: Optional[dict] = None) -> None:
+    ctx.save_for_backward(input, weight, output if relu else None)
+    ctx.geometry, ctx.relu, ctx.allow_tf32 = geometry, relu, allow_tf32
+    ctx.configs = configs or None
+    ctx.has_bias = bias is not None
+
+
+def _grads(ctx, grad_output) -> list:
+    """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or through the
+    launcher when the caller gave launch-config overrides (which the op does not take)."""
+    input, weight, output = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2] and ctx.has_bias]
+    if not any(mask):
+        return [None, None, None]
+    if ctx.configs:
+        return list(conv2d_backward(grad_output, input, weight, output, ctx.geometry, ctx.relu,
+                                    tuple(mask), ctx.allow_tf32, ctx.configs))
+    computed = _conv2d_backward_op(grad_output, input, weight, output,
+                                   *ctx.geometry.as_op_args(), ctx.relu, ctx.allow_tf32, mask)
+    return [g if want else None for g, want in zip(computed, mask)]
+
+
 class Conv2dFunction(torch.autograd.Function):
     """conv2d + bias + optional ReLU as an autograd Function on 4-D tensors.
 
     ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, activation,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
     "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. The functional API
-    (:func:`conv2d`) goes through the custom op instead, which also works under torch.compile.
+    (:func:`conv2d`) goes through the custom op instead, which also works under torch.compile;
+    both share the forward, save and backward helpers.
     """
 
     @staticmethod
@@ -474,21 +576,13 @@ class Conv2dFunction(torch.autograd.Function):
                                     stride, padding, dilation, groups)
         allow = _resolve_tf32(allow_tf32)
         configs = configs or {}
-        y = conv2d_forward(input, weight, bias, geometry, relu, allow, configs.get("conv_fwd"))
-        ctx.save_for_backward(input, weight, y if relu else None)
-        ctx.geometry, ctx.relu, ctx.allow_tf32, ctx.configs = geometry, relu, allow, configs
-        ctx.has_bias = bias is not None
+        y = _forward(input, weight, bias, geometry, relu, allow, configs.get("conv_fwd"))
+        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow, configs)
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, output = ctx.saved_tensors
-        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        dx, dw, db = conv2d_backward(
-            grad_output, input, weight, output, ctx.geometry, ctx.relu,
-            (need_dx, need_dw, need_db and ctx.has_bias), ctx.allow_tf32, ctx.configs,
-        )
-        return dx, dw, db, None, None, None, None, None, None, None
+        return (*_grads(ctx, grad_output), None, None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,10 +595,9 @@ def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                stride: List[int], padding: List[int], dilation: List[int], groups: int,
                relu: bool, allow_tf32: bool) -> torch.Tensor:
     """relu?(conv2d(input, weight) + bias) with resolved geometry; padding is (top, bottom,
-    left, right)."""
-    _check_tensors(input, weight, bias)
+    left, right). Shapes are checked against the geometry before anything is launched."""
     geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
-    return conv2d_forward(input, weight, bias, geometry, relu, allow_tf32)
+    return _forward(input, weight, bias, geometry, relu, allow_tf32)
 
 
 @_conv2d_op.register_fake
@@ -523,8 +616,11 @@ def _conv2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor, weight: 
                         dilation: List[int], groups: int, relu: bool, allow_tf32: bool,
                         output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dX, dW, db) of tritoncnn::conv2d; a gradient left out by ``output_mask`` comes back as an
-    empty tensor."""
+    empty tensor. Shapes are checked against the geometry (and grad_output / output against the
+    output shape) before anything is launched."""
     geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    _check_tensors(input, weight, None)
+    check_geometry(geometry, _shape(input), _shape(weight), None)
     grads = conv2d_backward(grad_output, input, weight, output, geometry, relu,
                             tuple(output_mask), allow_tf32)
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
@@ -544,21 +640,12 @@ def _conv2d_backward_fake(grad_output, input, weight, output, stride, padding, d
 
 def _conv2d_setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, relu, allow_tf32 = inputs
-    ctx.save_for_backward(input, weight, output if relu else None)
-    ctx.op_args = (stride, padding, dilation, groups, relu, allow_tf32)
-    ctx.has_bias = bias is not None
+    geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
+    _save_for_backward(ctx, input, weight, bias, output, geometry, relu, allow_tf32)
 
 
 def _conv2d_op_backward(ctx, grad_output):
-    input, weight, output = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            ctx.needs_input_grad[2] and ctx.has_bias]
-    grads = [None, None, None]
-    if any(mask):
-        computed = torch.ops.tritoncnn.conv2d_backward(grad_output, input, weight, output,
-                                                       *ctx.op_args, mask)
-        grads = [g if want else None for g, want in zip(computed, mask)]
-    return (*grads, None, None, None, None, None, None)
+    return (*_grads(ctx, grad_output), None, None, None, None, None, None)
 
 
 _conv2d_op.register_autograd(_conv2d_op_backward, setup_context=_conv2d_setup_context)
@@ -723,7 +810,7 @@ def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
         dense = z.new_zeros((N, K, P * Q)).scatter(2, index.reshape(N, K, -1), routed)
         dense = dense.view(z.shape)
         offsets = ((index // Q) % pool * pool + index % Q % pool).to(torch.int8)
-        offsets = offsets.contiguous(memory_format=fmt)
+        offsets = torch.where(y == 0, -1, offsets).contiguous(memory_format=fmt)
     else:
         grad = torch.randint(-1, 2, y.shape, device=y.device).double()
         dense = grad * (y > 0)

@@ -29,7 +29,8 @@ import triton.language as tl
 
 from tritoncnn import autotune
 
-from ._common import INTERPRET, check_device, check_float
+from ._common import (INTERPRET, as_pair, check_device, check_float, is_channels_last,
+                      pooled_len)
 
 __all__ = [
     "max_pool2d",
@@ -204,42 +205,18 @@ def _max_pool_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _pair(value, name: str) -> Pair:
-    """An int or a sequence of one or two ints -> (h, w); PyTorch's TypeError/RuntimeError else."""
-    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        for v in value:
-            if not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool):
-                raise TypeError(f"max_pool2d: {name} must be an int or a tuple of ints, "
-                                f"got {value!r}")
-        if len(value) == 1:
-            return value[0], value[0]
-        if len(value) == 2:
-            return value[0], value[1]
-        raise RuntimeError(f"max_pool2d: {name} must either be a single int, or a tuple of two "
-                           f"ints, got {value!r}")
-    raise TypeError(f"max_pool2d: {name} must be an int or a tuple of ints, "
-                    f"got {type(value).__name__}")
-
-
 def _pool_params(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, Pair]:
-    """Normalise the pooling arguments to pairs; stride None or () means stride = kernel_size."""
-    k = _pair(kernel_size, "kernel_size")
-    if stride is None or isinstance(stride, Sequence) and len(stride) == 0:
-        s = k
-    else:
-        s = _pair(stride, "stride")
-    return k, s, _pair(padding, "padding"), _pair(dilation, "dilation")
+    """Normalise the pooling arguments to pairs; stride None or () means stride = kernel_size.
 
+    A non-int argument is PyTorch's TypeError, a sequence of the wrong length its RuntimeError.
+    """
+    def pair(value, name):
+        return as_pair(value, name, prefix="max_pool2d: ", errors=(TypeError, RuntimeError))
 
-def _pooled_len(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """Output length along one dimension, exactly as PyTorch's ``pooling_output_shape``."""
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1  # the last window must start inside the input or its left padding
-    return out
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None or isinstance(stride, Sequence) and len(stride) == 0 else pair(
+        stride, "stride")
+    return k, s, pair(padding, "padding"), pair(dilation, "dilation")
 
 
 def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, d: Pair, ceil_mode: bool) -> Pair:
@@ -266,8 +243,8 @@ def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, d: Pair, ceil_mo
             f"kernel_size={k}"
         )
     H, W = shape[-2], shape[-1]
-    oh = _pooled_len(H, k[0], s[0], p[0], d[0], ceil_mode)
-    ow = _pooled_len(W, k[1], s[1], p[1], d[1], ceil_mode)
+    oh = pooled_len(H, k[0], s[0], p[0], d[0], ceil_mode)
+    ow = pooled_len(W, k[1], s[1], p[1], d[1], ceil_mode)
     if oh < 1 or ow < 1:
         raise RuntimeError(
             f"max_pool2d: input of spatial size {H}x{W} is too small for kernel_size={k}, "
@@ -288,21 +265,6 @@ def _offset_dtype(window: int) -> torch.dtype:
     if window <= 2**15:
         return torch.int16
     return torch.int32
-
-
-def _is_nhwc(tensor: torch.Tensor) -> bool:
-    """Whether the output is channels_last: PyTorch's ``suggest_memory_format()`` rule for 4-D input
-    (strides that run N, H, W, C, size-1 ambiguities resolved to NCHW); 3-D input never is."""
-    shape = tensor.shape
-    if len(shape) != 4 or tensor.stride(1) == 0:
-        return False
-    smallest = 0
-    for d in (1, 3, 2, 0):
-        size, stride = shape[d], tensor.stride(d)
-        if size == 0 or stride < smallest or d == 0 and smallest == tensor.stride(1):
-            return False
-        smallest = stride * size if size > 1 else stride
-    return True
 
 
 def _empty(shape, dtype, device, channels_last: bool) -> torch.Tensor:
@@ -337,9 +299,17 @@ def _launch_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str,
     return {**heuristic, **chosen}
 
 
-def _shape_key(n, c, h, w, oh, ow, k, s, p, d) -> dict:
-    return {"N": n, "C": c, "H": h, "W": w, "OH": oh, "OW": ow, "KH": k[0], "KW": k[1],
-            "SH": s[0], "SW": s[1], "PH": p[0], "PW": p[1], "DH": d[0], "DW": d[1]}
+def _ceil_mode_of(input_hw: Pair, output_hw: Pair, k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
+    """Which ceil_mode gives this pooled size (backward knows only the sizes); a RuntimeError when
+    neither does."""
+    for ceil_mode in (False, True):
+        if tuple(output_hw) == tuple(pooled_len(input_hw[i], k[i], s[i], p[i], d[i], ceil_mode)
+                                     for i in range(2)):
+            return ceil_mode
+    raise RuntimeError(
+        f"max_pool2d backward: a {tuple(output_hw)} gradient is not the pooled size of a "
+        f"{tuple(input_hw)} input with kernel_size={k}, stride={s}, padding={p}, dilation={d}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +329,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     _check_input(input)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
     oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
-    nhwc = _is_nhwc(input)
+    nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     out = _empty(out_shape, input.dtype, input.device, nhwc)
     offsets = _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc)
@@ -369,7 +339,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     x4 = _as_4d(input)
     N, C, H, W = x4.shape
     layout = "nhwc" if nhwc else "nchw"
-    cfg = _launch_config("max_pool_fwd", _shape_key(N, C, H, W, oh, ow, k, s, p, d),
+    cfg = _launch_config("max_pool_fwd", autotune.pool_shape(x4.shape, k, s, p, d, ceil_mode),
                          input.dtype, layout, config)
     total = out.numel()
     block = cfg["BLOCK"]
@@ -414,7 +384,8 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     N, C, H, W = _as_4d(grad_input).shape
     oh, ow = g4.shape[-2:]
     layout = "nhwc" if nhwc else "nchw"
-    cfg = _launch_config("max_pool_bwd", _shape_key(N, C, H, W, oh, ow, k, s, p, d),
+    ceil_mode = _ceil_mode_of((H, W), (oh, ow), k, s, p, d)
+    cfg = _launch_config("max_pool_bwd", autotune.pool_shape((N, C, H, W), k, s, p, d, ceil_mode),
                          grad_output.dtype, layout, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
@@ -465,7 +436,7 @@ def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list
 def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
     oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
-    nhwc = _is_nhwc(input)
+    nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     return (_empty(out_shape, input.dtype, input.device, nhwc),
             _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc))
@@ -486,22 +457,39 @@ def _max_pool2d_bwd_fake(grad_output, offsets, input_size, kernel_size, stride, 
                   channels_last and len(input_size) == 4)
 
 
+# Autograd, shared by the custom op's registration and MaxPool2dFunction: one implementation.
+
+
+def _save_for_backward(ctx, input: torch.Tensor, offsets: torch.Tensor, params) -> None:
+    ctx.save_for_backward(offsets)
+    ctx.input_size = list(input.shape)
+    ctx.channels_last = is_channels_last(input)
+    ctx.params = tuple(list(v) for v in params)  # (kernel_size, stride, padding, dilation)
+
+
+def _grad_input(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+    (offsets,) = ctx.saved_tensors
+    return _max_pool2d_bwd_op(grad_output, offsets, ctx.input_size, *ctx.params,
+                              ctx.channels_last)
+
+
 def _fwd_op_setup_context(ctx, inputs, output):
     input, kernel_size, stride, padding, dilation, _ = inputs
-    ctx.save_for_backward(output[1])
-    ctx.input_size = list(input.shape)
-    ctx.channels_last = _is_nhwc(input)
-    ctx.params = (kernel_size, stride, padding, dilation)
+    _save_for_backward(ctx, input, output[1], (kernel_size, stride, padding, dilation))
 
 
 def _fwd_op_backward(ctx, grad_output, _grad_offsets):
-    (offsets,) = ctx.saved_tensors
-    grad_input = _max_pool2d_bwd_op(grad_output, offsets, ctx.input_size, *ctx.params,
-                                    ctx.channels_last)
-    return grad_input, None, None, None, None, None
+    return _grad_input(ctx, grad_output), None, None, None, None, None
 
 
 _max_pool2d_fwd_op.register_autograd(_fwd_op_backward, setup_context=_fwd_op_setup_context)
+
+
+def _forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """(output, offsets, pair params) through the custom op; the op's launcher validates."""
+    params = _pool_params(kernel_size, stride, padding, dilation)
+    out, offsets = _max_pool2d_fwd_op(input, *(list(v) for v in params), bool(ceil_mode))
+    return out, offsets, params
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,18 +502,15 @@ class MaxPool2dFunction(torch.autograd.Function):
     return_indices)``: max-pooling on the Triton kernels as a plain autograd Function.
 
     Returns the output, or (output, int64 indices) when ``return_indices`` is true. Saves only the
-    int8 window offsets for backward.
+    int8 window offsets for backward. Forward and backward run the custom ops, with the same
+    save/backward helpers as the ops' own autograd registration.
     """
 
     @staticmethod
     def forward(ctx, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 return_indices=False):
-        params = _pool_params(kernel_size, stride, padding, dilation)
-        out, offsets = max_pool2d_forward(input, *params, ceil_mode)
-        ctx.save_for_backward(offsets)
-        ctx.input_size = list(input.shape)
-        ctx.channels_last = _is_nhwc(input)
-        ctx.params = params
+        out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        _save_for_backward(ctx, input, offsets, params)
         if not return_indices:
             return out
         indices = offsets_to_indices(offsets, input.shape[-1], *params)
@@ -534,10 +519,7 @@ class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *_grad_indices):
-        (offsets,) = ctx.saved_tensors
-        grad_input = max_pool2d_backward(grad_output, offsets, ctx.input_size, *ctx.params,
-                                         ctx.channels_last)
-        return grad_input, None, None, None, None, None, None
+        return _grad_input(ctx, grad_output), None, None, None, None, None, None
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -546,14 +528,12 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
     Same arguments, output shapes, values, indices and gradients as PyTorch, for 3-D (C, H, W)
     and 4-D (N, C, H, W) input in float32, float16 or bfloat16, NCHW or channels_last (kept).
-    Goes through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it.
+    Goes through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it; the
+    input and the arguments are checked once, by the op's launcher (or its fake kernel).
     """
-    _check_input(input)
-    k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
-    _output_hw(input.shape, k, s, p, d, ceil_mode)
-    out, offsets = _max_pool2d_fwd_op(input, list(k), list(s), list(p), list(d), bool(ceil_mode))
+    out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
     if return_indices:
-        return out, offsets_to_indices(offsets, input.shape[-1], k, s, p, d)
+        return out, offsets_to_indices(offsets, input.shape[-1], *params)
     return out
 
 
@@ -570,7 +550,7 @@ def _pool_problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
     params = ((shape["KH"], shape["KW"]), (shape["SH"], shape["SW"]), (shape["PH"], shape["PW"]),
               (shape["DH"], shape["DW"]))
     # ceil_mode shows in OH/OW: the floor output is smaller wherever ceil_mode added a window.
-    floor = [_pooled_len(shape[dim], *(v[i] for v in params), False)
+    floor = [pooled_len(shape[dim], *(v[i] for v in params), False)
              for i, dim in enumerate("HW")]
     ceil_mode = floor != [shape["OH"], shape["OW"]]
     return x, params, ceil_mode

@@ -114,6 +114,12 @@ def main() -> int:
     if not any("wgmma" in p for p in fast):
         print("no conv forward specialization uses wgmma")
         return 1
+    for name, switch in (("_conv_dw_kernel", "DIRECT"), ("_conv_dw_kernel", "OFFSETS"),
+                         ("_conv_dx_kernel", "OFFSETS")):
+        seen = {c.get(switch) for n, c, _ in COMPILED if n == name}
+        if seen != {False, True}:
+            print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
+            return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
     return 0
 

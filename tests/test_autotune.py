@@ -517,19 +517,9 @@ def test_tuner_with_a_real_triton_kernel(device):
 
 # The launchers and the cache ---------------------------------------------------------------------
 
-def _kernel_api(*names):
-    try:
-        from tritoncnn import kernels
-    except Exception as err:  # pragma: no cover - the kernels are built beside this package
-        pytest.skip(f"tritoncnn.kernels cannot be imported ({err})")
-    missing = [n for n in names if not hasattr(kernels, n)]
-    if missing:
-        pytest.skip(f"tritoncnn.kernels has no {', '.join(missing)} yet")
-    return kernels
-
-
 def test_launchers_and_tune_build_the_same_shape_dicts(store, device):
-    kernels = _kernel_api("conv2d", "max_pool2d", "linear")
+    from tritoncnn import kernels
+
     x = torch.randn(2, 3, 7, 6, device=device)
     w = torch.randn(4, 3, 3, 3, device=device)
     with autotune.record_calls() as calls:
@@ -544,7 +534,8 @@ def test_launchers_and_tune_build_the_same_shape_dicts(store, device):
 
 
 def test_launchers_pick_the_cached_config(store, device):
-    kernels = _kernel_api("max_pool2d")
+    from tritoncnn import kernels
+
     x = torch.randn(1, 2, 6, 6, device=device)
     cached = dict(BLOCK=16, num_warps=1)
     store.put("max_pool_fwd", spaces.pool_shape(x.shape, 2), x.dtype, "nchw", cached)
@@ -552,3 +543,31 @@ def test_launchers_pick_the_cached_config(store, device):
         y = kernels.max_pool2d(x, 2)
     assert [(c.kernel, c.config) for c in calls] == [("max_pool_fwd", cached)]
     torch.testing.assert_close(y, torch.nn.functional.max_pool2d(x, 2))
+
+
+def test_cli_surfaces_a_subcommand_import_error(monkeypatch):
+    """A subcommand whose module does not import is an error, not a silently missing command."""
+    monkeypatch.setitem(cli.COMMANDS, "broken", "tritoncnn.no_such_module")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        cli.build_parser()
+
+
+def test_backward_launches_use_the_tune_shape_dicts(store, device):
+    """Forward and backward launches of conv (padding='same' with an even kernel: asymmetric
+    padding) and of a ceil_mode pool build exactly the shape dicts conv_shape / pool_shape build."""
+    from tritoncnn import kernels
+
+    x = torch.randn(2, 3, 7, 6, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 2, 2, device=device, requires_grad=True)
+    with autotune.record_calls() as calls:
+        kernels.conv2d(x, w, None, padding="same").sum().backward()
+        kernels.max_pool2d(x, 3, 2, 1, ceil_mode=True).sum().backward()
+    conv = spaces.conv_shape(x.shape, w.shape, 1, "same")
+    assert conv["P"] == 7 and conv["Q"] == 6 and conv["pad_h"] == 0
+    assert conv == spaces.conv_shape(x.shape, w.shape, 1, (0, 1, 0, 1))
+    pool = spaces.pool_shape(x.shape, 3, 2, 1, 1, True)
+    want = {"conv_fwd": conv, "conv_dx": conv, "conv_dw": conv, "max_pool_fwd": pool,
+            "max_pool_bwd": pool}
+    assert sorted(c.kernel for c in calls) == sorted(want)
+    for call in calls:
+        assert call.shape == want[call.kernel], call.kernel

@@ -470,3 +470,111 @@ def test_every_config_passes_the_correctness_gate(kernel, dtype):
         table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
         assert len(table) > 1
         assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory format of sliced channels_last views, direct custom-op calls, the dW epilogue
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", ["channels_sliced", "width_sliced"])
+def test_sliced_channels_last_views_keep_channels_last_like_pytorch(view):
+    """``cl[:, :3]`` and ``cl[:, :, 1:]`` of a channels_last tensor are not contiguous in
+    channels_last, but PyTorch's suggest_memory_format calls them channels_last and F.conv2d keeps
+    that: so do the output, the backward op's dX and the layout the autotune cache is asked
+    for."""
+    from tritoncnn import autotune
+
+    cl = torch.randn(2, 6, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    x = cl[:, :3] if view == "channels_sliced" else cl[:, :, 1:]
+    w = torch.randn(4, x.shape[1], 3, 3, device=DEVICE)
+    with autotune.record_calls() as calls:
+        y = conv2d(x, w, padding=1, activation="relu", allow_tf32=False)
+        grad = torch.randn_like(y)
+        geometry = ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 1)
+        dx, _, _ = torch.ops.tritoncnn.conv2d_backward(grad, x, w, y, *geometry.as_op_args(),
+                                                       True, False, [True, False, False])
+    want = F.relu(F.conv2d(x, w, padding=1))
+    assert want.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    assert {c.layout for c in calls} == {"nhwc"}
+    assert dx.is_contiguous(memory_format=torch.channels_last) and not dx.is_contiguous()
+    xr = x.detach().requires_grad_()
+    F.relu(F.conv2d(xr, w, padding=1)).backward(grad)
+    torch.testing.assert_close(dx, xr.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_direct_custom_op_calls_check_shapes():
+    """torch.ops.tritoncnn.conv2d(_backward) called directly with shapes that disagree raise the
+    functional API's errors instead of launching out of bounds."""
+    x = torch.randn(1, 4, 6, 6, device=DEVICE)
+    w = torch.randn(8, 4, 3, 3, device=DEVICE)
+    args = ([1, 1], [0, 0, 0, 0], [1, 1], 1, False, False)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        torch.ops.tritoncnn.conv2d(x, w[:, :3], None, *args)
+    with pytest.raises(ValueError, match="does not divide the C=4"):
+        torch.ops.tritoncnn.conv2d(x, w[:, :1], None, [1, 1], [0, 0, 0, 0], [1, 1], 3, False,
+                                   False)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        torch.ops.tritoncnn.conv2d(x[:, :, :2], w, None, *args)
+    with pytest.raises(ValueError, match="stride must be positive"):
+        torch.ops.tritoncnn.conv2d(x, w, None, [0, 1], [0, 0, 0, 0], [1, 1], 1, False, False)
+    y = torch.ops.tritoncnn.conv2d(x, w, None, *args)
+    backward = torch.ops.tritoncnn.conv2d_backward
+    with pytest.raises(ValueError, match="channel mismatch"):
+        backward(y, x, w[:, :3], None, *args, [True, True, True])
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        backward(y[:, :, 1:], x, w, None, *args, [True, True, True])
+    with pytest.raises(ValueError, match="output has shape"):
+        backward(y, x, w, y[:, :4], [1, 1], [0, 0, 0, 0], [1, 1], 1, True, False,
+                 [True, True, True])
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_dw_single_split_stores_in_place(monkeypatch, split):
+    """SPLIT = 1 casts dW and db straight into the weight's layout: no fp32 partials and no
+    _sum_splits launch; more splits still go through it. Both match the reference."""
+    from tritoncnn.kernels import conv as conv_module
+
+    summed = []
+    real = conv_module._sum_splits
+    monkeypatch.setattr(conv_module, "_sum_splits", lambda *a: summed.append(1) or real(*a))
+    case = (2, 5, 7, 6, 6, (3, 2), 1, 1, 1, 1)
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
+    x, w, b = _make(case, torch.float16, channels_last=True)
+    xs, ws, bs = (t.to(DEVICE, torch.float16).requires_grad_() for t in (x, w, b))
+    ws = ws.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # dW keeps it
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=split)
+    y = Conv2dFunction.apply(xs, ws, bs, stride, padding, dilation, groups, "relu", False,
+                             {"conv_dw": cfg})
+    grad = torch.randn(y.shape).to(torch.float16)
+    y.backward(grad.to(DEVICE))
+    refs = [t.double().requires_grad_() for t in (x, w, b)]
+    F.relu(F.conv2d(*refs, stride, padding, dilation, groups)).backward(grad.double())
+    assert len(summed) == (0 if split == 1 else 2)
+    assert ws.grad.stride() == ws.stride() and ws.grad.dtype == torch.float16
+    torch.testing.assert_close(ws.grad.double(), refs[1].grad, atol=2e-5 * N * H * W, rtol=2e-3)
+    torch.testing.assert_close(bs.grad.double(), refs[2].grad, atol=2e-5 * N * H * W, rtol=2e-3)
+
+
+def test_sm_count_is_read_once_per_device(monkeypatch):
+    """The dW split heuristic's SM count is cached per device: get_device_properties runs once."""
+    import types
+
+    from tritoncnn.kernels import conv as conv_module
+
+    calls = []
+
+    def props(device):
+        calls.append(device)
+        return types.SimpleNamespace(multi_processor_count=132)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    conv_module._num_sms.cache_clear()
+    try:
+        device = torch.device("cuda", 7)
+        assert [conv_module._num_sms(device) for _ in range(3)] == [132] * 3
+        assert len(calls) == 1
+    finally:
+        conv_module._num_sms.cache_clear()

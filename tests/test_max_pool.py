@@ -367,3 +367,32 @@ def test_tuning_problems_pass_their_own_correctness_gate(kernel, ceil_mode):
     problem = autotune.make_problem(kernel, shape, torch.float32, "nhwc", heuristic)
     table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
     assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
+
+
+def test_arguments_are_validated_once_per_call(monkeypatch):
+    """The functional API leaves the checks to the op's launcher: one shape check per call."""
+    from tritoncnn.kernels import max_pool as max_pool_module
+
+    seen = []
+    real = max_pool_module._output_hw
+    monkeypatch.setattr(max_pool_module, "_output_hw", lambda *a: seen.append(1) or real(*a))
+    x = torch.randn(1, 2, 6, 6, device=DEVICE)
+    torch.testing.assert_close(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
+    assert len(seen) == 1
+
+
+def test_sliced_channels_last_views_keep_channels_last_like_pytorch():
+    cl = torch.randn(2, 6, 7, 7, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    for x in (cl[:, :3], cl[:, :, 1:]):
+        out = max_pool2d(x, 2)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        torch.testing.assert_close(out, F.max_pool2d(x, 2))
+
+
+def test_backward_op_rejects_a_gradient_of_the_wrong_size():
+    x = torch.randn(1, 2, 7, 7, device=DEVICE)
+    out, offsets = torch.ops.tritoncnn.max_pool2d_fwd(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="not the pooled size"):
+        torch.ops.tritoncnn.max_pool2d_bwd(out[..., :2], offsets[..., :2], list(x.shape),
+                                           [2, 2], [2, 2], [0, 0], [1, 1], False)
+

@@ -21,12 +21,7 @@ COMMANDS = {
 
 
 def _load(name: str):
-    try:
-        return importlib.import_module(COMMANDS[name])
-    except ModuleNotFoundError as err:
-        if err.name == COMMANDS[name]:
-            return None  # not built yet
-        raise
+    return importlib.import_module(COMMANDS[name])
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -36,8 +31,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         # Importing every subcommand for --help would pull in all of torch's and Triton's kernels;
         # only the one asked for is loaded with its arguments.
         module = _load(name) if only in (None, name) else None
-        if module is None and only in (None, name):
-            continue
         help_ = getattr(module, "HELP", None) if module else None
         p = sub.add_parser(name, help=help_, description=help_)
         if module is not None:
