@@ -10,6 +10,14 @@ kernels as a 1x1 convolution over a (B, in_features, 1, 1) map (``kernels.linear
 On a GPU, the model is also run once forward and backward on tritoncnn's kernels with every
 ``get_config`` call recorded; when that works, the recorded launches (fused kernels included) are
 what gets tuned. ``--dry-run`` lists the shapes and how many configs each would try, on any machine.
+
+The defaults are ``tritoncnn train``'s on a GPU, so that what is tuned is what training looks up
+(cache entries are keyed by kernel, dtype, layout and the shape with the batch bucketed): batch
+32, fp32, channels_last, and, with neither ``--model`` nor ``--spec``, train's default model on
+its default data (the digits, 1x8x8). For another run pass the same ``--model``/``--spec``,
+``--batch-size`` (per process under torchrun: the global batch over the number of processes),
+``--dtype``, ``--channels-last``/``--no-channels-last`` and, for a spec, the data's image shape
+as ``--input-shape``.
 """
 
 from __future__ import annotations
@@ -35,16 +43,49 @@ HELP = "autotune every kernel of a model for this GPU and store the winners in t
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_INPUT = (3, 224, 224)  # a model that does not say
 SPEC_INPUT = (3, 32, 32)  # tritoncnn.models.build's default
+TRAIN_DEFAULT_INPUT = (1, 8, 8)  # tritoncnn train's default data: the 8x8 digits
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def resolve_defaults(args) -> None:
+    """Fill in what the command line left open: the layout, and tritoncnn train's default model
+    when neither --model nor --spec is given."""
+    if args.layout is True or args.layout is None:
+        args.layout = "nhwc"
+    elif args.layout is False:
+        args.layout = "nchw"
+    if not args.model and not args.spec:
+        from tritoncnn.models.train import DEFAULT_SPEC
+
+        args.spec = DEFAULT_SPEC
+        if not args.input_shape:
+            args.input_shape = _shape_text(TRAIN_DEFAULT_INPUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
+    from tritoncnn.models.train import DEFAULT_SPEC, TrainConfig
+
+    train = TrainConfig()
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="a model of the zoo (tritoncnn.models), e.g. vgg16")
-    which.add_argument("--spec", help="a model spec string (tritoncnn.models.build)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="default bf16")
-    parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
-                        help="activation memory layout (default nhwc, channels_last)")
+    which.add_argument("--spec", help="a model spec string (tritoncnn.models.build); with neither "
+                                      f"--model nor --spec: tritoncnn train's default "
+                                      f"{DEFAULT_SPEC!r} at {_shape_text(TRAIN_DEFAULT_INPUT)}")
+    parser.add_argument("--batch-size", type=int, default=train.batch_size,
+                        help=f"batch size per process (default {train.batch_size}, as "
+                             "tritoncnn train)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=train.dtype,
+                        help=f"default {train.dtype}, as tritoncnn train (its --dtype)")
+    layout = parser.add_mutually_exclusive_group()
+    layout.add_argument("--channels-last", dest="layout", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="activations in channels_last (nhwc) or not (nchw); default on, as "
+                             "tritoncnn train on a GPU")
+    layout.add_argument("--layout", choices=("nhwc", "nchw"), default=None,
+                        help="the same as --channels-last (nhwc) / --no-channels-last (nchw)")
     parser.add_argument("--input-shape", default=None, metavar="CxHxW",
                         help="one input image, e.g. 3x224x224 (default: the model's own; "
                              "3x32x32 for a spec)")
@@ -254,6 +295,7 @@ def _print_plan(kernels: list[dict], layers: list[dict]) -> None:
 # The command -------------------------------------------------------------------------------------
 
 def main(args) -> int:
+    resolve_defaults(args)
     dtype = DTYPES[args.dtype]
     name = args.model or "spec"
     layers, kernels = _shapes_from_hooks(args, dtype)

@@ -1,7 +1,7 @@
 """tritoncnn.models: CNNs on tritoncnn kernels.
 
-* layers: ``Conv2d``, ``Conv2dReLU``, ``MaxPool2d``, ``Linear``, ``LinearReLU`` (subclasses of the
-  torch.nn layers: same constructors, parameters and state_dict);
+* layers: ``Conv2d``, ``Conv2dReLU``, ``Conv2dReLUPool``, ``MaxPool2d``, ``Linear``, ``LinearReLU``
+  (subclasses of the torch.nn layers: same constructors, parameters and state_dict);
 * ``convert(model)``: a torch.nn model with those layers swapped in, weights carried over;
 * the zoo: ``lenet5``, ``convnetjs_cifar10``, ``vgg11``, ``vgg16``, ``get_model(name, backend)``;
 * ``build(spec)``: a CNN from the lecture's pattern string, e.g.
@@ -10,12 +10,12 @@
 """
 
 from .convert import ConvertReport, convert
-from .layers import Conv2d, Conv2dReLU, Linear, LinearReLU, MaxPool2d
+from .layers import Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d
 from .spec import SpecError, build, parse
 from .zoo import convnetjs_cifar10, get_model, lenet5, vgg11, vgg16
 
 __all__ = [
-    "Conv2d", "Conv2dReLU", "MaxPool2d", "Linear", "LinearReLU",
+    "Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "LinearReLU",
     "convert", "ConvertReport",
     "build", "parse", "SpecError",
     "get_model", "lenet5", "convnetjs_cifar10", "vgg11", "vgg16",

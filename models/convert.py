@@ -2,13 +2,35 @@
 
 What is replaced, searched through every nested container:
 
-* ``nn.Conv2d`` followed by a ReLU -> ``Conv2dReLU`` (one kernel, ReLU in the epilogue). Found
-  between neighbours of an ``nn.Sequential`` (the ReLU becomes ``nn.Identity``, so indices and
-  ``state_dict`` keys stay the same), and, through ``torch.fx``, in any traceable ``forward``
-  (``nn.ReLU``, ``F.relu``, ``torch.relu`` or ``.relu()`` applied to the conv's only use);
-* ``nn.Linear`` followed by a ReLU -> ``LinearReLU``, the same way;
+* ``nn.Conv2d`` -> ``nn.ReLU`` -> ``nn.MaxPool2d(F)`` with stride F (no padding, dilation,
+  ceil_mode or return_indices) -> ``Conv2dReLUPool`` (one kernel that writes only the pooled
+  output);
+* ``nn.Conv2d`` -> ``nn.ReLU`` -> ``Conv2dReLU`` (one kernel, ReLU in the epilogue);
+* ``nn.Linear`` -> ``nn.ReLU`` -> ``LinearReLU``, the same way;
 * a lone ``nn.Conv2d`` -> ``Conv2d``, ``nn.MaxPool2d`` -> ``MaxPool2d``,
   ``nn.Linear`` -> ``Linear``.
+
+Converting only swaps modules; it never replaces a ``forward``. Fusion is found in two places:
+
+* between neighbours of an ``nn.Sequential``: the fused layer takes the first slot and the ReLU
+  (and pool) slots become ``nn.Identity``, so indices and ``state_dict`` keys stay the same;
+* in a custom module's ``forward``, found by tracing it with ``torch.fx`` (its submodules as
+  leaves) as an analysis only. It is traced in train and in eval mode, and once more with the
+  arguments that have defaults fixed at their defaults (``scale=None`` takes the ``None`` branch),
+  so Python branches on ``self.training`` or on optional arguments are seen. A conv is fused
+  when, in every trace, each of its calls has a single user, a call of an ``nn.ReLU`` module
+  (for the pooled form: whose single user is a call of an eligible ``nn.MaxPool2d`` module), and
+  the pattern is found in both modes. A ReLU or pool module becomes ``nn.Identity`` only when every
+  one of its calls consumes a fused output; otherwise it stays (relu(relu(x)) is relu(x)), and a
+  conv whose pool must stay is fused with its ReLU only. Only module calls are fused: a conv
+  followed by ``F.relu`` / ``torch.relu`` keeps both, the conv converted on its own. A module
+  whose calls are not all visible (below a custom forward torch.fx cannot trace, called by a
+  torch.nn container other than nn.Sequential, or registered in two places) is never fused there.
+
+Below a forward torch.fx cannot trace (data-dependent control flow, ...) only nn.Sequential
+neighbours are fused; the other layers there are converted one for one, and the report says so.
+Python attributes read in ``forward`` (``if self.use_pool:``) are taken at their values at
+conversion time.
 
 Parameters move as they are (the same ``nn.Parameter`` objects, on their device and dtype), so the
 converted model gives the same outputs within the kernels' rounding, and converting consumes no
@@ -19,28 +41,23 @@ not serve (``padding_mode='reflect'``, ``nn.Conv1d``, ``nn.AvgPool2d``, a subcla
 ``nn.Conv2d`` with a ``forward`` of its own, ...) and any other layer holding parameters. The
 report is returned on the model as ``model.convert_report`` (a :class:`ConvertReport`), logged,
 and, when something was kept, issued as a ``UserWarning``.
-
-A pair inside a custom ``forward`` is fused by tracing that module's own forward with
-``torch.fx`` (its submodules as leaves), rewriting the two calls into one, and installing the
-rewritten code as the ``forward`` of that very instance: classes, attributes, methods and
-``state_dict`` keys stay as they were. A forward torch.fx cannot trace (data-dependent control
-flow, ...) keeps its code; its layers are converted one by one, unfused, and the report says so.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-import types
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import TRITON_LAYERS, Conv2d, Conv2dReLU, Linear, LinearReLU, MaxPool2d
+from .layers import (
+    TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
+)
 
 __all__ = ["convert", "ConvertReport"]
 
@@ -52,15 +69,17 @@ class ConvertReport:
     """What convert() did: qualified module names with the classes before and after."""
 
     replaced: list[tuple[str, str, str]] = field(default_factory=list)  # (name, old, new)
-    fused: list[tuple[str, str]] = field(default_factory=list)  # (layer, relu) pairs
+    # (layer, relu) or (layer, relu, pool): the modules fused into the layer
+    fused: list[tuple[str, ...]] = field(default_factory=list)
     kept: list[tuple[str, str, str]] = field(default_factory=list)  # (name, class, reason)
-    traced: list[str] = field(default_factory=list)  # modules whose forward torch.fx rewrote
+    traced: list[str] = field(default_factory=list)  # custom modules torch.fx analysed
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
             f"convert: {len(self.replaced)} layers replaced ({len(self.fused)} fused with a "
-            f"ReLU), {len(self.kept)} kept as they were"
+            f"ReLU, {sum(len(f) == 3 for f in self.fused)} of them also with a max-pool), "
+            f"{len(self.kept)} kept as they were"
         ]
         lines += [f"  {name}: {old} -> {new}" for name, old, new in self.replaced]
         lines += [f"  kept {name} ({cls}): {why}" for name, cls, why in self.kept]
@@ -93,12 +112,14 @@ def _carry(new: nn.Module, old: nn.Module) -> nn.Module:
     return new
 
 
-def _from_conv(m: nn.Conv2d, relu: bool) -> nn.Module:
-    cls = Conv2dReLU if relu else Conv2d
-    new = cls(
-        m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-        bias=m.bias is not None, padding_mode=m.padding_mode, device="meta",
-    )
+def _from_conv(m: nn.Conv2d, relu: bool, pool: int | None = None) -> nn.Module:
+    args = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+            m.groups)
+    kw = dict(bias=m.bias is not None, padding_mode=m.padding_mode, device="meta")
+    if pool is not None:
+        new = Conv2dReLUPool(*args, **kw, pool=pool)
+    else:
+        new = (Conv2dReLU if relu else Conv2d)(*args, **kw)
     return _carry(new, m)
 
 
@@ -124,55 +145,87 @@ def _fusable(m: nn.Module) -> bool:
     return False
 
 
-def _fused(m: nn.Module) -> nn.Module:
-    return _from_conv(m, relu=True) if isinstance(m, nn.Conv2d) else _from_linear(m, relu=True)
+def _fused(m: nn.Module, pool: int | None = None) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        return _from_conv(m, relu=True, pool=pool)
+    return _from_linear(m, relu=True)
 
 
 def _is_relu_module(m: nn.Module) -> bool:
     return type(m) is nn.ReLU
 
 
+def _pool_window(m: nn.Module) -> int | None:
+    """F when ``m`` is an ``nn.MaxPool2d`` with square F x F windows at stride F and no padding,
+    dilation, ceil_mode or indices (what the fused conv + ReLU + pool kernel serves), else None."""
+    if type(m) is not nn.MaxPool2d or m.return_indices or m.ceil_mode:
+        return None
+    k = _pair(m.kernel_size)
+    s = _pair(m.stride if m.stride is not None else m.kernel_size)
+    if k[0] != k[1] or s != k or _pair(m.padding) != (0, 0) or _pair(m.dilation) != (1, 1):
+        return None
+    return k[0]
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 # --------------------------------------------------------------------------------------------
-# pass 1: Conv2d/Linear -> ReLU neighbours inside nn.Sequential
+# pass 1: Conv2d/Linear -> ReLU (-> MaxPool2d) neighbours inside nn.Sequential
+
+def _registrations(model: nn.Module) -> dict[int, int]:
+    """How many parents (or slots of one parent) each module of ``model`` is registered in, by
+    id. A module inside a shared block counts once: the block computes the same everywhere."""
+    counts: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                counts[id(child)] = counts.get(id(child), 0) + 1
+    return counts
+
 
 def _fuse_sequentials(model: nn.Module, report: ConvertReport) -> None:
+    counts = _registrations(model)
     for prefix, seq in list(model.named_modules()):
         if type(seq) is not nn.Sequential:
             continue
+
+        def qual(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
         names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
+        i = 0
+        while i + 1 < len(names):
+            a, b = names[i], names[i + 1]
             first, second = seq._modules[a], seq._modules[b]
-            if first is None or second is None:
+            if (first is None or second is None or not _fusable(first)
+                    or not _is_relu_module(second)
+                    or counts[id(first)] > 1 or counts[id(second)] > 1):
+                i += 1  # a module shared with another place keeps its own behaviour
                 continue
-            if not _fusable(first) or not _is_relu_module(second):
-                continue
-            if _shared(model, first) or _shared(model, second):
-                continue  # a module shared with another container keeps its own behaviour
-            new = _fused(first)
+            window = None
+            if isinstance(first, nn.Conv2d) and i + 2 < len(names):
+                third = seq._modules[names[i + 2]]
+                if third is not None and counts[id(third)] == 1:
+                    window = _pool_window(third)
+            new = _fused(first, window)
             seq._modules[a] = new
             seq._modules[b] = nn.Identity()
-            name = f"{prefix}.{a}" if prefix else a
-            relu = f"{prefix}.{b}" if prefix else b
-            report.replaced.append((name, type(first).__name__, type(new).__name__))
-            report.fused.append((name, relu))
-
-
-def _shared(model: nn.Module, module: nn.Module) -> bool:
-    """True when ``module`` is a child in more than one place of ``model``."""
-    count = 0
-    for parent in model.modules():
-        for child in parent._modules.values():
-            if child is module:
-                count += 1
-    return count > 1
+            report.replaced.append((qual(a), type(first).__name__, type(new).__name__))
+            if window is not None:
+                c = names[i + 2]
+                seq._modules[c] = nn.Identity()
+                report.fused.append((qual(a), qual(b), qual(c)))
+                i += 3
+            else:
+                report.fused.append((qual(a), qual(b)))
+                i += 2
 
 
 # --------------------------------------------------------------------------------------------
-# pass 2: Conv2d/Linear -> ReLU in a traced forward()
-
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_}
-_RELU_METHODS = {"relu", "relu_"}
-
+# pass 2: Conv2d/Linear -> ReLU (-> MaxPool2d) module calls in custom forward()s, found by
+# torch.fx as an analysis; modules are swapped, forwards are left as they are
 
 class _ChildrenAreLeaves(torch.fx.Tracer):
     """Traces one module's own forward: every submodule call stays a single call_module node."""
@@ -181,98 +234,163 @@ class _ChildrenAreLeaves(torch.fx.Tracer):
         return True
 
 
-def _is_relu_node(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return _is_relu_module(modules[node.target])
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        return True
-    if node.op == "call_method" and node.target in _RELU_METHODS:
-        return len(node.args) == 1 and not node.kwargs
-    return False
-
-
-def _traceable_owner(m: nn.Module) -> bool:
-    """A module with a forward of its own that may call a fusable layer and then a ReLU."""
-    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict) + TRITON_LAYERS):
+def _custom_owner(m: nn.Module) -> bool:
+    """A module with submodules and a forward of its own (not PyTorch's, not tritoncnn's)."""
+    if isinstance(m, TRITON_LAYERS) or not m._modules:
         return False
-    if type(m).__module__.startswith("torch.nn") or not m._modules:
-        return False  # PyTorch's own layers
-    return any(_fusable(c) for c in m.modules())
+    return type(m).__module__.split(".")[0] != "torch"
+
+
+def _trace_variants(owner: nn.Module) -> list[tuple[bool, torch.fx.Graph]]:
+    """(training, graph) of ``owner``'s forward in train and eval mode, each traced with every
+    argument symbolic and, when some have defaults, again with those fixed at their defaults."""
+    params = inspect.signature(owner.forward).parameters.values()
+    defaults = {p.name: p.default for p in params
+                if p.default is not inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    saved = [(m, m.training) for m in owner.modules()]
+    graphs = []
+    try:
+        for mode in (True, False):
+            owner.train(mode)
+            graphs.append((mode, _ChildrenAreLeaves().trace(owner)))
+            if defaults:
+                graphs.append((mode, _ChildrenAreLeaves().trace(owner,
+                                                                concrete_args=dict(defaults))))
+    finally:
+        for m, training in saved:
+            m.training = training
+    return graphs
+
+
+@dataclass
+class _Call:
+    """One call_module node of a traced forward."""
+
+    training: bool
+    node: torch.fx.Node
+    owner: str  # qualified name of the module whose forward holds the call
+
+
+class _CallSites:
+    """Every call of a module in the traced forwards, where all of them can be seen."""
+
+    def __init__(self, model: nn.Module, report: ConvertReport) -> None:
+        self.modules = dict(model.named_modules())
+        self.counts = _registrations(model)
+        self.traces: dict[str, list[tuple[bool, torch.fx.Graph]]] = {}
+        for qual, owner in self.modules.items():
+            if not _custom_owner(owner):
+                continue
+            try:
+                self.traces[qual] = _trace_variants(owner)
+            except Exception as err:  # noqa: BLE001 - any tracing failure means "not traceable"
+                first_line = str(err).splitlines()[0] if str(err) else ""
+                report.notes.append(
+                    f"forward of {qual or '<model>'} ({type(owner).__name__}) is not torch.fx-"
+                    f"traceable ({type(err).__name__}: {first_line}); its layers were converted "
+                    "without fusing"
+                )
+        report.traced += list(self.traces)
+
+    def qual(self, call: _Call, target: str) -> str:
+        return f"{call.owner}.{target}" if call.owner else target
+
+    def of(self, qual: str) -> list[_Call] | None:
+        """The calls of module ``qual`` in every trace; None when some caller may be unseen:
+        the module is registered twice, its caller is not a traced custom forward (an
+        nn.Sequential, say), or a custom forward above it could not be traced."""
+        if not qual or self.counts.get(id(self.modules[qual]), 0) != 1:
+            return None
+        parts = qual.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(len(parts))]  # "", "a", "a.b", ...
+        caller = next(a for a in reversed(ancestors)  # ModuleList/ModuleDict call nothing
+                      if type(self.modules[a]) not in (nn.ModuleList, nn.ModuleDict))
+        if caller not in self.traces:
+            return None
+        calls = []
+        for a in ancestors:
+            if not _custom_owner(self.modules[a]):
+                continue  # PyTorch's containers call their own children only
+            if a not in self.traces:
+                return None
+            rel = qual[len(a) + 1:] if a else qual
+            calls += [_Call(mode, n, a) for mode, g in self.traces[a] for n in g.nodes
+                      if n.op == "call_module" and n.target == rel]
+        return calls
+
+    def sole_user(self, call: _Call, node: torch.fx.Node,
+                  accept) -> tuple[str, torch.fx.Node] | None:
+        """(name, node) of the module call that is ``node``'s only user, taking ``node`` as its
+        only argument, when ``accept(module)``."""
+        if len(node.users) != 1:
+            return None
+        (user,) = node.users
+        if user.op != "call_module" or tuple(user.args) != (node,) or user.kwargs:
+            return None
+        qual = self.qual(call, user.target)
+        module = self.modules.get(qual)
+        if module is None or not accept(module):
+            return None
+        return qual, user
 
 
 def _fuse_traced(model: nn.Module, report: ConvertReport) -> None:
-    """Fuse Conv2d/Linear -> ReLU calls inside each custom module's forward.
+    """Fuse Conv2d/Linear -> nn.ReLU (-> nn.MaxPool2d) module calls inside custom forwards."""
+    sites = _CallSites(model, report)
+    if not sites.traces:
+        return
+    # classify every candidate layer from all of its calls
+    pairs: dict[str, list[tuple[str, torch.fx.Node]]] = {}  # layer -> its ReLU calls
+    triples: dict[str, tuple[int, list[tuple[str, torch.fx.Node]]]] = {}  # -> F, pool calls
+    for qual, m in sites.modules.items():
+        if not _fusable(m):
+            continue
+        calls = sites.of(qual)
+        if not calls or {c.training for c in calls} != {True, False}:
+            continue  # not seen in both modes
+        relus = [sites.sole_user(c, c.node, _is_relu_module) for c in calls]
+        if any(r is None for r in relus):
+            continue
+        pairs[qual] = relus
+        if isinstance(m, nn.Conv2d):
+            pools = [sites.sole_user(c, r[1], lambda p: _pool_window(p) is not None)
+                     for c, r in zip(calls, relus)]
+            windows = {_pool_window(sites.modules[p[0]]) for p in pools if p is not None}
+            if all(p is not None for p in pools) and len(windows) == 1:
+                triples[qual] = (windows.pop(), pools)
 
-    Each such module's forward is traced with torch.fx (its submodules as leaves), the pair is
-    rewritten to call one fused layer, and the rewritten code becomes the forward of that very
-    instance: its class, attributes, methods and state_dict stay as they were.
-    """
-    for prefix, owner in list(model.named_modules()):
-        if not _traceable_owner(owner):
-            continue
-        try:
-            graph = _ChildrenAreLeaves().trace(owner)
-        except Exception as err:  # noqa: BLE001 - any tracing failure means "not traceable"
-            first_line = str(err).splitlines()[0] if str(err) else ""
-            report.notes.append(
-                f"forward of {prefix or '<model>'} ({type(owner).__name__}) is not torch.fx-"
-                f"traceable ({type(err).__name__}: {first_line}); Conv2d/Linear -> ReLU calls "
-                "in it were converted without fusing"
-            )
-            continue
-        if _rewrite(model, prefix, owner, graph, report):
-            report.traced.append(prefix)
+    def replaceable(qual: str, fused_nodes: set[int]) -> bool:
+        """Every call of module ``qual`` consumes a fused output."""
+        calls = sites.of(qual)
+        return bool(calls) and all(id(c.node) in fused_nodes for c in calls)
 
+    # a pool that must stay (it also pools something else) keeps its convs at Conv2dReLU
+    changed = True
+    while changed:
+        fused_pools = {id(n) for _, pools in triples.values() for _, n in pools}
+        bad = {q for q, (_, pools) in triples.items()
+               if not all(replaceable(p, fused_pools) for p, _ in pools)}
+        changed = bool(bad)
+        for q in bad:
+            del triples[q]
 
-def _rewrite(model: nn.Module, prefix: str, owner: nn.Module, graph: torch.fx.Graph,
-             report: ConvertReport) -> bool:
-    modules = dict(owner.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    changed = False
-    for node in list(graph.nodes):
-        if node.op != "call_module" or not _fusable(modules[node.target]):
-            continue
-        old = modules[node.target]
-        if calls[node.target] != 1 or len(node.users) != 1 or _shared(model, old):
-            continue  # called twice, shared, or its output is also used without the ReLU
-        (user,) = node.users
-        if not _is_relu_node(user, modules) or user.args[0] is not node:
-            continue
-        new = _fused(old)
-        _set_submodule(owner, node.target, new)
-        modules[node.target] = new
-        user.replace_all_uses_with(node)
-        graph.erase_node(user)
-        qual = f"{prefix}.{node.target}" if prefix else node.target
-        if user.op == "call_module":
-            relu = user.target
-        else:
-            relu = f"{getattr(user.target, '__name__', user.target)}()"
+    fused_relus = {id(n) for relus in pairs.values() for _, n in relus}
+    for qual, relus in pairs.items():
+        old = sites.modules[qual]
+        window, pools = triples.get(qual, (None, []))
+        new = _fused(old, window)
+        _set_submodule(model, qual, new)
+        relu_names = list(dict.fromkeys(r for r, _ in relus))
+        pool_names = list(dict.fromkeys(p for p, _ in pools))
+        for r in relu_names:
+            if replaceable(r, fused_relus):
+                _set_submodule(model, r, nn.Identity())
+        for p in pool_names:  # every call of these pools consumes a fused output
+            _set_submodule(model, p, nn.Identity())
         report.replaced.append((qual, type(old).__name__, type(new).__name__))
-        report.fused.append((qual, str(relu)))
-        changed = True
-    if not changed:
-        return False
-    graph.lint()
-    gm = torch.fx.GraphModule(owner, graph)
-    # constants that tracing stored on the GraphModule (get_attr targets the owner lacks)
-    for node in graph.nodes:
-        if node.op == "get_attr" and not _has_path(owner, node.target):
-            setattr(owner, node.target, getattr(gm, node.target))
-    owner.forward = types.MethodType(type(gm).forward, owner)
-    return True
-
-
-def _has_path(root: nn.Module, qualname: str) -> bool:
-    obj = root
-    for part in qualname.split("."):
-        if not hasattr(obj, part):
-            return False
-        obj = getattr(obj, part)
-    return True
+        report.fused.append((qual, "+".join(relu_names),
+                             *(["+".join(pool_names)] if pools else [])))
 
 
 def _set_submodule(root: nn.Module, qualname: str, new: nn.Module) -> None:
@@ -341,9 +459,9 @@ def convert(model: nn.Module, *, inplace: bool = False, fuse: bool = True,
         model: any ``nn.Module``; nested containers are searched.
         inplace: change ``model`` itself (its parameters stay the same objects, so an optimizer
             built on it keeps working) instead of a deep copy.
-        fuse: fuse Conv2d -> ReLU and Linear -> ReLU into one layer.
-        trace: use ``torch.fx`` to find such pairs in custom ``forward`` methods (the rewritten
-            forward is installed on the module instance).
+        fuse: fuse Conv2d -> ReLU (-> MaxPool2d) and Linear -> ReLU into one layer.
+        trace: use ``torch.fx`` to find such calls in custom ``forward`` methods (an analysis
+            only: no forward is replaced).
         warn: issue a ``UserWarning`` naming the layers that were left as they were.
 
     Returns:

@@ -8,13 +8,16 @@ construction, not on the first forward.
 
     Conv2d       nn.Conv2d                    -> kernels.conv2d
     Conv2dReLU   nn.Conv2d followed by ReLU   -> kernels.conv2d_relu (bias and ReLU in the epilogue)
+    Conv2dReLUPool  nn.Conv2d, ReLU, MaxPool2d(F, stride F)
+                                              -> kernels.conv2d_relu_pool (one kernel; only the
+                                                 pooled output is written)
     MaxPool2d    nn.MaxPool2d                 -> kernels.max_pool2d
     Linear       nn.Linear                    -> kernels.linear
     LinearReLU   nn.Linear followed by ReLU   -> kernels.linear(..., activation="relu")
 
-Under ``torch.autocast`` the layers cast their inputs and parameters to the autocast dtype, as
-autocast does for ``F.conv2d`` and ``F.linear`` (max-pool keeps its input's dtype), so
-``--dtype bf16`` trains both backends at the same precision.
+Under ``torch.autocast`` the kernels' custom ops cast their input, weight and bias to the
+autocast dtype, as autocast does for ``F.conv2d`` and ``F.linear`` (max-pool keeps its input's
+dtype), so ``--dtype bf16`` trains both backends at the same precision.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["Conv2d", "Conv2dReLU", "MaxPool2d", "Linear", "LinearReLU", "TRITON_LAYERS"]
+__all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "LinearReLU",
+           "TRITON_LAYERS"]
 
 
 def _kernels():
@@ -33,26 +37,8 @@ def _kernels():
 
 
 def _op(name: str):
-    op = getattr(_kernels(), name, None)
-    if op is None:
-        raise NotImplementedError(
-            f"tritoncnn.kernels has no {name}() in this installation; "
-            "build the model with backend='torch' instead"
-        )
-    return op
-
-
-def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """Cast floating tensors to the autocast dtype when autocast is on for their device."""
-    ref = tensors[0]
-    device_type = ref.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(
-        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
-        for t in tensors
-    )
+    """The functional op ``tritoncnn.kernels.<name>``."""
+    return getattr(_kernels(), name)
 
 
 class _ConvBase(nn.Conv2d):
@@ -91,9 +77,9 @@ class _ConvBase(nn.Conv2d):
         )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, K, P, Q)
-        x, w, b = _autocast(input, self.weight, self.bias)
         op = _op("conv2d_relu" if self._activation == "relu" else "conv2d")
-        return op(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return op(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                  self.groups)
 
 
 class Conv2d(_ConvBase):
@@ -111,6 +97,49 @@ class Conv2dReLU(_ConvBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", activation=relu"
+
+
+class Conv2dReLUPool(_ConvBase):
+    """``torch.nn.Conv2d``, ReLU and ``MaxPool2d(pool)`` (window ``pool`` x ``pool``, stride
+    ``pool``) in one kernel: the lecture's CONV -> RELU -> POOL block.
+
+    The constructor is ``nn.Conv2d``'s plus ``pool`` (default 2); parameters and ``state_dict`` are
+    ``nn.Conv2d``'s. The output is ``max_pool2d(relu(conv2d(input)), pool)``, odd conv output
+    sizes floored as max_pool2d floors them; the full-size conv output is never stored.
+    """
+
+    _activation = "relu"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        pool: int = 2,
+    ) -> None:
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+            raise ValueError(
+                f"Conv2dReLUPool: pool must be a positive int (the max-pool window and stride), "
+                f"got {pool!r}"
+            )
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        self.pool = pool
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, K, P/F, Q/F)
+        return _op("conv2d_relu_pool")(input, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, self.groups, self.pool)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation=relu, pool={self.pool}"
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -155,9 +184,9 @@ class _LinearBase(nn.Linear):
         super().__init__(in_features, out_features, bias, device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (*, in) -> (*, out)
-        x, w, b = _autocast(input, self.weight, self.bias)
-        lead = x.shape[:-1]
-        y = _op("linear")(x.reshape(-1, self.in_features), w, b, activation=self._activation)
+        lead = input.shape[:-1]
+        y = _op("linear")(input.reshape(-1, self.in_features), self.weight, self.bias,
+                          activation=self._activation)
         return y.reshape(*lead, self.out_features)
 
 
@@ -179,4 +208,4 @@ def _pair(v) -> tuple[int, int]:
 
 
 # Every layer class this module defines; convert() and the fx tracer treat them as leaves.
-TRITON_LAYERS = (Conv2d, Conv2dReLU, MaxPool2d, Linear, LinearReLU)
+TRITON_LAYERS = (Conv2d, Conv2dReLU, Conv2dReLUPool, MaxPool2d, Linear, LinearReLU)

@@ -8,7 +8,8 @@ and this module takes that pattern, with the sizes filled in, as a string::
 
     [(CONV3-32-RELU)*2-POOL2]*3-(FC256-RELU)*1-FC10
 
-Grammar (keywords are case-insensitive; spaces between items are ignored)::
+Grammar (keywords are case-insensitive; spaces between items are ignored, spaces inside a layer
+are an error: ``CONV3-8``, not ``CONV3 -8`` or ``CONV3- 8``; numbers are ASCII digits 0-9)::
 
     spec     :=  [ "INPUT" "-" ]  sequence  [ "-" "SOFTMAX" ]
     sequence :=  item ( "-" item )*
@@ -23,7 +24,8 @@ Grammar (keywords are case-insensitive; spaces between items are ignored)::
               |  "FC" n             fully connected layer with n outputs; the first FC after a
                                     conv or pool flattens (C, H, W) to C*H*W
               |  "RELU"             ReLU (after a CONV or FC it is fused into the layer on the
-                                    triton backend)
+                                    triton backend; CONV-RELU-POOLk with stride k is one
+                                    fused layer there, Conv2dReLUPool)
     k, n, stride, count := a positive integer;   pad := a non-negative integer
 
 ``INPUT`` and ``SOFTMAX`` are accepted for fidelity to the lecture and add nothing: the model
@@ -71,6 +73,14 @@ class LayerSpec:
 
 
 _KEYWORDS = ("CONV", "POOL", "FC", "RELU", "INPUT", "SOFTMAX")
+_DIGITS = "0123456789"  # str.isdigit() also takes '²' and other digits int() cannot read
+
+
+def _show(ch: str) -> str:
+    """A character for an error message; a digit other than 0-9 ('²', '٣', ...) says so."""
+    if ch.isdigit() and ch not in _DIGITS:
+        return f"{ch!r} (numbers are written with the ASCII digits 0-9)"
+    return repr(ch)
 
 
 class _Parser:
@@ -103,14 +113,22 @@ class _Parser:
             self.pos += 1
         return self.spec[start:self.pos]
 
+    def at_space(self) -> bool:
+        return self.pos < len(self.spec) and self.spec[self.pos].isspace()
+
     def number(self, what: str, after: str, minimum: int = 1) -> int:
-        """Digits right here (no space before them)."""
+        """ASCII digits 0-9 right here (no space before them)."""
         start = self.pos
-        while self.pos < len(self.spec) and self.spec[self.pos].isdigit():
+        while self.pos < len(self.spec) and self.spec[self.pos] in _DIGITS:
             self.pos += 1
         if start == self.pos:
-            found = self.describe_here() if self.pos < len(self.spec) else "the end of the spec"
-            self.pos = start
+            if self.at_space():
+                raise self.error(f"spaces are not allowed inside a layer: expected {what} right "
+                                 f"after {after!r}", start)
+            if self.pos >= len(self.spec):
+                found = "the end of the spec"
+            else:
+                found = _show(self.spec[self.pos])
             raise self.error(f"expected {what} after {after!r}, found {found}", start)
         value = int(self.spec[start:self.pos])
         if value < minimum:
@@ -135,7 +153,7 @@ class _Parser:
             ch = self.spec[self.pos]
             if ch in ")]":
                 raise self.error(f"{ch!r} closes nothing: no group is open here")
-            raise self.error(f"expected '-' between layers, found {ch!r}")
+            raise self.error(f"expected '-' between layers, found {_show(ch)}")
         if not layers:
             raise self.error("the spec has no layers (INPUT and SOFTMAX add none)", 0)
         return layers
@@ -171,7 +189,7 @@ class _Parser:
                     )
                 if got == "":
                     raise self.error(f"{ch!r} is never closed (expected {close!r})", start)
-                raise self.error(f"expected '-' or {close!r}, found {got!r}")
+                raise self.error(f"expected '-' or {close!r}, found {_show(got)}")
             self.pos += 1
             count = 1
             if self.peek() == "*":
@@ -197,6 +215,11 @@ class _Parser:
             k = self.number("the kernel size", self.spec[start:self.pos])
             stride, pad = 1, (k - 1) // 2
             stride, pad = self.modifiers(start, {"S": stride, "P": pad})
+            if self.at_space():
+                raise self.error(
+                    f"spaces are not allowed inside a layer: expected '-' and the number of "
+                    f"filters right after {self.spec[start:self.pos]!r} (for example CONV3-32)"
+                )
             if self.pos >= len(self.spec) or self.spec[self.pos] != "-":
                 raise self.error(
                     f"expected '-' and the number of filters after "

@@ -9,13 +9,20 @@
 With ``--backend both`` (the default) the model is built once under ``--seed``; the triton twin is
 that model passed through ``convert()``, so both start from the same weights and see the batches
 in the same order (and dropout draws the same numbers). The run ends with a side-by-side table:
-final loss, test accuracy, images/s and peak memory for each backend.
+final loss, test accuracy, images/s, the first step's seconds and peak memory for each backend.
+images/s leaves out the first step of each invocation, whose time includes Triton's JIT
+compilation of the kernels (and cuDNN's algorithm search); that step's time is its own row.
+
+``--channels-last`` (the default on CUDA; ``--no-channels-last`` turns it off) keeps the weights
+and images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the
+CPU the default is NCHW.
 
 What ``--out DIR`` receives:
 
     config.json                   the run's settings (``--resume`` reads them back)
     steps.csv                     backend, epoch, step, global_step, loss, lr, seconds
-    epochs.csv                    backend, epoch, train/test loss and accuracy, images/s, memory
+    epochs.csv                    backend, epoch, train/test loss and accuracy, images/s (after
+                                  the warm-up step), seconds, memory
     summary.csv                   the side-by-side table
     curves.png                    loss and accuracy curves of both backends
     <backend>/checkpoint.pt       model, optimizer, grad scaler, RNG and data-order state
@@ -51,6 +58,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+_clock = time.perf_counter  # step timing (tests substitute a fake clock)
+
 HELP = "train a CNN on tritoncnn kernels beside the same network on torch (cuDNN)"
 
 # The default run: a small CNN on 8x8 digits, sized to finish in a few minutes on a 2-core CPU
@@ -84,6 +93,7 @@ class TrainConfig:
     resume: bool = False
     autotune: bool = False  # tune kernel configs per shape (sets TRITONCNN_AUTOTUNE=1)
     device: str = "auto"  # auto: cuda when available, else cpu
+    channels_last: bool | None = None  # model and images in channels_last; None: on CUDA only
     save_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     stop_after: int = 0  # stop, as Ctrl-C would, after N steps of this invocation (0: never)
     progress: bool = True  # tqdm progress bars
@@ -91,7 +101,7 @@ class TrainConfig:
 
 # Settings a resumed run must share with the run it continues (epochs may grow).
 _MUST_MATCH = ("model", "spec", "data", "input_size", "width", "batch_size", "lr", "schedule",
-               "momentum", "weight_decay", "dtype", "backend", "seed")
+               "momentum", "weight_decay", "dtype", "backend", "seed", "channels_last")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--autotune", action="store_true", default=None,
       help="autotune the kernels' configs per layer shape (TRITONCNN_AUTOTUNE=1)")
     a("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+      help="keep weights and images in channels_last (NHWC), the kernels' fast path, on both "
+           "backends (default: on for CUDA, off on the CPU)")
     a("--save-every", type=int, default=None, metavar="STEPS",
       help="also checkpoint every STEPS steps (default: at each epoch's end only)")
     a("--stop-after", type=int, default=None, metavar="STEPS",
@@ -340,11 +353,12 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    # both setters want CPU ByteTensors, wherever the checkpoint was loaded to
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,13 +406,13 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-              autocast, batch: int = 256) -> tuple[float, float]:
+              autocast, fmt: torch.memory_format, batch: int = 256) -> tuple[float, float]:
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(y), batch):
-            xb = x[i:i + batch].to(device, non_blocking=True)  # (B, C, H, W)
+            xb = x[i:i + batch].to(device, non_blocking=True, memory_format=fmt)  # (B, C, H, W)
             yb = y[i:i + batch].to(device, non_blocking=True)  # (B,)
             with autocast():
                 logits = model(xb)  # (B, classes)
@@ -420,6 +434,17 @@ def _all_reduce(values: list[float], dist: _Dist, device: torch.device) -> list[
     return t.tolist()
 
 
+def _rate(timed: list, everything: list) -> float:
+    """Images per second of the timed steps ([images, seconds]); of every step when none were
+    timed (a run of a single step)."""
+    images, seconds = timed if timed[1] > 0 else everything
+    return images / max(seconds, 1e-9)
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if cfg.channels_last is None else bool(cfg.channels_last)
+
+
 def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: torch.device,
                    dist: _Dist, out: Path, stop: _StopFlag) -> dict:
     """Train one backend to cfg.epochs (or until stopped); returns its results."""
@@ -433,20 +458,27 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
 
-    model.to(device)
+    fmt = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
+    model.to(device, memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # timed: [images, seconds] of the steps after the first of each invocation, whose time
+    # includes Triton's JIT compilation (and cuDNN's algorithm search); first_step_s: that step
     state = {"epoch": 0, "step": 0, "global_step": 0, "sums": [0.0, 0.0, 0.0],
              "epoch_time": 0.0, "train_time": 0.0, "images": 0, "history": [],
-             "peak_mem_mb": 0.0}
+             "peak_mem_mb": 0.0, "timed": [0, 0.0], "epoch_timed": [0, 0.0],
+             "first_step_s": None}
 
     if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: load_state_dict copies weights and optimizer state to the model's device,
+        # and the RNG states must stay CPU tensors
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
+        state = {"timed": [0, 0.0], "epoch_timed": [0, 0.0], "first_step_s": None,
+                 **ckpt["state"]}
         rngs = ckpt["rng"]
         _set_rng_state(rngs[dist.rank] if len(rngs) == dist.world else rngs[0], device)
         if dist.main:
@@ -504,12 +536,13 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
                    disable=not (cfg.progress and dist.main), file=sys.stderr)
         for step in range(state["step"], steps_per_epoch):
             idx = order[step * local_batch:(step + 1) * local_batch]
-            xb = data.x_train[idx].to(device, non_blocking=True)  # (B, C, H, W)
+            xb = data.x_train[idx].to(device, non_blocking=True,
+                                      memory_format=fmt)  # (B, C, H, W)
             yb = data.y_train[idx].to(device, non_blocking=True)  # (B,)
             lr = _lr_at(cfg, state["global_step"], cfg.epochs * steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            t0 = time.perf_counter()
+            t0 = _clock()
             with autocast():
                 logits = net(xb)  # (B, classes)
             loss = F.cross_entropy(logits.float(), yb)
@@ -521,13 +554,19 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
             correct = (logits.detach().argmax(1) == yb).sum().item()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
+            dt = _clock() - t0
             loss_g, correct_g, count_g = _all_reduce([loss_v * len(yb), correct, len(yb)],
                                                      dist, device)
             state["sums"] = [a + b for a, b in zip(state["sums"], (loss_g, correct_g, count_g))]
             state["epoch_time"] += dt
             state["train_time"] += dt
             state["images"] += int(count_g)
+            if done_steps == 0:  # the warm-up step: compiles the kernels
+                if state["first_step_s"] is None:
+                    state["first_step_s"] = dt
+            else:
+                for key in ("timed", "epoch_timed"):
+                    state[key] = [state[key][0] + int(count_g), state[key][1] + dt]
             state["global_step"] += 1
             state["step"] = step + 1
             done_steps += 1
@@ -550,15 +589,16 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
         if stopped:
             break
         # end of epoch: metrics, a checkpoint
-        test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, device, autocast)
+        test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, device, autocast, fmt)
         loss_sum, correct_sum, count = state["sums"]
         state["peak_mem_mb"] = max(state["peak_mem_mb"], memory.peak_mb())
         row = {"backend": name, "epoch": epoch + 1, "train_loss": loss_sum / count,
                "train_acc": correct_sum / count, "test_loss": test_loss, "test_acc": test_acc,
-               "images_per_s": count / max(state["epoch_time"], 1e-9),
+               "images_per_s": _rate(state["epoch_timed"], [count, state["epoch_time"]]),
                "seconds": state["epoch_time"], "peak_mem_mb": state["peak_mem_mb"]}
         state["history"].append(row)
-        state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0.0], epoch_time=0.0)
+        state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0.0], epoch_time=0.0,
+                     epoch_timed=[0, 0.0])
         if dist.main:
             _write_rows(epochs_csv, EPOCH_FIELDS, [row])
             if cfg.progress:
@@ -587,7 +627,9 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
         "final_loss": last.get("train_loss", float("nan")),
         "test_loss": last.get("test_loss", float("nan")),
         "test_acc": last.get("test_acc", float("nan")),
-        "images_per_s": state["images"] / max(state["train_time"], 1e-9),
+        "images_per_s": _rate(state["timed"], [state["images"], state["train_time"]]),
+        "first_step_s": state["first_step_s"] if state["first_step_s"] is not None
+        else float("nan"),
         "train_seconds": state["train_time"],
         "peak_mem_mb": state["peak_mem_mb"],
         "memory": memory.kind,
@@ -643,9 +685,11 @@ def run(cfg: TrainConfig) -> dict:
                 (out / b / "checkpoint.pt").unlink(missing_ok=True)
         saved = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "stop_after")}
         (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+        layout = "channels_last" if _channels_last(cfg, device) else "NCHW"
         print(f"tritoncnn train: {_describe(cfg)} on {data} | {', '.join(backends)} on "
-              f"{device} | {cfg.dtype} | {sum(p.numel() for p in base.parameters()):,} "
-              f"parameters | out {out}", file=sys.stderr)
+              f"{device} | {cfg.dtype}, {layout} | "
+              f"{sum(p.numel() for p in base.parameters()):,} parameters | out {out}",
+              file=sys.stderr)
 
     from .zoo import to_backend
 
@@ -683,14 +727,10 @@ def _describe(cfg: TrainConfig) -> str:
 
 
 def _enable_autotune() -> None:
-    os.environ["TRITONCNN_AUTOTUNE"] = "1"
-    try:
-        from tritoncnn import autotune
-    except ImportError:
-        return
-    enable = getattr(autotune, "enable_autotune", None)
-    if callable(enable):
-        enable()
+    from tritoncnn import autotune
+
+    os.environ[autotune.ENV_AUTOTUNE] = "1"
+    autotune.enable_autotune()
 
 
 def _summary(results: dict[str, dict], out: Path):
@@ -701,7 +741,8 @@ def _summary(results: dict[str, dict], out: Path):
         "final train loss": {b: r["final_loss"] for b, r in results.items()},
         "test loss": {b: r["test_loss"] for b, r in results.items()},
         "test accuracy %": {b: 100 * r["test_acc"] for b, r in results.items()},
-        "images/s": {b: r["images_per_s"] for b, r in results.items()},
+        "images/s (after the 1st step)": {b: r["images_per_s"] for b, r in results.items()},
+        "1st step seconds (incl. compile)": {b: r["first_step_s"] for b, r in results.items()},
         "train seconds": {b: r["train_seconds"] for b, r in results.items()},
         f"peak memory MB ({next(iter(results.values()))['memory']})":
             {b: r["peak_mem_mb"] for b, r in results.items()},

@@ -2,8 +2,10 @@
 
 Every model is plain torch.nn (``nn.Sequential`` stacks of Conv2d, ReLU, MaxPool2d, Linear), so
 ``backend="torch"`` runs it on cuDNN on a GPU; ``backend="triton"`` is the same model passed
-through :func:`tritoncnn.models.convert`, which swaps the layers for tritoncnn's and consumes no
-random numbers: under one seed both backends start from the same weights.
+through :func:`tritoncnn.models.convert`, which swaps the layers for tritoncnn's (every
+CONV -> RELU -> POOL 2 block becomes one ``Conv2dReLUPool``, every other CONV -> RELU a
+``Conv2dReLU``, the ReLU and pool slots ``nn.Identity``, so the ``state_dict`` keys stay the same)
+and consumes no random numbers: under one seed both backends start from the same weights.
 
     >>> torch.manual_seed(0); a = get_model("vgg11", backend="torch", input_size=32, width=0.25)
     >>> torch.manual_seed(0); b = get_model("vgg11", backend="triton", input_size=32, width=0.25)

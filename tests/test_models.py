@@ -1,9 +1,9 @@
 """tritoncnn.models: the layers, convert(), the zoo and the spec builder.
 
-Structure (state_dict, convert's rewrites, the zoo's shapes, the spec grammar) is checked with the
-tritoncnn layers' kernels swapped for PyTorch's reference ops (``torch_kernels``), so those tests
-say nothing about the kernels and run fast; the tests marked ``kernels`` run the real kernels on
-tiny shapes (interpreted on the CPU) and compare with torch.nn.
+Tests that need exact outputs or shapes too large for the interpreter (convert's branches, the
+zoo's full-size models) swap the tritoncnn layers' kernels for PyTorch's reference ops
+(``torch_kernels``): they check structure, not the kernels. The others run the real kernels on
+tiny shapes (interpreted on the CPU, compiled on a GPU) against torch.nn.
 """
 
 from __future__ import annotations
@@ -15,23 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import tritoncnn.kernels as K
 from tritoncnn.models import convert, get_model, layers
 from tritoncnn.models.convert import ConvertReport
-from tritoncnn.models.layers import Conv2d, Conv2dReLU, Linear, LinearReLU, MaxPool2d
+from tritoncnn.models.layers import (
+    Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
+)
 from tritoncnn.models.spec import SpecError, build, parse
 
 from conftest import DEVICE
-
-HAVE_KERNELS = all(hasattr(K, n) for n in ("conv2d", "conv2d_relu", "linear", "max_pool2d"))
-needs_kernels = pytest.mark.skipif(
-    not HAVE_KERNELS, reason="tritoncnn.kernels lacks conv2d/conv2d_relu/linear/max_pool2d"
-)
 
 # PyTorch's ops under the names and call signatures the layers use
 _REFERENCE = {
     "conv2d": lambda x, w, b, s, p, d, g: F.conv2d(x, w, b, s, p, d, g),
     "conv2d_relu": lambda x, w, b, s, p, d, g: F.relu(F.conv2d(x, w, b, s, p, d, g)),
+    "conv2d_relu_pool": lambda x, w, b, s, p, d, g, pool: F.max_pool2d(
+        F.relu(F.conv2d(x, w, b, s, p, d, g)), pool),
     "max_pool2d": lambda x, k, s, p, d, ceil_mode=False, return_indices=False: F.max_pool2d(
         x, k, s, p, d, ceil_mode=ceil_mode, return_indices=return_indices),
     "linear": lambda x, w, b, activation=None: (
@@ -71,20 +69,21 @@ LAYER_CASES = [
     (Linear, nn.Linear, (7, 3), {}),
     (LinearReLU, nn.Linear, (7, 3), dict(bias=False)),
     (MaxPool2d, nn.MaxPool2d, (3,), dict(stride=2, padding=1, ceil_mode=True)),
+    (Conv2dReLUPool, nn.Conv2d, (3, 8, 3), dict(padding=1, pool=3)),
 ]
 
 
 @pytest.mark.parametrize("cls,torch_cls,args,kw", LAYER_CASES)
 def test_layer_matches_torch_nn_state_and_init(cls, torch_cls, args, kw):
     torch.manual_seed(1)
-    ref = torch_cls(*args, **kw)
+    ref = torch_cls(*args, **{k: v for k, v in kw.items() if k != "pool"})
     torch.manual_seed(1)
     ours = cls(*args, **kw)
     assert isinstance(ours, torch_cls)
     _same_state(ours, ref)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
     # checkpoints move both ways
-    other = torch_cls(*args, **kw)
+    other = torch_cls(*args, **{k: v for k, v in kw.items() if k != "pool"})
     other.load_state_dict(ours.state_dict())
     ours.load_state_dict(ref.state_dict())
     _same_state(other, ours)
@@ -96,44 +95,56 @@ def test_layer_matches_torch_nn_state_and_init(cls, torch_cls, args, kw):
     (lambda: Conv2d(3, 4, 3, dtype=torch.float64), "float64"),
     (lambda: Linear(3, 4, dtype=torch.float64), "float64"),
     (lambda: MaxPool2d(2, padding=2), "at most half"),
+    (lambda: Conv2dReLUPool(3, 4, 3, pool=0), "pool must be a positive int"),
+    (lambda: Conv2dReLUPool(3, 4, 3, pool=(2, 2)), "pool must be a positive int"),
+    (lambda: Conv2dReLUPool(3, 4, 3, padding_mode="reflect"), "padding_mode"),
 ])
 def test_layer_rejects_what_kernels_cannot_serve(make, match):
     with pytest.raises(ValueError, match=match):
         make()
 
 
-def test_layers_forward_through_kernel_api(torch_kernels):
-    x = torch.randn(2, 3, 9, 7)
-    conv = Conv2dReLU(3, 4, 3, padding=1)
-    ref = nn.Conv2d(3, 4, 3, padding=1)
-    ref.load_state_dict(conv.state_dict())
-    assert torch.equal(conv(x), F.relu(ref(x)))
+def test_layers_forward_through_kernel_api():
+    x = torch.randn(2, 3, 9, 7, device=DEVICE)
     pool = MaxPool2d(2, return_indices=True)
     out, idx = pool(x)
     assert torch.equal(idx, F.max_pool2d(x, 2, return_indices=True)[1])
-    lin = LinearReLU(7, 5)
-    assert lin(torch.randn(2, 3, 7)).shape == (2, 3, 5)  # any leading dims, like nn.Linear
+    lin = LinearReLU(7, 5).to(DEVICE)
+    h = torch.randn(2, 3, 7, device=DEVICE)
+    y = lin(h)
+    assert y.shape == (2, 3, 5)  # any leading dims, like nn.Linear
+    torch.testing.assert_close(y, F.relu(F.linear(h, lin.weight, lin.bias)), atol=1e-4,
+                               rtol=1e-4)
+    fused = Conv2dReLUPool(3, 4, 3, padding=1, pool=3)
+    assert "pool=3" in repr(fused) and set(fused.state_dict()) == {"weight", "bias"}
 
 
-@needs_kernels
-@pytest.mark.parametrize("cls,torch_cls,args,kw,shape", [
-    (Conv2dReLU, nn.Conv2d, (3, 5, 3), dict(padding=1), (2, 3, 7, 6)),
-    (Conv2d, nn.Conv2d, (4, 6, 3), dict(stride=2, groups=2), (2, 4, 9, 9)),
-    (MaxPool2d, nn.MaxPool2d, (2,), {}, (2, 3, 7, 6)),
-    (LinearReLU, nn.Linear, (10, 7), {}, (5, 10)),
-    (Linear, nn.Linear, (10, 3), {}, (5, 10)),
+def _relu_pool(pool):
+    return lambda y: F.max_pool2d(F.relu(y), pool)
+
+
+@pytest.mark.parametrize("cls,torch_cls,args,kw,shape,after", [
+    (Conv2dReLU, nn.Conv2d, (3, 5, 3), dict(padding=1), (2, 3, 7, 6), F.relu),
+    (Conv2d, nn.Conv2d, (4, 6, 3), dict(stride=2, groups=2), (2, 4, 9, 9), None),
+    (Conv2dReLUPool, nn.Conv2d, (3, 5, 3), dict(padding=1, pool=2), (2, 3, 7, 6),
+     _relu_pool(2)),
+    (Conv2dReLUPool, nn.Conv2d, (2, 4, 3), dict(stride=2, pool=3, bias=False), (1, 2, 15, 13),
+     _relu_pool(3)),
+    (MaxPool2d, nn.MaxPool2d, (2,), {}, (2, 3, 7, 6), None),
+    (LinearReLU, nn.Linear, (10, 7), {}, (5, 10), F.relu),
+    (Linear, nn.Linear, (10, 3), {}, (5, 10), None),
 ])
-def test_layer_outputs_and_gradients_match_torch(cls, torch_cls, args, kw, shape):
+def test_layer_outputs_and_gradients_match_torch(cls, torch_cls, args, kw, shape, after):
     torch.manual_seed(0)
     ours = cls(*args, **kw).to(DEVICE)
-    ref = torch_cls(*args, **kw).to(DEVICE)
+    ref = torch_cls(*args, **{k: v for k, v in kw.items() if k != "pool"}).to(DEVICE)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(shape, device=DEVICE)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya = ours(xa)
     yb = ref(xb)
-    if cls in (Conv2dReLU, LinearReLU):
-        yb = F.relu(yb)
+    if after is not None:
+        yb = after(yb)
     torch.testing.assert_close(ya, yb, atol=1e-4, rtol=1e-4)
     g = torch.randn_like(yb)
     ya.backward(g)
@@ -143,19 +154,54 @@ def test_layer_outputs_and_gradients_match_torch(cls, torch_cls, args, kw, shape
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("cls,kw,after", [
+    (Conv2dReLU, {}, F.relu),
+    (Conv2dReLUPool, dict(pool=2), _relu_pool(2)),
+    (Conv2d, {}, None),
+])
+def test_conv_layers_under_autocast_match_torch(cls, kw, after):
+    """The kernels' custom ops carry the autocast casts: the layers add none of their own."""
+    device_type = torch.device(DEVICE).type
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    ours = cls(3, 5, 3, padding=1, **kw).to(DEVICE)
+    ref = nn.Conv2d(3, 5, 3, padding=1).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    with torch.autocast(device_type, dtype=dtype):
+        ya, yb = ours(x), ref(x)
+        if after is not None:
+            yb = after(yb)
+    assert ya.dtype == yb.dtype == dtype
+    assert ours.weight.dtype == torch.float32  # parameters stay fp32, as autocast leaves them
+    torch.testing.assert_close(ya.float(), yb.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_linear_layer_under_autocast_matches_torch():
+    device_type = torch.device(DEVICE).type
+    lin = LinearReLU(10, 7).to(DEVICE)
+    h = torch.randn(4, 10, device=DEVICE)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        ya = lin(h)
+        yb = F.relu(F.linear(h, lin.weight, lin.bias))
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya.float(), yb.float(), atol=2e-2, rtol=2e-2)
+
+
 # --------------------------------------------------------------------------------------------
 # convert()
 
 class Block(nn.Module):
-    """A custom forward: conv -> F.relu (found by torch.fx), and an unfusable conv."""
+    """A custom forward: conv -> ReLU module (found by torch.fx), and an unfusable conv."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU()
         self.side = nn.Conv2d(c, c, 1)
 
     def forward(self, x):
-        y = F.relu(self.conv(x))
+        y = self.relu(self.conv(x))
         return y + self.side(x)  # side's output is not followed by a ReLU
 
 
@@ -199,9 +245,9 @@ def _kinds(model: nn.Module) -> dict[str, str]:
     return {n: type(m).__name__ for n, m in model.named_modules() if n}
 
 
-def test_convert_nested_containers(torch_kernels):
+def test_convert_nested_containers():
     torch.manual_seed(0)
-    model = Nested().eval()
+    model = Nested().eval().to(DEVICE)
     rng = torch.get_rng_state()
     with pytest.warns(UserWarning, match="odd.circ"):
         conv = convert(model)
@@ -210,13 +256,15 @@ def test_convert_nested_containers(torch_kernels):
     assert kinds["stem.0"] == "Conv2dReLU" and kinds["stem.1"] == "Identity"
     assert kinds["stem.2.0"] == "Conv2dReLU" and kinds["stem.3"] == "MaxPool2d"
     assert isinstance(conv.stem[3], MaxPool2d)
-    assert kinds["blocks.0.conv"] == "Conv2dReLU"  # through torch.fx: conv -> F.relu
+    assert kinds["blocks.0.conv"] == "Conv2dReLU"  # through torch.fx: conv -> self.relu
+    assert kinds["blocks.0.relu"] == "Identity" and kinds["blocks.1.relu"] == "Identity"
     assert isinstance(conv.blocks[1].side, Conv2d) and not isinstance(conv.blocks[1].side,
                                                                       Conv2dReLU)
     assert isinstance(conv.head[1], LinearReLU) and isinstance(conv.head[3], Linear)
     assert type(conv.odd["circ"]) is nn.Conv2d and type(conv.odd["bn"]) is nn.BatchNorm2d
     report = conv.convert_report
-    assert isinstance(report, ConvertReport) and report.traced == ["blocks.0", "blocks.1"]
+    assert isinstance(report, ConvertReport)
+    assert set(report.traced) == {"", "blocks.0", "blocks.1"}  # the custom forwards
     assert type(conv) is Nested and isinstance(conv.stem, nn.Sequential)  # structure kept
     assert {n for n, _, _ in report.kept} == {"odd.circ", "odd.bn"}
     assert "padding_mode" in dict((n, r) for n, _, r in report.kept)["odd.circ"]
@@ -224,21 +272,206 @@ def test_convert_nested_containers(torch_kernels):
     # same parameters, same outputs; the original is untouched
     _same_state(conv, model)
     assert type(model.stem[0]) is nn.Conv2d
+    assert all("forward" not in vars(m) for m in conv.modules())  # no forward was replaced
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+# Two modules whose forwards branch in Python: a torch.fx trace takes one side of each branch.
+
+class TrainingBranch(nn.Module):
+    """Scales the conv output in training only: the conv's user differs between the modes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.training:
+            y = y * 0.5
+        y = self.pool(self.relu(y))
+        return self.relu2(self.conv2(y))
+
+
+class OptionalScale(nn.Module):
+    """An optional argument: ``scale=None`` and a tensor take different branches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x, scale=None):
+        y = self.pool(self.relu(self.conv(x)))
+        z = self.conv2(y)
+        if scale is not None:
+            z = z - scale
+        return self.relu2(z)
+
+
+def _outputs_match(model, conv, x, atol=0.0, **kw) -> None:
+    for mode in (True, False):
+        model.train(mode), conv.train(mode)
+        torch.testing.assert_close(conv(x, **kw), model(x, **kw), atol=atol, rtol=atol,
+                                   msg=f"training={mode} {kw}")
+
+
+def test_convert_keeps_a_training_branch(torch_kernels):
+    model = TrainingBranch()
+    conv = convert(model.train())
+    assert type(conv.forward) is type(model.forward) and "forward" not in vars(conv)
+    # conv's output is scaled before the ReLU in training: not fused; conv2 -> relu2 is
+    assert type(conv.conv) is Conv2d and type(conv.relu) is nn.ReLU
+    assert type(conv.pool) is MaxPool2d
+    assert type(conv.conv2) is Conv2dReLU and type(conv.relu2) is nn.Identity
+    _outputs_match(model, conv, torch.randn(2, 3, 8, 8))
+    conv_eval = convert(model.eval())  # the mode at conversion makes no difference
+    assert type(conv_eval.conv) is Conv2d and conv_eval.training is False
+    _outputs_match(model, conv_eval, torch.randn(2, 3, 8, 8))
+
+
+def test_convert_keeps_an_optional_argument_branch(torch_kernels):
+    model = OptionalScale()
+    conv = convert(model)
+    assert type(conv.conv) is Conv2dReLUPool and conv.conv.pool == 2
+    assert type(conv.relu) is nn.Identity and type(conv.pool) is nn.Identity
+    assert type(conv.conv2) is Conv2d and type(conv.relu2) is nn.ReLU  # z - scale in between
     x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(conv(x), model(x), atol=0, rtol=0)
+    _outputs_match(model, conv, x)  # scale=None
+    _outputs_match(model, conv, x, scale=torch.tensor(0.3))
+    _outputs_match(model, conv, x, scale=None)
 
 
-def test_convert_untraceable_model_converts_unfused(torch_kernels):
-    model = Untraceable()
+class SharedModules(nn.Module):
+    """One ReLU and one pool module called at several places, not all after a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 1)
+        self.act = nn.ReLU()  # after a, after b, and on x - 1
+        self.pool = nn.MaxPool2d(2)  # after b's ReLU, and on the skip path
+        self.act2 = nn.ReLU()  # only ever after c
+        self.pool2 = nn.MaxPool2d(2)  # only ever after c's ReLU
+
+    def forward(self, x):  # (N, 3, 8, 8)
+        y = self.act(self.a(x))  # (N, 4, 8, 8)
+        skip = self.pool(y - 1)  # (N, 4, 4, 4)
+        y = self.pool(self.act(self.b(y)))  # (N, 4, 4, 4)
+        z = self.pool2(self.act2(self.c(y))) + self.pool2(self.act2(self.c(skip)))
+        return z + self.act(x[:, :1, :2, :2] - 1)  # (N, 4, 2, 2)
+
+
+def test_convert_shared_relu_and_pool_modules(torch_kernels):
+    model = SharedModules()
+    conv = convert(model)
+    # act is also used on x - 1: it stays (relu(relu(x)) is relu(x)); a and b fuse their ReLU
+    assert type(conv.a) is Conv2dReLU and type(conv.act) is nn.ReLU
+    # pool also pools the skip path: it stays, so b must not pool itself
+    assert type(conv.b) is Conv2dReLU and type(conv.pool) is MaxPool2d
+    # c is called twice, each call followed by act2 then pool2, used nowhere else
+    assert type(conv.c) is Conv2dReLUPool
+    assert type(conv.act2) is nn.Identity and type(conv.pool2) is nn.Identity
+    _outputs_match(model, conv, torch.randn(2, 3, 8, 8))
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(F.relu(self.conv(x))))
+
+
+def test_convert_leaves_functional_relu_unfused(torch_kernels):
+    model = FunctionalReLU()
+    conv = convert(model)
+    assert type(conv.conv) is Conv2d and type(conv.conv2) is Conv2d
+    assert conv.convert_report.fused == []
+    _outputs_match(model, conv, torch.randn(2, 3, 8, 8))
+
+
+class Stages(nn.Module):
+    """Convs in a ModuleList called from the parent, one ReLU and one pool module for all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)])
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(),
+                                                nn.MaxPool2d(2)), nn.Flatten())
+
+    def forward(self, x):  # (N, 3, 8, 8)
+        for conv in self.convs:
+            x = self.act(conv(x))  # (N, 4, 8, 8)
+        return self.head(x)  # (N, 5 * 4 * 4)
+
+
+def test_convert_module_list_and_nested_sequential(torch_kernels):
+    model = Stages()
+    conv = convert(model)
+    assert [type(c) for c in conv.convs] == [Conv2dReLU, Conv2dReLU]
+    assert type(conv.act) is nn.Identity
+    assert [type(m) for m in conv.head[0]] == [Conv2dReLUPool, nn.Identity, nn.Identity]
+    assert ("head.0.0", "head.0.1", "head.0.2") in conv.convert_report.fused
+    _same_state(conv, model)
+    _outputs_match(model, conv, torch.randn(2, 3, 8, 8))
+
+
+def test_convert_on_kernels_traced_module_and_nested_sequential():
+    """The real kernels, through fx-found fusion (OptionalScale) and Sequential fusion."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OptionalScale(),  # (N, 4, 3, 3) from (N, 3, 7, 6)
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3)),  # (N, 6, 1, 1)
+        nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3),
+    ).to(DEVICE)
+    conv = convert(model)
+    assert type(conv[0].conv) is Conv2dReLUPool and type(conv[0].conv2) is Conv2d
+    assert type(conv[1][0]) is Conv2dReLUPool and conv[1][0].pool == 3
+    assert type(conv[3]) is LinearReLU and type(conv[5]) is Linear
+    x = torch.randn(2, 3, 7, 6, device=DEVICE)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = conv(xa), model(xb)
+    torch.testing.assert_close(ya, yb, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(yb)
+    ya.backward(g), yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, dict(conv.named_parameters())[name].grad,
+                                   atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_convert_on_kernels_training_branch():
+    torch.manual_seed(0)
+    model = TrainingBranch().to(DEVICE)
+    conv = convert(model)
+    _outputs_match(model, conv, torch.randn(2, 3, 6, 6, device=DEVICE), atol=1e-4)
+
+
+def test_convert_untraceable_model_converts_unfused():
+    model = Untraceable().to(DEVICE)
     conv = convert(model)
     assert type(conv.conv) is Conv2d and type(conv.fc) is Linear
     assert conv.convert_report.traced == []
     assert any("not torch.fx-traceable" in n for n in conv.convert_report.notes)
-    x = torch.randn(2, 3, 6, 6)
-    torch.testing.assert_close(conv(x), model(x), atol=0, rtol=0)
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_convert_inplace_shared_and_top_level(torch_kernels):
+def test_convert_inplace_shared_and_top_level():
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.Tanh(), shared)  # one module used twice
     params = list(model.parameters())
@@ -253,7 +486,6 @@ def test_convert_inplace_shared_and_top_level(torch_kernels):
     assert type(unfused[0]) is Conv2d and type(unfused[1]) is nn.ReLU
 
 
-@needs_kernels
 def test_convert_outputs_match_on_kernels():
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -261,7 +493,7 @@ def test_convert_outputs_match_on_kernels():
         nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.ReLU(), nn.Linear(5, 3),
     ).to(DEVICE)
     conv = convert(model)
-    assert isinstance(conv[0][0], Conv2dReLU)
+    assert type(conv[0][0]) is Conv2dReLUPool
     x = torch.randn(2, 3, 7, 6, device=DEVICE)
     torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
 
@@ -269,29 +501,57 @@ def test_convert_outputs_match_on_kernels():
 # --------------------------------------------------------------------------------------------
 # zoo
 
+# (name, options, (channels, size), CONV -> RELU -> POOL blocks)
 ZOO_CASES = [
-    ("lenet5", {}, (1, 32)),
-    ("lenet5", dict(input_size=28, in_channels=3, num_classes=5), (3, 28)),
-    ("convnetjs", {}, (3, 32)),
-    ("vgg11", dict(width=0.125), (3, 32)),
-    ("vgg16", dict(width=1 / 16, input_size=224, num_classes=7, fc_width=32), (3, 224)),
+    ("lenet5", {}, (1, 32), 2),
+    ("lenet5", dict(input_size=28, in_channels=3, num_classes=5), (3, 28), 2),
+    ("convnetjs", {}, (3, 32), 3),
+    ("vgg11", dict(width=0.125), (3, 32), 5),
+    ("vgg16", dict(width=1 / 16, input_size=224, num_classes=7, fc_width=32), (3, 224), 5),
 ]
 
 
-@pytest.mark.parametrize("name,kw,inp", ZOO_CASES)
-def test_zoo_same_seed_same_weights_on_both_backends(name, kw, inp, torch_kernels):
+def _count(model: nn.Module, cls) -> int:
+    return sum(type(m) is cls for m in model.modules())
+
+
+@pytest.mark.parametrize("name,kw,inp,blocks", ZOO_CASES)
+def test_zoo_same_seed_same_weights_on_both_backends(name, kw, inp, blocks, torch_kernels):
     torch.manual_seed(3)
     ref = get_model(name, backend="torch", **kw)
     torch.manual_seed(3)
     tri = get_model(name, backend="triton", **kw)
     _same_state(tri, ref)
     assert not any(type(m) in (nn.Conv2d, nn.Linear, nn.MaxPool2d) for m in tri.modules())
+    # every CONV -> RELU -> POOL block runs as one fused layer, every other conv with its ReLU
+    assert _count(tri, Conv2dReLUPool) == blocks
+    assert _count(tri, Conv2dReLUPool) + _count(tri, Conv2dReLU) == _count(ref, nn.Conv2d)
+    assert _count(tri, MaxPool2d) == 0
     c, s = inp
     x = torch.randn(2, c, s, s)
     ref.eval(), tri.eval()
     y = ref(x)
     assert y.shape == (2, kw.get("num_classes", 10))
     torch.testing.assert_close(tri(x), y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("make,inp", [
+    (lambda backend: get_model("vgg11", backend=backend, width=1 / 16, fc_width=8), (3, 32)),
+    (lambda backend: get_model("convnetjs", backend=backend, width=0.25, input_size=8), (3, 8)),
+    (lambda backend: build("CONV3-4-RELU-POOL2-CONV3-6-RELU-POOL3-FC8-RELU-FC3",
+                           backend=backend, in_channels=2, input_size=7), (2, 7)),
+])
+def test_zoo_and_spec_on_kernels_match_the_torch_twin(make, inp):
+    torch.manual_seed(4)
+    ref = make("torch").to(DEVICE).eval()
+    torch.manual_seed(4)
+    tri = make("triton").to(DEVICE).eval()
+    _same_state(tri, ref)
+    assert _count(tri, Conv2dReLUPool) >= 2
+    c, size = inp
+    x = torch.randn(1, c, size, size, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(tri(x), ref(x), atol=1e-4, rtol=1e-4)
 
 
 def test_zoo_shapes_and_errors():
@@ -365,6 +625,12 @@ SPEC_ERRORS = [
     ("FC10-POOL2", 5, "POOL after FC"),
     ("[POOL2]*4-FC10", 1, "does not fit a 1x1"),  # the 4th repetition: 8 -> 4 -> 2 -> 1 -> 0
     ("CONV9P0-4", 0, "does not fit a 8x8"),
+    ("CONV3-8\u00b2", 7, "ASCII digits 0-9"),  # a superscript two: a digit, but not 0-9
+    ("CONV\u00b2-8", 4, "ASCII digits 0-9"),
+    ("(FC3)*\u0663", 6, "ASCII digits 0-9"),  # an Arabic-Indic three
+    ("CONV3 -8", 5, "spaces are not allowed inside a layer"),
+    ("CONV3- 8", 6, "spaces are not allowed inside a layer"),
+    ("POOL 2", 4, "spaces are not allowed inside a layer"),
 ]
 
 
@@ -381,13 +647,14 @@ def test_spec_errors_point_at_the_mistake(spec, pos, words):
     assert lines[1] == f"  {spec}" and lines[2] == "  " + " " * pos + "^"
 
 
-def test_spec_same_seed_same_weights(torch_kernels):
+def test_spec_same_seed_same_weights():
     spec = "CONV3-4-RELU-POOL2-FC8-RELU-FC3"
     torch.manual_seed(5)
-    ref = build(spec, backend="torch", in_channels=2, input_size=6)
+    ref = build(spec, backend="torch", in_channels=2, input_size=6).to(DEVICE)
     torch.manual_seed(5)
-    tri = build(spec, backend="triton", in_channels=2, input_size=6)
+    tri = build(spec, backend="triton", in_channels=2, input_size=6).to(DEVICE)
     _same_state(tri, ref)
-    assert isinstance(tri[0], Conv2dReLU) and isinstance(tri[4], LinearReLU)
-    x = torch.randn(3, 2, 6, 6)
-    torch.testing.assert_close(tri(x), ref(x), atol=0, rtol=0)
+    assert type(tri[0]) is Conv2dReLUPool and type(tri[4]) is LinearReLU
+    assert type(tri[1]) is nn.Identity and type(tri[2]) is nn.Identity
+    x = torch.randn(3, 2, 6, 6, device=DEVICE)
+    torch.testing.assert_close(tri(x), ref(x), atol=1e-4, rtol=1e-4)

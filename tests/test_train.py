@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -12,11 +13,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import tritoncnn.kernels as K
 from tritoncnn.cli import main as cli_main
+from tritoncnn.models import train as train_mod
+from tritoncnn.models.layers import Conv2dReLUPool
 from tritoncnn.models.train import TrainConfig, run
 
-HAVE_KERNELS = all(hasattr(K, n) for n in ("conv2d", "conv2d_relu", "linear", "max_pool2d"))
+from conftest import DEVICE
 
 TINY_SPEC = "CONV3-4-RELU-POOL2-CONV3-8-RELU-POOL2-FC10"
 
@@ -53,8 +55,6 @@ def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 # convergence: tritoncnn and torch, same tiny CNN, same seed, same batches
 
 def test_convergence_triton_matches_torch(tmp_path):
-    if not HAVE_KERNELS:
-        pytest.skip("tritoncnn.kernels lacks conv2d/conv2d_relu/linear/max_pool2d")
     cfg = _config(tmp_path, backend="both", data="synthetic:48", epochs=2, batch_size=12, lr=0.1)
     out = run(cfg)
     res = out["results"]
@@ -74,20 +74,26 @@ def test_convergence_triton_matches_torch(tmp_path):
 # --------------------------------------------------------------------------------------------
 # resume
 
-def test_resume_equals_uninterrupted(tmp_path):
-    # VGG-11 (thin) has dropout, so the random number generators must be restored too
-    # on the CPU, where torch's own kernels are deterministic, so "equal" means bit for bit
-    kw = dict(spec=None, model="vgg11", width=1 / 16, input_size=32, data="synthetic:48",
-              epochs=3, batch_size=16, device="cpu")
-    whole = run(_config(tmp_path / "a", **kw))["results"]["torch"]
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_resume_equals_uninterrupted(tmp_path, backend):
+    # torch: VGG-11 (thin) has dropout, so the random number generators must be restored too;
+    # on the CPU, where torch's own kernels are deterministic, so "equal" means bit for bit.
+    # triton: the tiny CNN on the kernels' device (a GPU when there is one: the checkpoint's
+    # RNG state must come back as CPU tensors); the kernels are deterministic too
+    if backend == "torch":
+        kw = dict(spec=None, model="vgg11", width=1 / 16, input_size=32, data="synthetic:48",
+                  epochs=3, batch_size=16, device="cpu")
+    else:
+        kw = dict(data="synthetic:48", epochs=3, batch_size=16, backend="triton", device=DEVICE)
+    whole = run(_config(tmp_path / "a", **kw))["results"][backend]
 
     first = run(_config(tmp_path / "b", stop_after=4, **kw))  # mid-epoch 2 (3 steps per epoch)
-    assert first["stopped"] and first["results"]["torch"]["steps"] == 4
+    assert first["stopped"] and first["results"][backend]["steps"] == 4
     second = run(_config(tmp_path / "b", resume=True, stop_after=3, **kw))  # ends epoch 3 - 1
-    assert second["stopped"] and second["results"]["torch"]["steps"] == 7
+    assert second["stopped"] and second["results"][backend]["steps"] == 7
     third = run(_config(tmp_path / "b", resume=True, **kw))
     assert not third["stopped"]
-    resumed = third["results"]["torch"]
+    resumed = third["results"][backend]
 
     _assert_same_weights(resumed["state_dict"], whole["state_dict"])
     a, b = _rows(tmp_path / "a/run/steps.csv"), _rows(tmp_path / "b/run/steps.csv")
@@ -162,8 +168,112 @@ def test_train_command_writes_its_outputs(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_train_mixed_precision_torch(tmp_path, dtype):
-    res = run(_config(tmp_path, dtype=dtype, epochs=1))["results"]["torch"]
-    assert res["steps"] == 4 and res["final_loss"] == res["final_loss"]  # finite, not NaN
+    kw = dict(epochs=2, data="synthetic:64")
+    full = run(_config(tmp_path / "fp32", **kw))["results"]["torch"]
+    half = run(_config(tmp_path / dtype, dtype=dtype, **kw))["results"]["torch"]
+    a = [float(r["loss"]) for r in _rows(tmp_path / "fp32/run/steps.csv")]
+    b = [float(r["loss"]) for r in _rows(tmp_path / f"{dtype}/run/steps.csv")]
+    assert half["steps"] == len(b) == len(a) == 8
+    # autocast ran: the losses move off fp32's by rounding, and stay within its size
+    assert a != b
+    for step, (x, y) in enumerate(zip(a, b)):
+        assert abs(x - y) <= 3e-2 * max(1.0, abs(x)), f"step {step + 1}: {dtype} {y} vs fp32 {x}"
+    assert b[-1] < b[0]  # it learns
+    assert abs(half["test_acc"] - full["test_acc"]) <= 0.25
+
+
+def test_train_bf16_autocast_triton_matches_torch(tmp_path):
+    cfg = _config(tmp_path, backend="both", dtype="bf16", data="synthetic:48", epochs=1,
+                  batch_size=12, lr=0.1)
+    res = run(cfg)["results"]
+    steps = _rows(tmp_path / "run" / "steps.csv")
+    losses = {b: [float(r["loss"]) for r in steps if r["backend"] == b] for b in res}
+    assert len(losses["triton"]) == len(losses["torch"]) == 4
+    for step, (a, b) in enumerate(zip(losses["triton"], losses["torch"])):
+        assert abs(a - b) <= 3e-2 * max(1.0, abs(b)), f"step {step + 1}: {a} vs {b}"
+    _assert_same_weights(res["triton"]["state_dict"], res["torch"]["state_dict"], atol=3e-2)
+
+
+def test_train_channels_last(tmp_path):
+    """--channels-last: weights and images of both twins in channels_last; the twins agree."""
+    args = argparse.Namespace(**{f: None for f in TrainConfig.__dataclass_fields__})
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    assert train_mod.config_from_args(parser.parse_args(["--channels-last"])).channels_last
+    assert train_mod.config_from_args(parser.parse_args([])).channels_last is None
+    cpu = torch.device("cpu")
+    assert not train_mod._channels_last(train_mod.config_from_args(args), cpu)  # CPU default
+    assert train_mod._channels_last(TrainConfig(), torch.device("cuda"))  # CUDA default
+
+    res = run(_config(tmp_path, backend="both", channels_last=True, data="synthetic:32",
+                      epochs=1))["results"]
+    for backend in ("triton", "torch"):
+        w = res[backend]["state_dict"]["3.weight"]  # (8, 4, 3, 3): the second conv
+        assert w.is_contiguous(memory_format=torch.channels_last), backend
+        assert not w.is_contiguous()
+    _assert_same_weights(res["triton"]["state_dict"], res["torch"]["state_dict"], atol=1e-4)
+
+
+def test_images_per_second_leaves_out_the_first_step(tmp_path, monkeypatch):
+    """The first step (Triton's JIT compilation on a GPU) is timed apart from the rest."""
+    ticks = iter(range(1000))
+
+    def clock():  # every step takes 1 s, except the first: 101 s
+        t = next(ticks)
+        return float(t if t == 0 else t + 100)
+
+    monkeypatch.setattr(train_mod, "_clock", clock)
+    out = run(_config(tmp_path, data="synthetic:64", epochs=1, batch_size=16))
+    res = out["results"]["torch"]
+    assert res["first_step_s"] == 101.0 and res["train_seconds"] == 104.0
+    assert res["images_per_s"] == 48 / 3  # steps 2 to 4
+    assert res["history"][0]["images_per_s"] == 48 / 3
+    table = out["summary"]
+    assert table.loc["images/s (after the 1st step)", "torch"] == 16.0
+    assert table.loc["1st step seconds (incl. compile)", "torch"] == 101.0
+
+
+def test_rng_state_restores_from_a_checkpoint_on_the_device(tmp_path):
+    """torch.load(map_location=<the device>) moves the saved RNG tensors there; setting the
+    generators wants CPU tensors."""
+    device = torch.device(DEVICE)
+    torch.manual_seed(11)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(11)
+    saved = train_mod._rng_state(device)
+    expect = torch.rand(3), (torch.rand(3, device=device) if device.type == "cuda" else None)
+    torch.save({"rng": saved}, tmp_path / "ckpt.pt")
+    loaded = torch.load(tmp_path / "ckpt.pt", map_location=device, weights_only=False)["rng"]
+    torch.manual_seed(0)
+    train_mod._set_rng_state(loaded, device)
+    assert torch.equal(torch.rand(3), expect[0])
+    if device.type == "cuda":
+        assert torch.equal(torch.rand(3, device=device), expect[1])
+
+
+def test_tune_defaults_are_train_defaults():
+    """What `tritoncnn tune` tunes with no options is what `tritoncnn train` looks up on a GPU."""
+    from tritoncnn.autotune import tune
+
+    parser = argparse.ArgumentParser()
+    tune.add_arguments(parser)
+    args = parser.parse_args([])
+    tune.resolve_defaults(args)
+    train = TrainConfig()
+    assert args.batch_size == train.batch_size and args.dtype == train.dtype
+    assert args.layout == "nhwc" and train_mod._channels_last(train, torch.device("cuda"))
+    assert args.spec == train_mod.DEFAULT_SPEC and args.input_shape == "1x8x8"
+    args = parser.parse_args(["--no-channels-last", "--model", "vgg11"])
+    tune.resolve_defaults(args)
+    assert args.layout == "nchw" and args.spec is None
+
+
+def test_default_model_uses_the_fused_block():
+    from tritoncnn.models.zoo import to_backend
+
+    torch.manual_seed(0)
+    model = to_backend(train_mod.build_model(TrainConfig(), 1, 8, 10), "triton")
+    assert sum(type(m) is Conv2dReLUPool for m in model.modules()) == 2
 
 
 @pytest.mark.parametrize("argv,match", [
