@@ -15,7 +15,9 @@ timing:
   every register tile of the epilogue (:data:`ACC_TILES`: ``conv_pool_fwd`` keeps a running window
   maximum and its offset beside the accumulator, three tiles);
 * **shared memory**: the pipelined operand tiles,
-  ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements, must fit the device's per-block
+  ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements (``conv_dx`` and ``conv_dw`` keep
+  ``max(1, num_stages - 2)`` more BLOCK_M x BLOCK_K tiles and some scratch:
+  :data:`EXTRA_TILE_KERNELS`), must fit the device's per-block
   budget (queried from torch.cuda when a device is present, else :data:`DEFAULT_SMEM_BYTES`, the
   H100/H200 opt-in limit);
 * **split count** (``conv_dw``): each split keeps at least one BLOCK_K step of the reduction, and
@@ -123,6 +125,11 @@ MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers 
 ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
+# Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
+# pipelined operands, plus scratch (measured in fp32: conv_dx 256x32x64 in 3 stages takes 280 KB,
+# not the operands' 216 KB; 128x64x32 in 4 stages 128 KB, not 96 KB).
+EXTRA_TILE_KERNELS = frozenset({"conv_dx", "conv_dw"})
+EXTRA_SCRATCH_BYTES = 2048
 SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
 
 
@@ -235,11 +242,17 @@ def element_size(dtype) -> int:
     return {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}[str(dtype)]
 
 
-def conv_smem_bytes(cfg: Mapping[str, int], dtype) -> int:
-    """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles."""
+def conv_smem_bytes(cfg: Mapping[str, int], dtype, kernel: str | None = None) -> int:
+    """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles, and for
+    the kernels of :data:`EXTRA_TILE_KERNELS` ``max(1, num_stages - 2)`` more A tiles and
+    scratch."""
     a = cfg["BLOCK_M"] * cfg["BLOCK_K"]
     b = cfg["BLOCK_K"] * cfg["BLOCK_N"]
-    return cfg.get("num_stages", 1) * (a + b) * element_size(dtype)
+    stages = cfg.get("num_stages", 1)
+    tiles = stages * (a + b)
+    if kernel in EXTRA_TILE_KERNELS:
+        return (tiles + max(1, stages - 2) * a) * element_size(dtype) + EXTRA_SCRATCH_BYTES
+    return tiles * element_size(dtype)
 
 
 def _cap(block: int, dim: int | None, floor: int) -> int:
@@ -275,7 +288,7 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
         tiles = ACC_TILES.get(kernel, 1)
         if tiles * c["BLOCK_M"] * c["BLOCK_N"] > MAX_ACC_PER_THREAD * 32 * c["num_warps"]:
             continue
-        if conv_smem_bytes(c, dtype) > smem_budget:
+        if conv_smem_bytes(c, dtype, kernel) > smem_budget:
             continue
         if "SPLIT" in c and red is not None and c["SPLIT"] > 1 and red < c["SPLIT"] * c["BLOCK_K"]:
             continue  # a split with nothing to reduce

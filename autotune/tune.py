@@ -327,6 +327,20 @@ def _tune_all(args, name: str, kernels: list[dict]) -> int:
     from tqdm.auto import tqdm
 
     store = _cache.default_cache()
+    out = args.out or f"tune_{name}_{args.dtype}_{args.layout}_b{args.batch_size}.csv"
+
+    def write(tables) -> "pd.DataFrame":
+        # rewritten after every kernel shape: a run that is stopped keeps what it measured
+        results = pd.concat(tables, ignore_index=True)
+        results.insert(0, "model", name)
+        results["batch_size"] = args.batch_size
+        results["gpu"] = _cache.device_id().split("|")[0]
+        results["torch"] = torch.__version__
+        results["triton"] = triton.__version__
+        results["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        results.to_csv(out, index=False)
+        return results
+
     tables, missing, start = [], set(), time.perf_counter()
     with tqdm(total=sum(k["configs"] + 1 for k in kernels), unit="cfg", desc="tuning") as bar:
         for k in kernels:
@@ -340,6 +354,7 @@ def _tune_all(args, name: str, kernels: list[dict]) -> int:
             table, _ = tuner.tune_and_store(problem, store, progress=bar)
             table.insert(0, "layers", ",".join(dict.fromkeys(k["layers"])))
             tables.append(table)
+            write(tables)
             bar.update(max(0, k["configs"] + 1 - len(table)))
     elapsed = time.perf_counter() - start
     if missing:
@@ -348,15 +363,7 @@ def _tune_all(args, name: str, kernels: list[dict]) -> int:
     if not tables:
         print("nothing was tuned", file=sys.stderr)
         return 1
-    results = pd.concat(tables, ignore_index=True)
-    results.insert(0, "model", name)
-    results["batch_size"] = args.batch_size
-    results["gpu"] = _cache.device_id().split("|")[0]
-    results["torch"] = torch.__version__
-    results["triton"] = triton.__version__
-    results["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = args.out or f"tune_{name}_{args.dtype}_{args.layout}_b{args.batch_size}.csv"
-    results.to_csv(out, index=False)
+    results = write(tables)
 
     best = results[results["best"]].set_index(["kernel", "shape"])["ms"]
     heur = results[results["heuristic"] & results["status"].eq("ok")].set_index(

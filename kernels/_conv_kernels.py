@@ -141,7 +141,8 @@ def _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.conste
         bias = tl.load(b_ptr + chan, mask=mask_n, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        # not tl.maximum: compiled, it returns 0 for NaN (maxnum); F.relu keeps NaN
+        acc = tl.where(acc < 0.0, 0.0, acc)
     return acc
 
 

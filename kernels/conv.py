@@ -783,6 +783,20 @@ def reference_conv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                                       geometry.stride, 0, geometry.dilation, geometry.groups)
 
 
+def reference_conv_grads(dz: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                         geometry: ConvGeometry) -> tuple:
+    """(dX, dW, db) in float64 of :func:`reference_conv` for the conv-output gradient ``dz``, with
+    no autograd: tuning on first use builds its problems inside a custom op or a backward pass,
+    where autograd records nothing."""
+    pt, pb, pl, pr = geometry.padding
+    xp = torch.nn.functional.pad(x.double(), (pl, pr, pt, pb))
+    dxp, dw, db = torch.ops.aten.convolution_backward(
+        dz.double(), xp, w.double(), [w.shape[0]], list(geometry.stride), [0, 0],
+        list(geometry.dilation), False, [0, 0], geometry.groups, [True, True, True])
+    H, W = x.shape[2:]
+    return dxp[:, :, pt:pt + H, pl:pl + W], dw, db
+
+
 def _conv_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
     x, w, b, geometry = problem_inputs(shape, dtype, layout)
     ref = torch.relu(reference_conv(x, w, b, geometry))
@@ -793,14 +807,14 @@ def _conv_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.
 def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
                            layout: str) -> autotune.Problem:
     """conv_dx (returns dX) or conv_dw (returns dW, db) of conv + ReLU, or, when the shape dict
-    has ``pool`` > 1, of the fused conv + ReLU + max-pool; reference: float64 autograd through
-    torch's conv of the same (pool-routed, ReLU-masked) conv-output gradient."""
+    has ``pool`` > 1, of the fused conv + ReLU + max-pool; reference: torch's float64 conv
+    backward (:func:`reference_conv_grads`) of the same (pool-routed, ReLU-masked) conv-output
+    gradient."""
     pool = shape.get("pool", 1)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     x, w, b, geometry = problem_inputs(shape, dtype, layout)
-    leaves = [t.double().requires_grad_() for t in (x, w, b)]
-    z = reference_conv(*leaves, geometry)                              # (N, K, P, Q)
-    y = torch.relu(z.detach())
+    z = reference_conv(x, w, b, geometry).detach()                     # (N, K, P, Q)
+    y = torch.relu(z)
     offsets = None
     if pool > 1:
         y, index = torch.nn.functional.max_pool2d(y, pool, return_indices=True)
@@ -814,7 +828,7 @@ def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
     else:
         grad = torch.randint(-1, 2, y.shape, device=y.device).double()
         dense = grad * (y > 0)
-    z.backward(dense)
+    ref_dx, ref_dw, ref_db = reference_conv_grads(dense, x, w, geometry)
     grad = grad.to(dtype).contiguous(memory_format=fmt)
     y = y.to(dtype).contiguous(memory_format=fmt)
 
@@ -823,7 +837,7 @@ def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
                                 configs={kernel: cfg}, offsets=offsets, pool=pool)
         return grads[0] if dx else grads[1:]
 
-    ref = leaves[0].grad if kernel == "conv_dx" else (leaves[1].grad, leaves[2].grad)
+    ref = ref_dx if kernel == "conv_dx" else (ref_dw, ref_db)
     return autotune.Problem(run=run, reference=ref)
 
 

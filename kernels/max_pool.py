@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritoncnn import autotune
+from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, check_device, check_float, is_channels_last,
                       pooled_len)
@@ -543,9 +543,12 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
 
 def _pool_problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
-    """Random input of a pool shape dict on the GPU, the pooling arguments as pairs, ceil_mode."""
+    """Random input of a pool shape dict on the device kernels run on (the GPU; the CPU under the
+    interpreter, where tests check the problems themselves), the pooling arguments as pairs,
+    ceil_mode."""
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = torch.randn(shape["N"], shape["C"], shape["H"], shape["W"], device="cuda", dtype=dtype)
+    x = torch.randn(shape["N"], shape["C"], shape["H"], shape["W"], device=_runtime.device_type(),
+                    dtype=dtype)
     x = x.contiguous(memory_format=fmt)
     params = ((shape["KH"], shape["KW"]), (shape["SH"], shape["SW"]), (shape["PH"], shape["PW"]),
               (shape["DH"], shape["DW"]))
@@ -567,12 +570,14 @@ def _max_pool_bwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autot
     x, params, ceil_mode = _pool_problem_inputs(shape, dtype, layout)
     out, offsets = max_pool2d_forward(x, *params, ceil_mode)
     grad = torch.randn_like(out)
-    xr = x.detach().requires_grad_()
-    torch.nn.functional.max_pool2d(xr, *params, ceil_mode=ceil_mode).backward(grad)
+    # PyTorch's backward op, not autograd: tuning on first use builds its problems inside a
+    # custom op or a backward pass, where autograd records nothing
+    _, index = torch.nn.functional.max_pool2d(x, *params, ceil_mode=ceil_mode, return_indices=True)
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *params, ceil_mode, index)
     return autotune.Problem(
         run=lambda cfg: max_pool2d_backward(grad, offsets, list(x.shape), *params,
                                             channels_last=layout == "nhwc", config=cfg),
-        reference=xr.grad)
+        reference=ref)
 
 
 autotune.register_problem("max_pool_fwd", _max_pool_fwd_problem)

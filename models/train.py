@@ -225,6 +225,8 @@ def _pick_device(cfg: TrainConfig, dist: _Dist) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        if device.index is None:  # torch.cuda.set_device refuses a device without an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     if "triton" in _backends(cfg):
         from tritoncnn import _runtime

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run: install, environment report, GPU tests, benchmarks, tuning, on a CUDA machine that
 # needs no network. Every part has its own time limit and a failing part does not stop the others;
-# the whole run keeps within TOTAL_S seconds (default 480).
+# the whole run, the closing report included, keeps within TOTAL_S seconds (default 480).
 #
 #   bash reports/gpu_check.sh OUTDIR
 #
@@ -16,7 +16,8 @@
 #
 # Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
 # rows record, for a copy of the tree without git metadata), TUNE_ARGS (arguments of the tune
-# command, default "--model lenet5 --batch-size 1024 --dtype bf16").
+# command, default "--model lenet5 --batch-size 1024 --dtype bf16"), TEST_TIMEOUT_S (limit of one
+# test, default 120, when pytest-timeout is installed).
 set -u
 
 if [ $# -ne 1 ]; then
@@ -29,6 +30,8 @@ cd "$(dirname "$0")/.." || exit 2
 
 PY=${PYTHON:-python3}
 TOTAL_S=${TOTAL_S:-480}
+REPORT_S=25  # kept back from the parts for the closing report
+PARTS_S=$(( TOTAL_S - REPORT_S ))
 START=$(date +%s)
 LOG="$OUTDIR/run.log"
 CSV=bench.csv
@@ -42,24 +45,27 @@ say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "
 part() {
     local name=$1 limit=$2
     shift 2
-    local left=$(( TOTAL_S - ($(date +%s) - START) ))
+    local left=$(( PARTS_S - ($(date +%s) - START) ))
     if [ "$left" -lt "$limit" ]; then limit=$left; fi
     if [ "$limit" -lt 15 ]; then
-        say "$name: not run, ${left}s left of ${TOTAL_S}s"
+        say "$name: not run, ${left}s left of ${PARTS_S}s"
         return 0
     fi
     say "$name: start (limit ${limit}s)"
-    local t0=$(date +%s)
-    timeout -k 10 "$limit" "$@"
+    local t0
+    t0=$(date +%s)
+    timeout -k 5 "$limit" "$@"
     local rc=$?
-    say "$name: exit $rc after $(( $(date +%s) - t0 ))s$([ $rc -eq 124 ] && echo ' (time limit)')"
+    local why=""
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then why=" (time limit)"; fi
+    say "$name: exit $rc after $(( $(date +%s) - t0 ))s$why"
     return 0
 }
 
 bench() {  # bench LIMIT_S NAME ARGS...: a bench part whose budget ends before its time limit
     local limit=$1 name=$2
     shift 2
-    local left=$(( TOTAL_S - ($(date +%s) - START) ))
+    local left=$(( PARTS_S - ($(date +%s) - START) ))
     if [ "$left" -lt "$limit" ]; then limit=$left; fi
     # no new case after the budget; 30 s (a third, for short parts) left for the case in flight
     local budget=$(( limit > 90 ? limit - 30 : limit * 2 / 3 ))
@@ -67,45 +73,52 @@ bench() {  # bench LIMIT_S NAME ARGS...: a bench part whose budget ends before i
         --budget-s "$budget" "$@" >> "$LOG" 2>&1
 }
 
-say "gpu_check: output in $OUTDIR, ${TOTAL_S}s in all"
+say "gpu_check: output in $OUTDIR, ${TOTAL_S}s in all (mode $TRITONCNN_MODE)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv >> "$LOG" 2>&1 || say "nvidia-smi: not available"
 
-part install 90 $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1
-part env 45 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
+part install 60 $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1
+part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 
 # Compiling each kernel specialization dominates the compiled tests: spread them over the CPUs.
+# One line per test as it finishes (-v), so a run stopped at its limit still names its failures;
+# a test that hangs fails on its own after TEST_TIMEOUT_S instead of taking the whole part.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-part tests 150 bash -c "set -o pipefail; $PY -m pytest -q $XDIST --maxfail=25 -p no:cacheprovider \
-    -rfE 2>&1 | tee '$OUTDIR/tests.log' | tail -n 30"
+PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${TEST_TIMEOUT_S:-120}")
+part tests 170 bash -c "set -o pipefail; $PY -m pytest -v --tb=short $XDIST $PER_TEST \
+    --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee '$OUTDIR/tests.log' | tail -n 30"
 
 # Ceilings, a few layers of each suite, bf16, channels_last, forward and forward+backward,
 # tritoncnn and cuDNN.
-bench 80 bench-quick --quick --no-train
+bench 60 bench-quick --quick --no-train
 # The VGG-16 and CIFAR layers in bf16 and TF32 against cuDNN (the kernel work's headline cases).
-bench 100 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
+bench 70 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
     --dtype bf16,tf32 --layout channels_last --direction forward,forward+backward --impl tritoncnn,cudnn
 # Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
-bench 50 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
+bench 40 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
     --direction forward,forward+backward --impl tritoncnn,cudnn
 # A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s, memory.
-bench 70 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
-# Tuning of one model's kernels (TUNE_ARGS picks another; the table is written at the end).
+bench 60 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
+# Tuning of one model's kernels (TUNE_ARGS picks another); the table grows one kernel shape at a
+# time, so a tuning stopped at its limit keeps what it measured.
 if $PY -m tritoncnn.cli tune --help > /dev/null 2>&1; then
     # shellcheck disable=SC2086
-    part tune 45 $PY -m tritoncnn.cli tune --out "$OUTDIR/tune.csv" \
+    part tune 35 $PY -m tritoncnn.cli tune --out "$OUTDIR/tune.csv" \
         ${TUNE_ARGS:---model lenet5 --batch-size 1024 --dtype bf16} >> "$LOG" 2>&1
 else
     say "tune: no tune command in this build"
 fi
-# torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases).
+# torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
+# the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward
 
-if [ -s "$OUTDIR/$CSV" ]; then
+LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
+if [ -s "$OUTDIR/$CSV" ] && [ "$LEFT" -ge 10 ]; then
     REPORT_DIR=$(mktemp -d)
-    # outside the total: the summary is what the console shows last
-    timeout -k 5 40 $PY -m tritoncnn.cli report --results "$OUTDIR/$CSV" \
-        --out "$REPORT_DIR/REPORT.md" >> "$LOG" 2>&1 || say "report: failed"
+    # in the time kept back for it (REPORT_S) and whatever the parts left: the summary is what
+    # the console shows last
+    timeout -k 3 "$(( LEFT > 40 ? 40 : LEFT - 3 ))" $PY -m tritoncnn.cli report \
+        --results "$OUTDIR/$CSV" --out "$REPORT_DIR/REPORT.md" >> "$LOG" 2>&1 || say "report: failed"
     if [ -f "$REPORT_DIR/REPORT.md" ]; then
         # the summary tables (ceilings, geometric means, failures), not the per-layer ones
         awk '/^### /{keep = ($0 ~ /ceilings|Geometric|Skipped/)} keep' "$REPORT_DIR/REPORT.md" \

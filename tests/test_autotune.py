@@ -62,7 +62,7 @@ def test_conv_pruning_rules(kernel):
         assert c["BLOCK_N"] <= max(16, spaces.next_pow2(n))  # no 128-wide tile for 16 channels
         assert c["BLOCK_K"] <= max(16, spaces.next_pow2(red))
         assert c["num_warps"] <= 4  # flattened reduction loop (DESIGN.md section 5)
-        assert spaces.conv_smem_bytes(c, torch.bfloat16) <= spaces.DEFAULT_SMEM_BYTES
+        assert spaces.conv_smem_bytes(c, torch.bfloat16, kernel) <= spaces.DEFAULT_SMEM_BYTES
 
 
 def test_big_layer_keeps_big_tiles_and_warp_cap():
@@ -79,6 +79,24 @@ def test_shared_memory_budget_prunes():
     assert 0 < len(small) < len(full)
     assert all(spaces.conv_smem_bytes(c, torch.float32) <= 48 * 1024 for c in small)
     assert any(spaces.conv_smem_bytes(c, torch.float32) > 48 * 1024 for c in full)
+
+
+def test_shared_memory_counts_the_extra_tile_of_the_backward_kernels():
+    """conv_dx and conv_dw hold more BLOCK_M x BLOCK_K tiles than the pipelined operands: an fp32
+    conv_dx 256x32x64 tile in 3 stages (216 KB of operands, 280 KB in an sm_90 build) is pruned
+    on an H100; the same tile in bf16 stays, and conv_fwd counts the operands only."""
+    cfg = dict(BLOCK_M=256, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+    operands = 3 * (256 + 32) * 64 * 4
+    assert operands <= spaces.DEFAULT_SMEM_BYTES
+    assert spaces.conv_smem_bytes(cfg, torch.float32) == operands
+    assert spaces.conv_smem_bytes(cfg, torch.float32, "conv_fwd") == operands
+    assert spaces.conv_smem_bytes(cfg, torch.float32, "conv_dx") > spaces.DEFAULT_SMEM_BYTES
+    # dX of a grouped layer with 24 input channels per group: BLOCK_N is capped to 32
+    shape = spaces.conv_shape((2, 48, 17, 17), (80, 24, 3, 3), 2, 1, 1, 2)
+    space = [dict(cfg, BLOCK_N=128)]
+    kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
+    assert spaces.candidates("conv_dx", shape, torch.float32, space=space, **kw) == []
+    assert spaces.candidates("conv_dx", shape, torch.bfloat16, space=space, **kw) == [cfg]
 
 
 def test_conv_dw_splits_leave_work_for_each_split():

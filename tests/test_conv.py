@@ -3,6 +3,7 @@ gradients with one shared upstream gradient, determinism, the custom op, autocas
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -63,6 +64,18 @@ def _compare(name, got, want, base, rtol, reduce_len):
             f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
             f"want {want[where]:.6g}"
         )
+
+
+@contextlib.contextmanager
+def _ieee_fp32():
+    """PyTorch's float32 convolutions and matmuls without TF32 (a GPU's default for cuDNN) inside
+    the block, so that a float32 PyTorch reference is IEEE like the kernels' allow_tf32=False."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _relu_backward(grad, y, relu=True):
@@ -139,6 +152,19 @@ def test_conv2d_relu_and_unbatched():
     want = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1))
     assert y.shape == (4, 7, 6)
     _compare("y", y, want, *TOL[torch.float32], 27)
+
+
+def test_relu_keeps_nan_like_torch():
+    """F.relu passes NaN through (compiled, tl.maximum would turn it into 0)."""
+    x = torch.randn(1, 2, 5, 5)
+    x[0, 1, 2, 2] = float("nan")
+    w = torch.randn(3, 2, 3, 3)
+    b = torch.randn(3)
+    y = conv2d_relu(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), padding=1, allow_tf32=False)
+    want = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
+    assert torch.isnan(want).any()
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(want))
+    _compare("y", torch.nan_to_num(y), torch.nan_to_num(want), *TOL[torch.float32], 18)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -443,33 +469,43 @@ def test_gpu_eight_warp_configs(dtype):
 @pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw"])
 def test_tuning_problems_run_here(kernel):
     """The registered problems build on any device and pass their own gate; under the
-    interpreter with one large-tile config (asymmetric 'same' padding of an even kernel)."""
+    interpreter with one large-tile config (asymmetric 'same' padding of an even kernel). They
+    build where autograd records nothing too, as tuning on first use does inside the custom ops
+    and the backward pass."""
     from tritoncnn import autotune
 
     shape = autotune.conv_shape((2, 5, 7, 6), (6, 5, 2, 3), 1, "same")
     cfg = dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=1)
     if kernel == "conv_dw":
         cfg = dict(cfg, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT=2)
-    problem = autotune.make_problem(kernel, shape, torch.float32, "nchw")
+    with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
+        problem = autotune.make_problem(kernel, shape, torch.float32, "nchw")
     problem.configs = [cfg]
     table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
     assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
 
 
+# (layout, input shape, weight shape, stride, padding, dilation, groups): edge tiles everywhere
+GATE_SHAPES = {
+    "nhwc": ((3, 40, 23, 19), (72, 40, 3, 3), 1, 1, 1, 1),
+    "nchw_stride2_groups2": ((2, 48, 17, 17), (80, 24, 3, 3), 2, 1, 1, 2),
+}
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("layout", list(GATE_SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw"])
-def test_every_config_passes_the_correctness_gate(kernel, dtype):
-    """Every pruned config of the space, on shapes with edge tiles, is correct on the GPU."""
+def test_every_config_passes_the_correctness_gate(kernel, dtype, layout):
+    """Every pruned config of the space, on shapes with edge tiles, is correct on the GPU (one
+    shape per test: each config compiles, so the tests spread over the workers)."""
     from tritoncnn import autotune
 
-    for layout, shape in (
-            ("nhwc", autotune.conv_shape((3, 40, 23, 19), (72, 40, 3, 3), 1, 1)),
-            ("nchw", autotune.conv_shape((2, 48, 17, 17), (80, 24, 3, 3), 2, 1, 1, 2))):
-        problem = autotune.make_problem(kernel, shape, dtype, layout)
-        table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
-        assert len(table) > 1
-        assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
+    shape = autotune.conv_shape(*GATE_SHAPES[layout])
+    problem = autotune.make_problem(kernel, shape, dtype, layout[:4])
+    table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
+    assert len(table) > 1
+    assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -494,14 +530,15 @@ def test_sliced_channels_last_views_keep_channels_last_like_pytorch(view):
         geometry = ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 1)
         dx, _, _ = torch.ops.tritoncnn.conv2d_backward(grad, x, w, y, *geometry.as_op_args(),
                                                        True, False, [True, False, False])
-    want = F.relu(F.conv2d(x, w, padding=1))
+    xr = x.detach().requires_grad_()
+    with _ieee_fp32():  # the reference in IEEE float32 too (no TF32 on a GPU), as the kernels ran
+        want = F.relu(F.conv2d(xr, w, padding=1))
+        want.backward(grad)
     assert want.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous()
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, want.detach(), atol=1e-5, rtol=1e-5)
     assert {c.layout for c in calls} == {"nhwc"}
     assert dx.is_contiguous(memory_format=torch.channels_last) and not dx.is_contiguous()
-    xr = x.detach().requires_grad_()
-    F.relu(F.conv2d(xr, w, padding=1)).backward(grad)
     torch.testing.assert_close(dx, xr.grad, atol=1e-5, rtol=1e-5)
 
 
@@ -554,8 +591,10 @@ def test_dw_single_split_stores_in_place(monkeypatch, split):
     F.relu(F.conv2d(*refs, stride, padding, dilation, groups)).backward(grad.double())
     assert len(summed) == (0 if split == 1 else 2)
     assert ws.grad.stride() == ws.stride() and ws.grad.dtype == torch.float16
-    torch.testing.assert_close(ws.grad.double(), refs[1].grad, atol=2e-5 * N * H * W, rtol=2e-3)
-    torch.testing.assert_close(bs.grad.double(), refs[2].grad, atol=2e-5 * N * H * W, rtol=2e-3)
+    torch.testing.assert_close(ws.grad.double().cpu(), refs[1].grad, atol=2e-5 * N * H * W,
+                               rtol=2e-3)
+    torch.testing.assert_close(bs.grad.double().cpu(), refs[2].grad, atol=2e-5 * N * H * W,
+                               rtol=2e-3)
 
 
 def test_sm_count_is_read_once_per_device(monkeypatch):

@@ -6,6 +6,7 @@ the custom ops, autocast, the memory saved for backward, bad input and the tunin
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -51,6 +52,18 @@ def _make(case, dtype, seed=0, bias=True):
     w = (torch.randn(K, C // groups, R, S, generator=gen) / math.sqrt(C // groups * R * S))
     b = torch.randn(K, generator=gen).to(dtype).double() if bias else None
     return x, w.to(dtype).double(), b
+
+
+@contextlib.contextmanager
+def _ieee_fp32():
+    """PyTorch's float32 convolutions and matmuls without TF32 (a GPU's default for cuDNN) inside
+    the block, so that a float32 PyTorch reference is IEEE like the kernels' allow_tf32=False."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _compare(name, got, want, base, rtol, reduce_len):
@@ -522,14 +535,16 @@ def test_sliced_channels_last_views_keep_channels_last_like_pytorch(view):
     b = torch.randn(4, device=DEVICE)
     x.requires_grad_()
     y = conv2d_relu_pool(x, w, b, padding=1, allow_tf32=False)
-    want = F.max_pool2d(F.relu(F.conv2d(x.detach(), w, b, padding=1)), 2)
+    xr = x.detach().requires_grad_()
+    with _ieee_fp32():  # the reference in IEEE float32 too (no TF32 on a GPU), as the kernels ran
+        want = F.max_pool2d(F.relu(F.conv2d(xr, w, b, padding=1)), 2)
     assert want.is_contiguous(memory_format=torch.channels_last)
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, want.detach(), atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(y)
     y.backward(grad)
-    xr = x.detach().requires_grad_()
-    F.max_pool2d(F.relu(F.conv2d(xr, w, b, padding=1)), 2).backward(grad)
+    with _ieee_fp32():
+        want.backward(grad)
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=1e-5)
     assert x.grad.stride() == xr.grad.stride()  # autograd's layout for the leaf, as torch's
 

@@ -355,6 +355,20 @@ def test_compiled_many_programs_against_torch_cuda(dtype, channels_last, k, s, p
     torch.testing.assert_close(ours_in.grad, ref_in.grad)
 
 
+@pytest.mark.parametrize("kernel", ["max_pool_fwd", "max_pool_bwd"])
+def test_tuning_problems_run_here(kernel):
+    """The registered problems build on any device and pass their own gate with one config,
+    also where autograd records nothing, as tuning on first use does inside the custom ops and
+    the backward pass; ceil_mode shows in the shape's output size."""
+    shape = autotune.pool_shape((2, 3, 8, 8), 3, 2, 0, 1, True)
+    assert (shape["OH"], shape["OW"]) == (4, 4)  # 3 and 3 without ceil_mode
+    with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
+        problem = autotune.make_problem(kernel, shape, torch.float32, "nhwc")
+    problem.configs = [{"BLOCK": 64, "num_warps": 2}]
+    table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
+    assert (table["status"] == "ok").all(), table[["config", "status", "error"]]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["max_pool_fwd", "max_pool_bwd"])
 @pytest.mark.parametrize("ceil_mode", [False, True])

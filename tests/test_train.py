@@ -285,3 +285,23 @@ def test_train_command_errors(tmp_path, capsys, argv, match):
     rc = cli_main(["train", "--backend", "torch", "--out", str(tmp_path / "r"), *argv])
     assert rc == 2
     assert match in capsys.readouterr().err
+
+
+def test_pick_device_gives_cuda_an_index(monkeypatch):
+    """torch.cuda.set_device refuses torch.device("cuda") (no index): --device cuda and auto
+    resolve to the current device's index first."""
+    seen = []
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index, got {device}")
+        seen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for name in ("auto", "cuda"):
+        device = train_mod._pick_device(TrainConfig(device=name, backend="torch"),
+                                        train_mod._Dist())
+        assert device == torch.device("cuda", 0)
+    assert seen == [torch.device("cuda", 0)] * 2
