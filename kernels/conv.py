@@ -112,6 +112,21 @@ def _check_tensors(input, weight, bias, *, same_dtype: bool = True) -> None:
                 )
 
 
+
+def check_and_resolve(input, weight, bias, stride, padding, dilation, groups, *,
+                      same_dtype: bool = True) -> "ConvGeometry":
+    """Check the tensors (types, devices, dtypes) and resolve the F.conv2d arguments against their
+    shapes: the prologue every conv entry point shares."""
+    _check_tensors(input, weight, bias, same_dtype=same_dtype)
+    return resolve_geometry(_shape(input), _shape(weight), None if bias is None else _shape(bias),
+                            stride, padding, dilation, groups)
+
+
+def grad_mask(ctx) -> list:
+    """[dX, dW, db] wanted by autograd (db only when the forward had a bias)."""
+    return [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2] and ctx.has_bias]
+
 def _positive_pair(value, name: str) -> Tuple[int, int]:
     pair = as_pair(value, name)
     if min(pair) <= 0:
@@ -544,8 +559,7 @@ def _grads(ctx, grad_output) -> list:
     """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or through the
     launcher when the caller gave launch-config overrides (which the op does not take)."""
     input, weight, output = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            ctx.needs_input_grad[2] and ctx.has_bias]
+    mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
     if ctx.configs:
@@ -570,10 +584,7 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 activation=None, allow_tf32=None, configs=None):
         relu = _parse_activation(activation)
-        _check_tensors(input, weight, bias)
-        geometry = resolve_geometry(_shape(input), _shape(weight),
-                                    None if bias is None else _shape(bias),
-                                    stride, padding, dilation, groups)
+        geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         allow = _resolve_tf32(allow_tf32)
         configs = configs or {}
         y = _forward(input, weight, bias, geometry, relu, allow, configs.get("conv_fwd"))
@@ -703,9 +714,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     autocasting = torch.is_autocast_enabled(x.device.type)
-    _check_tensors(x, weight, bias, same_dtype=not autocasting)
-    geometry = resolve_geometry(_shape(x), _shape(weight), None if bias is None else _shape(bias),
-                                stride, padding, dilation, groups)
+    geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
+                                 same_dtype=not autocasting)
     y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y
 

@@ -50,12 +50,13 @@ from .conv import (
     _resolve_tf32,
     _shape,
     _shape_key,
+    check_and_resolve,
     check_geometry,
     conv2d_backward,
+    grad_mask,
     problem_inputs,
     reference_conv,
     register_conv_autocast,
-    resolve_geometry,
 )
 from .max_pool import _offset_dtype
 
@@ -169,8 +170,7 @@ def _grads(ctx, grad_output) -> list:
     """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_relu_pool_backward, or
     through the launcher when the caller gave launch-config overrides."""
     input, weight, offsets = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            ctx.needs_input_grad[2] and ctx.has_bias]
+    mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
     if ctx.configs:
@@ -197,10 +197,7 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
                 allow_tf32=None, configs=None):
-        _check_tensors(input, weight, bias)
-        geometry = resolve_geometry(_shape(input), _shape(weight),
-                                    None if bias is None else _shape(bias),
-                                    stride, padding, dilation, groups)
+        geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         allow = _resolve_tf32(allow_tf32)
         configs = configs or {}
         y, offsets = _forward(input, weight, bias, geometry, pool, allow,
@@ -312,9 +309,8 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     autocasting = torch.is_autocast_enabled(x.device.type)
-    _check_tensors(x, weight, bias, same_dtype=not autocasting)
-    geometry = resolve_geometry(_shape(x), _shape(weight), None if bias is None else _shape(bias),
-                                stride, padding, dilation, groups)
+    geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
+                                 same_dtype=not autocasting)
     (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
     check_pool(pool, P, Q, x.shape, weight.shape)  # before autocast casts anything
     y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,

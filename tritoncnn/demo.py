@@ -11,32 +11,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _cases(device):
-    """(name, tritoncnn fn, torch reference fn, input shapes) for every op the package has."""
-    import torch
+def _cases():
+    """(name, tritoncnn fn, torch reference fn, input shapes) for every op of the package."""
     import torch.nn.functional as F
 
     from tritoncnn import kernels
 
-    cases = []
-    if hasattr(kernels, "max_pool2d"):
-        cases.append(("max_pool2d 2x2", lambda x: kernels.max_pool2d(x, 2),
-                      lambda x: F.max_pool2d(x, 2), [(2, 4, 12, 12)]))
-        cases.append(("max_pool2d 3x3 s2 p1", lambda x: kernels.max_pool2d(x, 3, 2, 1),
-                      lambda x: F.max_pool2d(x, 3, 2, 1), [(2, 4, 11, 11)]))
-    if hasattr(kernels, "conv2d_relu"):
-        cases.append(("conv2d_relu 3x3 p1", lambda x, w, b: kernels.conv2d_relu(x, w, b, padding=1),
-                      lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)),
-                      [(2, 3, 10, 10), (8, 3, 3, 3), (8,)]))
-    if hasattr(kernels, "linear"):
-        cases.append(("linear", lambda x, w, b: kernels.linear(x, w, b),
-                      lambda x, w, b: F.linear(x, w, b), [(4, 20), (10, 20), (10,)]))
-    if hasattr(kernels, "conv2d_relu_pool"):
-        cases.append(("conv2d_relu_pool 2x2",
-                      lambda x, w, b: kernels.conv2d_relu_pool(x, w, b, padding=1, pool=2),
-                      lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2),
-                      [(2, 3, 10, 10), (8, 3, 3, 3), (8,)]))
-    return cases
+    conv_shapes = [(2, 3, 10, 10), (8, 3, 3, 3), (8,)]
+    return [
+        ("max_pool2d 2x2", lambda x: kernels.max_pool2d(x, 2),
+         lambda x: F.max_pool2d(x, 2), [(2, 4, 12, 12)]),
+        ("max_pool2d 3x3 s2 p1", lambda x: kernels.max_pool2d(x, 3, 2, 1),
+         lambda x: F.max_pool2d(x, 3, 2, 1), [(2, 4, 11, 11)]),
+        ("conv2d_relu 3x3 p1", lambda x, w, b: kernels.conv2d_relu(x, w, b, padding=1),
+         lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)), conv_shapes),
+        ("linear", lambda x, w, b: kernels.linear(x, w, b),
+         lambda x, w, b: F.linear(x, w, b), [(4, 20), (10, 20), (10,)]),
+        ("conv2d_relu_pool 2x2",
+         lambda x, w, b: kernels.conv2d_relu_pool(x, w, b, padding=1, pool=2),
+         lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2), conv_shapes),
+    ]
 
 
 def main(args) -> int:
@@ -64,7 +58,7 @@ def _compare_all(device) -> int:
     print(f"kernels run {'interpreted on the CPU' if _runtime.INTERPRET else 'compiled on ' + device}")
     print(f"{'op':<24} {'max |fwd err|':>14} {'max |grad err|':>15} {'seconds':>8}  ok")
     failures = 0
-    for name, ours, ref, shapes in _cases(device):
+    for name, ours, ref, shapes in _cases():
         inputs = [torch.randn(s, device=device, dtype=torch.float32) for s in shapes]
         mine = [t.clone().requires_grad_() for t in inputs]
         theirs = [t.double().clone().requires_grad_() for t in inputs]
