@@ -10,6 +10,7 @@ from tritoncnn._shapes import as_pair, conv_len, pooled_len  # noqa: F401  (re-e
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 INTERPRET = _runtime.INTERPRET
+launch = _runtime.launch  # every kernel launch: kernel[grid](...) or its compile-only warm-up
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:

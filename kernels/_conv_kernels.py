@@ -16,7 +16,7 @@ pointer plus its four element strides, so NCHW, channels_last and views all work
   adds them in a fixed order (deterministic, no atomics); one split stores dW straight into the
   weight's layout (``DIRECT``). db is the same masked sum of dY.
 
-The ReLU mask (Y > 0, from the saved output) is applied while dY is loaded.
+The ReLU mask (Y <= 0 zeroes dY, from the saved output) is applied while dY is loaded.
 
 * fused conv + ReLU + max-pool ``_conv_pool_fwd_kernel``: GEMM rows = pooled pixels (n, ph, pw);
   the mainloop runs once per window element (i, j), each time over the conv pixels
@@ -66,10 +66,11 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit
 def _relu_masked(dy, y_ptr, y_off, mask, RELU: tl.constexpr):
-    """ReLU backward folded into the load of dY: keep dY where the saved output is > 0."""
+    """ReLU backward folded into the load of dY: zero dY where the saved output is <= 0 (as
+    PyTorch's threshold_backward; a NaN output passes its gradient)."""
     if RELU:
         y = tl.load(y_ptr + y_off, mask=mask, other=0.0)
-        dy = tl.where(y > 0, dy, tl.zeros_like(dy))
+        dy = tl.where(y <= 0, tl.zeros_like(dy), dy)
     return dy
 
 
@@ -79,7 +80,7 @@ def _load_dy(dy_ptr, dy_off, y_ptr, y_off, off_ptr, elem, mask,
     """dY at conv-output pixels, with the masks of the fused epilogue folded into the load.
 
     Plain conv (OFFSETS off): dy_off / y_off address dY and the saved output at the pixel itself;
-    with RELU, dY is kept where the saved output is > 0.
+    with RELU, dY is zeroed where the saved output is <= 0.
     OFFSETS (the fused max-pool, any POOL): dy_off / y_off address the pooled gradient and the
     window offsets at
     the pixel's window (p // POOL, q // POOL), and ``elem`` is the pixel's place in that window,

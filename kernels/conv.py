@@ -30,6 +30,7 @@ from ._common import (
     conv_len,
     dot_precision,
     is_channels_last,
+    launch,
     memory_format_of,
 )
 from ._conv_kernels import (
@@ -381,7 +382,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                   _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    _conv_fwd_kernel[grid](
+    launch(_conv_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y,
         N, H, W, P, Q, R, S, CG, KG,
         *input.stride(), *weight.stride(), *y.stride(),
@@ -465,7 +466,7 @@ def conv2d_backward(
                           _gemm_heuristic(rows, CG, KG, input.dtype), configs.get("conv_dx"))
             grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
-            _conv_dx_kernel[grid](
+            launch(_conv_dx_kernel, grid,
                 grad_output, y, off, weight, dx,
                 N, H, W, P, Q, R, S, CG, KG,
                 *grad_output.stride(), *y.stride(), *weight.stride(), *dx.stride(),
@@ -500,7 +501,7 @@ def conv2d_backward(
             db_dst = torch.empty((split, K), **f32) if need_db else None
         dummy = dw_dst if need_dw else db_dst
         dw_strides = dw_out.stride() if need_dw else (0, 0, 0, 0)
-        _conv_dw_kernel[(_dw_tiles(cfg, KG, RSC, need_dw) * groups, groups, split)](
+        launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw) * groups, groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
             N, H, W, P, Q, R, S, CG, KG, K, chunk,
@@ -523,7 +524,7 @@ def _sum_splits(part: torch.Tensor, out: torch.Tensor, cols: int, CG: int, S: in
     """out = part.sum(0) in split order, cast and scattered into out's layout."""
     split, L = part.shape[0], part[0].numel()
     block = _pow2(L, 16, 16384) if INTERPRET else 1024
-    _sum_splits_kernel[(triton.cdiv(L, block),)](
+    launch(_sum_splits_kernel, (triton.cdiv(L, block),),
         part, out, split, L, cols, CG, S, *out_strides, BLOCK=block,
     )
 

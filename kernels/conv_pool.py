@@ -37,7 +37,7 @@ import triton
 
 from tritoncnn import autotune
 
-from ._common import INTERPRET, check_float, memory_format_of
+from ._common import INTERPRET, check_float, launch, memory_format_of
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     ConvGeometry,
@@ -129,7 +129,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                   _layout(input), _heuristic(M, KG, CG, input.dtype), config)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    _conv_pool_fwd_kernel[grid](
+    launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
         N, H, W, PP, PQ, R, S, CG, KG,
         *input.stride(), *weight.stride(), *y.stride(),

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from tritoncnn import _runtime, autotune
 
-from ._common import (INTERPRET, as_pair, check_device, check_float, is_channels_last,
+from ._common import (INTERPRET, as_pair, check_device, check_float, is_channels_last, launch,
                       pooled_len)
 
 __all__ = [
@@ -344,7 +344,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     total = out.numel()
     block = cfg["BLOCK"]
     grid = (triton.cdiv(total, block),)
-    _max_pool_fwd_kernel[grid](
+    launch(_max_pool_fwd_kernel, grid,
         x4, out, offsets,
         total, C, H, W, oh, ow,
         *x4.stride(),
@@ -390,7 +390,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     total = grad_input.numel()
     block = cfg["BLOCK"]
     grid = (triton.cdiv(total, block),)
-    _max_pool_bwd_kernel[grid](
+    launch(_max_pool_bwd_kernel, grid,
         g4, o4, grad_input,
         total, C, H, W, oh, ow,
         *g4.stride(),

@@ -25,6 +25,12 @@ device's own ceilings (matmul TFLOP/s per precision, device-to-device copy GB/s)
 ``Ceiling``, and, for suite ``Train``, a training step of zoo models from ``tritoncnn.models`` on
 both backends. Rows are appended to the CSV as they are measured, so a run that is stopped keeps
 what it finished.
+
+A tritoncnn row says in ``configs`` where its kernels' launch configs came from: ``tuned`` (every
+launch found a tuned entry in the autotune cache), ``heuristic`` (none did) or ``k/n tuned``.
+``--tune`` tunes, before timing, every launch of a tritoncnn case that the cache lacks (the tuner
+of ``tritoncnn.autotune``, winners stored in the cache); the tuning time is the row's ``tune_s``
+(part of ``setup_s``) and the tuning tables go to ``tune.csv`` beside the benchmark CSV.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ HELP = "benchmark tritoncnn against cuDNN and torch.compile on the suites; write
 COLUMNS = [
     "suite", "layer", "op", "shape", "dtype", "precision", "layout", "direction",
     "implementation", "status", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "flop",
-    "bytes", "setup_s", "timing", "rel_err", "images_per_s", "peak_mem_mb", "batch", "gpu", "device", "torch",
-    "triton", "git_sha", "timestamp", "note",
+    "bytes", "setup_s", "tune_s", "configs", "timing", "rel_err", "images_per_s", "peak_mem_mb",
+    "batch", "gpu", "device", "torch", "triton", "git_sha", "timestamp", "note",
 ]
 
 IMPLEMENTATIONS = ("tritoncnn", "cudnn", "compile")
@@ -102,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"zoo models for suite Train (default {','.join(TRAIN_MODELS)})")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--train-batch", type=int, default=256, help="training batch size")
+    parser.add_argument("--tune", action="store_true",
+                        help="tune the kernel launches of each tritoncnn case that the autotune "
+                             "cache lacks before timing it (tables to tune.csv beside the CSV)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
 
 
@@ -357,30 +366,45 @@ def time_fn(fn: Callable[[], object], device, grads=(), warmup_ms=25.0, rep_ms=1
 
 def run_case(case: Case, device, opts) -> dict:
     """Measure one case; returns the row's measured fields. Raises Missing or any error."""
+    import contextlib
+
     import torch
 
     fn = op_function(case.op, case.impl, case.shape)
     grad = case.direction != "forward"
     inputs = make_inputs(case, device, requires_grad=grad)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        probe = fn(*inputs)  # the first call: compilation, autotuning, algorithm search
-    rel_err = relative_error(case, probe, inputs) if case.impl != "cudnn" else None
-    dy = torch.randn_like(probe)
-    del probe
-    if case.direction == "forward":
-        def step():
-            with torch.no_grad():
-                return fn(*inputs)
-    elif case.direction == "forward+backward":
-        def step():
-            fn(*inputs).backward(dy)
-    else:
-        y = fn(*inputs)
+    ours = case.impl.startswith("tritoncnn")
+    recording = contextlib.nullcontext([])
+    if ours:
+        from tritoncnn import autotune
 
-        def step():
-            y.backward(dy, retain_graph=True)
-    step()
+        recording = autotune.record_calls()
+    t0 = time.perf_counter()
+    with recording as launches:  # the probe's and the first step's launches (backward included)
+        with torch.no_grad():
+            probe = fn(*inputs)  # the first call: compilation, autotuning, algorithm search
+        rel_err = relative_error(case, probe, inputs) if case.impl != "cudnn" else None
+        dy = torch.randn_like(probe)
+        del probe
+        if case.direction == "forward":
+            def step():
+                with torch.no_grad():
+                    return fn(*inputs)
+        elif case.direction == "forward+backward":
+            def step():
+                fn(*inputs).backward(dy)
+        else:
+            y = fn(*inputs)
+
+            def step():
+                y.backward(dy, retain_graph=True)
+        step()
+    tuned = {}
+    if ours:
+        tuned["tune_s"] = tune_launches(launches, case, opts) if opts.tune else None
+        tuned["configs"] = config_source(launches)
+        if tuned["tune_s"]:
+            step()  # the tuned configs, compiled before timing
     for t in inputs:
         t.grad = None
     _sync(device)
@@ -389,7 +413,61 @@ def run_case(case: Case, device, opts) -> dict:
     med, p20, p80, how = time_fn(step, device, inputs if grad else (), opts.warmup_ms,
                                  opts.rep_ms, graph, opts.cpu_reps)
     return {"median_ms": med, "p20_ms": p20, "p80_ms": p80, "setup_s": setup_s, "timing": how,
-            "rel_err": rel_err}
+            "rel_err": rel_err, **tuned}
+
+
+def config_source(launches) -> str:
+    """``tuned``, ``heuristic`` or ``k/n tuned``: how many of a case's kernel launches found a
+    tuned entry in the autotune cache (none do under the interpreter, which never looks)."""
+    from tritoncnn import autotune
+
+    if not launches:
+        return ""
+    store = autotune.default_cache()
+    hits = 0 if autotune.INTERPRET else sum(
+        store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None for k in launches)
+    if hits == len(launches):
+        return "tuned"
+    return "heuristic" if hits == 0 else f"{hits}/{len(launches)} tuned"
+
+
+def tune_launches(launches, case: Case, opts) -> float:
+    """Tune every recorded launch that the cache lacks (winners go to the cache, the tables to
+    ``opts.tune_tables``); the seconds it took, 0 when nothing needed tuning. Nothing is tuned
+    under the interpreter."""
+    from tritoncnn import autotune
+    from tritoncnn.autotune import tuner
+
+    start = time.perf_counter()
+    if autotune.INTERPRET:
+        return 0.0
+    store = autotune.default_cache()
+    seen = set()
+    for k in launches:
+        key = autotune.entry_key(k.kernel, k.shape, k.dtype, k.layout)
+        if key in seen or store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None:
+            continue
+        seen.add(key)
+        problem = tuner.make_problem(k.kernel, k.shape, k.dtype, k.layout, k.heuristic)
+        if problem is None:
+            continue
+        table, _ = tuner.tune_and_store(problem, store)
+        table.insert(0, "layers", f"{case.op} {case.direction}")
+        table.insert(0, "model", f"{case.shape.suite}/{case.shape.layer}")
+        opts.tune_tables.append(table)
+    return time.perf_counter() - start if seen else 0.0
+
+
+def write_tune_tables(tables, path: Path, info: dict) -> None:
+    """The tuning tables of ``--tune`` as one CSV (the columns of ``tritoncnn tune``'s), rewritten
+    whole after each tuned case: a run that is stopped keeps what it tuned."""
+    import pandas as pd
+
+    out = pd.concat(tables, ignore_index=True)
+    for col in ("gpu", "torch", "triton", "git_sha"):
+        out[col] = info.get(col, "")
+    out["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out.to_csv(path, index=False)
 
 
 def relative_error(case: Case, out, inputs) -> float:
@@ -713,6 +791,7 @@ def main(args) -> int:
     info = run_info(device)
     out = Path(args.out) if args.out else Path("reports/results") / slug(info["gpu"])
     writer = RowWriter(out / args.csv)
+    args.tune_tables = []
     print(f"tritoncnn bench: {len(cases)} cases on {info['gpu']} -> {writer.path}")
     start = time.perf_counter()
 
@@ -729,7 +808,10 @@ def main(args) -> int:
             if over_budget():
                 break
             bar.set_postfix_str(case.label(), refresh=False)
+            tables = len(args.tune_tables)
             writer.write(case_row(case, device, info, args))
+            if len(args.tune_tables) > tables:
+                write_tune_tables(args.tune_tables, writer.path.with_name("tune.csv"), info)
             done += 1
         bar.close()
         if done < len(cases):

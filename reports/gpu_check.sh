@@ -9,15 +9,15 @@
 #   env.txt    tritoncnn env
 #   tests.log  pytest output
 #   bench.csv  every benchmark row (ceilings, --quick, the fuller suites, training steps)
-#   tune.csv   the tuning table, when the tune command exists and writes one
+#   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
 #   run.log    everything else (install, bench and tune output, part timings and exit codes)
 #   summary.md the report's summary tables, built from bench.csv on the same machine
 # Then, on any machine: tritoncnn report --results OUTDIR
 #
 # Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
-# rows record, for a copy of the tree without git metadata), TUNE_ARGS (arguments of the tune
-# command, default "--model lenet5 --batch-size 1024 --dtype bf16"), TEST_TIMEOUT_S (limit of one
-# test, default 120, when pytest-timeout is installed).
+# rows record, for a copy of the tree without git metadata), TEST_TIMEOUT_S (limit of one test,
+# default 120, when pytest-timeout is installed). The autotune cache is a fresh temporary folder,
+# so every run starts untuned (tune.csv keeps the winners).
 set -u
 
 if [ $# -ne 1 ]; then
@@ -36,6 +36,8 @@ START=$(date +%s)
 LOG="$OUTDIR/run.log"
 CSV=bench.csv
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15 TRITONCNN_MODE=${TRITONCNN_MODE:-compiled}
+TRITONCNN_CACHE_DIR=$(mktemp -d)
+export TRITONCNN_CACHE_DIR
 : > "$LOG"
 
 exec 3>&1  # the console, while parts write into the log
@@ -89,25 +91,19 @@ part tests 170 bash -c "set -o pipefail; $PY -m pytest -v --tb=short $XDIST $PER
     --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee '$OUTDIR/tests.log' | tail -n 30"
 
 # Ceilings, a few layers of each suite, bf16, channels_last, forward and forward+backward,
-# tritoncnn and cuDNN.
+# tritoncnn (heuristic configs: nothing is tuned yet) and cuDNN.
 bench 60 bench-quick --quick --no-train
+# The same layers' tritoncnn kernels tuned first (compiled in parallel, then timed; winners to the
+# cache, tables to tune.csv): rows marked configs=tuned, reported as "tritoncnn (tuned)".
+bench 70 bench-tuned --no-ceilings --no-train --quick --impl tritoncnn --tune
 # The VGG-16 and CIFAR layers in bf16 and TF32 against cuDNN (the kernel work's headline cases).
-bench 70 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
+bench 60 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
     --dtype bf16,tf32 --layout channels_last --direction forward,forward+backward --impl tritoncnn,cudnn
 # Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
-bench 40 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
+bench 35 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
     --direction forward,forward+backward --impl tritoncnn,cudnn
 # A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s, memory.
-bench 60 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
-# Tuning of one model's kernels (TUNE_ARGS picks another); the table grows one kernel shape at a
-# time, so a tuning stopped at its limit keeps what it measured.
-if $PY -m tritoncnn.cli tune --help > /dev/null 2>&1; then
-    # shellcheck disable=SC2086
-    part tune 35 $PY -m tritoncnn.cli tune --out "$OUTDIR/tune.csv" \
-        ${TUNE_ARGS:---model lenet5 --batch-size 1024 --dtype bf16} >> "$LOG" 2>&1
-else
-    say "tune: no tune command in this build"
-fi
+bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
 # torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
 # the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward

@@ -136,7 +136,9 @@ def load(paths):
 
 
 def prepare(df):
-    """Numbers as numbers, the newest row per case, and each row's baseline time and speedup."""
+    """Numbers as numbers, the newest row per case, and each row's baseline time and speedup.
+    Rows whose launch configs were all tuned (``configs`` = ``tuned``) are reported as
+    implementation "<name> (tuned)", apart from the same kernels on heuristic configs."""
     import numpy as np
     import pandas as pd
 
@@ -150,10 +152,13 @@ def prepare(df):
     for col in ("median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "flop", "bytes", "setup_s",
                 "rel_err", "images_per_s", "peak_mem_mb", "batch"):
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
-    for col in ("note", "timestamp", "torch", "triton", "git_sha", "timing"):
+    for col in ("note", "timestamp", "torch", "triton", "git_sha", "timing", "configs"):
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
+    # a tuned tritoncnn run is its own implementation beside the heuristic-config one
+    tuned = df["configs"].eq("tuned")
+    df.loc[tuned, "implementation"] = df.loc[tuned, "implementation"] + " (tuned)"
     df = df.sort_values("timestamp", kind="stable").drop_duplicates(KEY, keep="last")
     ok = df[df["status"] == "ok"]
     base = ok[ok["implementation"].isin(BASELINES)]
@@ -483,7 +488,8 @@ def _train_table(rows):
 
 
 def _tune_section(tune) -> list[str]:
-    """Per tuned kernel shape: configs tried, the best time, the heuristic's, the winner."""
+    """Per tuned kernel shape: configs tried, the best time, the heuristic's, the winner, and the
+    tuning time (with the part of it spent compiling, when the table has it)."""
     import pandas as pd
 
     lines = ["## Autotuning", ""]
@@ -512,6 +518,9 @@ def _tune_section(tune) -> list[str]:
                     row["heuristic ms"] = _sig(h)
                     row["tuned speedup"] = f"{h / best[tcol]:.2f}x"
                 row["winner"] = best.get("config", "")
+            for col, name in (("tune_s", "tuning s"), ("compile_s", "of it compiling s")):
+                if col in g.columns and pd.notna(pd.to_numeric(g[col], errors="coerce").iloc[0]):
+                    row[name] = f"{float(g[col].iloc[0]):.1f}"
             rows.append(row)
         lines.append(markdown_table(pd.DataFrame(rows)))
     return lines

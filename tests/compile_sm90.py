@@ -8,13 +8,16 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
 
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
 
-It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``).
+It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``),
+and that the tuner's parallel pre-compilation (``autotune.tuner.precompile``) compiles every config
+of a real tuning problem on worker threads, so that the timed pass compiles nothing.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import types
 
 os.environ["TRITONCNN_MODE"] = "compiled"
@@ -45,16 +48,19 @@ class _Sm90Driver:
         return torch.device("cpu")
 
 
-COMPILED: list[tuple[str, dict, str]] = []  # (kernel name, constexprs, ptx)
+COMPILED: list[tuple[str, dict, object]] = []  # (kernel name, constexprs, kernel or its future)
 
 
 def _compile_only(self, *args, grid, warmup, **kwargs):
+    # under AsyncCompileMode this is a future: resolved (ptx) only once every compile is done
     kernel = _jit_run(self, *args, grid=grid, warmup=True, **kwargs)
-    if hasattr(kernel, "result"):
-        kernel = kernel.result()
     consts = {k: v for k, v in kwargs.items() if k.isupper()}
-    COMPILED.append((self.__name__, consts, kernel.asm["ptx"]))
+    COMPILED.append((self.__name__, consts, kernel))
     return kernel
+
+
+def _ptx(kernel) -> str:
+    return (kernel.result() if hasattr(kernel, "result") else kernel).asm["ptx"]
 
 
 def install() -> None:
@@ -99,6 +105,37 @@ def exercise() -> None:
         kernels.linear(h, fc, None, activation="relu").sum().backward()
 
 
+def check_precompile(workers: int = 2) -> str | None:
+    """The tuner's parallel pre-compilation on a real problem (conv_fwd, bf16, channels_last):
+    every config compiled on ``workers`` threads, and a second pass over the configs finds them all
+    compiled. Returns what went wrong, or None."""
+    from tritoncnn import _runtime, autotune
+    from tritoncnn.autotune import tuner
+    from tritoncnn.kernels._conv_kernels import _conv_fwd_kernel
+
+    _runtime.device_type = lambda: "cpu"  # the problem's inputs: CPU tensors stand in
+    shape = autotune.conv_shape((4, 32, 12, 12), (48, 32, 3, 3), 1, 1, 1, 1)
+    problem = autotune.make_problem("conv_fwd", shape, torch.bfloat16, "nhwc")
+    configs = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=4, num_stages=st)
+               for bm, bn, bk, st in ((64, 32, 32, 2), (64, 64, 32, 3), (128, 32, 32, 2),
+                                      (32, 64, 32, 3), (64, 16, 32, 2), (16, 64, 32, 3))]
+    cache = _conv_fwd_kernel.device_caches[0][0]
+    before = len(cache)
+    seconds = tuner.precompile(problem, configs, workers=workers)
+    added = len(cache) - before
+    if added != len(configs):
+        return f"precompile compiled {added} of {len(configs)} configs"
+    start = time.perf_counter()
+    for cfg in configs:
+        problem.run(cfg)
+    again = time.perf_counter() - start
+    if len(cache) != before + added:
+        return "the pass after precompile compiled again"
+    print(f"precompile: {len(configs)} conv_fwd configs in {seconds:.1f}s on {workers} threads; "
+          f"the pass after it took {again:.2f}s")
+    return None
+
+
 def main() -> int:
     install()
     try:
@@ -108,9 +145,10 @@ def main() -> int:
         return 1
     names = sorted({name for name, _, _ in COMPILED})
     for name in names:
-        ptx = [p for n, _, p in COMPILED if n == name]
+        ptx = [_ptx(k) for n, _, k in COMPILED if n == name]
         print(f"{name:28s} {len(ptx):3d} specializations, wgmma in {sum('wgmma' in p for p in ptx)}")
-    fast = [p for n, c, p in COMPILED if n == "_conv_fwd_kernel" and c.get("PRECISION") == "ieee"]
+    fast = [_ptx(k) for n, c, k in COMPILED
+            if n == "_conv_fwd_kernel" and c.get("PRECISION") == "ieee"]
     if not any("wgmma" in p for p in fast):
         print("no conv forward specialization uses wgmma")
         return 1
@@ -121,6 +159,10 @@ def main() -> int:
             print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
+    problem = check_precompile()
+    if problem is not None:
+        print(problem)
+        return 1
     return 0
 
 

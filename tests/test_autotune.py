@@ -252,6 +252,58 @@ def test_heuristic_is_timed_too_and_stored_with_the_winner(tmp_path):
     assert entry["config"] == winner and entry["ms"] == 1.0 and entry["heuristic_ms"] == 4.0
 
 
+def test_launch_turns_into_a_compile_only_warmup_inside_compile_only():
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append(("run", grid, args, kw))
+
+        def warmup(self, *args, grid, **kw):
+            calls.append(("warmup", grid, args, kw))
+
+    k = Kernel()
+    _runtime.launch(k, (3,), 1, 2, BLOCK=16)
+    with _runtime.compile_only():
+        _runtime.launch(k, (3, 2), 1, BLOCK=32)
+    with pytest.raises(ValueError), _runtime.compile_only():
+        raise ValueError("the flag is reset however the block ends")
+    _runtime.launch(k, (1,), BLOCK=8)
+    assert calls == [("run", (3,), (1, 2), {"BLOCK": 16}), ("warmup", (3, 2), (1,), {"BLOCK": 32}),
+                     ("run", (1,), (), {"BLOCK": 8})]
+
+
+def test_precompile_runs_each_config_compile_only_under_async_compile(monkeypatch):
+    from triton.runtime import _async_compile
+
+    seen = []
+
+    def run(cfg):
+        seen.append((cfg["BLOCK_M"], _runtime._COMPILE_ONLY.get(),
+                     _async_compile.active_mode.get() is not None))
+        if cfg["BLOCK_M"] == 32:
+            raise RuntimeError("a compile error: the timed pass records it")
+
+    problem = autotune.Problem(run=run, reference=None, configs=configs(16, 32, 64))
+    monkeypatch.setattr(tuner._runtime, "INTERPRET", False)
+    assert tuner.precompile(problem, problem.configs, workers=1) == 0.0  # one thread: nothing
+    assert seen == []
+    assert tuner.precompile(problem, problem.configs, workers=4) > 0.0
+    assert seen == [(16, True, True), (32, True, True), (64, True, True)]
+    assert not _runtime._COMPILE_ONLY.get() and _async_compile.active_mode.get() is None
+    monkeypatch.setattr(tuner._runtime, "INTERPRET", True)  # the interpreter compiles nothing
+    assert tuner.precompile(problem, problem.configs, workers=4) == 0.0 and len(seen) == 3
+
+
+def test_tuning_table_records_the_precompile_time(monkeypatch):
+    ref = torch.randn(4, 4)
+    problem = autotune.Problem(run=fake_kernel(ref, {16: 3.0, 32: 1.0}), reference=ref,
+                               configs=configs(16, 32))
+    monkeypatch.setattr(tuner, "precompile", lambda problem, configs: 1.25)
+    table = autotune.tune_problem(problem, timer=FakeTimer())
+    assert list(table["compile_s"]) == [1.25, 1.25]
+
+
 def test_correctness_check_covers_tuples_ints_and_nans():
     a = torch.tensor([1.0, float("nan"), 3.0])
     off = torch.tensor([0, 1, 3], dtype=torch.int8)

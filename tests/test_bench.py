@@ -4,7 +4,10 @@ file, and ``tritoncnn bench`` on tiny shapes with the torch implementation (and 
 from __future__ import annotations
 
 import csv
+import json
+import time
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +179,59 @@ def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypa
     assert all(r["median_ms"] == "" for r in rows if r["status"] != "ok")
 
 
+def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_from(
+        tmp_path, monkeypatch):
+    """Real tritoncnn kernels (interpreted) with ``--tune``: the case's forward and backward
+    launches are recorded, each missing cache entry is tuned once (a stand-in tuner: nothing is
+    timed on the CPU), the tables land in tune.csv, and the rows say ``tuned``; a second run finds
+    everything cached and tunes nothing. Without --tune the rows say ``heuristic``."""
+    from tritoncnn import autotune
+    from tritoncnn.autotune import cache as cache_mod
+    from tritoncnn.autotune import tuner
+
+    monkeypatch.setenv(cache_mod.ENV_DIR, str(tmp_path / "cache"))
+    autotune.set_default_cache(None)
+    args = ("--suite", "Tiny", "--layers", "conv3x3", "--ops", "conv_relu", "--impl",
+            "tritoncnn,cudnn", "--layout", "nchw", "--direction", "forward+backward",
+            "--no-ceilings", "--cpu-reps", "1")
+    try:
+        _, rows = _bench(tmp_path / "plain", *args)
+        ours = next(r for r in rows if r["implementation"] == "tritoncnn")
+        assert ours["status"] == "ok" and ours["configs"] == "heuristic" and ours["tune_s"] == ""
+        assert next(r for r in rows if r["implementation"] == "torch")["configs"] == ""
+
+        tuned = []
+
+        def fake_tune_and_store(problem, store):
+            tuned.append(problem.kernel)
+            time.sleep(0.01)
+            store.put(problem.kernel, problem.shape, problem.dtype, problem.layout,
+                      problem.heuristic, ms=1.0)
+            return pd.DataFrame([dict(kernel=problem.kernel, config=json.dumps(problem.heuristic),
+                                      status="ok", ms=1.0, heuristic=True, best=True)]), None
+
+        monkeypatch.setattr(autotune, "INTERPRET", False)  # lookups as on a GPU
+        monkeypatch.setattr(tuner, "tune_and_store", fake_tune_and_store)
+        _, rows = _bench(tmp_path / "tuned", *args, "--tune")
+        ours = next(r for r in rows if r["implementation"] == "tritoncnn")
+        assert ours["status"] == "ok", ours["note"]
+        assert sorted(tuned) == ["conv_dw", "conv_dx", "conv_fwd"]
+        assert ours["configs"] == "tuned" and float(ours["tune_s"]) >= 0.03
+        assert float(ours["setup_s"]) >= float(ours["tune_s"])
+        table = pd.read_csv(tmp_path / "tuned" / "tune.csv")
+        assert sorted(table["kernel"]) == ["conv_dw", "conv_dx", "conv_fwd"]
+        assert set(table["model"]) == {"Tiny/conv3x3"}
+        assert set(table["layers"]) == {"conv_relu forward+backward"}
+        assert table["gpu"].str.startswith("CPU").all()
+
+        _, rows = _bench(tmp_path / "again", *args, "--tune")
+        ours = next(r for r in rows if r["implementation"] == "tritoncnn")
+        assert len(tuned) == 3 and ours["configs"] == "tuned" and float(ours["tune_s"]) == 0.0
+        assert not (tmp_path / "again" / "tune.csv").exists()
+    finally:
+        autotune.set_default_cache(None)
+
+
 def test_bench_appends_and_keeps_one_header(tmp_path):
     args = ("--suite", "Tiny", "--layers", "pool2", "--impl", "cudnn", "--layout", "nchw",
             "--direction", "forward", "--no-ceilings")
@@ -269,3 +325,37 @@ def test_gpu_timing_path_with_stand_in_timers(monkeypatch):
 def test_default_output_folder_names_the_gpu():
     assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert bench.slug("CPU x86_64 (2 cores)") == "cpu-x86-64-2-cores"
+
+
+def _gpu_check_bench_lines():
+    """The argument lists of the ``bench NAME LIMIT ARGS...`` parts of reports/gpu_check.sh."""
+    import pathlib
+    import shlex
+
+    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh").read_text()
+    text = script.replace("\\\n", " ")
+    parts = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) > 2 and words[0] == "bench" and words[1].isdigit():
+            parts.append((words[2], words[3:]))
+    return parts
+
+
+def test_gpu_check_script_parses_and_its_bench_parts_select_cases(capsys):
+    """The GPU run has one try: its shell must parse and every bench part's arguments must be
+    accepted and select something (checked with --list, which needs no GPU)."""
+    import pathlib
+    import subprocess
+
+    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh")
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    parts = _gpu_check_bench_lines()
+    assert {name for name, _ in parts} >= {"bench-quick", "bench-tuned", "bench-conv",
+                                           "bench-pool", "bench-train"}
+    for name, args in parts:
+        capsys.readouterr()
+        assert cli.main(["bench", *args, "--list"]) == 0, name
+        assert capsys.readouterr().out.strip(), f"{name} selects no case"

@@ -155,16 +155,27 @@ def test_conv2d_relu_and_unbatched():
 
 
 def test_relu_keeps_nan_like_torch():
-    """F.relu passes NaN through (compiled, tl.maximum would turn it into 0)."""
+    """F.relu passes NaN through (compiled, tl.maximum would turn it into 0), and its backward
+    passes the gradient at NaN outputs (threshold_backward zeroes only outputs <= 0): with one NaN
+    input pixel, dX and db stay finite and must match PyTorch's."""
     x = torch.randn(1, 2, 5, 5)
     x[0, 1, 2, 2] = float("nan")
     w = torch.randn(3, 2, 3, 3)
     b = torch.randn(3)
-    y = conv2d_relu(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), padding=1, allow_tf32=False)
-    want = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
+    g = torch.randn(1, 3, 5, 5)
+    xs, ws, bs = (t.to(DEVICE).requires_grad_() for t in (x, w, b))
+    y = conv2d_relu(xs, ws, bs, padding=1, allow_tf32=False)
+    y.backward(g.to(DEVICE))
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    want = F.relu(F.conv2d(xd, wd, bd, padding=1))
+    want.backward(g.double())
     assert torch.isnan(want).any()
-    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(want))
-    _compare("y", torch.nan_to_num(y), torch.nan_to_num(want), *TOL[torch.float32], 18)
+    assert torch.equal(torch.isnan(y.detach().cpu()), torch.isnan(want))
+    _compare("y", torch.nan_to_num(y.detach()), torch.nan_to_num(want.detach()),
+             *TOL[torch.float32], 18)
+    assert torch.isfinite(xd.grad).all() and torch.isfinite(bd.grad).all()
+    _compare("dX", xs.grad, xd.grad, *TOL[torch.float32], 27)
+    _compare("db", bs.grad, bd.grad, *TOL[torch.float32], 25)
 
 
 @pytest.mark.parametrize("relu", [False, True])

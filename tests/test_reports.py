@@ -56,6 +56,8 @@ def results(tmp_path):
         _conv("L1", "tritoncnn", 1.0, 400.0),
         _conv("L2", "cudnn", 1.0, 100.0),
         _conv("L2", "tritoncnn", 0.25, 400.0),
+        # L1 again on tuned configs: 0.5 ms, its own implementation "tritoncnn (tuned)", 4x
+        _conv("L1", "tritoncnn", 0.5, 800.0, configs="tuned"),
         # an older measurement of the same case: the newer row counts
         _conv("L1", "tritoncnn", 10.0, 40.0, timestamp="2026-11-25T00:00:00+00:00"),
         # a case that could not run
@@ -87,7 +89,8 @@ def results(tmp_path):
              shape='{"C": 1}', config='{"BLOCK_M": 256}', heuristic=False, cfg_BLOCK_M=256,
              status="failed", ms=math.nan, p20_ms=math.nan, p80_ms=math.nan, max_error=math.nan,
              error="OutOfResources: shared memory", best=False),
-    ]).assign(batch_size=1024, gpu=GPU).to_csv(d / "tune_lenet5_bf16_nhwc_b1024.csv", index=False)
+    ]).assign(batch_size=1024, gpu=GPU, tune_s=2.5, compile_s=1.5).to_csv(
+        d / "tune_lenet5_bf16_nhwc_b1024.csv", index=False)
     # a training run: per-step losses and per-epoch accuracies of both backends
     run = tmp_path / "results" / "train-run"
     run.mkdir()
@@ -114,6 +117,8 @@ def test_geomean_speedup_by_hand(results):
     train = gm[gm["op"] == "train_step"]
     assert train["geomean"].iloc[0] == pytest.approx(1.25)
     assert len(tune) == 1 and len(curves) == 2
+    tuned = gm[gm["implementation"] == "tritoncnn (tuned)"]
+    assert len(tuned) == 1 and tuned["geomean"].iloc[0] == pytest.approx(4.0)
     # the older, slower L1 row was dropped
     l1 = df[(df["layer"] == "L1") & (df["implementation"] == "tritoncnn")]
     assert list(l1["median_ms"]) == [1.0]
@@ -156,7 +161,8 @@ def test_report_tables_and_figures(results, tmp_path):
     assert "tritoncnn.kernels has no conv2d_relu_pool" in text
     # autotuning: 3 configs, 1 failed, best 0.5 ms against the heuristic's 1 ms
     line = next(ln for ln in text.splitlines() if "| conv_fwd |" in ln)
-    assert '| 3 | 1 | 0.5 | 1 | 2.00x | {"BLOCK_M": 128} |' in line
+    # ... tuned in 2.5 s, 1.5 s of it compiling
+    assert '| 3 | 1 | 0.5 | 1 | 2.00x | {"BLOCK_M": 128} | 2.5 | 1.5 |' in line
     # figures: written, linked relative to the report, PNG
     figures = out.parent / "figures"
     names = {p.name for p in figures.glob("*.png")}

@@ -12,6 +12,8 @@ An explicit ``TRITON_INTERPRET=1`` in the environment also means interpreted.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 
@@ -64,3 +66,30 @@ def check_device(name: str, tensor: torch.Tensor) -> None:
             f"{name} is on device {tensor.device}, but tritoncnn kernels run {how} in this "
             f"process ({REASON}); move the tensor to {want!r} or set {ENV_VAR}"
         )
+
+
+# Launches --------------------------------------------------------------------------------------
+
+_COMPILE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("tritoncnn_compile_only",
+                                                                     default=False)
+
+
+@contextlib.contextmanager
+def compile_only():
+    """Inside this block every tritoncnn kernel launch only compiles its kernel (Triton's
+    ``warmup``) and runs nothing: outputs are left unwritten. Under Triton's ``AsyncCompileMode``
+    the compilations go to its executor, which is how the tuner compiles all of a problem's configs
+    in parallel before it times them."""
+    token = _COMPILE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _COMPILE_ONLY.reset(token)
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, or its compile-only warm-up inside :func:`compile_only`.
+    Every tritoncnn launch goes through here."""
+    if _COMPILE_ONLY.get():
+        return kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel[grid](*args, **kwargs)
