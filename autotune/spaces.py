@@ -12,8 +12,11 @@ timing:
   capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
   ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
 * **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
-  every register tile of the epilogue (:data:`ACC_TILES`: ``conv_pool_fwd`` keeps a running window
-  maximum and its offset beside the accumulator, three tiles);
+  every register tile of the epilogue (:func:`acc_tiles`: ``conv_pool_fwd`` with a pool whose
+  windows are not whole rows of its tile keeps a running window maximum and its offset beside the
+  accumulator, three tiles);
+* **spills** measured with ``ptxas -v`` (:data:`MAX_BLOCK_K`, :data:`MIN_WARPS_LOOPED_POOL`):
+  configs that the register count above lets through but that spill on sm_90;
 * **shared memory**: the pipelined operand tiles,
   ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements (``conv_dx`` and ``conv_dw`` keep
   ``max(1, num_stages - 2)`` more BLOCK_M x BLOCK_K tiles and some scratch:
@@ -37,8 +40,9 @@ or tuned entries are never found: build them with :func:`conv_shape` and :func:`
 
 GEMM view of the conv kernels, used for the tile caps (a missing key only disables that cap):
 
-* ``conv_fwd`` / ``conv_pool_fwd``: M = N*P*Q (pooled pixels N*(P//pool)*(Q//pool) for
-  ``conv_pool_fwd``), N = K/groups, reduction = C/groups*R*S;
+* ``conv_fwd`` / ``conv_pool_fwd``: M = N*P*Q; for ``conv_pool_fwd`` the conv pixels of whole
+  windows, N*(P//pool)*(Q//pool)*pool**2, or with a pool whose pool**2 is no power of two the
+  pooled pixels N*(P//pool)*(Q//pool); N = K/groups, reduction = C/groups*R*S;
 * ``conv_dx``: M = N*H*W, N = C/groups, reduction = K/groups*R*S;
 * ``conv_dw``: M = K/groups, N = C/groups*R*S, reduction = N*P*Q (split ``SPLIT`` ways).
 """
@@ -51,7 +55,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from tritoncnn._shapes import as_pair, conv_len, pooled_len
+from tritoncnn._shapes import as_pair, conv_len, pooled_len, window_rows
 
 # Configs -----------------------------------------------------------------------------------------
 
@@ -82,7 +86,7 @@ _CONV_TILES = [
 # conv_dw: fewer tiles, each tried with several reduction splits.
 _CONV_DW_TILES = [
     (128, 128, 64, 8, 8, 3),
-    (128, 128, 32, 8, 4, 4),
+    (128, 128, 32, 8, 8, 4),  # with 4 warps it spilled (220 B, bf16) storing dW in place
     (128, 64, 32, 8, 4, 4),
     (64, 128, 32, 8, 4, 4),
     (64, 64, 64, 8, 4, 3),
@@ -123,6 +127,16 @@ MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the 
 MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
 MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
 ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
+# Measured with ptxas -v for sm_90a over whole pruned spaces (tests/compile_sm90.py): conv_dx
+# loads dY (and the saved output, for ReLU's mask) through registers, and every BLOCK_K = 64
+# config of it spilled (12 to 588 B), every BLOCK_K = 32 one but fp32 128x128 (16 B) did not.
+MAX_BLOCK_K = {"conv_dx": 32}
+# conv_pool_fwd looping over window elements (pool 3) spilled in fp32 with 2 warps (36-72 B).
+MIN_WARPS_LOOPED_POOL = 4
+# The fused pool kernel with whole windows as rows: one accumulator, but its window reduction holds
+# the accumulator and the reshaped copy with its offsets at once (sm_90, 4 warps: 128x64 takes 211
+# registers, 128x128 spills).
+WINDOW_ROWS_TILES = 2
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
 # Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
@@ -210,8 +224,11 @@ def gemm_dims(kernel: str, shape: Mapping[str, int]) -> tuple[int | None, int | 
         k, crs = shape.get("K"), prod("C", "R", "S")
         m = prod("N", "P", "Q")
         pool = int(shape.get("pool", 1) or 1)
-        if kernel == "conv_pool_fwd" and pool > 1 and m is not None:  # rows are pooled pixels
+        if kernel == "conv_pool_fwd" and pool > 1 and m is not None:
+            # rows: the conv pixels of whole windows, or pooled pixels (see window_rows)
             m = int(shape["N"]) * (int(shape["P"]) // pool) * (int(shape["Q"]) // pool)
+            if window_rows(pool):
+                m *= pool * pool
         return m, (k // g if k else None), (crs // g if crs else None)
     if kernel == "conv_dx":
         c = shape.get("C")
@@ -271,6 +288,14 @@ def _dedupe(configs: Iterable[dict]) -> list[dict]:
     return out
 
 
+def acc_tiles(kernel: str, shape: Mapping[str, int]) -> int:
+    """BLOCK_M x BLOCK_N register tiles a conv kernel keeps: :data:`ACC_TILES`, except for the
+    fused pool kernel with whole windows as rows (:func:`window_rows`): :data:`WINDOW_ROWS_TILES`."""
+    if kernel == "conv_pool_fwd" and window_rows(int(shape.get("pool", 1) or 1)):
+        return WINDOW_ROWS_TILES
+    return ACC_TILES.get(kernel, 1)
+
+
 def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]:
     m, n, red = gemm_dims(kernel, shape)
     cap_warps = MAX_WARPS.get(kernel)
@@ -281,11 +306,16 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
         c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
         red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))
         c["BLOCK_K"] = _cap(c["BLOCK_K"], red_per_split, MIN_DOT)
+        if c["BLOCK_K"] > MAX_BLOCK_K.get(kernel, c["BLOCK_K"]):
+            continue
         if cap_warps is not None:
             c["num_warps"] = min(c["num_warps"], cap_warps)
         # small tiles need few warps: at least one 16x16 dot per warp
         c["num_warps"] = max(1, min(c["num_warps"], c["BLOCK_M"] * c["BLOCK_N"] // 256))
-        tiles = ACC_TILES.get(kernel, 1)
+        tiles = acc_tiles(kernel, shape)
+        if kernel == "conv_pool_fwd" and tiles == ACC_TILES[kernel] and \
+                c["num_warps"] < MIN_WARPS_LOOPED_POOL:
+            continue
         if tiles * c["BLOCK_M"] * c["BLOCK_N"] > MAX_ACC_PER_THREAD * 32 * c["num_warps"]:
             continue
         if conv_smem_bytes(c, dtype, kernel) > smem_budget:

@@ -14,14 +14,19 @@ pointer plus its four element strides, so NCHW, channels_last and views all work
 * weight gradient ``_conv_dw_kernel``: rows = output channels, columns = (r, s, c), reduction over
   (n, p, q) split into SPLIT chunks; each chunk writes an fp32 partial and ``_sum_splits_kernel``
   adds them in a fixed order (deterministic, no atomics); one split stores dW straight into the
-  weight's layout (``DIRECT``). db is the same masked sum of dY.
+  weight (through its strides, ``DW_STRIDED``, unless they are the partials' (r, s, c) order).
+  db is the same masked sum of dY.
 
 The ReLU mask (Y <= 0 zeroes dY, from the saved output) is applied while dY is loaded.
 
-* fused conv + ReLU + max-pool ``_conv_pool_fwd_kernel``: GEMM rows = pooled pixels (n, ph, pw);
-  the mainloop runs once per window element (i, j), each time over the conv pixels
-  (ph*POOL + i, pw*POOL + j) of the same rows, and the epilogue folds the accumulators into a
-  running window maximum and its offset ``i*POOL + j``; bias and ReLU are applied once, to the
+* fused conv + ReLU + max-pool ``_conv_pool_fwd_kernel``, two row mappings on the same core:
+  ``WINDOW_ROWS`` (POOL*POOL a power of two: POOL = 1, 2, 4): GEMM rows = conv pixels grouped by
+  window, row ``m`` is element ``m % POOL**2`` of pooled pixel ``m // POOL**2``, so one mainloop
+  (one accumulator, the register budget of the plain conv) computes whole windows and the
+  epilogue reduces each group of POOL**2 rows to its maximum and offset. Otherwise (POOL = 3, ...):
+  rows = pooled pixels (n, ph, pw), the mainloop runs once per window element (i, j) over the conv
+  pixels (ph*POOL + i, pw*POOL + j), folding each accumulator into a running maximum and offset
+  (three register tiles: smaller tiles fit). Either way bias and ReLU are applied once, to the
   maximum.
   Dead windows (pooled output 0, ReLU's) get offset -1. Backward reuses the dX/dW kernels with
   ``OFFSETS`` on: their dY load rebuilds the conv-output gradient from the pooled gradient and the
@@ -186,6 +191,19 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _window_max(v1, i1, v2, i2):
+    """Combine of the window maximum: (value, window offset) pairs, order-independent. The result
+    is the last NaN (largest offset) when the window has one, else the maximum, the first
+    (smallest offset) of equal ones -- what a running ``x > best or isnan(x)`` scan in offset
+    order keeps, as max_pool2d does."""
+    nan1 = v1 != v1
+    nan2 = v2 != v2
+    bigger = (v2 > v1) | ((v2 == v1) & (i2 < i1))
+    take2 = (nan2 & (~nan1 | (i2 > i1))) | (~nan1 & ~nan2 & bigger)
+    return tl.where(take2, v2, v1), tl.where(take2, i2, i1)
+
+
+@triton.jit
 def _conv_pool_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
     N, H, W, PP, PQ, R, S, CG, KG,
@@ -193,7 +211,7 @@ def _conv_pool_fwd_kernel(
     swk, swc, swr, sws,
     syn, syk, syp, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    POOL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    POOL: tl.constexpr, WINDOW_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -201,51 +219,79 @@ def _conv_pool_fwd_kernel(
     OFF = the offset i*POOL + j of each maximum inside its window. Grid: (row tiles * column
     tiles, groups).
 
-    Rows are pooled pixels (n, ph, pw) of the (PP, PQ) pooled map; window element (i, j) is conv
-    pixel (ph*POOL + i, pw*POOL + j), so every row's window is whole. Ties and NaN as
-    ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when it is greater or
-    NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0 after bias pools to
-    relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's backward passes no
-    gradient (a NaN window keeps its offset: F.relu's backward passes NaN outputs' gradient), so
-    backward needs the offsets alone, not Y.
+    Window element (i, j) of pooled pixel (n, ph, pw) of the (PP, PQ) pooled map is conv pixel
+    (ph*POOL + i, pw*POOL + j). WINDOW_ROWS (POOL*POOL a power of two, at most BLOCK_M): the
+    tile's BLOCK_M rows are BLOCK_M / POOL**2 whole windows, element by element, and the maxima
+    come from a reduction over each window's rows (``_window_max``). Otherwise the BLOCK_M rows
+    are pooled pixels and the mainloop runs once per window element.
+    Ties and NaN as ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when
+    it is greater or NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0
+    after bias pools to relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's
+    backward passes no gradient (a NaN window keeps its offset: F.relu's backward passes NaN
+    outputs' gradient), so backward needs the offsets alone, not Y.
     """
     g = tl.program_id(1)
-    M = N * PP * PQ
-    pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # pooled pixel (n, ph, pw)
-    mask_m = offs_m < M
-    pw = offs_m % PQ
-    ph = (offs_m // PQ) % PP
-    n = offs_m // (PP * PQ)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # output channel within the group
-    mask_n = offs_n < KG
-    chan = g * KG + offs_n                                 # output channel
-
-    x_row = n.to(tl.int64) * sxn + (g * CG) * sxc
-    h_win = ph * POOL * stride_h - pad_h                   # top-left tap of window element (0, 0)
-    w_win = pw * POOL * stride_w - pad_w
-    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
-    arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for e in range(POOL * POOL):                           # window element (i, j), row-major
-        i = e // POOL
-        j = e % POOL
+    MP = N * PP * PQ                                       # pooled pixels
+    offs_n = tl.arange(0, BLOCK_N)                         # output channel within the group
+    x_col = g * CG * sxc
+    if WINDOW_ROWS:
+        E: tl.constexpr = POOL * POOL
+        WIN: tl.constexpr = BLOCK_M // E                   # whole windows per tile
+        pid_m, pid_n = _tile_ids(tl.program_id(0), MP * E, KG, BLOCK_M, BLOCK_N, GROUP_M)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)     # (pooled pixel, window element)
+        pm = rows // E
+        e = rows % E
+        pw = pm % PQ
+        ph = (pm // PQ) % PP
+        n = pm // (PP * PQ)
+        offs_n += pid_n * BLOCK_N
+        mask_n = offs_n < KG
+        chan = g * KG + offs_n
         acc = _conv_fwd_mainloop(
-            x_ptr, w_ptr, x_row, h_win + i * stride_h, w_win + j * stride_w, mask_m,
-            chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
-            BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+            x_ptr, w_ptr, n.to(tl.int64) * sxn + x_col,
+            (ph * POOL + e // POOL) * stride_h - pad_h, (pw * POOL + e % POOL) * stride_w - pad_w,
+            pm < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
+            dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
         )
-        take = (acc > best) | (acc != acc)
-        best = tl.where(take, acc, best)
-        arg = tl.where(take, e, arg)
+        elem = tl.broadcast_to(tl.arange(0, E)[None, :, None], (WIN, E, BLOCK_N))
+        best, arg = tl.reduce((tl.reshape(acc, (WIN, E, BLOCK_N)), elem), 1, _window_max)
+        offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
+    else:
+        pid_m, pid_n = _tile_ids(tl.program_id(0), MP, KG, BLOCK_M, BLOCK_N, GROUP_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # pooled pixel (n, ph, pw)
+        pw = offs_m % PQ
+        ph = (offs_m // PQ) % PP
+        n = offs_m // (PP * PQ)
+        offs_n += pid_n * BLOCK_N
+        mask_n = offs_n < KG
+        chan = g * KG + offs_n
+        x_row = n.to(tl.int64) * sxn + x_col
+        h_win = ph * POOL * stride_h - pad_h               # top-left tap of window element (0, 0)
+        w_win = pw * POOL * stride_w - pad_w
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
+        arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for e in range(POOL * POOL):                       # window element (i, j), row-major
+            i = e // POOL
+            j = e % POOL
+            acc = _conv_fwd_mainloop(
+                x_ptr, w_ptr, x_row, h_win + i * stride_h, w_win + j * stride_w, offs_m < MP,
+                chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
+                BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+            )
+            take = (acc > best) | (acc != acc)
+            best = tl.where(take, acc, best)
+            arg = tl.where(take, e, arg)
     # max(relu(x_e + b)) == relu(max(x_e) + b): bias and ReLU once, on the maximum.
     best = _bias_relu(best, b_ptr, chan, mask_n, HAS_BIAS, False)
     dead = best <= 0                                       # ReLU's 0 (NaN is kept, as F.relu does)
     best = tl.where(dead, 0.0, best)
     arg = tl.where(dead, -1, arg)                          # dead windows: no pixel gets dY
 
+    pw = offs_m % PQ
+    ph = (offs_m // PQ) % PP
+    n = offs_m // (PP * PQ)
     y_off = (n.to(tl.int64) * syn + ph * syp + pw * syq)[:, None] + (chan * syk)[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask = (offs_m < MP)[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(off_ptr + y_off, arg.to(off_ptr.dtype.element_ty), mask=mask)
 
@@ -356,7 +402,8 @@ def _conv_dw_kernel(
     swk, swc, swr, sws,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
-    OFFSETS: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    OFFSETS: tl.constexpr, DW_STRIDED: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Partial dW and db over one chunk of the (n, p, q) reduction.
@@ -365,8 +412,9 @@ def _conv_dw_kernel(
     columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
     [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials:
     dw_part (SPLIT, K, R*S*CG) contiguous, db_part (SPLIT, K) from the first column tile.
-    DIRECT (one split, nothing to sum): dw_part / db_part are dW itself, stored cast through its
-    strides (swk, swc, swr, sws), and db (K,) contiguous.
+    With one split (nothing to sum) dw_part / db_part are dW and db themselves, stored cast: db
+    (K,) contiguous, dW at the partials' offsets when its strides are (R*S*CG, 1, S*CG, CG) (a
+    channels_last weight), else (``DW_STRIDED``) through its strides (swk, swc, swr, sws).
     With OFFSETS (the fused op's backward), dY is rebuilt from the pooled gradient and the window
     offsets while it is loaded (``_load_dy``); the launcher then passes P, Q = PP*POOL, PQ*POOL,
     so only pixels inside a window are visited.
@@ -420,10 +468,12 @@ def _conv_dw_kernel(
             acc = _mma(a, b, acc, DOT_FP32, PRECISION)
 
     if NEED_DW:
-        if DIRECT:
+        if DW_STRIDED:
             part = (chan * swk)[:, None] + (c * swc + r * swr + s * sws)[None, :]
         else:
-            part = split.to(tl.int64) * K * RSC + (chan * RSC)[:, None] + offs_n[None, :]
+            # this split's (K, RSC) slab: an int64 step of the base, int32 offsets inside it
+            dw_part_ptr += split.to(tl.int64) * K * RSC
+            part = (chan * RSC)[:, None] + offs_n[None, :]
         tl.store(dw_part_ptr + part, acc.to(dw_part_ptr.dtype.element_ty),
                  mask=mask_m[:, None] & mask_n[None, :])
     if NEED_DB:

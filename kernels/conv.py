@@ -259,25 +259,27 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype) -> tuple:
+def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
+                          max_k: int) -> tuple:
     if INTERPRET:
         cfg = dict(BLOCK_M=_pow2(rows, 16, 2048), BLOCK_N=_pow2(cols, 16, 64),
                    BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
     else:
-        block_k = _pow2(red, 16, 32 if dtype == torch.float32 else 64)
+        block_k = _pow2(red, 16, 32 if dtype == torch.float32 else max_k)
         cfg = dict(BLOCK_M=_pow2(rows, 16, 128), BLOCK_N=_pow2(cols, 16, 128), BLOCK_K=block_k,
                    GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
     return tuple(cfg.items())
 
 
-def _gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype) -> dict:
+def _gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype, max_k: int = 64) -> dict:
     """Tiles for an implicit GEMM of rows x cols with a reduction block over ``red`` channels.
 
     The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
-    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory). Memoised:
-    a fresh dict per call, built once per argument tuple.
+    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory, and at most
+    ``max_k``: the dX kernel spills registers with 64, see ``autotune.spaces.MAX_BLOCK_K``).
+    Memoised: a fresh dict per call, built once per argument tuple.
     """
-    return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype))
+    return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype, int(max_k)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -295,6 +297,8 @@ def _dw_heuristic_items(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool,
                           SPLIT=1).items())
     cfg = dict(BLOCK_M=_pow2(KG, 16, 128), BLOCK_N=_pow2(RSC, 16, 128),
                BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_M=8, num_warps=4, num_stages=3)
+    if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:  # 128x128 on 4 warps spills (sm_90, ptxas)
+        cfg["num_warps"] = 8
     tiles = _dw_tiles(cfg, KG, RSC, need_dw) * groups
     steps = triton.cdiv(NPQ, cfg["BLOCK_K"])
     cfg["SPLIT"] = max(1, min(triton.cdiv(2 * _num_sms(device), tiles), triton.cdiv(steps, 8), 64))
@@ -463,7 +467,9 @@ def conv2d_backward(
         rows = N * HP * WP
         if dx.numel():
             cfg = _config("conv_dx", shape, input.dtype, layout,
-                          _gemm_heuristic(rows, CG, KG, input.dtype), configs.get("conv_dx"))
+                          _gemm_heuristic(rows, CG, KG, input.dtype,
+                                          autotune.spaces.MAX_BLOCK_K["conv_dx"]),
+                          configs.get("conv_dx"))
             grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
             launch(_conv_dx_kernel, grid,
@@ -508,7 +514,7 @@ def conv2d_backward(
             *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,
             sh, sw, pt, pl, dh, dw,
             NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
-            DIRECT=split == 1,
+            DW_STRIDED=need_dw and split == 1 and dw_out.stride() != (RSC, 1, S * CG, CG),
             **dot, **_launch_opts(cfg),
         )
         if split > 1:

@@ -5,9 +5,11 @@ and backward: the lecture's CONV -> RELU -> POOL block without the full-size act
 ``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups)), F)``, flooring odd
 conv output sizes as max_pool2d does.
 
-* Forward (``_conv_pool_fwd_kernel``): the GEMM rows of a tile are pooled pixels, so the tile covers
-  whole windows; the implicit-GEMM mainloop of the conv runs once per window element, and the
-  epilogue keeps the running maximum and its window offset, then adds the bias and applies ReLU once
+* Forward (``_conv_pool_fwd_kernel``): every tile covers whole windows. For F = 2 (and 4) its
+  GEMM rows are the conv pixels of whole windows, so the conv's own mainloop runs once, with one
+  accumulator, and the epilogue reduces each window's rows to their maximum and its offset; for
+  other F the rows are pooled pixels and the mainloop runs once per window element, keeping a
+  running maximum and offset. The bias and ReLU are applied once, to the maximum
   (max(relu(x_i + b)) = relu(max(x_i) + b)). Only the pooled output and the window offsets (int8
   for windows of up to 128 elements) are written; ties and NaN as max_pool2d over the ReLU output.
 * Dead windows: where the pooled output is ReLU's 0, ReLU passes no gradient,
@@ -36,6 +38,7 @@ import torch
 import triton
 
 from tritoncnn import autotune
+from tritoncnn._shapes import window_rows
 
 from ._common import INTERPRET, check_float, launch, memory_format_of
 from ._conv_kernels import _conv_pool_fwd_kernel
@@ -88,10 +91,18 @@ def _pooled_size(geometry: ConvGeometry, input_shape, weight_shape, pool: int):
     return (P, Q), (P // pool, Q // pool)
 
 
-def _heuristic(rows: int, cols: int, red: int, dtype: torch.dtype) -> dict:
-    """The conv tiles, at most 64 x 64 on a GPU: the epilogue keeps a running maximum and an
-    offset beside the accumulator, three register tiles where the conv keeps one."""
-    cfg = _gemm_heuristic(rows, cols, red, dtype)
+def _heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
+    """The conv's tiles over the kernel's GEMM rows: with whole windows as rows
+    (:func:`window_rows`), the conv pixels of ``pooled`` windows, at most 128 x 64 on a GPU (the
+    window reduction holds two register tiles); otherwise the pooled pixels, at most 64 x 64 (a
+    running maximum and offset beside the accumulator: three register tiles where the conv keeps
+    one). Sizes measured with ``ptxas -v`` for sm_90 (tests/compile_sm90.py)."""
+    if window_rows(pool):
+        cfg = _gemm_heuristic(pooled * pool * pool, cols, red, dtype)
+        if not INTERPRET and cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:
+            cfg["BLOCK_N"] //= 2  # 128x128 spills in the window reduction; 128x64 does not
+        return cfg
+    cfg = _gemm_heuristic(pooled, cols, red, dtype)
     if not INTERPRET:
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
         cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 64)
@@ -124,17 +135,20 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                           memory_format=fmt)
     if y.numel() == 0:
         return y, offsets
-    M = N * PP * PQ
+    MP = N * PP * PQ
     cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
-                  _layout(input), _heuristic(M, KG, CG, input.dtype), config)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
+                  _layout(input), _heuristic(MP, pool, KG, CG, input.dtype), config)
+    whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
+    rows = MP * pool * pool if whole else MP
+    grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
         N, H, W, PP, PQ, R, S, CG, KG,
         *input.stride(), *weight.stride(), *y.stride(),
         sh, sw, pt, pl, dh, dw,
-        POOL=pool, HAS_BIAS=bias is not None, **_dot_args(input.dtype, allow_tf32),
+        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None,
+        **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
     )
     return y, offsets

@@ -8,15 +8,21 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
 
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
 
-It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``),
-and that the tuner's parallel pre-compilation (``autotune.tuner.precompile``) compiles every config
-of a real tuning problem on worker threads, so that the timed pass compiles nothing.
+It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``);
+that the configs the autotuner's pruning keeps use no more registers than sm_90 has (the configs
+with the most accumulator values per thread, of every conv kernel, in bf16 and fp32, assembled
+with ``ptxas -v``: no spill stores); and that the tuner's parallel pre-compilation
+(``autotune.tuner.precompile``) compiles every config of a real tuning problem on worker threads,
+so that the timed pass compiles nothing.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -54,7 +60,7 @@ COMPILED: list[tuple[str, dict, object]] = []  # (kernel name, constexprs, kerne
 def _compile_only(self, *args, grid, warmup, **kwargs):
     # under AsyncCompileMode this is a future: resolved (ptx) only once every compile is done
     kernel = _jit_run(self, *args, grid=grid, warmup=True, **kwargs)
-    consts = {k: v for k, v in kwargs.items() if k.isupper()}
+    consts = {k: v for k, v in kwargs.items() if k.isupper() or k.startswith("num_")}
     COMPILED.append((self.__name__, consts, kernel))
     return kernel
 
@@ -105,6 +111,87 @@ def exercise() -> None:
         kernels.linear(h, fc, None, activation="relu").sum().backward()
 
 
+def ptxas_usage(ptx: str) -> tuple[int, int]:
+    """(registers per thread, spill-store bytes) of one kernel, from ``ptxas -v`` for sm_90a."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.o")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else 0
+
+
+SPILL_TOLERANCE = 16  # bytes: a few spilled outside the main loop cost nothing measurable
+
+
+def check_registers(top: int = 2) -> str | None:
+    """Per conv kernel (the fused pool one with pool 2 and 3) and dtype (bf16, fp32), the ``top``
+    pruned configs with the most accumulator values per thread, and every kernel on its
+    launcher's heuristic config, must assemble without spilling (more than
+    :data:`SPILL_TOLERANCE` bytes); the heuristic ones must also issue wgmma (bf16, and fp32 as
+    TF32, PyTorch's default for convolutions). Returns what went wrong, or None."""
+    from tritoncnn import _runtime, autotune
+    from tritoncnn.autotune import spaces, tuner
+
+    _runtime.device_type = lambda: "cpu"
+    base = autotune.conv_shape((2, 128, 16, 16), (128, 128, 3, 3), 1, 1, 1, 1)
+    cases = [(k, base) for k in ("conv_fwd", "conv_dx", "conv_dw")]
+    cases += [("conv_pool_fwd", dict(base, pool=2)), ("conv_pool_fwd", dict(base, pool=3))]
+    bad, lines = [], []
+    for kernel, shape in cases:
+        for dtype in (torch.bfloat16, torch.float32):
+            found = spaces.candidates(kernel, shape, dtype, smem_budget=spaces.DEFAULT_SMEM_BYTES,
+                                      num_sms=SMS)
+            found.sort(key=lambda c: -c["BLOCK_M"] * c["BLOCK_N"] / c["num_warps"])
+            problem = autotune.make_problem(kernel, shape, dtype, "nhwc")
+            for cfg in found[:top]:
+                start = len(COMPILED)
+                problem.run(cfg)
+                for name, _, k in COMPILED[start:]:
+                    if name == "_sum_splits_kernel":
+                        continue
+                    regs, spills = ptxas_usage(_ptx(k))
+                    tile = "x".join(str(cfg[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                    line = (f"{kernel} pool={shape.get('pool', 1)} {str(dtype)[6:]} {tile} "
+                            f"w{cfg['num_warps']} s{cfg['num_stages']}: {regs} registers, "
+                            f"{spills} B spilled")
+                    lines.append(line)
+                    if spills > SPILL_TOLERANCE:
+                        bad.append(line)
+    # the launchers' own heuristic configs on the same layer, forward and backward
+    from tritoncnn import kernels
+
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(8, 128, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(128, dtype=dtype)
+        for pool in (1, 2, 3):
+            xs, ws, bs = (v.clone().requires_grad_() for v in (x, w, b))
+            start = len(COMPILED)
+            if pool == 1:
+                kernels.conv2d_relu(xs, ws, bs, padding=1).sum().backward()
+            else:
+                kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool).sum().backward()
+            for name, consts, k in COMPILED[start:]:
+                if name == "_sum_splits_kernel":
+                    continue
+                ptx = _ptx(k)
+                regs, spills = ptxas_usage(ptx)
+                tile = "x".join(str(consts[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                line = (f"heuristic {name} pool={pool} {str(dtype)[6:]} {tile} "
+                        f"w{consts['num_warps']}: {regs} registers, {spills} B spilled, "
+                        f"{'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
+                lines.append(line)
+                if spills > SPILL_TOLERANCE or "wgmma" not in ptx:
+                    bad.append(line)
+    print("\n".join(["registers (ptxas -v, sm_90a):", *lines]))
+    return f"{len(bad)} kernels spill or miss wgmma: {'; '.join(bad)}" if bad else None
+
+
 def check_precompile(workers: int = 2) -> str | None:
     """The tuner's parallel pre-compilation on a real problem (conv_fwd, bf16, channels_last):
     every config compiled on ``workers`` threads, and a second pass over the configs finds them all
@@ -152,17 +239,18 @@ def main() -> int:
     if not any("wgmma" in p for p in fast):
         print("no conv forward specialization uses wgmma")
         return 1
-    for name, switch in (("_conv_dw_kernel", "DIRECT"), ("_conv_dw_kernel", "OFFSETS"),
+    for name, switch in (("_conv_dw_kernel", "DW_STRIDED"), ("_conv_dw_kernel", "OFFSETS"),
                          ("_conv_dx_kernel", "OFFSETS")):
         seen = {c.get(switch) for n, c, _ in COMPILED if n == name}
         if seen != {False, True}:
             print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
-    problem = check_precompile()
-    if problem is not None:
-        print(problem)
-        return 1
+    for check in (check_registers, check_precompile):
+        problem = check()
+        if problem is not None:
+            print(problem)
+            return 1
     return 0
 
 

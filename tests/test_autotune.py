@@ -72,6 +72,24 @@ def test_big_layer_keeps_big_tiles_and_warp_cap():
     assert all(c["BLOCK_M"] * c["BLOCK_N"] <= 128 * 32 * c["num_warps"] for c in found)
 
 
+def test_fused_pool_space_follows_its_row_mapping():
+    """pool 2: rows are the conv pixels of whole windows (4 per pooled pixel), two register tiles
+    (128x64 at 4 warps fits); pool 3: rows are pooled pixels and three tiles (64x64 at most)."""
+    base = conv(n=8, c=64, h=32, w=32, k=128)  # conv output 32x32
+    kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
+    assert spaces.gemm_dims("conv_pool_fwd", dict(base, pool=2))[0] == 8 * 16 * 16 * 4
+    assert spaces.gemm_dims("conv_pool_fwd", dict(base, pool=3))[0] == 8 * 10 * 10
+    assert spaces.gemm_dims("conv_pool_fwd", dict(base, pool=4))[0] == 8 * 8 * 8 * 16
+    two = spaces.candidates("conv_pool_fwd", dict(base, pool=2), torch.bfloat16, **kw)
+    three = spaces.candidates("conv_pool_fwd", dict(base, pool=3), torch.bfloat16, **kw)
+    area = [c["BLOCK_M"] * c["BLOCK_N"] // c["num_warps"] for c in two]
+    assert max(area) == 128 * 64 // 4  # 128x64 (or 64x128) over 4 warps
+    assert max(c["BLOCK_M"] * c["BLOCK_N"] // c["num_warps"] for c in three) == 64 * 64 // 4
+    assert spaces.acc_tiles("conv_pool_fwd", dict(base, pool=2)) == spaces.WINDOW_ROWS_TILES
+    assert spaces.acc_tiles("conv_pool_fwd", dict(base, pool=3)) == 3
+    assert spaces.acc_tiles("conv_fwd", base) == 1
+
+
 def test_shared_memory_budget_prunes():
     shape = conv(n=64, c=256, h=56, w=56, k=256)
     full = spaces.candidates("conv_fwd", shape, torch.float32)
@@ -82,11 +100,12 @@ def test_shared_memory_budget_prunes():
 
 
 def test_shared_memory_counts_the_extra_tile_of_the_backward_kernels():
-    """conv_dx and conv_dw hold more BLOCK_M x BLOCK_K tiles than the pipelined operands: an fp32
-    conv_dx 256x32x64 tile in 3 stages (216 KB of operands, 280 KB in an sm_90 build) is pruned
-    on an H100; the same tile in bf16 stays, and conv_fwd counts the operands only."""
-    cfg = dict(BLOCK_M=256, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
-    operands = 3 * (256 + 32) * 64 * 4
+    """conv_dx and conv_dw hold more BLOCK_M x BLOCK_K tiles than the pipelined operands (an fp32
+    conv_dx 256x32x64 tile in 3 stages: 216 KB of operands, 280 KB in an sm_90 build): an fp32
+    conv_dx 256x32x32 tile in 5 stages (180 KB of operands) is pruned on an H100; the same tile
+    in bf16 stays, and conv_fwd counts the operands only."""
+    cfg = dict(BLOCK_M=256, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=5)
+    operands = 5 * (256 + 32) * 32 * 4
     assert operands <= spaces.DEFAULT_SMEM_BYTES
     assert spaces.conv_smem_bytes(cfg, torch.float32) == operands
     assert spaces.conv_smem_bytes(cfg, torch.float32, "conv_fwd") == operands
@@ -97,6 +116,21 @@ def test_shared_memory_counts_the_extra_tile_of_the_backward_kernels():
     kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
     assert spaces.candidates("conv_dx", shape, torch.float32, space=space, **kw) == []
     assert spaces.candidates("conv_dx", shape, torch.bfloat16, space=space, **kw) == [cfg]
+
+
+def test_configs_that_spill_on_sm90_are_pruned():
+    """Measured with ptxas -v (tests/compile_sm90.py): conv_dx with BLOCK_K 64 and the looping
+    fused pool kernel (pool 3) with 2 warps spill registers; neither is a candidate."""
+    shape = conv(n=8, c=128, h=16, w=16, k=128)
+    kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
+    for dtype in (torch.bfloat16, torch.float32):
+        dx = spaces.candidates("conv_dx", shape, dtype, **kw)
+        assert dx and max(c["BLOCK_K"] for c in dx) == 32
+        assert max(c["BLOCK_K"] for c in spaces.candidates("conv_fwd", shape, dtype, **kw)) == 64
+        looped = spaces.candidates("conv_pool_fwd", dict(shape, pool=3), dtype, **kw)
+        assert looped and min(c["num_warps"] for c in looped) == 4
+        window = spaces.candidates("conv_pool_fwd", dict(shape, pool=2), dtype, **kw)
+        assert min(c["num_warps"] for c in window) < 4  # small tiles keep few warps there
 
 
 def test_conv_dw_splits_leave_work_for_each_split():

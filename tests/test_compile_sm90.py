@@ -1,7 +1,9 @@
 """Every kernel specialization the ops launch compiles for sm_90 (Hopper), with no GPU present.
 
 The interpreter never runs Triton's compiler; this runs it (through ptxas) in a subprocess, so a
-kernel that would fail to compile on an H100/H200 fails here first. See tests/compile_sm90.py.
+kernel that would fail to compile on an H100/H200 fails here first; it also fails when a config
+the tuner keeps or a launcher's heuristic spills registers, or a heuristic conv kernel misses
+wgmma. See tests/compile_sm90.py.
 """
 
 import subprocess
@@ -20,3 +22,4 @@ def test_all_kernels_compile_for_sm90():
                           timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "kernels compiled for sm_90" in done.stdout
+    assert "registers (ptxas -v, sm_90a):" in done.stdout and "precompile:" in done.stdout

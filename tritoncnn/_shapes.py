@@ -55,3 +55,13 @@ def pooled_len(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> in
 def conv_len(size: int, k: int, s: int, pad_total: int, d: int) -> int:
     """Conv output length along one dimension with ``pad_total`` padding on both sides together."""
     return (size + pad_total - d * (k - 1) - 1) // s + 1
+
+
+def window_rows(pool: int) -> bool:
+    """Whether the fused conv + ReLU + max-pool kernel tiles whole windows as GEMM rows (one
+    accumulator, the window maximum taken by a reduction over rows): when a window's pool*pool
+    elements are a power of two (Triton tiles are). Otherwise its rows are pooled pixels and its
+    mainloop runs once per window element, with a running maximum and offset beside the
+    accumulator (three register tiles)."""
+    e = pool * pool
+    return e & (e - 1) == 0
