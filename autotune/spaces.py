@@ -55,7 +55,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from tritoncnn._shapes import as_pair, conv_len, pooled_len, window_rows
+from tritoncnn._shapes import as_pair, conv_len, next_pow2, pooled_len, window_rows
 
 # Configs -----------------------------------------------------------------------------------------
 
@@ -145,11 +145,6 @@ DEFAULT_NUM_SMS = 132  # H100 SXM
 EXTRA_TILE_KERNELS = frozenset({"conv_dx", "conv_dw"})
 EXTRA_SCRATCH_BYTES = 2048
 SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
-
-
-def next_pow2(n: int) -> int:
-    n = int(n)
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tritoncnn import _runtime
-from tritoncnn._shapes import as_pair, conv_len, pooled_len  # noqa: F401  (re-exported)
+from tritoncnn._shapes import as_pair, cdiv, conv_len, next_pow2, pooled_len  # noqa: F401 (re-exported)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -65,3 +65,21 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool | None = None) -> str:
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
     return "tf32" if (allow_tf32 and not INTERPRET) else "ieee"
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+_function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
+
+
+def eager_ok(*tensors) -> bool:
+    """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
+    its autograd Function) directly: the same code without the dispatcher's Python layers, about
+    half of a small layer's host time. Only for plain tensors in plain eager mode: under
+    torch.compile, a functorch transform, a torch-function or dispatch mode (fake tensors, the
+    flop counter), or for tensor subclasses the custom op runs, which all of them understand."""
+    if torch.compiler.is_compiling() or _functorch_active() or _function_mode() or \
+            _dispatch_modes():
+        return False
+    return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)

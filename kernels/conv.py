@@ -18,20 +18,22 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
-import triton
 
 from tritoncnn import _runtime, autotune
 
 from ._common import (
     INTERPRET,
     as_pair,
+    cdiv,
     check_device,
     check_float,
     conv_len,
     dot_precision,
+    eager_ok,
     is_channels_last,
     launch,
     memory_format_of,
+    next_pow2,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -255,7 +257,7 @@ def _parse_activation(activation) -> bool:
 
 def _pow2(n: int, lo: int, hi: int) -> int:
     """The power of two covering n, clamped to [lo, hi]."""
-    return max(lo, min(hi, triton.next_power_of_2(max(1, int(n)))))
+    return max(lo, min(hi, next_pow2(max(1, int(n)))))
 
 
 @functools.lru_cache(maxsize=None)
@@ -300,8 +302,8 @@ def _dw_heuristic_items(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool,
     if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:  # 128x128 on 4 warps spills (sm_90, ptxas)
         cfg["num_warps"] = 8
     tiles = _dw_tiles(cfg, KG, RSC, need_dw) * groups
-    steps = triton.cdiv(NPQ, cfg["BLOCK_K"])
-    cfg["SPLIT"] = max(1, min(triton.cdiv(2 * _num_sms(device), tiles), triton.cdiv(steps, 8), 64))
+    steps = cdiv(NPQ, cfg["BLOCK_K"])
+    cfg["SPLIT"] = max(1, min(cdiv(2 * _num_sms(device), tiles), cdiv(steps, 8), 64))
     return tuple(cfg.items())
 
 
@@ -316,8 +318,8 @@ def _dw_heuristic(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool, dtype
 
 def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
     """Output tiles of one group of the dW grid (db alone: one column tile)."""
-    cols = triton.cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
-    return triton.cdiv(KG, cfg["BLOCK_M"]) * cols
+    cols = cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
+    return cdiv(KG, cfg["BLOCK_M"]) * cols
 
 
 def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
@@ -384,7 +386,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     M = N * P * Q
     cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
                   _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
+    grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     launch(_conv_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y,
@@ -463,14 +465,14 @@ def conv2d_backward(
     dx = dw_out = db = None
     if need_dx:
         dx = torch.empty_like(input, memory_format=memory_format_of(input))
-        HP, WP = triton.cdiv(H, sh), triton.cdiv(W, sw)
+        HP, WP = cdiv(H, sh), cdiv(W, sw)
         rows = N * HP * WP
         if dx.numel():
             cfg = _config("conv_dx", shape, input.dtype, layout,
                           _gemm_heuristic(rows, CG, KG, input.dtype,
                                           autotune.spaces.MAX_BLOCK_K["conv_dx"]),
                           configs.get("conv_dx"))
-            grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(CG, cfg["BLOCK_N"]), groups,
+            grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
             launch(_conv_dx_kernel, grid,
                 grad_output, y, off, weight, dx,
@@ -497,8 +499,8 @@ def conv2d_backward(
         heuristic = _dw_heuristic(KG, RSC, NPQ, groups, need_dw, input.dtype, input.device)
         cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"))
         block_k = cfg["BLOCK_K"]
-        chunk = triton.cdiv(triton.cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
-        split = triton.cdiv(NPQ, chunk)
+        chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
+        split = cdiv(NPQ, chunk)
         if split == 1:  # the kernel casts and stores dW / db in place: no partials, no sum pass
             dw_dst, db_dst = dw_out, db
         else:
@@ -530,7 +532,7 @@ def _sum_splits(part: torch.Tensor, out: torch.Tensor, cols: int, CG: int, S: in
     """out = part.sum(0) in split order, cast and scattered into out's layout."""
     split, L = part.shape[0], part[0].numel()
     block = _pow2(L, 16, 16384) if INTERPRET else 1024
-    launch(_sum_splits_kernel, (triton.cdiv(L, block),),
+    launch(_sum_splits_kernel, (cdiv(L, block),),
         part, out, split, L, cols, CG, S, *out_strides, BLOCK=block,
     )
 
@@ -563,13 +565,14 @@ def _save_for_backward(ctx, input, weight, bias, output, geometry: ConvGeometry,
 
 
 def _grads(ctx, grad_output) -> list:
-    """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or through the
-    launcher when the caller gave launch-config overrides (which the op does not take)."""
+    """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or straight
+    through the launcher in plain eager mode (:func:`eager_ok`) and when the caller gave
+    launch-config overrides (which the op does not take)."""
     input, weight, output = ctx.saved_tensors
     mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
-    if ctx.configs:
+    if ctx.configs or eager_ok(grad_output):
         return list(conv2d_backward(grad_output, input, weight, output, ctx.geometry, ctx.relu,
                                     tuple(mask), ctx.allow_tf32, ctx.configs))
     computed = _conv2d_backward_op(grad_output, input, weight, output,
@@ -582,25 +585,40 @@ class Conv2dFunction(torch.autograd.Function):
 
     ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, activation,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
-    "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. The functional API
-    (:func:`conv2d`) goes through the custom op instead, which also works under torch.compile;
-    both share the forward, save and backward helpers.
+    "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. It calls the launchers
+    directly; the functional API (:func:`conv2d`) does the same in plain eager mode and goes
+    through the custom op otherwise (torch.compile, autocast, ...). All share the forward, save
+    and backward helpers.
     """
 
     @staticmethod
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 activation=None, allow_tf32=None, configs=None):
-        relu = _parse_activation(activation)
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        allow = _resolve_tf32(allow_tf32)
-        configs = configs or {}
-        y = _forward(input, weight, bias, geometry, relu, allow, configs.get("conv_fwd"))
-        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow, configs)
-        return y
+        return _Conv2dChecked.forward(ctx, input, weight, bias, geometry,
+                                      _parse_activation(activation), _resolve_tf32(allow_tf32),
+                                      configs)
 
     @staticmethod
     def backward(ctx, grad_output):
         return (*_grads(ctx, grad_output), None, None, None, None, None, None, None)
+
+
+class _Conv2dChecked(torch.autograd.Function):
+    """The functional API's eager path: (input, weight, bias) already checked against the
+    resolved ``geometry`` (:func:`check_and_resolve`), launched without a second check."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, geometry, relu, allow_tf32, configs=None):
+        configs = configs or {}
+        y = conv2d_forward(input, weight, bias, geometry, relu, allow_tf32,
+                           configs.get("conv_fwd"))
+        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow_tf32, configs)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (*_grads(ctx, grad_output), None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -723,7 +741,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     autocasting = torch.is_autocast_enabled(x.device.type)
     geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
                                  same_dtype=not autocasting)
-    y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
+    if not autocasting and eager_ok(x, weight, bias):
+        y = _Conv2dChecked.apply(x, weight, bias, geometry, relu, _resolve_tf32(allow_tf32))
+    else:
+        y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y
 
 

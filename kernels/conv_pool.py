@@ -35,12 +35,11 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-import triton
 
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import INTERPRET, check_float, launch, memory_format_of
+from ._common import INTERPRET, cdiv, check_float, eager_ok, launch, memory_format_of
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     ConvGeometry,
@@ -140,7 +139,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                   _layout(input), _heuristic(MP, pool, KG, CG, input.dtype), config)
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
-    grid = (triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
+    grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
@@ -182,12 +181,13 @@ def _save_for_backward(ctx, input, weight, bias, offsets, geometry: ConvGeometry
 
 def _grads(ctx, grad_output) -> list:
     """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_relu_pool_backward, or
-    through the launcher when the caller gave launch-config overrides."""
+    straight through the launcher in plain eager mode (``eager_ok``) and when the caller gave
+    launch-config overrides."""
     input, weight, offsets = ctx.saved_tensors
     mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
-    if ctx.configs:
+    if ctx.configs or eager_ok(grad_output):
         return list(conv2d_backward(grad_output, input, weight, None, ctx.geometry, True,
                                     tuple(mask), ctx.allow_tf32, ctx.configs, offsets=offsets,
                                     pool=ctx.pool))
@@ -203,25 +203,40 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
     ``Conv2dReLUPoolFunction.apply(input, weight, bias, stride, padding, dilation, groups, pool,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
     "conv_pool_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. Saves input, weight and
-    the window offsets. The functional API (:func:`conv2d_relu_pool`) goes through the custom op
-    instead, which also works under torch.compile; both share the forward, save and backward
-    helpers.
+    the window offsets. It calls the launchers directly; the functional API
+    (:func:`conv2d_relu_pool`) does the same in plain eager mode and goes through the custom op
+    otherwise (torch.compile, autocast, ...). All share the forward, save and backward helpers.
     """
 
     @staticmethod
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
                 allow_tf32=None, configs=None):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        allow = _resolve_tf32(allow_tf32)
-        configs = configs or {}
-        y, offsets = _forward(input, weight, bias, geometry, pool, allow,
-                              configs.get("conv_pool_fwd"))
-        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow, configs)
-        return y
+        (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
+        check_pool(pool, P, Q, input.shape, weight.shape)
+        return _Conv2dReLUPoolChecked.forward(ctx, input, weight, bias, geometry, pool,
+                                              _resolve_tf32(allow_tf32), configs)
 
     @staticmethod
     def backward(ctx, grad_output):
         return (*_grads(ctx, grad_output), None, None, None, None, None, None, None)
+
+
+class _Conv2dReLUPoolChecked(torch.autograd.Function):
+    """The functional API's eager path: tensors, geometry and pool already checked, launched
+    without a second check."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, geometry, pool, allow_tf32, configs=None):
+        configs = configs or {}
+        y, offsets = conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32,
+                                              configs.get("conv_pool_fwd"))
+        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32, configs)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (*_grads(ctx, grad_output), None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,8 +327,8 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     Conv arguments as in :func:`tritoncnn.kernels.conv2d` (input (N, C, H, W) or unbatched
     (C, H, W); padding an int, a pair, 'same' or 'valid'); ``pool`` is the window size and stride,
     a positive int no larger than the conv output (odd sizes are floored like max_pool2d). The
-    output keeps input's memory format. Goes through the custom op, so torch.compile, opcheck and
-    torch.autocast work.
+    output keeps input's memory format. Plain eager calls run the launchers directly; anything else
+    (torch.compile, torch.autocast, fake tensors, ...) goes through the custom op.
     """
     check_float("input", input)
     if input.dim() not in (3, 4):
@@ -327,8 +342,11 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
                                  same_dtype=not autocasting)
     (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
     check_pool(pool, P, Q, x.shape, weight.shape)  # before autocast casts anything
-    y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
-                                _resolve_tf32(allow_tf32))
+    if not autocasting and eager_ok(x, weight, bias):
+        y = _Conv2dReLUPoolChecked.apply(x, weight, bias, geometry, pool, _resolve_tf32(allow_tf32))
+    else:
+        y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
+                                    _resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y
 
 

@@ -29,8 +29,8 @@ import triton.language as tl
 
 from tritoncnn import _runtime, autotune
 
-from ._common import (INTERPRET, as_pair, check_device, check_float, is_channels_last, launch,
-                      pooled_len)
+from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
+                      is_channels_last, launch, pooled_len)
 
 __all__ = [
     "max_pool2d",
@@ -343,7 +343,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
                          input.dtype, layout, config)
     total = out.numel()
     block = cfg["BLOCK"]
-    grid = (triton.cdiv(total, block),)
+    grid = (cdiv(total, block),)
     launch(_max_pool_fwd_kernel, grid,
         x4, out, offsets,
         total, C, H, W, oh, ow,
@@ -389,7 +389,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
                          grad_output.dtype, layout, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
-    grid = (triton.cdiv(total, block),)
+    grid = (cdiv(total, block),)
     launch(_max_pool_bwd_kernel, grid,
         g4, o4, grad_input,
         total, C, H, W, oh, ow,
@@ -468,9 +468,10 @@ def _save_for_backward(ctx, input: torch.Tensor, offsets: torch.Tensor, params) 
 
 
 def _grad_input(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+    """dX through the backward op, or straight through its launcher in plain eager mode."""
     (offsets,) = ctx.saved_tensors
-    return _max_pool2d_bwd_op(grad_output, offsets, ctx.input_size, *ctx.params,
-                              ctx.channels_last)
+    backward = max_pool2d_backward if eager_ok(grad_output) else _max_pool2d_bwd_op
+    return backward(grad_output, offsets, ctx.input_size, *ctx.params, ctx.channels_last)
 
 
 def _fwd_op_setup_context(ctx, inputs, output):
@@ -486,9 +487,11 @@ _max_pool2d_fwd_op.register_autograd(_fwd_op_backward, setup_context=_fwd_op_set
 
 
 def _forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-    """(output, offsets, pair params) through the custom op; the op's launcher validates."""
+    """(output, offsets, pair params) through the custom op, or straight through its launcher in
+    plain eager mode (``eager_ok``); the launcher validates."""
     params = _pool_params(kernel_size, stride, padding, dilation)
-    out, offsets = _max_pool2d_fwd_op(input, *(list(v) for v in params), bool(ceil_mode))
+    forward = max_pool2d_forward if eager_ok(input) else _max_pool2d_fwd_op
+    out, offsets = forward(input, *(list(v) for v in params), bool(ceil_mode))
     return out, offsets, params
 
 
@@ -502,8 +505,9 @@ class MaxPool2dFunction(torch.autograd.Function):
     return_indices)``: max-pooling on the Triton kernels as a plain autograd Function.
 
     Returns the output, or (output, int64 indices) when ``return_indices`` is true. Saves only the
-    int8 window offsets for backward. Forward and backward run the custom ops, with the same
-    save/backward helpers as the ops' own autograd registration.
+    int8 window offsets for backward. Forward and backward call the launchers directly in plain
+    eager mode and the custom ops otherwise, with the same save/backward helpers as the ops' own
+    autograd registration.
     """
 
     @staticmethod
@@ -528,9 +532,13 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
     Same arguments, output shapes, values, indices and gradients as PyTorch, for 3-D (C, H, W)
     and 4-D (N, C, H, W) input in float32, float16 or bfloat16, NCHW or channels_last (kept).
-    Goes through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it; the
-    input and the arguments are checked once, by the op's launcher (or its fake kernel).
+    Plain eager calls run :class:`MaxPool2dFunction` on the launchers; anything else goes
+    through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The
+    input and the arguments are checked once, by the launcher (or the op's fake kernel).
     """
+    if eager_ok(input):
+        return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                       return_indices)
     out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
     if return_indices:
         return out, offsets_to_indices(offsets, input.shape[-1], *params)

@@ -628,3 +628,48 @@ def test_sm_count_is_read_once_per_device(monkeypatch):
         assert len(calls) == 1
     finally:
         conv_module._num_sms.cache_clear()
+
+
+def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():
+    """Plain eager calls run the launchers through the autograd Functions (eager_ok); under a
+    dispatch mode (what fake tensors and the flop counter use) the same calls go through the
+    tritoncnn custom ops, forward and backward, with the same results."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tritoncnn.kernels import conv2d_relu_pool, max_pool2d
+    from tritoncnn.kernels._common import eager_ok
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    assert eager_ok(x, w, None) and eager_ok(torch.nn.Parameter(w))
+    assert not eager_ok(x.as_subclass(type("Sub", (torch.Tensor,), {})))
+
+    def run():
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = conv2d_relu(xs, ws, bs, padding=1)
+        z = conv2d_relu_pool(xs, ws, bs, padding=1, pool=2)
+        p = max_pool2d(y, 2)
+        (y.sum() + z.sum() + p.sum()).backward()
+        return [t.detach().clone() for t in (y, z, p, xs.grad, ws.grad, bs.grad)]
+
+    plain = run()
+    with Log() as log:
+        assert not eager_ok(x)
+        moded = run()
+    names = " ".join(log.ops)
+    for op in ("tritoncnn.conv2d.default", "tritoncnn.conv2d_backward.default",
+               "tritoncnn.conv2d_relu_pool.default", "tritoncnn.conv2d_relu_pool_backward.default",
+               "tritoncnn.max_pool2d_fwd.default", "tritoncnn.max_pool2d_bwd.default"):
+        assert op in names, op
+    for a, m in zip(plain, moded):
+        assert torch.equal(a, m)

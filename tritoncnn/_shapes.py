@@ -65,3 +65,14 @@ def window_rows(pool: int) -> bool:
     accumulator (three register tiles)."""
     e = pool * pool
     return e & (e - 1) == 0
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host code (``triton.cdiv`` unwraps constexprs on every call: ~7 us)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), for host code."""
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
