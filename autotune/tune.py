@@ -4,8 +4,10 @@ Shapes come from the model itself: forward hooks on its ``nn.Conv2d`` / ``nn.Max
 ``nn.Linear`` layers record their inputs during one forward pass on the meta device (no memory, no
 GPU), and each conv layer yields its forward, dX and dW kernels (no dX for a layer that reads the
 model's input), each max-pool its forward and backward kernels. A Linear layer runs on the conv
-kernels as a 1x1 convolution over a (B, in_features, 1, 1) map (``kernels.linear``), always laid out
-"nchw". Shapes that share a cache entry (same bucketed key) are tuned once.
+kernels as a 1x1 convolution over a (B, in_features, 1, 1) map (``kernels.linear``). Conv kernels
+always read their operands with the channels innermost (NCHW ones through channels_last copies),
+so their entries are "nhwc" whatever ``--layout`` says; it sets the max-pools'. Shapes that share
+a cache entry (same bucketed key) are tuned once.
 
 On a GPU, the model is also run once forward and backward on tritoncnn's kernels with every
 ``get_config`` call recorded; when that works, the recorded launches (fused kernels included) are
@@ -137,9 +139,13 @@ def collect_layers(model: nn.Module, input_shape: Iterable[int], batch_size: int
     return records
 
 
+CONV_LAYOUT = "nhwc"  # conv launches read channels-innermost operands whatever the model's format
+
+
 def layer_kernels(layers: list[dict], dtype: torch.dtype, layout: str) -> list[dict]:
     """The kernel launches of ``layers``, one per cache entry: kernel, shape, dtype, layout, layers
-    (names of the layers sharing it), configs (how many candidates survive pruning)."""
+    (names of the layers sharing it), configs (how many candidates survive pruning). ``layout``
+    is the max-pools'; conv kernels always run with channels innermost (:data:`CONV_LAYOUT`)."""
     out: dict[str, dict] = {}
 
     def add(kernel, shape, name, layout=layout):
@@ -158,12 +164,12 @@ def layer_kernels(layers: list[dict], dtype: torch.dtype, layout: str) -> list[d
             if rec["type"] == "conv":
                 shape = spaces.conv_shape(rec["input"], rec["weight"], rec["stride"],
                                           rec["padding"], rec["dilation"], rec["groups"])
-                lay = layout
+                lay = CONV_LAYOUT
             else:
                 out_f, in_f = rec["weight"]
                 rows = math.prod(rec["input"][:-1])
                 shape = spaces.conv_shape((rows, in_f, 1, 1), (out_f, in_f, 1, 1))
-                lay = "nchw"  # a (B, in, 1, 1) view is never channels_last
+                lay = CONV_LAYOUT
             for k in kernels:
                 add(k, shape, rec["name"], lay)
         elif rec["type"] == "pool":

@@ -2,8 +2,10 @@
 
 Notation (PyTorch's): input X (N, C, H, W), weight Wt (K, C/groups, R, S), output Y (N, K, P, Q);
 ``CG = C/groups`` and ``KG = K/groups`` are the channels of one group. Every tensor comes in as a
-pointer plus its four element strides, so NCHW, channels_last and views all work; channels_last
-(C innermost) makes the channel tiles contiguous and is the fast path.
+pointer plus its four element strides, so any layout works; the launchers pass operands with the
+channels innermost (stride 1: channels_last tensors and their views as they are, NCHW ones as
+channels_last copies), so that every tile load along the channels is contiguous, vectorised and
+pipelined (16-byte ``cp.async`` on sm_90).
 
 * forward  ``_conv_fwd_kernel``: GEMM rows = output pixels (n, p, q), columns = output channels,
   reduction over (r, s, c) with c innermost; epilogue bias + ReLU + cast, written once.

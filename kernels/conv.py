@@ -25,12 +25,12 @@ from ._common import (
     INTERPRET,
     as_pair,
     cdiv,
+    channels_inner,
     check_device,
     check_float,
     conv_len,
     dot_precision,
     eager_ok,
-    is_channels_last,
     launch,
     memory_format_of,
     next_pow2,
@@ -348,7 +348,9 @@ def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, pool: i
 
 
 def _layout(x: torch.Tensor) -> str:
-    return "nhwc" if is_channels_last(x) else "nchw"
+    """The layout key of a conv launch: always "nhwc", since the launchers hand the kernels every
+    operand with its channels at stride 1 (:func:`channels_inner`), whatever the caller's format."""
+    return "nhwc"
 
 
 def _dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
@@ -373,7 +375,8 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     """Y = relu?(conv2d(input, weight) + bias): (N, C, H, W) -> (N, K, P, Q), in input's format.
 
     Tensors must already be checked (see :func:`resolve_geometry`); ``config`` overrides keys of
-    the "conv_fwd" launch config.
+    the "conv_fwd" launch config. The kernel reads input and weight with their channels at stride
+    1 (:func:`channels_inner`: an NCHW tensor is copied to channels_last first).
     """
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
@@ -383,6 +386,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                     memory_format=memory_format_of(input))
     if y.numel() == 0:
         return y
+    input, weight = channels_inner(input), channels_inner(weight)
     M = N * P * Q
     cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
                   _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
@@ -422,8 +426,9 @@ def conv2d_backward(
     max-pool (``conv_pool``). ``grad_output`` is the pooled gradient and ``offsets`` the
     forward's window offsets, -1 where the pooled output is ReLU's 0 (whose gradient is 0);
     ``output`` is not read. The conv-output gradient is rebuilt inside the kernels as they load
-    it (non-zero only at the pixel a window's offset names), never stored. Configs come from "conv_dx" / "conv_dw" with ``pool``
-    in the shape dict, so they are cached apart from the plain conv's.
+    it (non-zero only at the pixel a window's offset names), never stored. Configs come from
+    "conv_dx" / "conv_dw" with ``pool`` in the shape dict, so they are cached apart from the plain
+    conv's. The kernels read every operand with its channels at stride 1 (:func:`channels_inner`).
     """
     configs = configs or {}
     need_dx, need_dw, need_db = needs
@@ -456,6 +461,10 @@ def conv2d_backward(
         _check_grad_shape("output", output, (N, K, P, Q))
         y = output if relu else grad_output  # only read when relu
     from_offsets = offsets is not None
+    dx_format, weight_like = memory_format_of(input), weight  # gradients keep these layouts
+    # operands with their channels at stride 1 (channels_last copies of NCHW tensors)
+    input, weight, grad_output = (channels_inner(t) for t in (input, weight, grad_output))
+    y = channels_inner(y)
     off = y  # read only from offsets: then y is the offsets
     shape = _shape_key(input, weight, geometry, pool)
     layout = _layout(input)
@@ -464,7 +473,7 @@ def conv2d_backward(
 
     dx = dw_out = db = None
     if need_dx:
-        dx = torch.empty_like(input, memory_format=memory_format_of(input))
+        dx = torch.empty_like(input, memory_format=dx_format)
         HP, WP = cdiv(H, sh), cdiv(W, sw)
         rows = N * HP * WP
         if dx.numel():
@@ -487,7 +496,7 @@ def conv2d_backward(
         RSC = R * S * CG
         NPQ = N * P * Q
         if need_dw:
-            dw_out = torch.empty_like(weight)
+            dw_out = torch.empty_like(weight_like)
         if need_db:
             db = torch.empty((K,), device=weight.device, dtype=weight.dtype)
         if NPQ == 0:

@@ -39,7 +39,8 @@ import torch
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import INTERPRET, cdiv, check_float, eager_ok, launch, memory_format_of
+from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, launch,
+                      memory_format_of)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     ConvGeometry,
@@ -134,6 +135,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                           memory_format=fmt)
     if y.numel() == 0:
         return y, offsets
+    input, weight = channels_inner(input), channels_inner(weight)  # see conv2d_forward
     MP = N * PP * PQ
     cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
                   _layout(input), _heuristic(MP, pool, KG, CG, input.dtype), config)

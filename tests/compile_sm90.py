@@ -135,7 +135,7 @@ def check_registers(top: int = 2) -> str | None:
     :data:`SPILL_TOLERANCE` bytes); the heuristic ones must also issue wgmma (bf16, and fp32 as
     TF32, PyTorch's default for convolutions). Returns what went wrong, or None."""
     from tritoncnn import _runtime, autotune
-    from tritoncnn.autotune import spaces, tuner
+    from tritoncnn.autotune import spaces
 
     _runtime.device_type = lambda: "cpu"
     base = autotune.conv_shape((2, 128, 16, 16), (128, 128, 3, 3), 1, 1, 1, 1)
