@@ -147,9 +147,10 @@ def _window_grad_step(go_ptr, off_ptr, gbase, obase, ih, iw, kh, kw, OH, OW,
     ow = tw // SW
     hit = mask & (th >= 0) & (tw >= 0) & (oh * SH == th) & (ow * SW == tw) & (oh < OH) & (ow < OW)
     off = tl.load(off_ptr + obase + oh * soh + ow * sow, mask=hit, other=-1)
-    hit = hit & (off == kh * KW + kw)
+    # loaded under the window mask alone (the same for a run of channels in NHWC, so the load is
+    # vectorised), then kept where the offset names this element
     g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)
-    return acc + g.to(tl.float32)
+    return acc + tl.where(off == kh * KW + kw, g.to(tl.float32), 0.0)
 
 
 @triton.jit
@@ -181,8 +182,8 @@ def _max_pool_bwd_kernel(
         ow = iw // KW
         hit = mask & (oh < OH) & (ow < OW)
         off = tl.load(off_ptr + obase + oh * soh + ow * sow, mask=hit, other=-1)
-        hit = hit & (off == (ih - oh * KH) * KW + (iw - ow * KW))
-        g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)
+        g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)  # see above
+        g = tl.where(off == (ih - oh * KH) * KW + (iw - ow * KW), g, tl.zeros_like(g))
         tl.store(gi_ptr + idx, g.to(gi_ptr.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)

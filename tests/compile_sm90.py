@@ -9,6 +9,8 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
 
 It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``);
+that tile loads are vectorised (conv: 16-byte ``cp.async`` only, NCHW operands included; NHWC
+max-pool: vector loads only);
 that the configs the autotuner's pruning keeps use no more registers than sm_90 has (the configs
 with the most accumulator values per thread, of every conv kernel, in bf16 and fp32, assembled
 with ``ptxas -v``: no spill stores); and that the tuner's parallel pre-compilation
@@ -18,6 +20,7 @@ so that the timed pass compiles nothing.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -192,6 +195,60 @@ def check_registers(top: int = 2) -> str | None:
     return f"{len(bad)} kernels spill or miss wgmma: {'; '.join(bad)}" if bad else None
 
 
+def _scalar_load_lines(ptx: str) -> list[int]:
+    """Source lines (``.loc``) of the scalar 1- and 2-byte global loads in ``ptx``."""
+    lines, where = [], 0
+    for text in ptx.splitlines():
+        loc = re.match(r"\s*\.loc\s+\d+\s+(\d+)", text)
+        if loc:
+            where = int(loc.group(1))
+        elif re.search(r"ld\.global\.b(?:8|16)\b", text):
+            lines.append(where)
+    return lines
+
+
+def check_vector_loads() -> str | None:
+    """Tile loads stay vectorised (bf16, a 128-channel layer): the conv kernels, given NCHW
+    input and weight (read through channels_last copies), load every tile with 16-byte
+    ``cp.async`` and nothing with scalar ``ld.global``; the channels_last max-pools load inputs
+    and gradients with vector loads only. Returns what went wrong, or None."""
+    from tritoncnn import _runtime, autotune, kernels
+
+    _runtime.device_type = lambda: "cpu"
+    bad = []
+    # the epilogue's bias load (one value per column) is not a tile load
+    from tritoncnn.kernels import _conv_kernels
+
+    source = inspect.getsource(_conv_kernels).splitlines()
+    bias_line = next(i for i, s in enumerate(source, 1) if "bias = tl.load(b_ptr" in s)
+    shape = autotune.conv_shape((8, 128, 16, 16), (128, 128, 3, 3), 1, 1, 1, 1)
+    for kernel in ("conv_fwd", "conv_dx", "conv_dw"):
+        start = len(COMPILED)
+        autotune.make_problem(kernel, shape, torch.bfloat16, "nchw").run(None)
+        for name, _, k in COMPILED[start:]:
+            if name == "_sum_splits_kernel":
+                continue
+            ptx = _ptx(k)
+            sizes = re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*,\s*(0x[0-9a-f]+)", ptx)
+            scalar = [line for line in _scalar_load_lines(ptx) if line != bias_line]
+            if not sizes or set(sizes) != {"0x10"} or scalar:
+                bad.append(f"{name}: cp.async sizes {sorted(set(sizes))}, "
+                           f"{len(scalar)} scalar loads")
+    x = torch.randn(8, 64, 32, 32, dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    for args in ((2,), (3, 2, 1)):
+        start = len(COMPILED)
+        y = kernels.max_pool2d(x, *args)
+        y.backward(torch.randn_like(y))
+        for name, _, k in COMPILED[start:]:
+            scalar = re.findall(r"ld\.global\.b16\b", _ptx(k))
+            if scalar:
+                bad.append(f"{name} {args}: {len(scalar)} scalar bf16 loads")
+    print("vector loads: " + ("; ".join(bad) if bad else "conv cp.async 16 B only, max-pool "
+                              "vector loads only"))
+    return f"scalar tile loads: {'; '.join(bad)}" if bad else None
+
+
 def check_precompile(workers: int = 2) -> str | None:
     """The tuner's parallel pre-compilation on a real problem (conv_fwd, bf16, channels_last):
     every config compiled on ``workers`` threads, and a second pass over the configs finds them all
@@ -246,7 +303,7 @@ def main() -> int:
             print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
-    for check in (check_registers, check_precompile):
+    for check in (check_registers, check_vector_loads, check_precompile):
         problem = check()
         if problem is not None:
             print(problem)
