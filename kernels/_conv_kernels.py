@@ -193,16 +193,18 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _window_max(v1, i1, v2, i2):
-    """Combine of the window maximum: (value, window offset) pairs, order-independent. The result
-    is the last NaN (largest offset) when the window has one, else the maximum, the first
-    (smallest offset) of equal ones -- what a running ``x > best or isnan(x)`` scan in offset
-    order keeps, as max_pool2d does."""
-    nan1 = v1 != v1
-    nan2 = v2 != v2
-    bigger = (v2 > v1) | ((v2 == v1) & (i2 < i1))
-    take2 = (nan2 & (~nan1 | (i2 > i1))) | (~nan1 & ~nan2 & bigger)
-    return tl.where(take2, v2, v1), tl.where(take2, i2, i1)
+def _window_max(vals, E: tl.constexpr):
+    """(maximum, offset) over axis 1 of ``vals`` (WIN, E, BLOCK_N), the E elements of each window
+    in offset order: the last NaN when the window has one, else the maximum, the first of equal
+    ones -- what a running ``x > best or isnan(x)`` scan keeps, as max_pool2d does. Built from
+    plain max/min reductions (cheap everywhere, the interpreter included)."""
+    elem = tl.arange(0, E)[None, :, None]
+    nan = vals != vals
+    best = tl.max(tl.where(nan, float("-inf"), vals), axis=1)
+    first = tl.min(tl.where(vals == best[:, None, :], elem, E), axis=1)
+    last_nan = tl.max(tl.where(nan, elem, -1), axis=1)
+    has_nan = last_nan >= 0
+    return tl.where(has_nan, float("nan"), best), tl.where(has_nan, last_nan, first)
 
 
 @triton.jit
@@ -255,8 +257,7 @@ def _conv_pool_fwd_kernel(
             pm < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
             dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
         )
-        elem = tl.broadcast_to(tl.arange(0, E)[None, :, None], (WIN, E, BLOCK_N))
-        best, arg = tl.reduce((tl.reshape(acc, (WIN, E, BLOCK_N)), elem), 1, _window_max)
+        best, arg = _window_max(tl.reshape(acc, (WIN, E, BLOCK_N)), E)
         offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
     else:
         pid_m, pid_n = _tile_ids(tl.program_id(0), MP, KG, BLOCK_M, BLOCK_N, GROUP_M)
