@@ -193,6 +193,12 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
+def _pooled_pixel(pm, PP, PQ):
+    """(n, ph, pw) of flat pooled-pixel indices over (N, PP, PQ)."""
+    return pm // (PP * PQ), (pm // PQ) % PP, pm % PQ
+
+
+@triton.jit
 def _window_max(vals, E: tl.constexpr):
     """(maximum, offset) over axis 1 of ``vals`` (WIN, E, BLOCK_N), the E elements of each window
     in offset order: the last NaN when the window has one, else the maximum, the first of equal
@@ -236,48 +242,38 @@ def _conv_pool_fwd_kernel(
     """
     g = tl.program_id(1)
     MP = N * PP * PQ                                       # pooled pixels
-    offs_n = tl.arange(0, BLOCK_N)                         # output channel within the group
+    E: tl.constexpr = POOL * POOL
+    pid_m, pid_n = _tile_ids(tl.program_id(0), MP * E if WINDOW_ROWS else MP, KG,
+                             BLOCK_M, BLOCK_N, GROUP_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # output channel within the group
+    mask_n = offs_n < KG
+    chan = g * KG + offs_n                                 # output channel
     x_col = g * CG * sxc
     if WINDOW_ROWS:
-        E: tl.constexpr = POOL * POOL
         WIN: tl.constexpr = BLOCK_M // E                   # whole windows per tile
-        pid_m, pid_n = _tile_ids(tl.program_id(0), MP * E, KG, BLOCK_M, BLOCK_N, GROUP_M)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)     # (pooled pixel, window element)
-        pm = rows // E
         e = rows % E
-        pw = pm % PQ
-        ph = (pm // PQ) % PP
-        n = pm // (PP * PQ)
-        offs_n += pid_n * BLOCK_N
-        mask_n = offs_n < KG
-        chan = g * KG + offs_n
+        n, ph, pw = _pooled_pixel(rows // E, PP, PQ)
         acc = _conv_fwd_mainloop(
             x_ptr, w_ptr, n.to(tl.int64) * sxn + x_col,
             (ph * POOL + e // POOL) * stride_h - pad_h, (pw * POOL + e % POOL) * stride_w - pad_w,
-            pm < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
+            rows // E < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
             dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
         )
         best, arg = _window_max(tl.reshape(acc, (WIN, E, BLOCK_N)), E)
         offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
     else:
-        pid_m, pid_n = _tile_ids(tl.program_id(0), MP, KG, BLOCK_M, BLOCK_N, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # pooled pixel (n, ph, pw)
-        pw = offs_m % PQ
-        ph = (offs_m // PQ) % PP
-        n = offs_m // (PP * PQ)
-        offs_n += pid_n * BLOCK_N
-        mask_n = offs_n < KG
-        chan = g * KG + offs_n
+        n, ph, pw = _pooled_pixel(offs_m, PP, PQ)
         x_row = n.to(tl.int64) * sxn + x_col
         h_win = ph * POOL * stride_h - pad_h               # top-left tap of window element (0, 0)
         w_win = pw * POOL * stride_w - pad_w
         best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
         arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for e in range(POOL * POOL):                       # window element (i, j), row-major
-            i = e // POOL
-            j = e % POOL
+        for e in range(E):                                 # window element (i, j), row-major
             acc = _conv_fwd_mainloop(
-                x_ptr, w_ptr, x_row, h_win + i * stride_h, w_win + j * stride_w, offs_m < MP,
+                x_ptr, w_ptr, x_row, h_win + (e // POOL) * stride_h,
+                w_win + (e % POOL) * stride_w, offs_m < MP,
                 chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
                 BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
             )
@@ -290,9 +286,7 @@ def _conv_pool_fwd_kernel(
     best = tl.where(dead, 0.0, best)
     arg = tl.where(dead, -1, arg)                          # dead windows: no pixel gets dY
 
-    pw = offs_m % PQ
-    ph = (offs_m // PQ) % PP
-    n = offs_m // (PP * PQ)
+    n, ph, pw = _pooled_pixel(offs_m, PP, PQ)
     y_off = (n.to(tl.int64) * syn + ph * syp + pw * syq)[:, None] + (chan * syk)[None, :]
     mask = (offs_m < MP)[:, None] & mask_n[None, :]
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
