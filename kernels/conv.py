@@ -339,12 +339,18 @@ def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic
 
 def _shape_key(x: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry, pool: int = 1) -> dict:
     """``autotune.conv_shape`` of the layer (P, Q: the conv output, before any pooling), plus
-    ``pool`` for the kernels of the fused conv + ReLU + max-pool (a separate cache entry)."""
-    shape = autotune.conv_shape(x.shape, w.shape, geometry.stride, geometry.padding,
+    ``pool`` for the kernels of the fused conv + ReLU + max-pool (a separate cache entry). A fresh
+    dict per call, built once per layer shape."""
+    return dict(_shape_key_items(tuple(x.shape), tuple(w.shape), geometry, pool))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_key_items(x_shape: tuple, w_shape: tuple, geometry: ConvGeometry, pool: int) -> tuple:
+    shape = autotune.conv_shape(x_shape, w_shape, geometry.stride, geometry.padding,
                                 geometry.dilation, geometry.groups)
     if pool > 1:
         shape["pool"] = pool
-    return shape
+    return tuple(shape.items())
 
 
 def _layout(x: torch.Tensor) -> str:
