@@ -470,7 +470,7 @@ def conv2d_backward(
     dx_format, weight_like = memory_format_of(input), weight  # gradients keep these layouts
     # operands with their channels at stride 1 (channels_last copies of NCHW tensors)
     input, weight, grad_output = (channels_inner(t) for t in (input, weight, grad_output))
-    y = channels_inner(y)
+    y = channels_inner(y) if relu or from_offsets else grad_output  # y is read only then
     off = y  # read only from offsets: then y is the offsets
     shape = _shape_key(input, weight, geometry, pool)
     layout = _layout(input)
@@ -818,7 +818,7 @@ def problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
         return torch.randint(-1, 2, size, device=_runtime.device_type()).to(dtype)
 
     x = ints(N, C, H, W).contiguous(memory_format=fmt)
-    w = ints(K, C // groups, R, S)
+    w = ints(K, C // groups, R, S).contiguous(memory_format=fmt)  # as a converted model's weights
     b = ints(K)
     (sh, sw), (dh, dw) = (shape["stride_h"], shape["stride_w"]), (shape["dil_h"], shape["dil_w"])
     pt, pl = shape["pad_h"], shape["pad_w"]
