@@ -417,18 +417,20 @@ def run_case(case: Case, device, opts) -> dict:
 
 
 def config_source(launches) -> str:
-    """``tuned``, ``heuristic`` or ``k/n tuned``: how many of a case's kernel launches found a
-    tuned entry in the autotune cache (none do under the interpreter, which never looks)."""
+    """``tuned``, ``heuristic`` or ``k/n tuned``: how many of a case's distinct kernel launches
+    (cache entries) found a tuned entry in the autotune cache (none do under the interpreter,
+    which never looks)."""
     from tritoncnn import autotune
 
     if not launches:
         return ""
     store = autotune.default_cache()
+    unique = {autotune.entry_key(k.kernel, k.shape, k.dtype, k.layout): k for k in launches}
     hits = 0 if autotune.INTERPRET else sum(
-        store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None for k in launches)
-    if hits == len(launches):
+        store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None for k in unique.values())
+    if hits == len(unique):
         return "tuned"
-    return "heuristic" if hits == 0 else f"{hits}/{len(launches)} tuned"
+    return "heuristic" if hits == 0 else f"{hits}/{len(unique)} tuned"
 
 
 def tune_launches(launches, case: Case, opts) -> float:
@@ -448,10 +450,15 @@ def tune_launches(launches, case: Case, opts) -> float:
         if key in seen or store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None:
             continue
         seen.add(key)
-        problem = tuner.make_problem(k.kernel, k.shape, k.dtype, k.layout, k.heuristic)
-        if problem is None:
+        try:
+            problem = tuner.make_problem(k.kernel, k.shape, k.dtype, k.layout, k.heuristic)
+            if problem is None:
+                continue
+            table, _ = tuner.tune_and_store(problem, store)
+        except Exception as err:  # the case is still timed, on its heuristic configs
+            print(f"tritoncnn bench: tuning {k.kernel} for {case.label()} failed: "
+                  f"{type(err).__name__}: {_one_line(err)}")
             continue
-        table, _ = tuner.tune_and_store(problem, store)
         table.insert(0, "layers", f"{case.op} {case.direction}")
         table.insert(0, "model", f"{case.shape.suite}/{case.shape.layer}")
         opts.tune_tables.append(table)

@@ -228,6 +228,19 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         ours = next(r for r in rows if r["implementation"] == "tritoncnn")
         assert len(tuned) == 3 and ours["configs"] == "tuned" and float(ours["tune_s"]) == 0.0
         assert not (tmp_path / "again" / "tune.csv").exists()
+
+        # a tuning that fails leaves its kernel on the heuristic; the case is still timed
+        def failing_dw(problem, store):
+            if problem.kernel == "conv_dw":
+                raise RuntimeError("stand-in tuning failure")
+            return fake_tune_and_store(problem, store)
+
+        monkeypatch.setenv(cache_mod.ENV_DIR, str(tmp_path / "cache2"))
+        autotune.set_default_cache(None)
+        monkeypatch.setattr(tuner, "tune_and_store", failing_dw)
+        _, rows = _bench(tmp_path / "failing", *args, "--tune")
+        ours = next(r for r in rows if r["implementation"] == "tritoncnn")
+        assert ours["status"] == "ok" and ours["configs"] == "2/3 tuned"
     finally:
         autotune.set_default_cache(None)
 
