@@ -121,8 +121,20 @@ def check_and_resolve(input, weight, bias, stride, padding, dilation, groups, *,
     """Check the tensors (types, devices, dtypes) and resolve the F.conv2d arguments against their
     shapes: the prologue every conv entry point shares."""
     _check_tensors(input, weight, bias, same_dtype=same_dtype)
-    return resolve_geometry(_shape(input), _shape(weight), None if bias is None else _shape(bias),
-                            stride, padding, dilation, groups)
+    memo = _plain_args(stride, padding, dilation, groups) and not torch.compiler.is_compiling()
+    resolve = _resolve_memo if memo else resolve_geometry  # dynamo traces the plain function
+    return resolve(_shape(input), _shape(weight), None if bias is None else _shape(bias),
+                   stride, padding, dilation, groups)
+
+
+def _plain_args(*args) -> bool:
+    """Ints, strings and tuples of ints only: arguments that hash as themselves (a bool or a
+    float would share an int's cache entry and skip the error it must raise)."""
+    for a in args:
+        if type(a) is not int and type(a) is not str and not (
+                type(a) is tuple and all(type(v) is int for v in a)):
+            return False
+    return True
 
 
 def grad_mask(ctx) -> list:
@@ -216,6 +228,11 @@ def resolve_geometry(input_shape, weight_shape, bias_shape, stride=1, padding=0,
     geometry = ConvGeometry((sh, sw), pads, (dh, dw), groups)
     _check_fit(geometry, input_shape, weight_shape)
     return geometry
+
+
+# A layer resolves the same arguments on every call: once per shape and arguments (errors are
+# raised every time: lru_cache keeps results only).
+_resolve_memo = functools.lru_cache(maxsize=4096)(resolve_geometry)
 
 
 def check_geometry(geometry: ConvGeometry, input_shape, weight_shape, bias_shape) -> None:

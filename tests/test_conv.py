@@ -673,3 +673,21 @@ def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():
         assert op in names, op
     for a, m in zip(plain, moded):
         assert torch.equal(a, m)
+
+
+def test_resolved_geometry_is_memoised_but_bad_arguments_still_raise():
+    """check_and_resolve keeps a layer's resolved geometry; a bool or float that hashes like a
+    cached int still gets its error, and so does a shape mismatch after a cached call."""
+    from tritoncnn.kernels.conv import check_and_resolve
+
+    x = torch.randn(1, 4, 6, 6, device=DEVICE)
+    w = torch.randn(5, 4, 3, 3, device=DEVICE)
+    first = check_and_resolve(x, w, None, 1, 1, 1, 1)
+    assert check_and_resolve(x, w, None, 1, 1, 1, 1) is first
+    assert check_and_resolve(x, w, None, (1, 1), [1, 1], 1, 1) == first  # lists: not memoised
+    with pytest.raises((TypeError, ValueError), match="stride"):
+        check_and_resolve(x, w, None, 1.0, 1, 1, 1)
+    with pytest.raises((TypeError, ValueError), match="groups"):
+        check_and_resolve(x, w, None, 1, 1, 1, True)
+    with pytest.raises(ValueError):
+        check_and_resolve(x, torch.randn(5, 3, 3, 3, device=DEVICE), None, 1, 1, 1, 1)
