@@ -86,9 +86,10 @@ _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
 def eager_ok(*tensors) -> bool:
     """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
     its autograd Function) directly: the same code without the dispatcher's Python layers, about
-    half of a small layer's host time. Only for plain tensors in plain eager mode: under
-    torch.compile, a functorch transform, a torch-function or dispatch mode (fake tensors, the
-    flop counter), or for tensor subclasses the custom op runs, which all of them understand."""
+    half of a small layer's host time. Only for plain tensors in eager mode (under autocast the
+    callers cast the inputs themselves): under torch.compile, a functorch transform, a
+    torch-function or dispatch mode (fake tensors, the flop counter), or for tensor subclasses the
+    custom op runs, which all of them understand."""
     if torch.compiler.is_compiling() or _functorch_active() or _function_mode() or \
             _dispatch_modes():
         return False

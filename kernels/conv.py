@@ -721,19 +721,23 @@ _conv2d_op.register_autograd(_conv2d_op_backward, setup_context=_conv2d_setup_co
 _autocast_lib = torch.library.Library("tritoncnn", "FRAGMENT")
 
 
+def autocast_inputs(device_type: str, *tensors) -> tuple:
+    """The tensors cast to torch.autocast's dtype for ``device_type``, as F.conv2d's are (floating
+    tensors on that device; None and others as they are): what the ops' autocast registrations and
+    the functional API's eager path do under autocast."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point()
+                 and t.device.type == device_type else t for t in tensors)
+
+
 def _register_autocast(name: str, op, device_type: str, dispatch_key: str) -> None:
     """Under torch.autocast(device_type), cast the (input, weight, bias) of custom op
     ``tritoncnn::<name>`` to the autocast dtype, as F.conv2d does, then run it with autocast off."""
 
     def autocast_op(input, weight, bias, *args):
-        dtype = torch.get_autocast_dtype(device_type)
-
-        def cast(t):
-            ok = t is not None and t.is_floating_point() and t.device.type == device_type
-            return t.to(dtype) if ok else t
-
+        cast = autocast_inputs(device_type, input, weight, bias)
         with torch.autocast(device_type, enabled=False):
-            return op(cast(input), cast(weight), cast(bias), *args)
+            return op(*cast, *args)
 
     _autocast_lib.impl(name, autocast_op, dispatch_key)
 
@@ -773,7 +777,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     autocasting = torch.is_autocast_enabled(x.device.type)
     geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
                                  same_dtype=not autocasting)
-    if not autocasting and eager_ok(x, weight, bias):
+    if eager_ok(x, weight, bias):
+        if autocasting:
+            x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
         y = _Conv2dChecked.apply(x, weight, bias, geometry, relu, _resolve_tf32(allow_tf32))
     else:
         y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))

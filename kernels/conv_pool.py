@@ -53,6 +53,7 @@ from .conv import (
     _resolve_tf32,
     _shape,
     _shape_key,
+    autocast_inputs,
     check_and_resolve,
     check_geometry,
     conv2d_backward,
@@ -329,8 +330,9 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     Conv arguments as in :func:`tritoncnn.kernels.conv2d` (input (N, C, H, W) or unbatched
     (C, H, W); padding an int, a pair, 'same' or 'valid'); ``pool`` is the window size and stride,
     a positive int no larger than the conv output (odd sizes are floored like max_pool2d). The
-    output keeps input's memory format. Plain eager calls run the launchers directly; anything else
-    (torch.compile, torch.autocast, fake tensors, ...) goes through the custom op.
+    output keeps input's memory format. Plain eager calls (autocast included: the inputs are cast
+    as F.conv2d's are) run the launchers directly; anything else (torch.compile, fake tensors,
+    dispatch modes) goes through the custom op.
     """
     check_float("input", input)
     if input.dim() not in (3, 4):
@@ -344,7 +346,9 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
                                  same_dtype=not autocasting)
     (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
     check_pool(pool, P, Q, x.shape, weight.shape)  # before autocast casts anything
-    if not autocasting and eager_ok(x, weight, bias):
+    if eager_ok(x, weight, bias):
+        if autocasting:
+            x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
         y = _Conv2dReLUPoolChecked.apply(x, weight, bias, geometry, pool, _resolve_tf32(allow_tf32))
     else:
         y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,

@@ -662,15 +662,26 @@ def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():
         (y.sum() + z.sum() + p.sum()).backward()
         return [t.detach().clone() for t in (y, z, p, xs.grad, ws.grad, bs.grad)]
 
+    ops = ("tritoncnn.conv2d.default", "tritoncnn.conv2d_backward.default",
+           "tritoncnn.conv2d_relu_pool.default", "tritoncnn.conv2d_relu_pool_backward.default",
+           "tritoncnn.max_pool2d_fwd.default", "tritoncnn.max_pool2d_bwd.default")
     plain = run()
     with Log() as log:
         assert not eager_ok(x)
         moded = run()
     names = " ".join(log.ops)
-    for op in ("tritoncnn.conv2d.default", "tritoncnn.conv2d_backward.default",
-               "tritoncnn.conv2d_relu_pool.default", "tritoncnn.conv2d_relu_pool_backward.default",
-               "tritoncnn.max_pool2d_fwd.default", "tritoncnn.max_pool2d_bwd.default"):
+    for op in ops:
         assert op in names, op
+    for a, m in zip(plain, moded):
+        assert torch.equal(a, m)
+    # under autocast: the eager path casts as the ops' autocast registration does
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        plain = run()
+        with Log() as log:
+            moded = run()
+    assert "tritoncnn.conv2d.default" in " ".join(log.ops)
+    assert plain[0].dtype == plain[1].dtype == torch.bfloat16  # outputs in the autocast dtype
+    assert plain[3].dtype == torch.float32  # gradients of the float32 leaves
     for a, m in zip(plain, moded):
         assert torch.equal(a, m)
 
