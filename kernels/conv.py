@@ -8,8 +8,10 @@ Three layers, as elsewhere in tritoncnn:
 * :class:`Conv2dFunction` (a ``torch.autograd.Function``) and the custom ops ``tritoncnn::conv2d`` /
   ``tritoncnn::conv2d_backward`` (``torch.library``, with fake, autograd and autocast registrations,
   so ``opcheck``, ``torch.compile`` and ``torch.autocast`` work);
-* the functional API :func:`conv2d`, :func:`conv2d_relu` and :func:`linear`, which go through the
-  custom op. ``linear`` is a 1x1 convolution over a 1x1 map: the same kernels.
+* the functional API :func:`conv2d`, :func:`conv2d_relu` and :func:`linear`: in eager mode
+  (autocast included) an autograd Function straight on the launchers, otherwise (torch.compile,
+  fake tensors, dispatch modes: see ``_common.eager_ok``) the custom op. ``linear`` is a 1x1
+  convolution over a 1x1 map: the same kernels.
 """
 
 import functools
@@ -618,8 +620,8 @@ class Conv2dFunction(torch.autograd.Function):
     ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, activation,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
     "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. It calls the launchers
-    directly; the functional API (:func:`conv2d`) does the same in plain eager mode and goes
-    through the custom op otherwise (torch.compile, autocast, ...). All share the forward, save
+    directly; the functional API (:func:`conv2d`) does the same in eager mode and goes through the
+    custom op otherwise (torch.compile, fake tensors, dispatch modes). All share the forward, save
     and backward helpers.
     """
 

@@ -24,10 +24,11 @@ conv output sizes as max_pool2d does.
 Launch configs: "conv_pool_fwd" for the forward; the backward uses "conv_dx" / "conv_dw" with
 ``pool`` added to the conv's shape dict, so its tuned entries stay apart from the plain conv's.
 
-Layers, top to bottom: :func:`conv2d_relu_pool` (through the custom ops
-``tritoncnn::conv2d_relu_pool`` / ``tritoncnn::conv2d_relu_pool_backward``, visible to
-``torch.compile`` and ``opcheck``), :class:`Conv2dReLUPoolFunction` (a plain autograd Function),
-the launcher :func:`conv2d_relu_pool_forward` (backward: ``conv.conv2d_backward(..., pool=F)``).
+Layers, top to bottom: :func:`conv2d_relu_pool` (in eager mode an autograd Function straight on the
+launchers; otherwise through the custom ops ``tritoncnn::conv2d_relu_pool`` /
+``tritoncnn::conv2d_relu_pool_backward``, visible to ``torch.compile`` and ``opcheck``),
+:class:`Conv2dReLUPoolFunction` (a plain autograd Function), the launcher
+:func:`conv2d_relu_pool_forward` (backward: ``conv.conv2d_backward(..., pool=F)``).
 """
 
 from __future__ import annotations
@@ -207,8 +208,9 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
     "conv_pool_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. Saves input, weight and
     the window offsets. It calls the launchers directly; the functional API
-    (:func:`conv2d_relu_pool`) does the same in plain eager mode and goes through the custom op
-    otherwise (torch.compile, autocast, ...). All share the forward, save and backward helpers.
+    (:func:`conv2d_relu_pool`) does the same in eager mode and goes through the custom op
+    otherwise (torch.compile, fake tensors, dispatch modes). All share the forward, save and
+    backward helpers.
     """
 
     @staticmethod

@@ -13,7 +13,8 @@ dilation: the usual 2x2/2 pool) take a fast path where each input element has at
 Ties and NaN follow PyTorch: a window element replaces the running maximum when it is greater or
 when it is NaN, so the first maximum wins a tie and the last NaN wins over everything.
 
-Layers, top to bottom: the functional :func:`max_pool2d` (through the custom op
+Layers, top to bottom: the functional :func:`max_pool2d` (in eager mode through
+:class:`MaxPool2dFunction` straight on the launchers, otherwise through the custom op
 ``tritoncnn::max_pool2d_fwd`` / ``tritoncnn::max_pool2d_bwd``, visible to ``torch.compile``),
 :class:`MaxPool2dFunction` (a plain ``torch.autograd.Function``), the launchers
 :func:`max_pool2d_forward` / :func:`max_pool2d_backward`, and the ``@triton.jit`` kernels.
@@ -422,7 +423,8 @@ def offsets_to_indices(offsets: torch.Tensor, input_width: int, kernel_size, str
 
 
 # --------------------------------------------------------------------------------------------
-# torch.library custom ops (what the functional API calls; torch.compile sees them)
+# torch.library custom ops (what the functional API calls outside eager mode; torch.compile
+# sees them)
 # --------------------------------------------------------------------------------------------
 
 
