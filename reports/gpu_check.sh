@@ -87,8 +87,15 @@ part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 # a test that hangs fails on its own after TEST_TIMEOUT_S instead of taking the whole part.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
 PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${TEST_TIMEOUT_S:-120}")
-part tests 170 bash -c "set -o pipefail; $PY -m pytest -v --tb=short $XDIST $PER_TEST \
-    --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee '$OUTDIR/tests.log' | tail -n 30"
+# The gpu-marked tests first (compiled-only checks that no CPU run covers: larger shapes, every
+# tuning config against the reference), then the rest, both into tests.log.
+tests() {  # tests NAME LIMIT_S MARK
+    part "$1" "$2" bash -c "set -o pipefail; $PY -m pytest -v --tb=short $XDIST $PER_TEST \
+        -m '$3' --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee -a '$OUTDIR/tests.log' \
+        | tail -n 30"
+}
+tests tests-gpu 80 gpu
+tests tests-rest 90 "not gpu"
 
 # Ceilings, a few layers of each suite, bf16, channels_last, forward and forward+backward,
 # tritoncnn (heuristic configs: nothing is tuned yet) and cuDNN.
