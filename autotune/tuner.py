@@ -244,12 +244,17 @@ def tune_problem(problem: Problem, *, timer: Timer | None = None, progress=None)
     return table
 
 
+MAX_COMPILE_WORKERS = 8  # the compiler's Python front end holds the GIL; each thread holds an LLVM
+
+
 def compile_workers() -> int:
-    """Threads that compile configs at once: one per CPU this process may use."""
+    """Threads that compile configs at once: one per CPU this process may use, at most
+    :data:`MAX_COMPILE_WORKERS` (several processes may tune at once, e.g. parallel test workers)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_COMPILE_WORKERS))
 
 
 def precompile(problem: Problem, configs: list[dict], workers: int | None = None) -> float:
