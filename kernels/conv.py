@@ -372,10 +372,9 @@ def _shape_key_items(x_shape: tuple, w_shape: tuple, geometry: ConvGeometry, poo
     return tuple(shape.items())
 
 
-def _layout(x: torch.Tensor) -> str:
-    """The layout key of a conv launch: always "nhwc", since the launchers hand the kernels every
-    operand with its channels at stride 1 (:func:`channels_inner`), whatever the caller's format."""
-    return "nhwc"
+# The layout key of every conv launch: the launchers hand the kernels each operand with its
+# channels at stride 1 (:func:`channels_inner`), whatever the caller's format.
+LAYOUT = "nhwc"
 
 
 def _dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
@@ -414,7 +413,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     input, weight = channels_inner(input), channels_inner(weight)
     M = N * P * Q
     cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
-                  _layout(input), _gemm_heuristic(M, KG, CG, input.dtype), config)
+                  LAYOUT, _gemm_heuristic(M, KG, CG, input.dtype), config)
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     launch(_conv_fwd_kernel, grid,
@@ -492,7 +491,7 @@ def conv2d_backward(
     y = channels_inner(y) if relu or from_offsets else grad_output  # y is read only then
     off = y  # read only from offsets: then y is the offsets
     shape = _shape_key(input, weight, geometry, pool)
-    layout = _layout(input)
+    layout = LAYOUT
     dot = _dot_args(input.dtype, allow_tf32)
     relu_mask = relu and not from_offsets  # else the offsets carry the mask
 

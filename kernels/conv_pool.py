@@ -44,13 +44,13 @@ from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, la
                       memory_format_of)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
+    LAYOUT,
     ConvGeometry,
     _check_tensors,
     _config,
     _dot_args,
     _gemm_heuristic,
     _launch_opts,
-    _layout,
     _resolve_tf32,
     _shape,
     _shape_key,
@@ -140,7 +140,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     input, weight = channels_inner(input), channels_inner(weight)  # see conv2d_forward
     MP = N * PP * PQ
     cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
-                  _layout(input), _heuristic(MP, pool, KG, CG, input.dtype), config)
+                  LAYOUT, _heuristic(MP, pool, KG, CG, input.dtype), config)
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)

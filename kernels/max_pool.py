@@ -288,6 +288,12 @@ def _needs_int64(total: int, block: int, *tensors: torch.Tensor) -> bool:
         _max_address(t) >= _INT32_LIMIT for t in tensors)
 
 
+def _window_args(k: Pair, s: Pair, p: Pair, d: Pair) -> dict:
+    """The window constexprs both kernels take: size, stride, padding, dilation, and UNROLL."""
+    return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
+                UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW)
+
+
 def _heuristic_config() -> dict:
     # The interpreter pays per program instance, so it gets the largest tile.
     return {"BLOCK": 4096, "num_warps": 4} if INTERPRET else {"BLOCK": 1024, "num_warps": 4}
@@ -350,8 +356,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
         x4, out, offsets,
         total, C, H, W, oh, ow,
         *x4.stride(),
-        KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
-        CHANNELS_LAST=nhwc, UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW,
+        **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
         INT64=_needs_int64(total, block, x4, out),
         BLOCK=block, num_warps=cfg["num_warps"],
     )
@@ -397,10 +402,8 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
         total, C, H, W, oh, ow,
         *g4.stride(),
         *o4.stride(),
-        KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
-        CHANNELS_LAST=nhwc,
+        **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
         NON_OVERLAP=k == s and p == (0, 0) and d == (1, 1),
-        UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW,
         INT64=_needs_int64(total, block, g4, o4, grad_input),
         BLOCK=block, num_warps=cfg["num_warps"],
     )

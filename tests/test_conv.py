@@ -317,27 +317,46 @@ def test_opcheck():
     )
 
 
-def test_torch_compile_traces_the_custom_op():
+def _conv_relu_pool(x, w, b, padding):
+    from tritoncnn.kernels import conv2d_relu_pool
+
+    return conv2d_relu_pool(x, w, b, padding=padding)
+
+
+# (ours, PyTorch's): the plain conv and the fused conv + ReLU + max-pool share these two tests
+FUSED_OPS = {
+    "conv2d_relu": (lambda x, w, b, padding: conv2d_relu(x, w, b, padding=padding),
+                    lambda x, w, b, padding: F.relu(F.conv2d(x, w, b, padding=padding))),
+    "conv2d_relu_pool": (_conv_relu_pool, lambda x, w, b, padding: F.max_pool2d(
+        F.relu(F.conv2d(x, w, b, padding=padding)), 2)),
+}
+
+
+@pytest.mark.parametrize("op", list(FUSED_OPS))
+def test_torch_compile_traces_the_custom_op(op):
     """fullgraph tracing through the fake and autograd registrations (aot_eager: no codegen)."""
+    ours, _ = FUSED_OPS[op]
     x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
     b = torch.randn(4, device=DEVICE, requires_grad=True)
-    step = torch.compile(lambda x, w, b: conv2d_relu(x, w, b, padding=1).square().sum(),
+    step = torch.compile(lambda x, w, b: ours(x, w, b, 1).square().sum(),
                          backend="aot_eager", fullgraph=True)
     step(x, w, b).backward()
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-    conv2d_relu(*leaves, padding=1).square().sum().backward()
+    ours(*leaves, 1).square().sum().backward()
     for got, want in zip((x, w, b), leaves):
         torch.testing.assert_close(got.grad, want.grad)
 
 
-def test_autocast_casts_like_f_conv2d():
+@pytest.mark.parametrize("op", list(FUSED_OPS))
+def test_autocast_casts_like_f_conv2d(op):
+    ours, reference = FUSED_OPS[op]
     x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
     b = torch.randn(4, device=DEVICE, requires_grad=True)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        y = conv2d_relu(x, w, b, padding=1)
-        want = F.relu(F.conv2d(x, w, b, padding=1))
+        y = ours(x, w, b, 1)
+        want = reference(x, w, b, 1)
     assert y.dtype == want.dtype == torch.bfloat16
     _compare("y", y, want.float(), *TOL[torch.bfloat16], 27)
     y.float().sum().backward()

@@ -369,31 +369,7 @@ def test_opcheck():
     )
 
 
-def test_torch_compile_traces_the_custom_op():
-    """fullgraph tracing through the fake and autograd registrations (aot_eager: no codegen)."""
-    x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
-    b = torch.randn(4, device=DEVICE, requires_grad=True)
-    step = torch.compile(lambda x, w, b: conv2d_relu_pool(x, w, b, padding=1).square().sum(),
-                         backend="aot_eager", fullgraph=True)
-    step(x, w, b).backward()
-    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-    conv2d_relu_pool(*leaves, padding=1).square().sum().backward()
-    for got, want in zip((x, w, b), leaves):
-        torch.testing.assert_close(got.grad, want.grad)
-
-
-def test_autocast_casts_like_f_conv2d():
-    x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
-    b = torch.randn(4, device=DEVICE, requires_grad=True)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        y = conv2d_relu_pool(x, w, b, padding=1)
-        want = F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2)
-    assert y.dtype == want.dtype == torch.bfloat16
-    _compare("y", y, want.float(), *TOL[torch.bfloat16], 27)
-    y.float().sum().backward()
-    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+# torch.compile and autocast: tests/test_conv.py runs them on both fused ops (FUSED_OPS).
 
 
 def test_get_config_on_every_launch_with_the_tune_shape(monkeypatch):
