@@ -12,7 +12,8 @@
 #   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
 #   run.log    everything else (install, bench and tune output, part timings and exit codes)
 #   summary.md the report's summary tables, built from bench.csv on the same machine
-# Then, on any machine: tritoncnn report --results OUTDIR
+# Then, on any machine: tritoncnn report --add OUTDIR --readme README.md (files the CSVs under
+# reports/results/<gpu-name>/, writes reports/REPORT.md and the README's headline numbers)
 #
 # Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
 # rows record, for a copy of the tree without git metadata), TEST_TIMEOUT_S (limit of one test,

@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 
 HELP = "write reports/REPORT.md and its figures from benchmark, tuning and training CSVs"
@@ -29,6 +30,9 @@ BENCH_REQUIRED = {"suite", "layer", "implementation", "median_ms", "direction", 
 BASELINES = ("cudnn", "torch")  # F.conv2d & co: cuDNN on a GPU, PyTorch's own kernels on the CPU
 KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool")
 DIRECTION_ORDER = {"forward": 0, "backward": 1, "forward+backward": 2}
+# the README's generated block: everything between these two lines belongs to the report
+HEADLINE_BEGIN = "<!-- headline: written by `tritoncnn report --readme`, from the CSVs -->"
+HEADLINE_END = "<!-- /headline -->"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/REPORT.md", help="the report to write")
     parser.add_argument("--figures", default=None,
                         help="folder for the PNG figures (default: figures/ beside --out)")
+    parser.add_argument("--add", action="append", default=None, metavar="PATH",
+                        help="first copy the bench and tuning CSVs of PATH (a file or a folder, "
+                             "such as gpu_check.sh's OUTDIR) into <results>/<gpu-name>/, "
+                             "appending to the files already there (repeatable)")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="also write the headline table into FILE (the README), between "
+                             f"its '{HEADLINE_BEGIN}' and '{HEADLINE_END}' lines")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +146,40 @@ def load(paths):
     return prepare(rows), tune, curves
 
 
+def add_results(sources, into: Path) -> list[Path]:
+    """Copy the bench rows and tuning tables under ``sources`` into ``into/<gpu-name>/`` (the
+    folder ``tritoncnn bench`` writes by default), one file per source file name, appended to
+    a file of the same name already there; rows already present are not added twice. Returns the
+    files written. Other CSVs (training metrics) are left where they are."""
+    import pandas as pd
+
+    from .bench import slug
+
+    written = []
+    for path in find_csvs(sources):
+        try:
+            df = pd.read_csv(path)
+        except Exception as err:
+            print(f"tritoncnn report: not adding {path}: {type(err).__name__}: {err}")
+            continue
+        bench_rows = BENCH_REQUIRED <= set(df.columns)
+        if not (bench_rows or "tune" in path.name.lower()) or "gpu" not in df.columns:
+            print(f"tritoncnn report: not adding {path}: neither bench rows nor a tuning table "
+                  "with a gpu column")
+            continue
+        for gpu, rows in df.groupby(df["gpu"].fillna("unknown").astype(str), sort=False):
+            dest = Path(into) / slug(gpu) / path.name
+            if dest.resolve() == path.resolve():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                # both sides read back from CSV text, so equal rows compare equal
+                rows = pd.concat([pd.read_csv(dest), rows], ignore_index=True).drop_duplicates()
+            rows.to_csv(dest, index=False)
+            written.append(dest)
+    return written
+
+
 def prepare(df):
     """Numbers as numbers, the newest row per case, and each row's baseline time and speedup.
     Rows whose launch configs were all tuned (``configs`` = ``tuned``) are reported as
@@ -223,6 +268,99 @@ def geomean_speedups(df):
     out["_d"] = out["direction"].map(DIRECTION_ORDER)
     return out.sort_values(["gpu", "suite", "op", "precision", "layout", "_d",
                             "implementation"]).drop(columns="_d").reset_index(drop=True)
+
+
+def headline(df):
+    """The first numbers a reader asks for, per GPU (GPU runs only): for each suite and op, one
+    geometric-mean speedup over cuDNN, of the case preferred in this order: forward+backward,
+    then forward, then backward; bf16, fp16, TF32, IEEE fp32; channels_last before NCHW; tuned
+    configs before heuristic ones. Training steps add their peak memory beside cuDNN's."""
+    import numpy as np
+    import pandas as pd
+
+    cols = ["gpu", "suite", "op", "case", "layers", "speedup", "range", "memory"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    gpu_rows = (df["device"].astype(str).eq("cuda") if "device" in df.columns
+                else ~df["gpu"].astype(str).str.startswith("CPU"))
+    gm = geomean_speedups(df[gpu_rows])
+    gm = gm[gm["implementation"].str.startswith("tritoncnn")]
+    if gm.empty:
+        return pd.DataFrame(columns=cols)
+    rank = {"forward+backward": 0, "forward": 1, "backward": 2,
+            "bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "channels_last": 0}
+    gm = gm.assign(_r=[(rank.get(d, 9), rank.get(p, 9), rank.get(lay, 9), 0 if "tuned" in i else 1)
+                       for d, p, lay, i in zip(gm["direction"], gm["precision"], gm["layout"],
+                                               gm["implementation"])])
+    best = gm.sort_values("_r", kind="stable").drop_duplicates(["gpu", "suite", "op"])
+    ops = {op: i for i, op in enumerate(KERNEL_OPS + ("train_step",))}
+    best = (best.assign(_o=best["op"].map(ops)).sort_values(["gpu", "_o", "suite"], kind="stable")
+            .drop(columns="_o"))
+    rows = []
+    for r in best.itertuples(index=False):
+        memory = ""
+        if r.op == "train_step":
+            sel = df[(df["gpu"] == r.gpu) & (df["suite"] == r.suite) & (df["op"] == r.op)
+                     & (df["precision"] == r.precision) & (df["status"] == "ok")]
+            mine = sel[sel["implementation"] == r.implementation]
+            base = sel[sel["implementation"].isin(BASELINES)]
+            pair = mine.merge(base, on="layer", suffixes=("", "_base"))
+            pair = pair[(pair["peak_mem_mb"] > 0) & (pair["peak_mem_mb_base"] > 0)]
+            if len(pair):
+                ratio = float(np.exp(np.log(pair["peak_mem_mb"] / pair["peak_mem_mb_base"]).mean()))
+                memory = (f"{ratio:.2f}x of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
+                          f"{pair['peak_mem_mb_base'].sum():.0f} MiB)")
+        tuned = ", tuned" if "tuned" in r.implementation else ", heuristic configs"
+        rows.append(dict(gpu=r.gpu, suite=r.suite, op=r.op,
+                         case=f"{r.precision} {r.layout} {r.direction}{tuned}", layers=r.layers,
+                         speedup=f"{r.geomean:.2f}x", range=f"{r.min:.2f}x-{r.max:.2f}x",
+                         memory=memory))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def headline_markdown(df, report_link: str | None = None) -> str:
+    """The headline as markdown: a sentence per GPU naming its run (and linking the report, for
+    the README), then the table."""
+    h = headline(df)
+    where = f" and into the [report]({report_link})" if report_link else ""
+    if h.empty:
+        return textwrap.fill(
+            "No GPU measurements are committed yet: `bash reports/gpu_check.sh OUTDIR` on a GPU "
+            "machine makes them; `tritoncnn report --add OUTDIR --readme README.md` brings them "
+            f"here{where}.", 100, break_on_hyphens=False, break_long_words=False) + "\n"
+    link = f"; [full report]({report_link})" if report_link else ""
+    out = []
+    for gpu, h_gpu in h.groupby("gpu", sort=False):
+        g = df[df["gpu"] == gpu]
+        shas = ", ".join(sorted(set(g["git_sha"]) - {""})) or "unknown"
+        out += [textwrap.fill(f"{gpu}, commit {shas}: per suite, the geometric mean over its "
+                              f"layers of cuDNN's time over tritoncnn's (above 1x is faster){link}.",
+                              100, break_on_hyphens=False, break_long_words=False), ""]
+        t = h_gpu.drop(columns=["gpu"]).rename(columns={"speedup": "speedup over cuDNN",
+                                                         "range": "min-max"})
+        if not t["memory"].astype(bool).any():
+            t = t.drop(columns=["memory"])
+        out.append(markdown_table(t.rename(columns={"memory": "peak memory"})))
+    return "\n".join(out)
+
+
+def _headline_span(readme: Path) -> tuple[list[str], int, int]:
+    """The README's lines and the indices of its two headline marker lines."""
+    lines = Path(readme).read_text().splitlines(keepends=True)
+    try:
+        begin = next(i for i, ln in enumerate(lines) if ln.strip() == HEADLINE_BEGIN)
+        end = next(i for i, ln in enumerate(lines) if i > begin and ln.strip() == HEADLINE_END)
+    except StopIteration:
+        raise ValueError(f"{readme} has no '{HEADLINE_BEGIN}' ... '{HEADLINE_END}' block for the "
+                         "headline numbers") from None
+    return lines, begin, end
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace what lies between the README's headline marker lines with ``block``."""
+    lines, begin, end = _headline_span(readme)
+    lines[begin + 1:end] = [block.rstrip("\n") + "\n"]
+    Path(readme).write_text("".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,6 +716,8 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
     if df.empty:
         lines += ["No benchmark rows found: run `tritoncnn bench` on a GPU first "
                   "(or `bash reports/gpu_check.sh OUTDIR`).", ""]
+    else:
+        lines += ["## Headline", "", headline_markdown(df)]
     for gpu, g in df.groupby("gpu", sort=False) if not df.empty else []:
         gs = _slug(gpu)
         lines += [f"## {gpu}", ""]
@@ -670,11 +810,36 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
 
 def main(args) -> int:
     results = args.results or ["reports/results"]
-    missing = [r for r in results if not Path(r).exists()]
+    added = args.add or []
+    if args.readme:
+        try:
+            _headline_span(Path(args.readme))
+        except (OSError, ValueError) as err:
+            print(f"tritoncnn report: --readme: {err}")
+            return 2
+    missing = [r for r in added if not Path(r).exists()]
+    if missing:
+        print(f"tritoncnn report: --add: no such path: {', '.join(missing)}")
+        return 2
+    if added:
+        into = Path(results[0])
+        if into.suffix == ".csv":
+            print(f"tritoncnn report: --add copies into a results folder, and --results names a "
+                  f"file: {into}")
+            return 2
+        for dest in add_results(added, into):
+            print(f"tritoncnn report: added rows to {dest}")
+    # the default folder may not exist yet (no results committed): an empty report says so
+    missing = [r for r in args.results or [] if not Path(r).exists()]
     if missing:
         print(f"tritoncnn report: no such path: {', '.join(missing)} (run `tritoncnn bench` "
               "first, or name the results with --results)")
         return 2
     path = build(results, Path(args.out), Path(args.figures) if args.figures else None)
     print(f"tritoncnn report: wrote {path}")
+    if args.readme:
+        readme = Path(args.readme)
+        link = os.path.relpath(path, readme.resolve().parent).replace(os.sep, "/")
+        update_readme(readme, headline_markdown(load(results)[0], link))
+        print(f"tritoncnn report: wrote the headline into {readme}")
     return 0

@@ -204,3 +204,92 @@ def test_report_reads_what_bench_writes(tmp_path):
     text = out.read_text()
     assert "### Tiny: time, TFLOP/s, % of peak, speedup per layer" in text
     assert "| conv3x3 | conv_relu_pool |" in text and "matmul ieee" in text
+
+
+README = f"""# project
+
+intro
+{report.HEADLINE_BEGIN}
+old numbers
+{report.HEADLINE_END}
+
+rest
+"""
+
+
+def test_headline_into_readme(results, tmp_path):
+    """The README's generated block: per suite the preferred case's geometric mean (tuned before
+    heuristic configs), the training step's memory beside cuDNN's, and a link to the report."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    out = tmp_path / "doc" / "REPORT.md"
+    assert cli.main(["report", "--results", str(results), "--out", str(out),
+                     "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro\n" + report.HEADLINE_BEGIN + "\n")
+    assert text.endswith(report.HEADLINE_END + "\n\nrest\n")
+    assert "old numbers" not in text
+    assert "[full report](doc/REPORT.md)" in text and "commit abc1234" in text
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
+            if ln.startswith("| S1 |") or ln.startswith("| Pool |") or ln.startswith("| Train |")]
+    assert rows == [
+        # S1: L1 alone was tuned (0.5 ms against cuDNN's 2 ms)
+        ["S1", "conv_relu", "bf16 channels_last forward, tuned", "1", "4.00x", "4.00x-4.00x", ""],
+        ["Pool", "pool", "bf16 channels_last forward, heuristic configs", "1", "2.00x",
+         "2.00x-2.00x", ""],
+        ["Train", "train_step", "bf16 channels_last forward+backward, heuristic configs", "1",
+         "1.25x", "1.25x-1.25x", "0.70x of cuDNN's (700 vs 1000 MiB)"],
+    ]
+    # the report carries the same table, under its own heading
+    assert "## Headline" in out.read_text()
+    # CPU rows never make a headline
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    df = pd.read_csv(next(results.rglob("bench.csv")))
+    df.assign(device="cpu", gpu="CPU x86_64 (2 cores)").to_csv(cpu / "bench.csv", index=False)
+    assert cli.main(["report", "--results", str(cpu), "--out", str(out),
+                     "--readme", str(readme)]) == 0
+    assert "No GPU measurements are committed yet" in readme.read_text()
+
+
+def test_readme_without_markers_is_refused(results, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n")
+    out = tmp_path / "REPORT.md"
+    assert cli.main(["report", "--results", str(results), "--out", str(out),
+                     "--readme", str(readme)]) == 2
+    assert report.HEADLINE_BEGIN in capsys.readouterr().out
+    assert readme.read_text() == "# project\n" and not out.exists()
+    assert cli.main(["report", "--results", str(results), "--out", str(out),
+                     "--readme", str(tmp_path / "missing.md")]) == 2
+
+
+def test_add_results_per_gpu(results, tmp_path):
+    """--add files a run's CSVs under <results>/<gpu-name>/, appends, and never doubles a row."""
+    run = next(results.rglob("bench.csv")).parent
+    store = tmp_path / "store"
+    store.mkdir()
+    out = tmp_path / "REPORT.md"
+    for _ in range(2):  # the same run added twice
+        assert cli.main(["report", "--add", str(run), "--results", str(store),
+                         "--out", str(out)]) == 0
+    dest = store / "test-gpu-80gb"
+    assert sorted(p.name for p in dest.iterdir()) == ["bench.csv", "tune_lenet5_bf16_nhwc_b1024.csv"]
+    assert pd.read_csv(dest / "bench.csv").equals(pd.read_csv(run / "bench.csv"))
+    assert len(pd.read_csv(dest / "tune_lenet5_bf16_nhwc_b1024.csv")) == 3
+    # a later run of another GPU goes beside it; a newer row of the same GPU is appended
+    df = pd.read_csv(run / "bench.csv")
+    later = tmp_path / "later"
+    later.mkdir()
+    pd.concat([df.head(2).assign(gpu="Other GPU"),
+               df.head(1).assign(timestamp="2026-11-27T00:00:00+00:00")]).to_csv(
+        later / "bench.csv", index=False)
+    # training curves carry no gpu column: left where they are
+    pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(later / "steps.csv", index=False)
+    assert cli.main(["report", "--add", str(later), "--results", str(store), "--out", str(out)]) == 0
+    assert len(pd.read_csv(store / "other-gpu" / "bench.csv")) == 2
+    assert len(pd.read_csv(dest / "bench.csv")) == len(df) + 1
+    assert not list(store.rglob("steps.csv"))
+    assert "## Other GPU" in out.read_text() and f"## {GPU}" in out.read_text()
+    assert cli.main(["report", "--add", str(tmp_path / "missing"), "--results", str(store),
+                     "--out", str(out)]) == 2
