@@ -293,3 +293,17 @@ def test_add_results_per_gpu(results, tmp_path):
     assert "## Other GPU" in out.read_text() and f"## {GPU}" in out.read_text()
     assert cli.main(["report", "--add", str(tmp_path / "missing"), "--results", str(store),
                      "--out", str(out)]) == 2
+
+
+def test_readme_headline_is_the_committed_results(tmp_path):
+    """The README's numbers are those the committed CSVs give: regenerating changes nothing."""
+    from pathlib import Path
+
+    root = Path(report.__file__).resolve().parent.parent
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    df = report.load([root / "reports" / "results"])[0]
+    report.update_readme(readme, report.headline_markdown(df, "reports/REPORT.md"))
+    assert readme.read_text() == (root / "README.md").read_text(), (
+        "README.md's headline differs from the committed results: run "
+        "`tritoncnn report --readme README.md`")
