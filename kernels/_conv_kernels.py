@@ -199,16 +199,19 @@ def _pooled_pixel(pm, PP, PQ):
 
 
 @triton.jit
-def _window_max(vals, E: tl.constexpr):
-    """(maximum, offset) over axis 1 of ``vals`` (WIN, E, BLOCK_N), the E elements of each window
-    in offset order: the last NaN when the window has one, else the maximum, the first of equal
-    ones -- what a running ``x > best or isnan(x)`` scan keeps, as max_pool2d does. Built from
-    plain max/min reductions (cheap everywhere, the interpreter included)."""
-    elem = tl.arange(0, E)[None, :, None]
+def _window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
+    """(maximum, offset) over axis AXIS (1 or 2) of the 3-D ``vals``, the E elements of each
+    window in offset order: the last NaN when the window has one, else the maximum, the first of
+    equal ones -- what a running ``x > best or isnan(x)`` scan keeps, as max_pool2d does. Built
+    from plain max/min reductions (cheap everywhere, the interpreter included)."""
+    if AXIS == 1:
+        elem = tl.arange(0, E)[None, :, None]
+    else:
+        elem = tl.arange(0, E)[None, None, :]
     nan = vals != vals
-    best = tl.max(tl.where(nan, float("-inf"), vals), axis=1)
-    first = tl.min(tl.where(vals == best[:, None, :], elem, E), axis=1)
-    last_nan = tl.max(tl.where(nan, elem, -1), axis=1)
+    best = tl.max(tl.where(nan, float("-inf"), vals), axis=AXIS)
+    first = tl.min(tl.where(vals == tl.expand_dims(best, AXIS), elem, E), axis=AXIS)
+    last_nan = tl.max(tl.where(nan, elem, -1), axis=AXIS)
     has_nan = last_nan >= 0
     return tl.where(has_nan, float("nan"), best), tl.where(has_nan, last_nan, first)
 

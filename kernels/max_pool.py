@@ -8,7 +8,10 @@ an int64 index). PyTorch's flat ``ih * W + iw`` index is built from the offsets 
 Backward is a gather over input elements: each input element looks at the windows that can contain
 it and sums the upstream gradient of those whose saved offset points at it. No atomics, so the
 result is bit-for-bit deterministic. Non-overlapping windows (kernel_size == stride, no padding, no
-dilation: the usual 2x2/2 pool) take a fast path where each input element has at most one window.
+dilation: the usual 2x2/2 pool) take a fast path where each input element has at most one window;
+in NCHW their forward (window width a power of two) reads whole window rows as vectors and cuts
+them into windows (``_max_pool_fwd_rows_kernel``), where the one-output-per-lane kernel would read
+each row at the pool's stride.
 
 Ties and NaN follow PyTorch: a window element replaces the running maximum when it is greater or
 when it is NaN, so the first maximum wins a tie and the last NaN wins over everything.
@@ -31,7 +34,8 @@ import triton.language as tl
 from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
-                      is_channels_last, launch, pooled_len)
+                      is_channels_last, launch, next_pow2, pooled_len)
+from ._conv_kernels import _window_max
 
 __all__ = [
     "max_pool2d",
@@ -134,6 +138,58 @@ def _max_pool_fwd_kernel(
                                          mask, best, arg, KW, DH, DW)
     tl.store(out_ptr + idx, best.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(off_ptr + idx, arg.to(off_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_pool_fwd_rows_kernel(
+    x_ptr, out_ptr, off_ptr,
+    rows, C, H, OH, OW, w_in_v,
+    sxn_v, sxc_v, sxh_v, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, VEC: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_OW: tl.constexpr,
+):
+    """Non-overlapping windows (kernel == stride, no padding or dilation, KW a power of two) into
+    an NCHW output: one program pools BLOCK_R output rows (n, c, oh) by BLOCK_OW output columns.
+    Grid: (row tiles, column tiles).
+
+    Per window row kh, the tile's input is one contiguous run of BLOCK_OW * KW elements of each
+    input row, cut into windows by a reshape; the rows combine in order under the scan's rule, so
+    ties and NaN come out as the scan's. The row strides and the read width come divided by VEC,
+    which divides them all (up to 16 bytes of elements): multiplied back here, they tell the
+    compiler that runs of VEC elements are aligned, so it loads them as one vector (Triton's own
+    argument specialization only sees multiples of 16 elements).
+    """
+    sxn = sxn_v * VEC
+    sxc = sxc_v * VEC
+    sxh = sxh_v * VEC
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if INT64:
+        r = r.to(tl.int64)
+    ow = tl.program_id(1) * BLOCK_OW + tl.arange(0, BLOCK_OW)
+    j = tl.program_id(1) * (BLOCK_OW * KW) + tl.arange(0, BLOCK_OW * KW)  # input columns
+    oh = r % OH
+    t = r // OH
+    base = (t // C) * sxn + (t % C) * sxc
+    row_ok = r < rows
+    # w_in_v * VEC = min(W, OW * KW), the columns some window reads; a partial last window
+    # (ceil_mode) reads -inf past W. One comparison keeps the mask constant over runs of VEC
+    # columns, so the loads stay vectorised.
+    col_ok = j < w_in_v * VEC
+    best = tl.full([BLOCK_R, BLOCK_OW], float("-inf"), tl.float32)
+    arg = tl.zeros([BLOCK_R, BLOCK_OW], tl.int32)
+    for kh in range(KH):
+        ih = oh * KH + kh
+        ok = (row_ok & (ih < H))[:, None] & col_ok[None, :]
+        vals = tl.load(x_ptr + (base + ih * sxh)[:, None] + j[None, :] * sxw, mask=ok,
+                       other=float("-inf"))
+        rb, ra = _window_max(tl.reshape(vals.to(tl.float32), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
+        take = (rb > best) | (rb != rb)  # the scan's rule, a whole window row at a time
+        best = tl.where(take, rb, best)
+        arg = tl.where(take, kh * KW + ra, arg)
+    out = r[:, None] * OW + ow[None, :]
+    ok = row_ok[:, None] & (ow < OW)[None, :]
+    tl.store(out_ptr + out, best.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(off_ptr + out, arg.to(off_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -294,6 +350,22 @@ def _window_args(k: Pair, s: Pair, p: Pair, d: Pair) -> dict:
                 UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW)
 
 
+def _rows_path(k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
+    """Non-overlapping windows whose width is a power of two: an NCHW forward takes
+    ``_max_pool_fwd_rows_kernel`` (whole window rows per load)."""
+    return k == s and p == (0, 0) and d == (1, 1) and k[1] & (k[1] - 1) == 0
+
+
+def _row_vector(x: torch.Tensor, width: int) -> int:
+    """The most elements (a power of two, at most 16 bytes) that divide the input's N, C and H
+    strides and the row width read, with unit W stride; else 1. (A hint only: the kernel is right
+    for any value that divides them; Triton checks the pointer's alignment itself.)"""
+    vec = 16 // x.element_size() if x.stride(3) == 1 else 1
+    while vec > 1 and any(v % vec for v in (*x.stride()[:3], width)):
+        vec //= 2
+    return vec
+
+
 def _heuristic_config() -> dict:
     # The interpreter pays per program instance, so it gets the largest tile.
     return {"BLOCK": 4096, "num_warps": 4} if INTERPRET else {"BLOCK": 1024, "num_warps": 4}
@@ -351,6 +423,22 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
                          input.dtype, layout, config)
     total = out.numel()
     block = cfg["BLOCK"]
+    if not nhwc and _rows_path(k, s, p, d):
+        # BLOCK outputs per program as a (rows x columns) tile as wide as the output, up to BLOCK
+        block_ow = min(next_pow2(ow), block)
+        block_r = block // block_ow
+        rows = N * C * oh
+        w_in = min(W, ow * k[1])
+        sxn, sxc, sxh, sxw = x4.stride()
+        vec = _row_vector(x4, w_in)
+        launch(_max_pool_fwd_rows_kernel, (cdiv(rows, block_r), cdiv(ow, block_ow)),
+            x4, out, offsets,
+            rows, C, H, oh, ow, w_in // vec,
+            sxn // vec, sxc // vec, sxh // vec, sxw,
+            KH=k[0], KW=k[1], VEC=vec, INT64=_needs_int64(total, block, x4, out),
+            BLOCK_R=block_r, BLOCK_OW=block_ow, num_warps=cfg["num_warps"],
+        )
+        return out, offsets
     grid = (cdiv(total, block),)
     launch(_max_pool_fwd_kernel, grid,
         x4, out, offsets,

@@ -10,7 +10,7 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
 
 It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``);
 that tile loads are vectorised (conv: 16-byte ``cp.async`` only, NCHW operands included; NHWC
-max-pool: vector loads only);
+max-pool and the NCHW non-overlapping forward: vector loads only);
 that the configs the autotuner's pruning keeps use no more registers than sm_90 has (the configs
 with the most accumulator values per thread, of every conv kernel, in bf16 and fp32, assembled
 with ``ptxas -v``: no spill stores); and that the tuner's parallel pre-compilation
@@ -211,7 +211,8 @@ def check_vector_loads() -> str | None:
     """Tile loads stay vectorised (bf16, a 128-channel layer): the conv kernels, given NCHW
     input and weight (read through channels_last copies), load every tile with 16-byte
     ``cp.async`` and nothing with scalar ``ld.global``; the channels_last max-pools load inputs
-    and gradients with vector loads only. Returns what went wrong, or None."""
+    and gradients with vector loads only, and so does the NCHW non-overlapping forward. Returns
+    what went wrong, or None."""
     from tritoncnn import _runtime, autotune, kernels
 
     _runtime.device_type = lambda: "cpu"
@@ -244,8 +245,17 @@ def check_vector_loads() -> str | None:
             scalar = re.findall(r"ld\.global\.b16\b", _ptx(k))
             if scalar:
                 bad.append(f"{name} {args}: {len(scalar)} scalar bf16 loads")
+    # NCHW non-overlapping forward: whole window rows, 16-byte vectors where the row width holds
+    # 8 bf16 (W = 32, 56), 8-byte ones where it holds 4 (W = 28)
+    for width, vector in ((32, "v4.b32"), (56, "v4.b32"), (28, "v2.b32")):
+        start = len(COMPILED)
+        kernels.max_pool2d(torch.randn(8, 64, width, width, dtype=torch.bfloat16), 2)
+        for name, _, k in COMPILED[start:]:
+            loads = set(re.findall(r"ld\.global\.([.a-z0-9]+)", _ptx(k)))
+            if name != "_max_pool_fwd_rows_kernel" or loads != {vector}:
+                bad.append(f"{name} NCHW W={width}: loads {sorted(loads)}, not {vector} only")
     print("vector loads: " + ("; ".join(bad) if bad else "conv cp.async 16 B only, max-pool "
-                              "vector loads only"))
+                              "vector loads only (NCHW forward too)"))
     return f"scalar tile loads: {'; '.join(bad)}" if bad else None
 
 

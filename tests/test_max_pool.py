@@ -26,6 +26,8 @@ CASES = [
     pytest.param((3, 5, 6), 2, 1, 0, 1, False, id="unbatched"),
     pytest.param((1, 1, 9, 9), 9, 1, 4, 1, False, id="81-window-runtime-loop"),
     pytest.param((1, 1, 13, 12), 12, 1, 0, 1, False, id="144-window-int16-offsets"),
+    pytest.param((2, 3, 7, 11), (3, 4), None, 0, 1, True, id="3x4-nonoverlap-ceil"),
+    pytest.param((1, 2, 6, 5), (2, 1), None, 0, 1, False, id="2x1-nonoverlap"),
 ]
 
 
@@ -245,6 +247,33 @@ def test_small_tiles_and_config_override(monkeypatch):
     out, _ = mp.max_pool2d_forward(x, 3, 2, 1, config={"BLOCK": 32, "num_warps": 1})
     torch.testing.assert_close(out.cpu().double(), _reference(x, 3, 2, 1), rtol=0, atol=0)
     assert len(calls) == 6
+
+
+# (window, ceil_mode, BLOCK, column tiles of the 37-wide input's output)
+@pytest.mark.parametrize("k, ceil_mode, block, col_tiles", [
+    ((2, 2), False, 8, 3), ((3, 4), True, 16, 1), ((2, 1), False, 4, 10), ((4, 2), True, 64, 1),
+    ((1, 8), True, 2, 3)])
+def test_nchw_window_rows_path(monkeypatch, k, ceil_mode, block, col_tiles):
+    """NCHW non-overlapping pools whose window width is a power of two run the window-rows kernel:
+    tiles of several rows and column blocks (a small BLOCK), partial windows (ceil_mode), ties,
+    NaN, -inf and an all -inf window, values and indices as PyTorch's."""
+    launched = []
+    monkeypatch.setattr(mp, "launch", lambda kernel, grid, *a, **kw: (
+        launched.append((kernel, grid, kw)), mp._runtime.launch(kernel, grid, *a, **kw))[1])
+    x = torch.randint(-2, 3, (2, 3, 9, 37)).float()  # many ties
+    x[0, 0, 0, :3] = float("nan")
+    x[0, 1, 2, 5] = float("nan")
+    x[1, 2, :4, :8] = float("-inf")
+    x = x.to(DEVICE)
+    out, idx = mp.max_pool2d_forward(x, k, None, 0, 1, ceil_mode, config={"BLOCK": block,
+                                                                          "num_warps": 1})
+    ref, ref_idx = _reference(x, k, ceil_mode=ceil_mode, return_indices=True)
+    assert launched[0][0] is mp._max_pool_fwd_rows_kernel
+    assert launched[0][2]["BLOCK_R"] * launched[0][2]["BLOCK_OW"] == block
+    assert launched[0][1][1] == col_tiles
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0, equal_nan=True)
+    got = mp.offsets_to_indices(idx, x.shape[-1], k)
+    torch.testing.assert_close(got.cpu(), ref_idx, rtol=0, atol=0)
 
 
 def test_int64_indexing_path(monkeypatch):
