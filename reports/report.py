@@ -124,23 +124,40 @@ def find_csvs(paths) -> list[Path]:
     return found
 
 
+def read_csvs(paths, skipping: str = "skipping"):
+    """(path, table, kind) of each readable CSV under ``paths``; kind is "bench" (rows of
+    ``tritoncnn bench``), "tune" (a tuning table: "tune" in the file name), "curves" (training
+    metrics) or None."""
+    import pandas as pd
+
+    for path in find_csvs(paths):
+        try:
+            df = pd.read_csv(path)
+        except Exception as err:
+            print(f"tritoncnn report: {skipping} {path}: {type(err).__name__}: {err}")
+            continue
+        kind = None
+        if BENCH_REQUIRED <= set(df.columns):
+            kind = "bench"
+        elif "tune" in path.name.lower():
+            kind = "tune"
+        elif {"step", "loss"} <= set(df.columns) or (
+                "epoch" in df.columns and any(c.endswith("acc") for c in df.columns)):
+            kind = "curves"
+        yield path, df, kind
+
+
 def load(paths):
     """(bench rows, tuning tables, training-metric tables) from the CSVs under ``paths``."""
     import pandas as pd
 
     bench, tune, curves = [], [], []
-    for path in find_csvs(paths):
-        try:
-            df = pd.read_csv(path)
-        except Exception as err:
-            print(f"tritoncnn report: skipping {path}: {type(err).__name__}: {err}")
-            continue
-        if BENCH_REQUIRED <= set(df.columns):
+    for path, df, kind in read_csvs(paths):
+        if kind == "bench":
             bench.append(df.assign(source=str(path)))
-        elif "tune" in path.name.lower():
+        elif kind == "tune":
             tune.append((path, df))
-        elif {"step", "loss"} <= set(df.columns) or (
-                "epoch" in df.columns and any(c.endswith("acc") for c in df.columns)):
+        elif kind == "curves":
             curves.append((path, df))
     rows = pd.concat(bench, ignore_index=True) if bench else pd.DataFrame()
     return prepare(rows), tune, curves
@@ -156,14 +173,8 @@ def add_results(sources, into: Path) -> list[Path]:
     from .bench import slug
 
     written = []
-    for path in find_csvs(sources):
-        try:
-            df = pd.read_csv(path)
-        except Exception as err:
-            print(f"tritoncnn report: not adding {path}: {type(err).__name__}: {err}")
-            continue
-        bench_rows = BENCH_REQUIRED <= set(df.columns)
-        if not (bench_rows or "tune" in path.name.lower()) or "gpu" not in df.columns:
+    for path, df, kind in read_csvs(sources, "not adding"):
+        if kind not in ("bench", "tune") or "gpu" not in df.columns:
             print(f"tritoncnn report: not adding {path}: neither bench rows nor a tuning table "
                   "with a gpu column")
             continue
