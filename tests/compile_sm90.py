@@ -13,7 +13,9 @@ that tile loads are vectorised (conv: 16-byte ``cp.async`` only, NCHW operands i
 max-pool and the NCHW non-overlapping forward: vector loads only);
 that the configs the autotuner's pruning keeps use no more registers than sm_90 has (the configs
 with the most accumulator values per thread, of every conv kernel, in bf16 and fp32, assembled
-with ``ptxas -v``: no spill stores); and that the tuner's parallel pre-compilation
+with ``ptxas -v``: no spill stores); that every kernel it compiled, and the configs the tuner's
+shared-memory model rates the largest, fit sm_90's shared memory as compiled; and that the
+tuner's parallel pre-compilation
 (``autotune.tuner.precompile``) compiles every config of a real tuning problem on worker threads,
 so that the timed pass compiles nothing.
 """
@@ -195,6 +197,54 @@ def check_registers(top: int = 2) -> str | None:
     return f"{len(bad)} kernels spill or miss wgmma: {'; '.join(bad)}" if bad else None
 
 
+def _shared(kernel) -> int:
+    return (kernel.result() if hasattr(kernel, "result") else kernel).metadata.shared
+
+
+def check_shared_memory(top: int = 3) -> str | None:
+    """Shared memory as compiled (``metadata.shared``) within sm_90's per-block opt-in limit: every
+    kernel compiled so far (the ops' heuristic configs over the dtypes and layouts, the register
+    check's configs) and, per conv kernel and dtype, the ``top`` pruned configs the tuner's model
+    (``spaces.conv_smem_bytes``) says need the most, whose need must not exceed the model's.
+    Past the limit a launch fails on the GPU (OutOfResources) after compiling fine. Returns what
+    went wrong, or None."""
+    from tritoncnn import _runtime, autotune
+    from tritoncnn.autotune import spaces
+
+    limit = spaces.DEFAULT_SMEM_BYTES
+    bad = [f"{name} {consts}: {_shared(k)} B" for name, consts, k in COMPILED
+           if _shared(k) > limit]
+    _runtime.device_type = lambda: "cpu"
+    base = autotune.conv_shape((8, 256, 32, 32), (256, 256, 3, 3), 1, 1, 1, 1)
+    lines = []
+    for kernel, shape in [(k, base) for k in ("conv_fwd", "conv_dx", "conv_dw")] + [
+            ("conv_pool_fwd", dict(base, pool=2)), ("conv_pool_fwd", dict(base, pool=3))]:
+        for dtype in (torch.bfloat16, torch.float32):
+            found = spaces.candidates(kernel, shape, dtype, smem_budget=limit, num_sms=SMS)
+            found.sort(key=lambda c: -spaces.conv_smem_bytes(c, dtype, kernel))
+            tiles = {tuple(c[x] for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages",
+                                          "num_warps")): c for c in reversed(found)}
+            problem = autotune.make_problem(kernel, shape, dtype, "nhwc")
+            for cfg in list(tiles.values())[::-1][:top]:  # one per tile (not per SPLIT)
+                start = len(COMPILED)
+                problem.run(cfg)
+                for name, _, k in COMPILED[start:]:
+                    if name == "_sum_splits_kernel":
+                        continue
+                    tile = "x".join(str(cfg[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                    line = (f"{kernel} pool={shape.get('pool', 1)} {str(dtype)[6:]} {tile} "
+                            f"s{cfg['num_stages']}: {_shared(k)} B (model "
+                            f"{spaces.conv_smem_bytes(cfg, dtype, kernel)} B)")
+                    lines.append(line)
+                    # past the limit, or past the model (which must bound it, or the tuner
+                    # keeps configs that cannot launch)
+                    if _shared(k) > min(limit, spaces.conv_smem_bytes(cfg, dtype, kernel)):
+                        bad.append(line)
+    print("\n".join([f"shared memory (limit {limit} B):", *lines]))
+    return f"{len(bad)} kernels need more shared memory than sm_90 has: {'; '.join(bad)}" \
+        if bad else None
+
+
 def _scalar_load_lines(ptx: str) -> list[int]:
     """Source lines (``.loc``) of the scalar 1- and 2-byte global loads in ``ptx``."""
     lines, where = [], 0
@@ -313,7 +363,7 @@ def main() -> int:
             print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
-    for check in (check_registers, check_vector_loads, check_precompile):
+    for check in (check_registers, check_shared_memory, check_vector_loads, check_precompile):
         problem = check()
         if problem is not None:
             print(problem)

@@ -678,3 +678,18 @@ def test_backward_launches_use_the_tune_shape_dicts(store, device):
     assert sorted(c.kernel for c in calls) == sorted(want)
     for call in calls:
         assert call.shape == want[call.kernel], call.kernel
+
+
+def test_shared_memory_counts_the_weight_gradient_scratch():
+    """conv_dw also keeps BLOCK_M x num_warps floats of cross-warp scratch: an fp32 128x128x64
+    tile in 3 stages on 8 warps compiles to 233472 B for sm_90 (tests/compile_sm90.py), over the
+    232448 B an H100 block may have, and is pruned; on 4 warps it fits."""
+    cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    assert spaces.conv_smem_bytes(cfg, torch.float32, "conv_dw") == 233472
+    assert spaces.conv_smem_bytes(dict(cfg, num_warps=4), torch.float32, "conv_dw") == 231424
+    assert spaces.conv_smem_bytes(cfg, torch.float32, "conv_dx") == 229376  # no scratch
+    shape = spaces.conv_shape((8, 256, 32, 32), (256, 256, 3, 3), 1, 1)
+    kept = spaces.candidates("conv_dw", shape, torch.float32, smem_budget=232448, num_sms=132)
+    assert all(spaces.conv_smem_bytes(c, torch.float32, "conv_dw") <= 232448 for c in kept)
+    assert not any((c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_stages"], c["num_warps"])
+                   == (128, 128, 64, 3, 8) for c in kept)
