@@ -307,6 +307,40 @@ def test_launch_turns_into_a_compile_only_warmup_inside_compile_only():
                      ("run", (1,), (), {"BLOCK": 8})]
 
 
+def test_launch_runs_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device; a launch whose tensors live on another one
+    makes theirs current for the launch (and only then), as PyTorch's ops do."""
+    current, entered = [0], []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+            current.insert(0, self.device.index)
+
+        def __exit__(self, *exc):
+            current.pop(0)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append(current[0])
+
+    class OnDevice:  # stands in for a CUDA tensor
+        def __init__(self, index):
+            self.device = torch.device("cuda", index)
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    for index in (0, 1, 0, 2):
+        _runtime.launch(Kernel(), (1,), OnDevice(index), 3, BLOCK=8)
+    _runtime.launch(Kernel(), (1,), torch.zeros(1), BLOCK=8)  # CPU (interpreted): no guard
+    assert calls == [0, 1, 0, 2, 0]
+    assert entered == [torch.device("cuda", 1), torch.device("cuda", 2)] and current == [0]
+
+
 def test_precompile_runs_each_config_compile_only_under_async_compile(monkeypatch):
     from triton.runtime import _async_compile
 

@@ -449,6 +449,23 @@ def test_gpu_larger_shapes(dtype, channels_last):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_second_device_while_the_first_is_current():
+    """Tensors on cuda:1 with cuda:0 current run on cuda:1, forward and backward."""
+    x = torch.randn(2, 16, 9, 9, device="cuda:1", requires_grad=True)
+    w = torch.randn(8, 16, 3, 3, device="cuda:1", requires_grad=True)
+    with torch.cuda.device(0):
+        y = conv2d(x, w, padding=1, activation="relu", allow_tf32=False)
+        y.sum().backward()
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    F.relu(F.conv2d(xr, wr, padding=1)).sum().backward()
+    assert y.device == x.grad.device == torch.device("cuda", 1)
+    torch.testing.assert_close(y.double(), F.relu(F.conv2d(xr, wr, padding=1)).detach(),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
 def test_gpu_tf32_follows_cudnn_flag():
     x = torch.randn(4, 64, 16, 16, device=DEVICE)
     w = torch.randn(64, 64, 3, 3, device=DEVICE) / 24

@@ -89,7 +89,15 @@ def compile_only():
 
 def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, or its compile-only warm-up inside :func:`compile_only`.
-    Every tritoncnn launch goes through here."""
+    Every tritoncnn launch goes through here; its first argument is a tensor of the op.
+
+    Triton launches on the current CUDA device: when the tensors live on another one (a model on
+    ``cuda:1`` with ``cuda:0`` current), their device is made current for the launch, as
+    PyTorch's own ops do."""
     if _COMPILE_ONLY.get():
         return kernel.warmup(*args, grid=grid, **kwargs)
+    device = getattr(args[0], "device", None) if args else None
+    if device is not None and device.type == "cuda" and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            return kernel[grid](*args, **kwargs)
     return kernel[grid](*args, **kwargs)
