@@ -83,15 +83,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 part install 60 $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1
 part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 
-# Compiling each kernel specialization dominates the compiled tests: spread them over the CPUs.
-# One line per test as it finishes (-v), so a run stopped at its limit still names its failures;
-# a test that hangs fails on its own after TEST_TIMEOUT_S instead of taking the whole part.
-XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
+# Compiling each kernel specialization dominates the compiled tests: spread them over 8
+# processes, with pytest-xdist or, where it is not installed, tests/shards.py (one pytest per
+# shard of the test ids). One line per test as it finishes (-v), so a run stopped at its limit
+# still names its results; a test that hangs fails on its own after TEST_TIMEOUT_S instead of
+# taking the whole part.
+if $PY -c "import xdist" 2>/dev/null; then PYTEST="$PY -m pytest -n 8"; else PYTEST="$PY tests/shards.py 8"; fi
 PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${TEST_TIMEOUT_S:-120}")
 # The gpu-marked tests first (compiled-only checks that no CPU run covers: larger shapes, every
 # tuning config against the reference), then the rest, both into tests.log.
 tests() {  # tests NAME LIMIT_S MARK
-    part "$1" "$2" bash -c "set -o pipefail; $PY -m pytest -v --tb=short $XDIST $PER_TEST \
+    part "$1" "$2" bash -c "set -o pipefail; $PYTEST -v --tb=short $PER_TEST \
         -m '$3' --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee -a '$OUTDIR/tests.log' \
         | tail -n 30"
 }
