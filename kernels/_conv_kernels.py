@@ -395,7 +395,7 @@ def _conv_dx_kernel(
 @triton.jit
 def _conv_dw_kernel(
     dy_ptr, y_ptr, off_ptr, x_ptr, dw_part_ptr, db_part_ptr,
-    N, H, W, P, Q, R, S, CG, KG, K, CHUNK,
+    N, H, W, P, Q, R, S, CG, KG, K, CHUNK, ROW,
     sdn, sdk, sdp, sdq,
     syn, syk, syp, syq,
     sxn, sxc, sxh, sxw,
@@ -410,8 +410,9 @@ def _conv_dw_kernel(
 
     Grid: (row tiles * column tiles, groups, splits). Rows are output channels of the group,
     columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
-    [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials:
-    dw_part (SPLIT, K, R*S*CG) contiguous, db_part (SPLIT, K) from the first column tile.
+    [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials, split after split ROW elements
+    apart (one buffer holds both, summed by one ``_sum_splits_kernel``): dw_part (K, R*S*CG)
+    contiguous, db_part (K,) from the first column tile.
     With one split (nothing to sum) dw_part / db_part are dW and db themselves, stored cast: db
     (K,) contiguous, dW at the partials' offsets when its strides are (R*S*CG, 1, S*CG, CG) (a
     channels_last weight), else (``DW_STRIDED``) through its strides (swk, swc, swr, sws).
@@ -472,37 +473,40 @@ def _conv_dw_kernel(
             part = (chan * swk)[:, None] + (c * swc + r * swr + s * sws)[None, :]
         else:
             # this split's (K, RSC) slab: an int64 step of the base, int32 offsets inside it
-            dw_part_ptr += split.to(tl.int64) * K * RSC
+            dw_part_ptr += split.to(tl.int64) * ROW
             part = (chan * RSC)[:, None] + offs_n[None, :]
         tl.store(dw_part_ptr + part, acc.to(dw_part_ptr.dtype.element_ty),
                  mask=mask_m[:, None] & mask_n[None, :])
     if NEED_DB:
-        tl.store(db_part_ptr + split.to(tl.int64) * K + chan,
+        tl.store(db_part_ptr + split.to(tl.int64) * ROW + chan,
                  acc_b.to(db_part_ptr.dtype.element_ty), mask=mask_m & (pid_n == 0))
 
 
 @triton.jit
 def _sum_splits_kernel(
-    part_ptr, out_ptr, SPLIT, L, COLS, CG, S,
-    so_k, so_c, so_r, so_s,
+    part_ptr, dw_ptr, db_ptr, SPLIT, ROW, L_DW, RSC, CG, S,
+    sw_k, sw_c, sw_r, sw_s, sb_k,
     BLOCK: tl.constexpr,
 ):
-    """out[k, c, r, s] = sum over splits, in split order, of part[split, k, (r, s, c)].
+    """dW[k, c, r, s] and db[k]: the sums over splits, in split order, of the fp32 partials.
 
-    part is fp32 (SPLIT, L) contiguous with L = K * COLS and COLS = R*S*CG (1 for db); the sum is
-    cast to out's dtype and stored through out's strides (so_c = so_r = so_s = 0 for db).
+    part is (SPLIT, ROW) contiguous, each row this split's dW partial, (K, R*S*CG) in (r, s, c)
+    order (its first L_DW = K*RSC elements; none when dW is not needed), then its db partial (K).
+    The sums are cast to dW's / db's dtype and stored through their strides.
     """
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = e < L
+    mask = e < ROW
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     ptrs = part_ptr + e
     for _ in range(SPLIT):
         acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += L                                          # pointer steps: no int32 overflow
-    k = e // COLS
-    j = e % COLS
+        ptrs += ROW                                        # pointer steps: no int32 overflow
+    in_dw = e < L_DW
+    k = e // RSC
+    j = e % RSC
     c = j % CG
     s = (j // CG) % S
     r = j // (CG * S)
-    tl.store(out_ptr + (k * so_k + c * so_c + r * so_r + s * so_s),
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dw_ptr + (k * sw_k + c * sw_c + r * sw_r + s * sw_s),
+             acc.to(dw_ptr.dtype.element_ty), mask=mask & in_dw)
+    tl.store(db_ptr + (e - L_DW) * sb_k, acc.to(db_ptr.dtype.element_ty), mask=mask & ~in_dw)

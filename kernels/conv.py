@@ -534,18 +534,19 @@ def conv2d_backward(
         block_k = cfg["BLOCK_K"]
         chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
         split = cdiv(NPQ, chunk)
+        l_dw = K * RSC if need_dw else 0
+        row = l_dw + (K if need_db else 0)  # one split's partials: dW's (K, RSC), then db's (K)
         if split == 1:  # the kernel casts and stores dW / db in place: no partials, no sum pass
             dw_dst, db_dst = dw_out, db
         else:
-            f32 = dict(device=input.device, dtype=torch.float32)
-            dw_dst = torch.empty((split, K, RSC), **f32) if need_dw else None
-            db_dst = torch.empty((split, K), **f32) if need_db else None
+            part = torch.empty((split, row), device=input.device, dtype=torch.float32)
+            dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
         dummy = dw_dst if need_dw else db_dst
         dw_strides = dw_out.stride() if need_dw else (0, 0, 0, 0)
         launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw) * groups, groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
-            N, H, W, P, Q, R, S, CG, KG, K, chunk,
+            N, H, W, P, Q, R, S, CG, KG, K, chunk, row,
             *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,
             sh, sw, pt, pl, dh, dw,
             NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
@@ -553,20 +554,21 @@ def conv2d_backward(
             **dot, **_launch_opts(cfg),
         )
         if split > 1:
-            if need_dw:
-                _sum_splits(dw_dst, dw_out, RSC, CG, S, dw_out.stride())
-            if need_db:
-                _sum_splits(db_dst, db, 1, 1, 1, (db.stride(0), 0, 0, 0))
+            _sum_splits(part, dw_out, db, l_dw, RSC, CG, S)
     return dx, dw_out, db
 
 
-def _sum_splits(part: torch.Tensor, out: torch.Tensor, cols: int, CG: int, S: int,
-                out_strides) -> None:
-    """out = part.sum(0) in split order, cast and scattered into out's layout."""
-    split, L = part.shape[0], part[0].numel()
-    block = _pow2(L, 16, 16384) if INTERPRET else 1024
-    launch(_sum_splits_kernel, (cdiv(L, block),),
-        part, out, split, L, cols, CG, S, *out_strides, BLOCK=block,
+def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[torch.Tensor],
+                l_dw: int, RSC: int, CG: int, S: int) -> None:
+    """dW and db from the (split, row) fp32 partials, summed in split order and cast into their
+    layouts: one launch for both."""
+    split, row = part.shape
+    block = _pow2(row, 16, 16384) if INTERPRET else 1024
+    launch(_sum_splits_kernel, (cdiv(row, block),),
+        part, dw if dw is not None else part, db if db is not None else part,
+        split, row, l_dw, RSC, CG, S,
+        *(dw.stride() if dw is not None else (0, 0, 0, 0)),
+        db.stride(0) if db is not None else 0, BLOCK=block,
     )
 
 
