@@ -424,9 +424,12 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     total = out.numel()
     block = cfg["BLOCK"]
     if not nhwc and _rows_path(k, s, p, d):
-        # BLOCK outputs per program as a (rows x columns) tile as wide as the output, up to BLOCK
-        block_ow = min(next_pow2(ow), block)
-        block_r = block // block_ow
+        # a (rows x columns) tile of outputs, as wide as the output allows, whose window rows
+        # hold 2 * BLOCK input elements (BLOCK outputs of 2-wide windows): wider windows get
+        # fewer outputs, so registers stay as they are for 2x2
+        outputs = max(1, 2 * block // k[1])
+        block_ow = min(next_pow2(ow), outputs)
+        block_r = outputs // block_ow
         rows = N * C * oh
         w_in = min(W, ow * k[1])
         sxn, sxc, sxh, sxw = x4.stride()

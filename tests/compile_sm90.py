@@ -193,6 +193,19 @@ def check_registers(top: int = 2) -> str | None:
                 lines.append(line)
                 if spills > SPILL_TOLERANCE or "wgmma" not in ptx:
                     bad.append(line)
+    # the NCHW max-pool forward on its heuristic tile: wide windows, aligned and odd widths
+    for window in ((2, 2), (4, 4), (1, 8), (8, 8)):
+        for width in (64, 41):
+            start = len(COMPILED)
+            kernels.max_pool2d(torch.randn(4, 16, 37, width, dtype=torch.bfloat16), window)
+            for name, consts, k in COMPILED[start:]:
+                regs, spills = ptxas_usage(_ptx(k))
+                line = (f"heuristic {name} {window[0]}x{window[1]} W={width} "
+                        f"{consts['BLOCK_R']}x{consts['BLOCK_OW']} w{consts['num_warps']}: "
+                        f"{regs} registers, {spills} B spilled")
+                lines.append(line)
+                if spills > SPILL_TOLERANCE:
+                    bad.append(line)
     print("\n".join(["registers (ptxas -v, sm_90a):", *lines]))
     return f"{len(bad)} kernels spill or miss wgmma: {'; '.join(bad)}" if bad else None
 
