@@ -136,7 +136,8 @@ SPILL_TOLERANCE = 16  # bytes: a few spilled outside the main loop cost nothing 
 def check_registers(top: int = 2) -> str | None:
     """Per conv kernel (the fused pool one with pool 2 and 3) and dtype (bf16, fp32), the ``top``
     pruned configs with the most accumulator values per thread, and every kernel on its
-    launcher's heuristic config, must assemble without spilling (more than
+    launcher's heuristic config (the max-pools over windows up to 8x8), must assemble without
+    spilling (more than
     :data:`SPILL_TOLERANCE` bytes); the heuristic ones must also issue wgmma (bf16, and fp32 as
     TF32, PyTorch's default for convolutions). Returns what went wrong, or None."""
     from tritoncnn import _runtime, autotune
@@ -193,16 +194,20 @@ def check_registers(top: int = 2) -> str | None:
                 lines.append(line)
                 if spills > SPILL_TOLERANCE or "wgmma" not in ptx:
                     bad.append(line)
-    # the NCHW max-pool forward on its heuristic tile: wide windows, aligned and odd widths
-    for window in ((2, 2), (4, 4), (1, 8), (8, 8)):
-        for width in (64, 41):
+    # the max-pools, forward and backward, on their heuristic tiles: windows up to 8x8,
+    # overlapping or not, both layouts, an odd width (scalar loads) and an aligned one
+    for args in ((2,), (3, 2, 1), (3, 1, 1), (5, 2, 2, 2), (7, 1, 3), (8, 1), ((1, 8),), (8,)):
+        for width, layout in ((41, "nchw"), (41, "nhwc"), (64, "nchw")):
+            x = torch.randn(4, 16, 37, width, dtype=torch.bfloat16)
+            if layout == "nhwc":
+                x = x.contiguous(memory_format=torch.channels_last)
             start = len(COMPILED)
-            kernels.max_pool2d(torch.randn(4, 16, 37, width, dtype=torch.bfloat16), window)
+            kernels.max_pool2d(x.requires_grad_(), *args).sum().backward()
             for name, consts, k in COMPILED[start:]:
                 regs, spills = ptxas_usage(_ptx(k))
-                line = (f"heuristic {name} {window[0]}x{window[1]} W={width} "
-                        f"{consts['BLOCK_R']}x{consts['BLOCK_OW']} w{consts['num_warps']}: "
-                        f"{regs} registers, {spills} B spilled")
+                tile = consts.get("BLOCK") or f"{consts['BLOCK_R']}x{consts['BLOCK_OW']}"
+                line = (f"heuristic {name} {args} {layout} W={width} {tile} "
+                        f"w{consts['num_warps']}: {regs} registers, {spills} B spilled")
                 lines.append(line)
                 if spills > SPILL_TOLERANCE:
                     bad.append(line)
