@@ -543,7 +543,7 @@ def conv2d_backward(
             dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
         dummy = dw_dst if need_dw else db_dst
         dw_strides = dw_out.stride() if need_dw else (0, 0, 0, 0)
-        launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw) * groups, groups, split),
+        launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw), groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
             N, H, W, P, Q, R, S, CG, KG, K, chunk, row,

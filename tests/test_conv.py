@@ -644,6 +644,29 @@ def test_dw_single_split_stores_in_place(monkeypatch, split):
                                rtol=2e-3)
 
 
+def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
+    """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
+    tiles would make _tile_ids divide by zero on the GPU (the interpreter masks it out)."""
+    from tritoncnn.kernels import conv as conv_module
+
+    launched = []
+    real = conv_module.launch
+    monkeypatch.setattr(conv_module, "launch", lambda kernel, grid, *a, **kw: (
+        launched.append((kernel.__name__, grid, kw)), real(kernel, grid, *a, **kw))[1])
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups = CASES["depthwise_x2"]
+    x, w, b = (t.float().to(DEVICE).requires_grad_() for t in _make(CASES["depthwise_x2"],
+                                                                   torch.float32, False))
+    tile = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)
+    configs = {"conv_fwd": tile, "conv_dx": tile, "conv_dw": dict(tile, SPLIT=2)}
+    y = Conv2dFunction.apply(x, w, b, stride, padding, dilation, groups, "relu", False, configs)
+    y.backward(torch.ones_like(y))
+    grids = {name: grid for name, grid, _ in launched}
+    KG, CG, P, Q = K // groups, C // groups, y.shape[2], y.shape[3]
+    assert grids["_conv_fwd_kernel"] == (-(-N * P * Q // 16) * -(-KG // 16), groups)
+    assert grids["_conv_dx_kernel"] == (-(-N * H * W // 16) * -(-CG // 16), groups, 1)
+    assert grids["_conv_dw_kernel"][:2] == (-(-KG // 16) * -(-R * S * CG // 16), groups)
+
+
 def test_sm_count_is_read_once_per_device(monkeypatch):
     """The dW split heuristic's SM count is cached per device: get_device_properties runs once."""
     import types
