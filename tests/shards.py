@@ -5,7 +5,8 @@ dominates the compiled test suite: one process leaves most CPUs idle. This colle
 deals them round-robin to N shards (neighbouring parametrizations land on different shards), and
 runs one ``pytest`` per shard at once, passing their output lines on as they come (with ``-v``,
 one line per finished test), so a run stopped part way has already shown what finished. Stopped
-itself (SIGTERM, SIGINT), it stops the shards.
+itself (SIGTERM, SIGINT), it stops the shards. It ends with the outcomes counted over all shards
+(from the ``-v`` lines) and the failed tests named.
 
     python tests/shards.py N [pytest arguments]     # e.g. tests/shards.py 8 -v -m gpu
 
@@ -19,10 +20,14 @@ when nothing was collected, 124 when stopped.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+
+
+OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
 
 def collect(args: list[str]) -> list[str]:
@@ -51,12 +56,16 @@ def main(argv: list[str]) -> int:
     shards = [ids[i::n] for i in range(min(n, len(ids)))]
     print(f"shards: {len(ids)} tests over {len(shards)} processes", flush=True)
     lock = threading.Lock()
+    outcomes: dict[str, str] = {}  # test id -> its outcome, from the -v lines
 
     def relay(stream) -> None:  # whole lines, so the shards' lines never mix
         for line in stream:
             with lock:
                 sys.stdout.write(line)
                 sys.stdout.flush()
+                found = OUTCOME.match(line)
+                if found:
+                    outcomes[found.group(1)] = found.group(2)
 
     procs = [subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *opts,
                                *shard], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -77,7 +86,12 @@ def main(argv: list[str]) -> int:
     codes = [p.wait() for p in procs]
     for t in readers:
         t.join(timeout=10)
-    print(f"shards: exit statuses {codes}")
+    counts = {o: sum(v == o for v in outcomes.values()) for o in sorted(set(outcomes.values()))}
+    print(f"shards: exit statuses {codes}; {len(outcomes)} of {len(ids)} tests reported: "
+          + (", ".join(f"{n} {o.lower()}" for o, n in counts.items()) or "none"))
+    for test, outcome in sorted(outcomes.items()):
+        if outcome in ("FAILED", "ERROR"):
+            print(f"shards: {outcome} {test}")
     if stopped:
         print("shards: stopped before the shards finished")
         return 124

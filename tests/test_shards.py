@@ -43,9 +43,12 @@ def test_every_test_runs_once_and_a_failure_fails_the_run(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert "shards: 6 tests over 3 processes" in out
-    assert out.count(" PASSED") == 5 and out.count(" FAILED") == 1
+    shard_lines = "\n".join(ln for ln in out.splitlines() if not ln.startswith("shards:"))
+    assert shard_lines.count(" PASSED") == 5 and shard_lines.count(" FAILED") == 1
     assert all(f"test_pass[{i}] PASSED" in out for i in range(5))
     assert "shards: exit statuses [" in out and out.count("test session starts") == 3
+    assert "6 of 6 tests reported: 1 failed, 5 passed" in out
+    assert out.rstrip().endswith("shards: FAILED test_tiny.py::test_fail")
 
 
 def test_all_passing_and_nothing_collected(tmp_path):
