@@ -108,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"zoo models for suite Train (default {','.join(TRAIN_MODELS)})")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--train-batch", type=int, default=256, help="training batch size")
+    parser.add_argument("--train-graphs", action="store_true",
+                        help="also time each training step captured in a CUDA graph and replayed "
+                             "(suite 'Train (CUDA graph)', both backends): the GPU's time without "
+                             "the host's launch overhead")
     parser.add_argument("--tune", action="store_true",
                         help="tune the kernel launches of each tritoncnn case that the autotune "
                              "cache lacks before timing it (tables to tune.csv beside the CSV)")
@@ -610,30 +614,43 @@ def _measure_into(row: dict, device, opts, prec, build) -> dict:
 TRAIN_INPUTS = {"lenet5": (1, 32, 32)}
 
 
+TRAIN_GRAPH_SUITE = "Train (CUDA graph)"
+
+
 def train_rows(models, dtypes, device, info: dict, opts, stop=lambda: False):
     """Step time, images/s and peak memory of a training step, both backends, per model: yields
-    one row per model, dtype and backend, until ``stop()`` says the budget is spent."""
+    one row per model, dtype and backend (and, with ``train_graphs`` on a GPU, the same step
+    replayed from a CUDA graph: suite :data:`TRAIN_GRAPH_SUITE`), until ``stop()`` says the
+    budget is spent."""
+    graphs = (False, True) if getattr(opts, "train_graphs", False) and device.type == "cuda" \
+        else (False,)
     for name in models:
         for token in dtypes:
-            if stop():
-                return
-            for backend in ("triton", "torch"):
-                impl = "tritoncnn" if backend == "triton" else impl_name("cudnn", device)
-                row = dict(info, suite="Train", layer=name, op="train_step",
-                           dtype=dtype_name(token), precision=_Precision(token, device).name,
-                           layout="channels_last" if device.type == "cuda" else "nchw",
-                           direction="forward+backward", implementation=impl,
-                           batch=opts.train_batch)
-                try:
-                    with _Precision(token, device):
-                        row.update(_train_step(name, backend, token, device, opts))
-                    row["status"] = "ok"
-                except Missing as err:
-                    row.update(status="skipped", note=str(err))
-                except Exception as err:
-                    row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
-                    _recover(device)
-                yield row
+            for graph in graphs:
+                if stop():
+                    return
+                yield from _train_pair(name, token, graph, device, info, opts)
+
+
+def _train_pair(name: str, token: str, graph: bool, device, info: dict, opts):
+    """The two backends' rows of one model, dtype and timing mode."""
+    for backend in ("triton", "torch"):
+        impl = "tritoncnn" if backend == "triton" else impl_name("cudnn", device)
+        row = dict(info, suite=TRAIN_GRAPH_SUITE if graph else "Train", layer=name,
+                   op="train_step", dtype=dtype_name(token),
+                   precision=_Precision(token, device).name,
+                   layout="channels_last" if device.type == "cuda" else "nchw",
+                   direction="forward+backward", implementation=impl, batch=opts.train_batch)
+        try:
+            with _Precision(token, device):
+                row.update(_train_step(name, backend, token, device, opts, graph))
+            row["status"] = "ok"
+        except Missing as err:
+            row.update(status="skipped", note=str(err))
+        except Exception as err:
+            row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
+            _recover(device)
+        yield row
 
 
 def _get_model():
@@ -650,7 +667,11 @@ def _get_model():
     raise Missing("tritoncnn.models has no get_model")
 
 
-def _train_step(name: str, backend: str, token: str, device, opts) -> dict:
+def _train_step(name: str, backend: str, token: str, device, opts, graph: bool = False) -> dict:
+    """One model's training step on synthetic data, timed over ``opts.train_steps`` steps after
+    three untimed ones. ``graph``: the step (forward, backward, SGD) is captured once in a CUDA
+    graph after the warm-up, as PyTorch's whole-network capture recipe does (warm-up on a side
+    stream, autocast without its weight-cast cache), and the timed steps replay it."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -675,15 +696,28 @@ def _train_step(name: str, backend: str, token: str, device, opts) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, torch_dtype(token), enabled=autocast):
+        with torch.autocast(device.type, torch_dtype(token), enabled=autocast,
+                            cache_enabled=not graph):
             loss = F.cross_entropy(model(x).float(), target)
         loss.backward()
         opt.step()
         return loss
 
     t0 = time.perf_counter()
-    for _ in range(3):
-        step()
+    if graph:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        captured = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured):
+            step()
+        step = captured.replay  # noqa: F811 (the timed steps replay the capture)
+    else:
+        for _ in range(3):
+            step()
     _sync(device)
     setup_s = time.perf_counter() - t0
     if device.type == "cuda":
@@ -698,7 +732,7 @@ def _train_step(name: str, backend: str, token: str, device, opts) -> dict:
     q = np.quantile(times, [0.5, 0.2, 0.8])
     return {"shape": f"batch {B} x {'x'.join(map(str, chw))}", "median_ms": float(q[0]),
             "p20_ms": float(q[1]), "p80_ms": float(q[2]), "setup_s": setup_s,
-            "timing": f"perf_counter x{len(times)} steps",
+            "timing": f"perf_counter x{len(times)} {'graph replays' if graph else 'steps'}",
             "images_per_s": B / (float(q[0]) * 1e-3), "peak_mem_mb": peak}
 
 

@@ -112,8 +112,10 @@ bench 60 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops
 # Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
 bench 35 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
     --direction forward,forward+backward --impl tritoncnn,cudnn
-# A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s, memory.
-bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10
+# A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s,
+# memory; run eagerly and replayed from a CUDA graph (the GPU's time without launch overhead).
+bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10 \
+    --train-graphs
 # torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
 # the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward

@@ -619,10 +619,11 @@ def _pool_table(rows):
 def _train_table(rows):
     import pandas as pd
 
-    rows = rows.sort_values(["layer", "precision", "implementation"], kind="stable")
+    rows = rows.sort_values(["layer", "precision", "suite", "implementation"], kind="stable")
     ok = rows["status"] == "ok"
     return pd.DataFrame({
         "model": rows["layer"],
+        "steps": ["CUDA graph replays" if "graph" in s.lower() else "eager" for s in rows["suite"]],
         "input": rows["shape"],
         "dtype": rows["precision"],
         "implementation": rows["implementation"],
@@ -788,8 +789,10 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
         if len(train):
             lines += ["### Training step: time, images/s, peak memory", "",
                       "Synthetic data, SGD with momentum, autocast for bf16/fp16; the first "
-                      "steps (compilation, autotuning) are not timed. *speedup* is the torch "
-                      "backend's step time over this backend's.", "",
+                      "steps (compilation, autotuning) are not timed. *steps*: run eagerly from "
+                      "Python (the host's launch overhead included), or captured once in a CUDA "
+                      "graph and replayed (the GPU's time alone). *speedup* is the torch "
+                      "backend's step time over this backend's, in the same mode.", "",
                       markdown_table(_train_table(train))]
 
         bad = g[g["status"] != "ok"]
