@@ -528,6 +528,10 @@ def conv2d_backward(
                 if t is not None:
                     t.zero_()
             return dx, dw_out, db
+        if RSC == 0:  # no input channels: dW is empty, db is all there is to compute
+            need_dw = False
+            if not need_db:
+                return dx, dw_out, db
 
         heuristic = _dw_heuristic(KG, RSC, NPQ, groups, need_dw, input.dtype, input.device)
         cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"))
@@ -546,8 +550,8 @@ def conv2d_backward(
         launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw), groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
-            N, H, W, P, Q, R, S, CG, KG, K, chunk, row,
-            *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,
+            N, H, W, P, Q, R, S, CG if need_dw else max(CG, 1), KG, K, chunk, row,  # (db alone:
+            *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,  # taps unused)
             sh, sw, pt, pl, dh, dw,
             NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
             DW_STRIDED=need_dw and split == 1 and dw_out.stride() != (RSC, 1, S * CG, CG),
@@ -566,7 +570,7 @@ def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[tor
     block = _pow2(row, 16, 16384) if INTERPRET else 1024
     launch(_sum_splits_kernel, (cdiv(row, block),),
         part, dw if dw is not None else part, db if db is not None else part,
-        split, row, l_dw, RSC, CG, S,
+        split, row, l_dw, max(RSC, 1), max(CG, 1), S,  # (no dW when 0: no division by it)
         *(dw.stride() if dw is not None else (0, 0, 0, 0)),
         db.stride(0) if db is not None else 0, BLOCK=block,
     )

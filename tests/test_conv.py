@@ -644,6 +644,23 @@ def test_dw_single_split_stores_in_place(monkeypatch, split):
                                rtol=2e-3)
 
 
+@pytest.mark.parametrize("split", [1, 2])
+def test_no_input_channels_still_gives_the_bias_gradient(split):
+    """C = 0: the output is the bias (through ReLU), dW and dX are empty, and db is the masked
+    sum of the upstream gradient, computed although there are no dW tiles."""
+    x = torch.randn(2, 0, 5, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 0, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.tensor([0.5, -1.0, 2.0, 0.0], device=DEVICE, requires_grad=True)
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=split)
+    y = Conv2dFunction.apply(x, w, b, 1, 1, 1, 1, "relu", False, {"conv_dw": cfg})
+    assert y.shape == (2, 4, 5, 6)
+    torch.testing.assert_close(y, F.relu(b.detach()).view(1, 4, 1, 1).expand_as(y))
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    torch.testing.assert_close(b.grad, (g * (y > 0)).sum((0, 2, 3)))
+
+
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
     tiles would make _tile_ids divide by zero on the GPU (the interpreter masks it out)."""
