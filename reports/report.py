@@ -295,7 +295,7 @@ def headline(df):
     gpu_rows = (df["device"].astype(str).eq("cuda") if "device" in df.columns
                 else ~df["gpu"].astype(str).str.startswith("CPU"))
     gm = geomean_speedups(df[gpu_rows])
-    gm = gm[gm["implementation"].str.startswith("tritoncnn")]
+    gm = gm[gm["implementation"].isin(("tritoncnn", "tritoncnn (tuned)"))]  # not -unfused
     if gm.empty:
         return pd.DataFrame(columns=cols)
     rank = {"forward+backward": 0, "forward": 1, "backward": 2,
