@@ -157,16 +157,25 @@ def _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.conste
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    N, H, W, P, Q, R, S, CG, KG,
+    N, H, W, P, q_v, R, S, CG, KG,
     sxn, sxc, sxh, sxw,
     swk, swc, swr, sws,
-    syn, syk, syp, syq,
+    syn_v, syk_v, syp_v, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, YV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """Y = act(conv(X, Wt) + b). Grid: (row tiles * column tiles, groups)."""
+    """Y = act(conv(X, Wt) + b). Grid: (row tiles * column tiles, groups).
+
+    Q and Y's N, K, P strides come divided by YV, a power of two that divides them all (1 unless
+    Y's pixels are at stride 1, an NCHW output): multiplied back here, they tell the compiler
+    that runs of YV output pixels are contiguous and aligned, so the epilogue stores them as
+    vectors (Triton's own argument specialization only sees multiples of 16)."""
+    Q = q_v * YV
+    syn = syn_v * YV
+    syk = syk_v * YV
+    syp = syp_v * YV
     g = tl.program_id(1)
     M = N * P * Q
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
@@ -219,12 +228,12 @@ def _window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
 @triton.jit
 def _conv_pool_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
-    N, H, W, PP, PQ, R, S, CG, KG,
+    N, H, W, PP, pq_v, R, S, CG, KG,
     sxn, sxc, sxh, sxw,
     swk, swc, swr, sws,
-    syn, syk, syp, syq,
+    syn_v, syk_v, syp_v, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    POOL: tl.constexpr, WINDOW_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    POOL: tl.constexpr, WINDOW_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, YV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -242,7 +251,12 @@ def _conv_pool_fwd_kernel(
     after bias pools to relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's
     backward passes no gradient (a NaN window keeps its offset: F.relu's backward passes NaN
     outputs' gradient), so backward needs the offsets alone, not Y.
+    PQ and Y's N, K, P strides come divided by YV, as in ``_conv_fwd_kernel``.
     """
+    PQ = pq_v * YV
+    syn = syn_v * YV
+    syk = syk_v * YV
+    syp = syp_v * YV
     g = tl.program_id(1)
     MP = N * PP * PQ                                       # pooled pixels
     E: tl.constexpr = POOL * POOL

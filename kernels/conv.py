@@ -23,6 +23,8 @@ import torch
 
 from tritoncnn import _runtime, autotune
 
+from tritoncnn._shapes import window_rows
+
 from ._common import (
     INTERPRET,
     as_pair,
@@ -36,6 +38,7 @@ from ._common import (
     launch,
     memory_format_of,
     next_pow2,
+    pixel_vector,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -341,10 +344,33 @@ def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
     return cdiv(KG, cfg["BLOCK_M"]) * cols
 
 
+# IEEE float32 (TF32 off) runs tl.dot on the FMA units, whose operand tiles live in registers:
+# the tensor-core tiles of the heuristics and of TF32 tuning spill there (sm_90, ptxas -v: a
+# 128x128 forward 208 B, dX 296 B, the fused pool's dW 2.7 KB). (BLOCK_M, BLOCK_N, BLOCK_K,
+# num_warps) caps measured not to spill over C = 3 to 512, K = 64 to 512 (the fused pool's dW
+# is erratic: 64x64x32 spills 1 KB where 64x32x16 takes 166-193 registers); key: kernel,
+# pooled (a fused pool's kernels).
+_IEEE_CAPS = {
+    ("conv_fwd", False): (64, 64, 32, 4),
+    ("conv_dx", False): (64, 64, 32, 4),
+    ("conv_dx", True): (64, 64, 32, 4),
+    ("conv_pool_fwd", False): (64, 64, 32, 4),    # pool 1
+    ("conv_pool_fwd", True): (64, 64, 32, 4),     # whole windows as rows (pool 2, 4)
+    ("conv_pool_fwd_loop", True): (64, 32, 32, 4),  # a running maximum per window element
+    ("conv_dw", True): (64, 32, 16, 4),
+}
+
+
 def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
-            override: Optional[dict]) -> dict:
-    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top."""
+            override: Optional[dict], ieee: bool = False) -> dict:
+    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top;
+    ``ieee`` (float32 without TF32) caps its tiles by :data:`_IEEE_CAPS` first."""
     cfg = dict(autotune.get_config(kernel, shape, dtype, layout, heuristic))
+    pool = int(shape.get("pool", 1) or 1)
+    loop = kernel == "conv_pool_fwd" and not window_rows(pool)
+    caps = _IEEE_CAPS.get((kernel + ("_loop" if loop else ""), pool > 1)) if ieee else None
+    for key, cap in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), caps or ()):
+        cfg[key] = min(cfg[key], cap)
     if override:
         cfg.update(override)
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
@@ -375,6 +401,11 @@ def _shape_key_items(x_shape: tuple, w_shape: tuple, geometry: ConvGeometry, poo
 # The layout key of every conv launch: the launchers hand the kernels each operand with its
 # channels at stride 1 (:func:`channels_inner`), whatever the caller's format.
 LAYOUT = "nhwc"
+
+
+def _ieee_fp32(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
+    """float32 compiled without TF32: tl.dot on the FMA units (see :data:`_IEEE_CAPS`)."""
+    return dtype == torch.float32 and not INTERPRET and dot_precision(dtype, allow_tf32) == "ieee"
 
 
 def _dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
@@ -413,15 +444,18 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     input, weight = channels_inner(input), channels_inner(weight)
     M = N * P * Q
     cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
-                  LAYOUT, _gemm_heuristic(M, KG, CG, input.dtype), config)
+                  LAYOUT, _gemm_heuristic(M, KG, CG, input.dtype), config,
+                  _ieee_fp32(input.dtype, allow_tf32))
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    syn, syk, syp, syq = y.stride()
+    yv = pixel_vector(Q, (syn, syk, syp), syq)
     launch(_conv_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y,
-        N, H, W, P, Q, R, S, CG, KG,
-        *input.stride(), *weight.stride(), *y.stride(),
+        N, H, W, P, Q // yv, R, S, CG, KG,
+        *input.stride(), *weight.stride(), syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
-        HAS_BIAS=bias is not None, RELU=relu, **_dot_args(input.dtype, allow_tf32),
+        HAS_BIAS=bias is not None, RELU=relu, YV=yv, **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
     )
     return y
@@ -493,6 +527,7 @@ def conv2d_backward(
     shape = _shape_key(input, weight, geometry, pool)
     layout = LAYOUT
     dot = _dot_args(input.dtype, allow_tf32)
+    ieee = _ieee_fp32(input.dtype, allow_tf32)
     relu_mask = relu and not from_offsets  # else the offsets carry the mask
 
     dx = dw_out = db = None
@@ -504,7 +539,7 @@ def conv2d_backward(
             cfg = _config("conv_dx", shape, input.dtype, layout,
                           _gemm_heuristic(rows, CG, KG, input.dtype,
                                           autotune.spaces.MAX_BLOCK_K["conv_dx"]),
-                          configs.get("conv_dx"))
+                          configs.get("conv_dx"), ieee)
             grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
             launch(_conv_dx_kernel, grid,
@@ -534,7 +569,8 @@ def conv2d_backward(
                 return dx, dw_out, db
 
         heuristic = _dw_heuristic(KG, RSC, NPQ, groups, need_dw, input.dtype, input.device)
-        cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"))
+        cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"),
+                      ieee)
         block_k = cfg["BLOCK_K"]
         chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), block_k) * block_k
         split = cdiv(NPQ, chunk)

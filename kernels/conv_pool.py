@@ -41,7 +41,7 @@ from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, launch,
-                      memory_format_of)
+                      memory_format_of, pixel_vector)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -50,6 +50,7 @@ from .conv import (
     _config,
     _dot_args,
     _gemm_heuristic,
+    _ieee_fp32,
     _launch_opts,
     _resolve_tf32,
     _shape,
@@ -140,17 +141,20 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     input, weight = channels_inner(input), channels_inner(weight)  # see conv2d_forward
     MP = N * PP * PQ
     cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
-                  LAYOUT, _heuristic(MP, pool, KG, CG, input.dtype), config)
+                  LAYOUT, _heuristic(MP, pool, KG, CG, input.dtype), config,
+                  _ieee_fp32(input.dtype, allow_tf32))
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    syn, syk, syp, syq = y.stride()  # offsets has the same (see conv._conv_fwd_kernel: YV)
+    yv = pixel_vector(PQ, (syn, syk, syp), syq)
     launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
-        N, H, W, PP, PQ, R, S, CG, KG,
-        *input.stride(), *weight.stride(), *y.stride(),
+        N, H, W, PP, PQ // yv, R, S, CG, KG,
+        *input.stride(), *weight.stride(), syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
-        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None,
+        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv,
         **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
     )

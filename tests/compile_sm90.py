@@ -171,28 +171,35 @@ def check_registers(top: int = 2) -> str | None:
     # the launchers' own heuristic configs on the same layer, forward and backward
     from tritoncnn import kernels
 
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(8, 128, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        b = torch.randn(128, dtype=dtype)
+    # (float32 as TF32, PyTorch's default for convolutions, and as IEEE float32 on the FMA
+    # units, with TF32 off: no wgmma there, and smaller tiles; a 3-channel layer too)
+    for dtype, tf32, channels in ((torch.bfloat16, None, 128), (torch.float32, True, 128),
+                                  (torch.float32, False, 128), (torch.float32, False, 3),
+                                  (torch.float32, False, 64)):
+        x = torch.randn(8, channels, 16, 16, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        w = torch.randn(channels if channels > 3 else 64, channels, 3, 3, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        b = torch.randn(w.shape[0], dtype=dtype)
         for pool in (1, 2, 3):
             xs, ws, bs = (v.clone().requires_grad_() for v in (x, w, b))
             start = len(COMPILED)
             if pool == 1:
-                kernels.conv2d_relu(xs, ws, bs, padding=1).sum().backward()
+                kernels.conv2d_relu(xs, ws, bs, padding=1, allow_tf32=tf32).sum().backward()
             else:
-                kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool).sum().backward()
+                kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool,
+                                         allow_tf32=tf32).sum().backward()
             for name, consts, k in COMPILED[start:]:
                 if name == "_sum_splits_kernel":
                     continue
                 ptx = _ptx(k)
                 regs, spills = ptxas_usage(ptx)
                 tile = "x".join(str(consts[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-                line = (f"heuristic {name} pool={pool} {str(dtype)[6:]} {tile} "
-                        f"w{consts['num_warps']}: {regs} registers, {spills} B spilled, "
-                        f"{'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
+                line = (f"heuristic {name} pool={pool} {str(dtype)[6:]} {consts['PRECISION']} "
+                        f"C={channels} {tile} w{consts['num_warps']}: {regs} registers, "
+                        f"{spills} B spilled, {'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
                 lines.append(line)
-                if spills > SPILL_TOLERANCE or "wgmma" not in ptx:
+                if spills > SPILL_TOLERANCE or ("wgmma" not in ptx and tf32 is not False):
                     bad.append(line)
     # the max-pools, forward and backward, on their heuristic tiles: windows up to 8x8,
     # overlapping or not, both layouts, an odd width (scalar loads) and an aligned one
@@ -279,8 +286,8 @@ def check_vector_loads() -> str | None:
     """Tile loads stay vectorised (bf16, a 128-channel layer): the conv kernels, given NCHW
     input and weight (read through channels_last copies), load every tile with 16-byte
     ``cp.async`` and nothing with scalar ``ld.global``; the channels_last max-pools load inputs
-    and gradients with vector loads only, and so does the NCHW non-overlapping forward. Returns
-    what went wrong, or None."""
+    and gradients with vector loads only, and so does the NCHW non-overlapping forward; NCHW conv
+    outputs (plain and pooled) are stored as vectors. Returns what went wrong, or None."""
     from tritoncnn import _runtime, autotune, kernels
 
     _runtime.device_type = lambda: "cpu"
@@ -322,8 +329,23 @@ def check_vector_loads() -> str | None:
             loads = set(re.findall(r"ld\.global\.([.a-z0-9]+)", _ptx(k)))
             if name != "_max_pool_fwd_rows_kernel" or loads != {vector}:
                 bad.append(f"{name} NCHW W={width}: loads {sorted(loads)}, not {vector} only")
+    # NCHW conv outputs: runs of pixels stored as vectors (16 bytes of bf16 for 56 pixels a row,
+    # 8 for 28), the fused pool's pooled outputs too (28 a row: 8 bytes of bf16)
+    for width, fwd_store, pool_store in ((56, "v4.b32", "v2.b32"), (28, "v2.b32", "b32")):
+        x = torch.randn(2, 64, width, width, dtype=torch.bfloat16)
+        w = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16)
+        start = len(COMPILED)
+        kernels.conv2d_relu(x, w, None, padding=1)
+        kernels.conv2d_relu_pool(x, w, None, padding=1)
+        for name, _, k in COMPILED[start:]:
+            stores = set(re.findall(r"st\.global\.([.a-z0-9]+)", _ptx(k)))
+            want = fwd_store if name == "_conv_fwd_kernel" else pool_store
+            # (the pooled kernel's int8 offsets: half the y store's width, b16 for 28)
+            if want not in stores or name == "_conv_fwd_kernel" and "b16" in stores:
+                bad.append(f"{name} NCHW {width}x{width}: stores {sorted(stores)}, not {want}")
     print("vector loads: " + ("; ".join(bad) if bad else "conv cp.async 16 B only, max-pool "
-                              "vector loads only (NCHW forward too)"))
+                              "vector loads only (NCHW forward too), NCHW conv outputs stored "
+                              "as vectors"))
     return f"scalar tile loads: {'; '.join(bad)}" if bad else None
 
 

@@ -661,6 +661,19 @@ def test_no_input_channels_still_gives_the_bias_gradient(split):
     torch.testing.assert_close(b.grad, (g * (y > 0)).sum((0, 2, 3)))
 
 
+def test_pixel_vector_hint():
+    """The power of two an NCHW output's row of pixels and its other strides share (16 at most),
+    for the kernels' store hint; 1 where the pixels are not at stride 1 (channels_last)."""
+    from tritoncnn.kernels._common import pixel_vector
+
+    assert pixel_vector(56, (64 * 56 * 56, 56 * 56, 56), 1) == 8
+    assert pixel_vector(28, (64 * 28 * 28, 28 * 28, 28), 1) == 4
+    assert pixel_vector(224, (64 * 224 * 224, 224 * 224, 224), 1) == 16
+    assert pixel_vector(7, (64 * 49, 49, 7), 1) == 1
+    assert pixel_vector(56, (64 * 56 * 56, 1, 56 * 64), 64) == 1  # channels_last
+    assert pixel_vector(56, (56 * 56 * 3, 56 * 56, 28), 1) == 4  # a strided view: its strides
+
+
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
     tiles would make _tile_ids divide by zero on the GPU (the interpreter masks it out)."""
