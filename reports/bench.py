@@ -36,6 +36,7 @@ of ``tritoncnn.autotune``, winners stored in the cache); the tuning time is the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import math
@@ -370,8 +371,6 @@ def time_fn(fn: Callable[[], object], device, grads=(), warmup_ms=25.0, rep_ms=1
 
 def run_case(case: Case, device, opts) -> dict:
     """Measure one case; returns the row's measured fields. Raises Missing or any error."""
-    import contextlib
-
     import torch
 
     fn = op_function(case.op, case.impl, case.shape)
@@ -510,19 +509,27 @@ def case_row(case: Case, device, info: dict, opts) -> dict:
                dtype=dtype_name(case.dtype), precision=prec.name, layout=case.layout,
                direction=case.direction, implementation=impl_name(case.impl, device),
                flop=flop, bytes=nbytes)
-    try:
+    with recorded(row, device):
         with prec:
             row.update(run_case(case, device, opts))
         row["status"] = "ok"
         ms = row["median_ms"]
         row["tflops"] = flop / (ms * 1e-3) / 1e12 if flop else None
         row["gbps"] = nbytes / (ms * 1e-3) / 1e9
+    return row
+
+
+@contextlib.contextmanager
+def recorded(row: dict, device):
+    """Run the block for ``row``: a :class:`Missing` leaves the row skipped, any other error an
+    error row (with the device reset), so that no failing case stops the run."""
+    try:
+        yield
     except Missing as err:
         row.update(status="skipped", note=str(err))
     except Exception as err:
         row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
         _recover(device)
-    return row
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
@@ -588,7 +595,7 @@ def _matmul(n: int, token: str, device):
 
 
 def _measure_into(row: dict, device, opts, prec, build) -> dict:
-    try:
+    with recorded(row, device):
         with prec:
             fn = build()
             t0 = time.perf_counter()
@@ -600,9 +607,6 @@ def _measure_into(row: dict, device, opts, prec, build) -> dict:
         row.update(status="ok", median_ms=med, p20_ms=p20, p80_ms=p80, timing=how,
                    gbps=row["bytes"] / (med * 1e-3) / 1e9,
                    tflops=row["flop"] / (med * 1e-3) / 1e12 if row["flop"] else None)
-    except Exception as err:
-        row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
-        _recover(device)
     return row
 
 
@@ -641,15 +645,10 @@ def _train_pair(name: str, token: str, graph: bool, device, info: dict, opts):
                    precision=_Precision(token, device).name,
                    layout="channels_last" if device.type == "cuda" else "nchw",
                    direction="forward+backward", implementation=impl, batch=opts.train_batch)
-        try:
+        with recorded(row, device):
             with _Precision(token, device):
                 row.update(_train_step(name, backend, token, device, opts, graph))
             row["status"] = "ok"
-        except Missing as err:
-            row.update(status="skipped", note=str(err))
-        except Exception as err:
-            row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
-            _recover(device)
         yield row
 
 
