@@ -108,3 +108,11 @@ def pixel_vector(width: int, strides, unit_stride: int) -> int:
     while vec > 1 and any(v % vec for v in (width, *strides)):
         vec //= 2
     return vec
+
+
+def kernel_strides(tensor: torch.Tensor) -> tuple:
+    """``tensor``'s strides as the kernels take them: 0 for a dimension of size 1, whose index is
+    always 0 (any stride addresses it; PyTorch gives such dimensions arbitrary ones, often 1).
+    A stride of 1 there would tell the compiler nothing about alignment: a linear layer's input
+    (B, C, 1, 1) has H and W strides 1, and its loads were scalar; 0 keeps them vectorised."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(tensor.shape, tensor.stride()))

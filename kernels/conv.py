@@ -37,6 +37,7 @@ from ._common import (
     eager_ok,
     launch,
     memory_format_of,
+    kernel_strides,
     next_pow2,
     pixel_vector,
 )
@@ -448,12 +449,12 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                   _ieee_fp32(input.dtype, allow_tf32))
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    syn, syk, syp, syq = y.stride()
+    syn, syk, syp, syq = kernel_strides(y)
     yv = pixel_vector(Q, (syn, syk, syp), syq)
     launch(_conv_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y,
         N, H, W, P, Q // yv, R, S, CG, KG,
-        *input.stride(), *weight.stride(), syn // yv, syk // yv, syp // yv, syq,
+        *kernel_strides(input), *kernel_strides(weight), syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
         HAS_BIAS=bias is not None, RELU=relu, YV=yv, **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
@@ -545,7 +546,8 @@ def conv2d_backward(
             launch(_conv_dx_kernel, grid,
                 grad_output, y, off, weight, dx,
                 N, H, W, P, Q, R, S, CG, KG,
-                *grad_output.stride(), *y.stride(), *weight.stride(), *dx.stride(),
+                *kernel_strides(grad_output), *kernel_strides(y), *kernel_strides(weight),
+                *kernel_strides(dx),
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
                 RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, **dot, **_launch_opts(cfg),
@@ -582,12 +584,13 @@ def conv2d_backward(
             part = torch.empty((split, row), device=input.device, dtype=torch.float32)
             dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
         dummy = dw_dst if need_dw else db_dst
-        dw_strides = dw_out.stride() if need_dw else (0, 0, 0, 0)
+        dw_strides = kernel_strides(dw_out) if need_dw else (0, 0, 0, 0)
         launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw), groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
             N, H, W, P, Q, R, S, CG if need_dw else max(CG, 1), KG, K, chunk, row,  # (db alone:
-            *grad_output.stride(), *y.stride(), *input.stride(), *dw_strides,  # taps unused)
+            *kernel_strides(grad_output), *kernel_strides(y), *kernel_strides(input),  # taps
+            *dw_strides,  # unused)
             sh, sw, pt, pl, dh, dw,
             NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
             DW_STRIDED=need_dw and split == 1 and dw_out.stride() != (RSC, 1, S * CG, CG),
@@ -607,7 +610,7 @@ def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[tor
     launch(_sum_splits_kernel, (cdiv(row, block),),
         part, dw if dw is not None else part, db if db is not None else part,
         split, row, l_dw, max(RSC, 1), max(CG, 1), S,  # (no dW when 0: no division by it)
-        *(dw.stride() if dw is not None else (0, 0, 0, 0)),
+        *(kernel_strides(dw) if dw is not None else (0, 0, 0, 0)),
         db.stride(0) if db is not None else 0, BLOCK=block,
     )
 

@@ -41,7 +41,7 @@ from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, launch,
-                      memory_format_of, pixel_vector)
+                      kernel_strides, memory_format_of, pixel_vector)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -147,12 +147,12 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    syn, syk, syp, syq = y.stride()  # offsets has the same (see conv._conv_fwd_kernel: YV)
+    syn, syk, syp, syq = kernel_strides(y)  # offsets: the same (conv._conv_fwd_kernel: YV)
     yv = pixel_vector(PQ, (syn, syk, syp), syq)
     launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
         N, H, W, PP, PQ // yv, R, S, CG, KG,
-        *input.stride(), *weight.stride(), syn // yv, syk // yv, syp // yv, syq,
+        *kernel_strides(input), *kernel_strides(weight), syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
         POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv,
         **_dot_args(input.dtype, allow_tf32),
