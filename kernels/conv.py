@@ -291,7 +291,10 @@ def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
                    BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
     else:
         block_k = _pow2(red, 16, 32 if dtype == torch.float32 else max_k)
-        cfg = dict(BLOCK_M=_pow2(rows, 16, 128), BLOCK_N=_pow2(cols, 16, 128), BLOCK_K=block_k,
+        # channel counts off multiples of 16: the compiler cannot prove their rows aligned, the
+        # tiles load element by element, and the 128-wide tiles spill (sm_90, ptxas -v)
+        wide = 64 if cols % 16 or red % 16 else 128
+        cfg = dict(BLOCK_M=_pow2(rows, 16, wide), BLOCK_N=_pow2(cols, 16, wide), BLOCK_K=block_k,
                    GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
     return tuple(cfg.items())
 
@@ -314,14 +317,16 @@ def _num_sms(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _dw_heuristic_items(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool,
+def _dw_heuristic_items(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool,
                         dtype: torch.dtype, device: torch.device) -> tuple:
     if INTERPRET:
         return tuple(dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
                           BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1,
                           SPLIT=1).items())
-    cfg = dict(BLOCK_M=_pow2(KG, 16, 128), BLOCK_N=_pow2(RSC, 16, 128),
-               BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_M=8, num_warps=4, num_stages=3)
+    wide = 64 if KG % 16 or CG % 16 else 128  # unaligned channels: see _gemm_heuristic_items
+    cfg = dict(BLOCK_M=_pow2(KG, 16, wide), BLOCK_N=_pow2(RSC, 16, wide),
+               BLOCK_K=32 if dtype == torch.float32 or wide < 128 else 64, GROUP_M=8,
+               num_warps=4, num_stages=3)
     if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:  # 128x128 on 4 warps spills (sm_90, ptxas)
         cfg["num_warps"] = 8
     tiles = _dw_tiles(cfg, KG, RSC, need_dw) * groups
@@ -330,13 +335,13 @@ def _dw_heuristic_items(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool,
     return tuple(cfg.items())
 
 
-def _dw_heuristic(KG: int, RSC: int, NPQ: int, groups: int, need_dw: bool, dtype,
+def _dw_heuristic(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool, dtype,
                   device) -> dict:
-    """dW tiles: rows = output channels, columns = (r, s, c) taps, reduction over N*P*Q pixels,
-    split so that the grid fills the GPU (one split under the interpreter). Memoised per
-    argument tuple, like :func:`_gemm_heuristic`."""
-    return dict(_dw_heuristic_items(int(KG), int(RSC), int(NPQ), int(groups), bool(need_dw),
-                                    dtype, torch.device(device)))
+    """dW tiles: rows = output channels, columns = (r, s, c) taps of CG channels, reduction over
+    N*P*Q pixels, split so that the grid fills the GPU (one split under the interpreter).
+    Memoised per argument tuple, like :func:`_gemm_heuristic`."""
+    return dict(_dw_heuristic_items(int(KG), int(RSC), int(CG), int(NPQ), int(groups),
+                                    bool(need_dw), dtype, torch.device(device)))
 
 
 def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
@@ -570,7 +575,7 @@ def conv2d_backward(
             if not need_db:
                 return dx, dw_out, db
 
-        heuristic = _dw_heuristic(KG, RSC, NPQ, groups, need_dw, input.dtype, input.device)
+        heuristic = _dw_heuristic(KG, RSC, CG, NPQ, groups, need_dw, input.dtype, input.device)
         cfg = _config("conv_dw", shape, input.dtype, layout, heuristic, configs.get("conv_dw"),
                       ieee)
         block_k = cfg["BLOCK_K"]

@@ -172,13 +172,17 @@ def check_registers(top: int = 2) -> str | None:
     from tritoncnn import kernels
 
     # (float32 as TF32, PyTorch's default for convolutions, and as IEEE float32 on the FMA
-    # units, with TF32 off: no wgmma there, and smaller tiles; a 3-channel layer too)
-    for dtype, tf32, channels in ((torch.bfloat16, None, 128), (torch.float32, True, 128),
-                                  (torch.float32, False, 128), (torch.float32, False, 3),
-                                  (torch.float32, False, 64)):
+    # units, with TF32 off: no wgmma there, and smaller tiles; a 3-channel layer too; and bf16
+    # layers whose channel counts are no multiples of 16, as airbench's and LeNet-5's: their
+    # tiles load element by element)
+    for dtype, tf32, channels, filters, size in (
+            (torch.bfloat16, None, 128, 128, 3), (torch.float32, True, 128, 128, 3),
+            (torch.float32, False, 128, 128, 3), (torch.float32, False, 3, 64, 3),
+            (torch.float32, False, 64, 64, 3), (torch.bfloat16, None, 24, 64, 3),
+            (torch.bfloat16, None, 6, 16, 5), (torch.bfloat16, None, 16, 120, 5)):
         x = torch.randn(8, channels, 16, 16, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
-        w = torch.randn(channels if channels > 3 else 64, channels, 3, 3, dtype=dtype).contiguous(
+        w = torch.randn(filters, channels, size, size, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
         b = torch.randn(w.shape[0], dtype=dtype)
         for pool in (1, 2, 3):
@@ -196,10 +200,13 @@ def check_registers(top: int = 2) -> str | None:
                 regs, spills = ptxas_usage(ptx)
                 tile = "x".join(str(consts[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                 line = (f"heuristic {name} pool={pool} {str(dtype)[6:]} {consts['PRECISION']} "
-                        f"C={channels} {tile} w{consts['num_warps']}: {regs} registers, "
+                        f"C={channels} K={filters} {size}x{size} {tile} w{consts['num_warps']}: "
+                        f"{regs} registers, "
                         f"{spills} B spilled, {'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
                 lines.append(line)
-                if spills > SPILL_TOLERANCE or ("wgmma" not in ptx and tf32 is not False):
+                # wgmma takes 64-row tiles: a dW tile of 16 filters (LeNet's c3) cannot
+                wgmma_possible = tf32 is not False and consts["BLOCK_M"] >= 64
+                if spills > SPILL_TOLERANCE or ("wgmma" not in ptx and wgmma_possible):
                     bad.append(line)
     # the max-pools, forward and backward, on their heuristic tiles: windows up to 8x8,
     # overlapping or not, both layouts, an odd width (scalar loads) and an aligned one
