@@ -7,6 +7,7 @@ kernel specialization the ops would launch goes through the real pipeline (TTIR,
 ptxas to cubin), and nothing is executed (outputs are left unwritten, values are meaningless).
 
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
+    python tests/compile_sm90.py --suites   # the bench suites' layers on their heuristic configs
 
 It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``);
 that tile loads are vectorised (conv: 16-byte ``cp.async`` only, NCHW operands included; NHWC
@@ -402,8 +403,47 @@ def check_precompile(workers: int = 2) -> str | None:
     return None
 
 
+def scan_suites() -> int:
+    """Every conv layer of the bench suites (reports/bench_suite.csv), forward and backward, bf16
+    and TF32, channels_last, plain and fused with its pool, on the launchers' heuristic configs:
+    the kernels that spill more than :data:`SPILL_TOLERANCE` bytes. Slow (minutes): run by hand
+    after changing a heuristic, ``python tests/compile_sm90.py --suites``."""
+    from tritoncnn import kernels
+    from tritoncnn.reports import suites
+
+    bad = 0
+    for sh in suites.load_conv_suite():
+        for dtype, tf32 in ((torch.bfloat16, None), (torch.float32, True)):
+            fmt = torch.channels_last
+            x = torch.empty(sh.N, sh.C, sh.H, sh.W, dtype=dtype).contiguous(memory_format=fmt)
+            w = torch.empty(sh.K, sh.C, sh.R, sh.S, dtype=dtype).contiguous(memory_format=fmt)
+            b = torch.empty(sh.K, dtype=dtype)
+            for pool in (None, sh.pool) if sh.fused_pool else (None,):
+                xs, ws, bs = (t.requires_grad_() for t in (x.clone(), w.clone(), b.clone()))
+                start = len(COMPILED)
+                if pool:
+                    y = kernels.conv2d_relu_pool(xs, ws, bs, stride=sh.stride, padding=sh.pad,
+                                                 pool=pool, allow_tf32=tf32)
+                else:
+                    y = kernels.conv2d_relu(xs, ws, bs, stride=sh.stride, padding=sh.pad,
+                                            allow_tf32=tf32)
+                y.backward(torch.empty_like(y))
+                for name, consts, k in COMPILED[start:]:
+                    regs, spills = ptxas_usage(_ptx(k))
+                    if spills > SPILL_TOLERANCE:
+                        bad += 1
+                        tile = "x".join(str(consts[v]) for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                        print(f"{sh.suite}/{sh.layer} pool={pool or 1} {str(dtype)[6:]} {name} "
+                              f"{tile} w{consts['num_warps']}: {regs} registers, {spills} B "
+                              "spilled")
+    print(f"suites: {len(COMPILED)} kernels compiled, {bad} spill")
+    return 1 if bad else 0
+
+
 def main() -> int:
     install()
+    if "--suites" in sys.argv[1:]:
+        return scan_suites()
     try:
         exercise()
     except Exception as err:  # a compile error: report it and the kernels that did compile
