@@ -321,9 +321,12 @@ def headline(df):
                 ratio = float(np.exp(np.log(pair["peak_mem_mb"] / pair["peak_mem_mb_base"]).mean()))
                 memory = (f"{ratio:.2f}x of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
                           f"{pair['peak_mem_mb_base'].sum():.0f} MiB)")
-        tuned = ", tuned" if "tuned" in r.implementation else ", heuristic configs"
-        rows.append(dict(gpu=r.gpu, suite=r.suite, op=r.op,
-                         case=f"{r.precision} {r.layout} {r.direction}{tuned}", layers=r.layers,
+        if r.op == "train_step":  # whole steps: no single kernel's config to speak of
+            case = f"{r.precision} {r.layout} training step"
+        else:
+            tuned = ", tuned" if "tuned" in r.implementation else ", heuristic configs"
+            case = f"{r.precision} {r.layout} {r.direction}{tuned}"
+        rows.append(dict(gpu=r.gpu, suite=r.suite, op=r.op, case=case, layers=r.layers,
                          speedup=f"{r.geomean:.2f}x", range=f"{r.min:.2f}x-{r.max:.2f}x",
                          memory=memory))
     return pd.DataFrame(rows, columns=cols)

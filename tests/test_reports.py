@@ -241,7 +241,7 @@ def test_headline_into_readme(results, tmp_path):
         ["S1", "conv_relu", "bf16 channels_last forward, tuned", "1", "4.00x", "4.00x-4.00x", ""],
         ["Pool", "pool", "bf16 channels_last forward, heuristic configs", "1", "2.00x",
          "2.00x-2.00x", ""],
-        ["Train", "train_step", "bf16 channels_last forward+backward, heuristic configs", "1",
+        ["Train", "train_step", "bf16 channels_last training step", "1",
          "1.25x", "1.25x-1.25x", "0.70x of cuDNN's (700 vs 1000 MiB)"],
     ]
     # the report carries the same table, under its own heading
