@@ -317,8 +317,8 @@ def test_training_graphs_only_on_a_gpu(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_gpu_graph_replays_train_as_eager_steps_do(monkeypatch, backend):
     """The captured training step really trains: 3 warm-up steps and 4 graph replays leave the
-    weights where 3 + 4 eager steps leave them (the same seeds; tritoncnn's kernels are
-    deterministic, so bit for bit there)."""
+    weights where 3 + 4 eager steps leave them (the same seeds; to float32 rounding where the
+    loss's PyTorch kernels or cuDNN's algorithms may sum in another order)."""
     import types
 
     import tritoncnn.models as models
@@ -340,7 +340,7 @@ def test_gpu_graph_replays_train_as_eager_steps_do(monkeypatch, backend):
     assert "graph replays" in results[1]["timing"]
     eager, graphed = (dict(m.named_parameters()) for m in built)
     for name, param in eager.items():
-        atol = 0.0 if backend == "triton" else 1e-5
+        atol = 1e-6 if backend == "triton" else 1e-5
         torch.testing.assert_close(graphed[name], param, atol=atol, rtol=atol, msg=name)
 
 
