@@ -22,7 +22,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from tritoncnn import _runtime, autotune
-
 from tritoncnn._shapes import window_rows
 
 from ._common import (
@@ -35,9 +34,9 @@ from ._common import (
     conv_len,
     dot_precision,
     eager_ok,
+    kernel_strides,
     launch,
     memory_format_of,
-    kernel_strides,
     next_pow2,
     pixel_vector,
 )
