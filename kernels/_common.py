@@ -96,15 +96,15 @@ def eager_ok(*tensors) -> bool:
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
 
 
-def pixel_vector(width: int, strides, unit_stride: int) -> int:
-    """The largest power of two, at most 16, dividing ``width`` (an output row's pixels) and
-    ``strides`` (the output's other strides), when the pixels are at ``unit_stride`` 1; else 1.
+def pixel_vector(width: int, strides, unit_stride: int, most: int = 16) -> int:
+    """The largest power of two, at most ``most``, dividing ``width`` (a row's pixels) and
+    ``strides`` (the tensor's other strides), when the pixels are at ``unit_stride`` 1; else 1.
     Launchers pass those values divided by it and the kernel multiplies them back, which tells
     the compiler that runs of that many pixels are contiguous and aligned (a hint: exact for any
     divisor)."""
     if unit_stride != 1:
         return 1
-    vec = 16
+    vec = most
     while vec > 1 and any(v % vec for v in (width, *strides)):
         vec //= 2
     return vec

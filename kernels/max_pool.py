@@ -34,7 +34,7 @@ import triton.language as tl
 from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
-                      is_channels_last, launch, next_pow2, pooled_len)
+                      is_channels_last, launch, next_pow2, pixel_vector, pooled_len)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -352,20 +352,15 @@ def _window_args(k: Pair, s: Pair, p: Pair, d: Pair) -> dict:
                 UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW)
 
 
+def _non_overlapping(k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
+    """kernel_size == stride, no padding, no dilation: each input element in at most one window."""
+    return k == s and p == (0, 0) and d == (1, 1)
+
+
 def _rows_path(k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
     """Non-overlapping windows whose width is a power of two: an NCHW forward takes
     ``_max_pool_fwd_rows_kernel`` (whole window rows per load)."""
-    return k == s and p == (0, 0) and d == (1, 1) and k[1] & (k[1] - 1) == 0
-
-
-def _row_vector(x: torch.Tensor, width: int) -> int:
-    """The most elements (a power of two, at most 16 bytes) that divide the input's N, C and H
-    strides and the row width read, with unit W stride; else 1. (A hint only: the kernel is right
-    for any value that divides them; Triton checks the pointer's alignment itself.)"""
-    vec = 16 // x.element_size() if x.stride(3) == 1 else 1
-    while vec > 1 and any(v % vec for v in (*x.stride()[:3], width)):
-        vec //= 2
-    return vec
+    return _non_overlapping(k, s, p, d) and k[1] & (k[1] - 1) == 0
 
 
 def _heuristic_config(layout: str, non_overlap: bool) -> dict:
@@ -379,9 +374,7 @@ def _heuristic_config(layout: str, non_overlap: bool) -> dict:
 
 
 def _launch_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str,
-                   config: dict | None) -> dict:
-    non_overlap = ((shape["KH"], shape["KW"]) == (shape["SH"], shape["SW"])
-                   and shape["PH"] == shape["PW"] == 0 and shape["DH"] == shape["DW"] == 1)
+                   non_overlap: bool, config: dict | None) -> dict:
     heuristic = _heuristic_config(layout, non_overlap)
     chosen = config if config is not None else autotune.get_config(
         kernel, shape, dtype, layout, heuristic)
@@ -429,7 +422,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     N, C, H, W = x4.shape
     layout = "nhwc" if nhwc else "nchw"
     cfg = _launch_config("max_pool_fwd", autotune.pool_shape(x4.shape, k, s, p, d, ceil_mode),
-                         input.dtype, layout, config)
+                         input.dtype, layout, _non_overlapping(k, s, p, d), config)
     total = out.numel()
     block = cfg["BLOCK"]
     if not nhwc and _rows_path(k, s, p, d):
@@ -442,7 +435,9 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
         rows = N * C * oh
         w_in = min(W, ow * k[1])
         sxn, sxc, sxh, sxw = x4.stride()
-        vec = _row_vector(x4, w_in)
+        # runs of VEC columns aligned: a hint, as for the conv outputs (Triton checks the
+        # pointer's own alignment)
+        vec = pixel_vector(w_in, (sxn, sxc, sxh), sxw, most=16 // x4.element_size())
         launch(_max_pool_fwd_rows_kernel, (cdiv(rows, block_r), cdiv(ow, block_ow)),
             x4, out, offsets,
             rows, C, H, oh, ow, w_in // vec,
@@ -492,8 +487,9 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     oh, ow = g4.shape[-2:]
     layout = "nhwc" if nhwc else "nchw"
     ceil_mode = _ceil_mode_of((H, W), (oh, ow), k, s, p, d)
+    non_overlap = _non_overlapping(k, s, p, d)
     cfg = _launch_config("max_pool_bwd", autotune.pool_shape((N, C, H, W), k, s, p, d, ceil_mode),
-                         grad_output.dtype, layout, config)
+                         grad_output.dtype, layout, non_overlap, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
     grid = (cdiv(total, block),)
@@ -503,7 +499,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
         *g4.stride(),
         *o4.stride(),
         **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
-        NON_OVERLAP=k == s and p == (0, 0) and d == (1, 1),
+        NON_OVERLAP=non_overlap,
         INT64=_needs_int64(total, block, g4, o4, grad_input),
         BLOCK=block, num_warps=cfg["num_warps"],
     )

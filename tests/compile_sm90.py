@@ -305,10 +305,10 @@ def check_vector_loads() -> str | None:
 
     source = inspect.getsource(_conv_kernels).splitlines()
     bias_line = next(i for i, s in enumerate(source, 1) if "bias = tl.load(b_ptr" in s)
-    shape = autotune.conv_shape((8, 128, 16, 16), (128, 128, 3, 3), 1, 1, 1, 1)
-    for kernel in ("conv_fwd", "conv_dx", "conv_dw"):
-        start = len(COMPILED)
-        autotune.make_problem(kernel, shape, torch.bfloat16, "nchw").run(None)
+
+    def conv_tiles_16_bytes(start: int, what: str) -> None:
+        """The conv kernels compiled since ``start`` load their tiles with 16-byte cp.async
+        only, and nothing with scalar loads."""
         for name, _, k in COMPILED[start:]:
             if name == "_sum_splits_kernel":
                 continue
@@ -316,23 +316,21 @@ def check_vector_loads() -> str | None:
             sizes = re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*,\s*(0x[0-9a-f]+)", ptx)
             scalar = [line for line in _scalar_load_lines(ptx) if line != bias_line]
             if not sizes or set(sizes) != {"0x10"} or scalar:
-                bad.append(f"{name}: cp.async sizes {sorted(set(sizes))}, "
+                bad.append(f"{what}{name}: cp.async sizes {sorted(set(sizes))}, "
                            f"{len(scalar)} scalar loads")
+
+    shape = autotune.conv_shape((8, 128, 16, 16), (128, 128, 3, 3), 1, 1, 1, 1)
+    for kernel in ("conv_fwd", "conv_dx", "conv_dw"):
+        start = len(COMPILED)
+        autotune.make_problem(kernel, shape, torch.bfloat16, "nchw").run(None)
+        conv_tiles_16_bytes(start, "")
     # a linear layer: its (B, C, 1, 1) operands have size-1 dimensions that PyTorch gives
     # stride 1, which hid their alignment (scalar loads, no cp.async) until they went in as 0
     h = torch.randn(256, 1024, dtype=torch.bfloat16, requires_grad=True)
     fc = torch.randn(1024, 1024, dtype=torch.bfloat16, requires_grad=True)
     start = len(COMPILED)
     kernels.linear(h, fc, None).sum().backward()
-    for name, _, k in COMPILED[start:]:
-        if name == "_sum_splits_kernel":
-            continue
-        ptx = _ptx(k)
-        sizes = re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*,\s*(0x[0-9a-f]+)", ptx)
-        scalar = [line for line in _scalar_load_lines(ptx) if line != bias_line]
-        if not sizes or set(sizes) != {"0x10"} or scalar:
-            bad.append(f"linear {name}: cp.async sizes {sorted(set(sizes))}, "
-                       f"{len(scalar)} scalar loads")
+    conv_tiles_16_bytes(start, "linear ")
     x = torch.randn(8, 64, 32, 32, dtype=torch.bfloat16).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     for args in ((2,), (3, 2, 1)):
