@@ -13,6 +13,13 @@ final loss, test accuracy, images/s, the first step's seconds and peak memory fo
 images/s leaves out the first step of each invocation, whose time includes Triton's JIT
 compilation of the kernels (and cuDNN's algorithm search); that step's time is its own row.
 
+``--cuda-graphs`` captures each backend's forward and backward in a CUDA graph and replays it for
+every full batch, so a small model's step is no longer bound by the host's kernel launches. The
+first steps run eagerly on a side stream (they compile, autotune and search cuDNN's algorithms),
+then one step is captured; images/s leaves those steps out too. A last, smaller batch of an epoch
+runs eagerly. The optimizer step and the fp16 loss scaler stay eager, so the learning-rate
+schedule and skipped fp16 steps behave exactly as without graphs. Not under torchrun.
+
 ``--channels-last`` (the default on CUDA; ``--no-channels-last`` turns it off) keeps the weights
 and images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the
 CPU the default is NCHW.
@@ -96,6 +103,7 @@ class TrainConfig:
     channels_last: bool | None = None  # model and images in channels_last; None: on CUDA only
     save_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     stop_after: int = 0  # stop, as Ctrl-C would, after N steps of this invocation (0: never)
+    cuda_graphs: bool = False  # replay each full batch's forward+backward from a CUDA graph
     progress: bool = True  # tqdm progress bars
 
 
@@ -151,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="also checkpoint every STEPS steps (default: at each epoch's end only)")
     a("--stop-after", type=int, default=None, metavar="STEPS",
       help="stop after STEPS steps as Ctrl-C would (checkpoint, then --resume continues)")
+    a("--cuda-graphs", action="store_true", default=None,
+      help="capture forward+backward in a CUDA graph after a few eager steps and replay it for "
+           "every full batch (both backends; CUDA only, not under torchrun)")
     a("--no-progress", dest="progress", action="store_false", default=None,
       help="no progress bars")
 
@@ -395,6 +406,79 @@ class _StopFlag:
 
 
 # --------------------------------------------------------------------------------------------
+# a step replayed from a CUDA graph
+
+class _CudaGraphs:
+    """What :class:`_CapturedStep` asks of CUDA (tests on the CPU put a stand-in here)."""
+
+    @staticmethod
+    def check(device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+
+    @staticmethod
+    @contextmanager
+    def side_stream(device: torch.device):
+        """Work on a side stream, ordered after and before the current stream's work."""
+        main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            yield
+        main.wait_stream(side)
+
+    @staticmethod
+    def capture(fn, device: torch.device):
+        """``fn()`` recorded in a CUDA graph, not run: returns (replay, fn's outputs), which
+        every replay refills in place."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph.replay, out
+
+
+class _CapturedStep:
+    """``fn(x, y)`` (forward and backward of one batch) replayed from a CUDA graph.
+
+    The first ``warmup`` calls run eagerly on a side stream, as PyTorch's capture recipe asks:
+    they compile and autotune the kernels and let cuDNN pick its algorithms. The next call
+    captures ``fn`` on static copies of its inputs; from then on a call copies the batch into them
+    and replays. The gradients the capture allocated are the parameters' ``.grad`` at every
+    replay, even after an eager step (a smaller batch) has put others there.
+    """
+
+    def __init__(self, fn, params, device: torch.device, warmup: int = 3,
+                 cuda=_CudaGraphs) -> None:
+        self.fn, self.params, self.device = fn, list(params), device
+        self.warmup, self.cuda = warmup, cuda
+        self.calls = 0
+        self._replay = None
+
+    @property
+    def warming(self) -> bool:
+        """Whether the next call still runs eagerly or captures (its time is not a step's)."""
+        return self._replay is None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        self.calls += 1
+        if self.calls <= self.warmup:
+            with self.cuda.side_stream(self.device):
+                return self.fn(x, y)
+        if self._replay is None:
+            # clone keeps x's memory format (channels_last stays channels_last)
+            self._x, self._y = x.clone(), y.clone()
+            self._replay, self._out = self.cuda.capture(lambda: self.fn(self._x, self._y),
+                                                        self.device)
+            self._grads = [p.grad for p in self.params]
+        else:
+            self._x.copy_(x)
+            self._y.copy_(y)
+            for p, g in zip(self.params, self._grads):
+                p.grad = g
+        self._replay()
+        return self._out
+
+
+# --------------------------------------------------------------------------------------------
 # one backend
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -458,7 +542,9 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
     use_amp = dtype != torch.float32
 
     def autocast():
-        return torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
+        # no cast-weight cache under a graph: PyTorch's capture recipe for autocast
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=not cfg.cuda_graphs) \
+            if use_amp else nullcontext()
 
     fmt = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
     model.to(device, memory_format=fmt)
@@ -509,6 +595,18 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
                                  shuffle=True, seed=cfg.seed, drop_last=False)
     steps_per_epoch = math.ceil(len(sampler) / local_batch)
 
+    def forward_backward(xb, yb):
+        """One batch's logits and loss, its gradients in the parameters' .grad."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            logits = net(xb)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), yb)
+        scaler.scale(loss).backward()
+        return logits, loss
+
+    captured = _CapturedStep(forward_backward, model.parameters(), device, cuda=_CudaGraphs) \
+        if cfg.cuda_graphs else None
+
     memory = _PeakMemory(device)
     memory.reset()
     stopped = False
@@ -544,12 +642,12 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
             lr = _lr_at(cfg, state["global_step"], cfg.epochs * steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            warming = done_steps == 0 or (captured is not None and captured.warming)
             t0 = _clock()
-            with autocast():
-                logits = net(xb)  # (B, classes)
-            loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if captured is not None and len(idx) == local_batch:
+                logits, loss = captured(xb, yb)
+            else:
+                logits, loss = forward_backward(xb, yb)
             scaler.step(optimizer)
             scaler.update()
             loss_v = loss.item()  # waits for the step to finish
@@ -563,7 +661,7 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
             state["epoch_time"] += dt
             state["train_time"] += dt
             state["images"] += int(count_g)
-            if done_steps == 0:  # the warm-up step: compiles the kernels
+            if warming:  # the first step compiles the kernels; then graph warm-up and capture
                 if state["first_step_s"] is None:
                     state["first_step_s"] = dt
             else:
@@ -652,12 +750,16 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError("--epochs and --batch-size must be at least 1")
     if cfg.model and cfg.spec:
         raise ValueError("give --model or --spec, not both")
+    if cfg.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--cuda-graphs is not supported under torchrun (DDP); run without it")
     if cfg.autotune:
         _enable_autotune()
 
     dist = _init_distributed(cfg.device if cfg.device != "auto" else
                              ("cuda" if torch.cuda.is_available() else "cpu"))
     device = _pick_device(cfg, dist)
+    if cfg.cuda_graphs:
+        _CudaGraphs.check(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the cuDNN twin at its best, as benchmarks run it
     out = Path(cfg.out)

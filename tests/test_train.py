@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import socket
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -280,6 +281,7 @@ def test_default_model_uses_the_fused_block():
     (["--spec", "CONV3-4-RELU-FC7", "--data", "synthetic:8", "--input-size", "4"], "FC10"),
     (["--spec", "CONV3-4-", "--data", "synthetic:8"], "index 8"),
     (["--data", "mnist:/nonexistent/folder"], "not found"),
+    (["--data", "synthetic:8", "--device", "cpu", "--cuda-graphs"], "needs a CUDA device"),
 ])
 def test_train_command_errors(tmp_path, capsys, argv, match):
     rc = cli_main(["train", "--backend", "torch", "--out", str(tmp_path / "r"), *argv])
@@ -305,3 +307,116 @@ def test_pick_device_gives_cuda_an_index(monkeypatch):
                                         train_mod._Dist())
         assert device == torch.device("cuda", 0)
     assert seen == [torch.device("cuda", 0)] * 2
+
+
+# --------------------------------------------------------------------------------------------
+# --cuda-graphs
+
+class _ReplayedGraphs:
+    """CUDA graphs' contract on the CPU: a capture hands back fn's outputs, and every replay runs
+    fn again (on whatever the static inputs hold now) and refills those outputs in place."""
+
+    captures = 0
+
+    @staticmethod
+    def check(device):
+        pass
+
+    @staticmethod
+    def side_stream(device):
+        return nullcontext()
+
+    @classmethod
+    def capture(cls, fn, device):
+        cls.captures += 1
+        out = fn()
+        replays = iter(range(10**9))
+
+        def replay():
+            if next(replays):  # the first replay's work is the capture's own run
+                for static, new in zip(out, fn()):
+                    static.copy_(new)
+        return replay, out
+
+
+def test_captured_step_replays_the_new_batch(monkeypatch):
+    calls = []
+
+    def fn(x, y):
+        calls.append(y.clone())
+        return (x * 2, y.sum())
+
+    step = train_mod._CapturedStep(fn, [], torch.device("cpu"), warmup=2, cuda=_ReplayedGraphs)
+    for i in range(5):
+        x, y = torch.full((3,), float(i)), torch.full((2,), i)
+        assert step.warming == (i < 3)
+        out2x, outsum = step(x, y)
+        assert torch.equal(out2x, 2 * x) and outsum.item() == 2 * i, i
+    assert [c[0].item() for c in calls] == [0, 1, 2, 3, 4]
+    first = step(torch.zeros(3), torch.zeros(2, dtype=torch.long))
+    assert first[0] is out2x  # replays refill the captured outputs
+
+
+def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
+    """The training loop around the captured step: each full batch goes through the static
+    inputs, a last smaller batch runs eagerly (and the replays after it still train), the warm-up
+    steps and the capture stay out of images/s. The stand-in's replays compute what eager steps
+    do, so the weights must be equal bit for bit."""
+    kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both")  # 4 full + 8, twice
+    eager = run(_config(tmp_path / "eager", **kw))["results"]
+    monkeypatch.setattr(train_mod, "_CudaGraphs", _ReplayedGraphs)
+    monkeypatch.setattr(_ReplayedGraphs, "captures", 0)
+    ticks = iter(range(1000))
+    monkeypatch.setattr(train_mod, "_clock", lambda: float(next(ticks)))  # 1 s per step
+    graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]
+    assert _ReplayedGraphs.captures == 2  # one per backend
+    for backend in ("triton", "torch"):
+        _assert_same_weights(graphed[backend]["state_dict"], eager[backend]["state_dict"])
+        # steps 1-4 are the 3 eager warm-up steps and the capture: 6 timed steps remain
+        assert graphed[backend]["images_per_s"] == (8 + 4 * 16 + 8) / 6
+    a = _rows(tmp_path / "eager/run/steps.csv")
+    b = _rows(tmp_path / "graphs/run/steps.csv")
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gpu_cuda_graph_training_equals_eager(tmp_path, dtype):
+    """Real CUDA graphs: captured and replayed steps train the weights eager steps train; the
+    tritoncnn kernels are deterministic, so bit for bit there."""
+    kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both", device="cuda",
+              dtype=dtype, channels_last=True)
+    eager = run(_config(tmp_path / "eager", **kw))["results"]
+    graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]
+    _assert_same_weights(graphed["triton"]["state_dict"], eager["triton"]["state_dict"])
+    # cuDNN's benchmark mode may pick other algorithms in another run
+    tol = 1e-5 if dtype == "fp32" else 1e-2
+    _assert_same_weights(graphed["torch"]["state_dict"], eager["torch"]["state_dict"], atol=tol)
+
+
+@pytest.mark.gpu
+def test_gpu_captured_step_keeps_the_captured_gradients():
+    """After a capture the parameters' .grad are the graph's own tensors at every replay, even
+    when an eager step (a smaller batch) has put other tensors there in between."""
+    device = torch.device("cuda")
+    model = torch.nn.Linear(4, 3).to(device)
+
+    def fn(x, y):
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return (loss,)
+
+    step = train_mod._CapturedStep(fn, model.parameters(), device, warmup=1)
+    batches = [(torch.randn(8, 4, device=device), torch.randint(0, 3, (8,), device=device))
+               for _ in range(4)]
+    step(*batches[0])
+    step(*batches[1])  # capture and first replay
+    captured = [p.grad for p in model.parameters()]
+    fn(batches[2][0][:5], batches[2][1][:5])  # an eager step on a smaller batch
+    (loss,) = step(*batches[3])
+    assert all(p.grad is g for p, g in zip(model.parameters(), captured))
+    (expect,) = fn(*batches[3])
+    torch.testing.assert_close(loss, expect)
+    for p, g in zip(model.parameters(), captured):
+        torch.testing.assert_close(g, p.grad)
