@@ -14,7 +14,7 @@ Shape keys are bucketed so that one tuning serves nearby shapes (a new batch siz
 not force a re-tune): every dimension is rounded up to the next power of two (N, C, H, W, K, P, Q,
 ...), except the small structural ones, which change the kernel's work per output and are kept
 exact: the conv filter ``R, S``, ``stride_*``, ``pad_*``, ``dil_*``, ``groups``, the fused pool
-``pool``, and the pool
+``pool``, ``ieee`` (float32 conv launches with TF32 off, tuned apart from TF32's), and the pool
 window ``KH, KW``, stride ``SH, SW``, padding ``PH, PW`` and dilation ``DH, DW`` (see
 :data:`EXACT_KEYS` and :data:`EXACT_PREFIXES`). Keys are sorted, so ``{"N": 48, "R": 3}`` becomes
 ``"N=64,R=3"``.
@@ -55,6 +55,7 @@ ENV_DIR = "TRITONCNN_CACHE_DIR"
 # Structural dimensions kept exact in shape keys; every other integer is bucketed to a power of two.
 EXACT_KEYS = frozenset({"R", "S", "groups", "ceil_mode",  # conv filter, groups
                         "pool",  # window of the fused conv + ReLU + max-pool
+                        "ieee",  # float32 conv launches with TF32 off
                         "KH", "KW", "SH", "SW", "PH", "PW", "DH", "DW"})  # pool window
 EXACT_PREFIXES = ("stride", "pad", "dil", "kernel_size")
 

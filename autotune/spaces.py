@@ -11,6 +11,7 @@ timing:
   the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their ``num_warps``
   capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
   ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
+* **IEEE float32** (``ieee`` in the shape): tiles capped by :data:`IEEE_CAPS`;
 * **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
   every register tile of the epilogue (:func:`acc_tiles`: ``conv_pool_fwd`` with a pool whose
   windows are not whole rows of its tile keeps a running window maximum and its offset beside the
@@ -33,7 +34,9 @@ or tuned entries are never found: build them with :func:`conv_shape` and :func:`
   ``K, R, S`` (filters), ``P, Q`` (conv output, before any fused pooling), ``stride_h, stride_w,
   pad_h, pad_w, dil_h, dil_w, groups``; plus ``pool`` (the window F = S) for ``conv_pool_fwd`` and
   for the ``conv_dx`` / ``conv_dw`` launches of the fused conv + ReLU + max-pool's backward, whose
-  dY load differs from the plain conv's (a shape dict without ``pool`` is the plain conv);
+  dY load differs from the plain conv's (a shape dict without ``pool`` is the plain conv); and
+  ``ieee=1`` for float32 launches with TF32 off (tl.dot on the FMA units: tiles capped by
+  :data:`IEEE_CAPS`, tuned apart from TF32's; absent for TF32, bf16 and fp16);
 * pool kernels (``max_pool_fwd``, ``max_pool_bwd``): ``N, C, H, W`` (input), ``OH, OW`` (output;
   ``ceil_mode`` shows only there), ``KH, KW`` (window), ``SH, SW`` (stride), ``PH, PW`` (padding),
   ``DH, DW`` (dilation).
@@ -137,6 +140,21 @@ MIN_WARPS_LOOPED_POOL = 4
 # the accumulator and the reshaped copy with its offsets at once (sm_90, 4 warps: 128x64 takes
 # 217-250 registers, 128x128 spills 172-288 B).
 WINDOW_ROWS_TILES = 2
+# IEEE float32 (TF32 off) runs tl.dot on the FMA units, whose operand tiles live in registers:
+# the tensor-core tiles of the heuristics and of TF32 tuning spill there (sm_90, ptxas -v: a
+# 128x128 forward 208 B, dX 296 B, the fused pool's dW 2.7 KB). (BLOCK_M, BLOCK_N, BLOCK_K,
+# num_warps) caps measured not to spill over C = 3 to 512, K = 64 to 512 (the fused pool's dW
+# is erratic: 64x64x32 spills 1 KB where 64x32x16 takes 166-193 registers); key: kernel,
+# pooled (a fused pool's kernels). Shape dicts of such launches carry ``ieee=1``.
+IEEE_CAPS = {
+    ("conv_fwd", False): (64, 64, 32, 4),
+    ("conv_dx", False): (64, 64, 32, 4),
+    ("conv_dx", True): (64, 64, 32, 4),
+    ("conv_pool_fwd", False): (64, 64, 32, 4),    # pool 1
+    ("conv_pool_fwd", True): (64, 64, 32, 4),     # whole windows as rows (pool 2, 4)
+    ("conv_pool_fwd_loop", True): (64, 32, 32, 4),  # a running maximum per window element
+    ("conv_dw", True): (64, 32, 16, 4),
+}
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
 # Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
@@ -189,6 +207,19 @@ def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> d
     q = conv_len(w, s, sw, pads[2] + pads[3], dw)
     return dict(N=n, C=c, H=h, W=w, K=k, R=r, S=s, P=p, Q=q, stride_h=sh, stride_w=sw,
                 pad_h=pads[0], pad_w=pads[2], dil_h=dh, dil_w=dw, groups=int(groups))
+
+
+def cap_ieee(kernel: str, shape: Mapping[str, int], config: dict) -> dict:
+    """``config`` with its tiles capped by :data:`IEEE_CAPS` when ``shape`` is an IEEE float32
+    launch (``ieee`` set); unchanged otherwise."""
+    if not shape.get("ieee"):
+        return config
+    pool = int(shape.get("pool", 1) or 1)
+    loop = kernel == "conv_pool_fwd" and not window_rows(pool)
+    caps = IEEE_CAPS.get((kernel + ("_loop" if loop else ""), pool > 1))
+    for key, cap in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), caps or ()):
+        config[key] = min(config[key], cap)
+    return config
 
 
 def pool_shape(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> dict:
@@ -300,7 +331,7 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
     cap_warps = MAX_WARPS.get(kernel)
     out = []
     for cfg in space:
-        c = dict(cfg)
+        c = cap_ieee(kernel, shape, dict(cfg))
         c["BLOCK_M"] = _cap(c["BLOCK_M"], m, MIN_DOT)
         c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
         red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))

@@ -145,8 +145,11 @@ CONV_LAYOUT = "nhwc"  # conv launches read channels-innermost operands whatever 
 def layer_kernels(layers: list[dict], dtype: torch.dtype, layout: str) -> list[dict]:
     """The kernel launches of ``layers``, one per cache entry: kernel, shape, dtype, layout, layers
     (names of the layers sharing it), configs (how many candidates survive pruning). ``layout``
-    is the max-pools'; conv kernels always run with channels innermost (:data:`CONV_LAYOUT`)."""
+    is the max-pools'; conv kernels always run with channels innermost (:data:`CONV_LAYOUT`).
+    float32 conv launches are IEEE ones (``ieee`` in their shapes) when
+    ``torch.backends.cudnn.allow_tf32`` is off, as on a GPU."""
     out: dict[str, dict] = {}
+    ieee = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
 
     def add(kernel, shape, name, layout=layout):
         key = _cache.entry_key(kernel, shape, dtype, layout, device="-")
@@ -170,6 +173,8 @@ def layer_kernels(layers: list[dict], dtype: torch.dtype, layout: str) -> list[d
                 rows = math.prod(rec["input"][:-1])
                 shape = spaces.conv_shape((rows, in_f, 1, 1), (out_f, in_f, 1, 1))
                 lay = CONV_LAYOUT
+            if ieee:
+                shape["ieee"] = 1
             for k in kernels:
                 add(k, shape, rec["name"], lay)
         elif rec["type"] == "pool":

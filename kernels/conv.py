@@ -22,7 +22,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from tritoncnn import _runtime, autotune
-from tritoncnn._shapes import window_rows
 
 from ._common import (
     INTERPRET,
@@ -349,33 +348,15 @@ def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
     return cdiv(KG, cfg["BLOCK_M"]) * cols
 
 
-# IEEE float32 (TF32 off) runs tl.dot on the FMA units, whose operand tiles live in registers:
-# the tensor-core tiles of the heuristics and of TF32 tuning spill there (sm_90, ptxas -v: a
-# 128x128 forward 208 B, dX 296 B, the fused pool's dW 2.7 KB). (BLOCK_M, BLOCK_N, BLOCK_K,
-# num_warps) caps measured not to spill over C = 3 to 512, K = 64 to 512 (the fused pool's dW
-# is erratic: 64x64x32 spills 1 KB where 64x32x16 takes 166-193 registers); key: kernel,
-# pooled (a fused pool's kernels).
-_IEEE_CAPS = {
-    ("conv_fwd", False): (64, 64, 32, 4),
-    ("conv_dx", False): (64, 64, 32, 4),
-    ("conv_dx", True): (64, 64, 32, 4),
-    ("conv_pool_fwd", False): (64, 64, 32, 4),    # pool 1
-    ("conv_pool_fwd", True): (64, 64, 32, 4),     # whole windows as rows (pool 2, 4)
-    ("conv_pool_fwd_loop", True): (64, 32, 32, 4),  # a running maximum per window element
-    ("conv_dw", True): (64, 32, 16, 4),
-}
-
-
 def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
             override: Optional[dict], ieee: bool = False) -> dict:
-    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top;
-    ``ieee`` (float32 without TF32) caps its tiles by :data:`_IEEE_CAPS` first."""
-    cfg = dict(autotune.get_config(kernel, shape, dtype, layout, heuristic))
-    pool = int(shape.get("pool", 1) or 1)
-    loop = kernel == "conv_pool_fwd" and not window_rows(pool)
-    caps = _IEEE_CAPS.get((kernel + ("_loop" if loop else ""), pool > 1)) if ieee else None
-    for key, cap in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), caps or ()):
-        cfg[key] = min(cfg[key], cap)
+    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top.
+    ``ieee`` (float32 without TF32): the launch is its own cache entry (``ieee`` in the shape
+    dict), and its tiles are capped by ``autotune.spaces.IEEE_CAPS``, the heuristic's too."""
+    if ieee:
+        shape = {**shape, "ieee": 1}
+    cfg = autotune.spaces.cap_ieee(
+        kernel, shape, dict(autotune.get_config(kernel, shape, dtype, layout, heuristic)))
     if override:
         cfg.update(override)
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
@@ -409,7 +390,7 @@ LAYOUT = "nhwc"
 
 
 def _ieee_fp32(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
-    """float32 compiled without TF32: tl.dot on the FMA units (see :data:`_IEEE_CAPS`)."""
+    """float32 compiled without TF32: tl.dot on the FMA units (``autotune.spaces.IEEE_CAPS``)."""
     return dtype == torch.float32 and not INTERPRET and dot_precision(dtype, allow_tf32) == "ieee"
 
 
@@ -900,6 +881,12 @@ def problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
     return x, w, b, ConvGeometry((sh, sw), (pt, pb, pl, pr), (dh, dw), groups)
 
 
+def problem_tf32(shape: dict) -> bool:
+    """A tuning problem's ``allow_tf32``: float32 tuned with TF32 unless the shape says ``ieee``
+    (its launches then look up the same entry as the model's did)."""
+    return not shape.get("ieee")
+
+
 def reference_conv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                    geometry: ConvGeometry) -> torch.Tensor:
     """conv2d(x, w) + b in float64 with torch (autograd-able), any padding of the geometry."""
@@ -927,7 +914,8 @@ def _conv_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.
     x, w, b, geometry = problem_inputs(shape, dtype, layout)
     ref = torch.relu(reference_conv(x, w, b, geometry))
     return autotune.Problem(
-        run=lambda cfg: conv2d_forward(x, w, b, geometry, relu=True, config=cfg), reference=ref)
+        run=lambda cfg: conv2d_forward(x, w, b, geometry, relu=True, config=cfg,
+                                       allow_tf32=problem_tf32(shape)), reference=ref)
 
 
 def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
@@ -960,7 +948,8 @@ def _conv_backward_problem(kernel: str, shape: dict, dtype: torch.dtype,
 
     def run(cfg, dx=kernel == "conv_dx"):
         grads = conv2d_backward(grad, x, w, y, geometry, True, (dx, not dx, not dx),
-                                configs={kernel: cfg}, offsets=offsets, pool=pool)
+                                allow_tf32=problem_tf32(shape), configs={kernel: cfg},
+                                offsets=offsets, pool=pool)
         return grads[0] if dx else grads[1:]
 
     ref = ref_dx if kernel == "conv_dx" else (ref_dw, ref_db)

@@ -61,6 +61,7 @@ from .conv import (
     conv2d_backward,
     grad_mask,
     problem_inputs,
+    problem_tf32,
     reference_conv,
     register_conv_autocast,
 )
@@ -379,7 +380,8 @@ def _conv_pool_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> auto
     offsets = ((index // Q) % pool * pool + index % Q % pool).to(_offset_dtype(pool * pool))
     offsets = torch.where(ref == 0, -1, offsets)
     return autotune.Problem(
-        run=lambda cfg: conv2d_relu_pool_forward(x, w, b, geometry, pool, config=cfg),
+        run=lambda cfg: conv2d_relu_pool_forward(x, w, b, geometry, pool,
+                                                 problem_tf32(shape), config=cfg),
         reference=(ref, offsets))
 
 

@@ -133,6 +133,81 @@ def test_configs_that_spill_on_sm90_are_pruned():
         assert min(c["num_warps"] for c in window) < 4  # small tiles keep few warps there
 
 
+def test_ieee_float32_space_is_capped():
+    """float32 with TF32 off (``ieee`` in the shape) runs tl.dot on the FMA units: its space is
+    the tensor-core space capped by IEEE_CAPS, so tuning times only tiles that do not spill."""
+    kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
+    shape = conv(n=8, c=128, h=16, w=16, k=128)
+    for kernel, pooled in (("conv_fwd", False), ("conv_dx", False), ("conv_pool_fwd", True),
+                           ("conv_dw", True)):
+        sh = dict(shape, pool=2) if pooled else shape
+        tf32 = spaces.candidates(kernel, sh, torch.float32, **kw)
+        ieee = spaces.candidates(kernel, dict(sh, ieee=1), torch.float32, **kw)
+        caps = spaces.IEEE_CAPS[(kernel, pooled)]
+        assert ieee and len(ieee) < len(tf32), kernel
+        for c in ieee:
+            tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_warps"])
+            assert all(v <= cap for v, cap in zip(tile, caps)), (kernel, c)
+        assert max(c["BLOCK_M"] for c in tf32) > caps[0], kernel
+    plain_dw = spaces.candidates("conv_dw", dict(shape, ieee=1), torch.float32, **kw)
+    assert plain_dw == spaces.candidates("conv_dw", shape, torch.float32, **kw)  # no caps there
+
+
+def test_ieee_launches_have_their_own_cache_entries(store, monkeypatch):
+    """An IEEE float32 launch looks up the entry tuned in IEEE (``ieee`` in its shape), never the
+    TF32 winner of the same layer; an entry over the caps (written before the caps) is capped."""
+    from tritoncnn.kernels import conv as conv_mod
+
+    shape = conv(n=8, c=64, h=16, w=16, k=64)
+    big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+    small = dict(big, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_stages=4)
+    store.put("conv_fwd", shape, torch.float32, "nhwc", big)
+    assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None) == big
+    capped = conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", dict(big), None, True)
+    assert capped == dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)  # a miss: the heuristic, capped
+    store.put("conv_fwd", dict(shape, ieee=1), torch.float32, "nhwc", small)
+    with autotune.record_calls() as calls:
+        assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None,
+                                True) == small
+        assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None) == big
+    assert [c.shape.get("ieee") for c in calls] == [1, None]  # what `tune` then tunes
+    store.put("conv_fwd", dict(shape, ieee=1), torch.float32, "nhwc", big)
+    assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None,
+                            True) == dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
+
+
+@pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw", "conv_pool_fwd"])
+def test_tuning_problems_run_at_the_shapes_precision(monkeypatch, kernel):
+    """A problem for an ``ieee`` shape runs its launches with TF32 off, any other float32 one
+    with TF32 on, whatever torch.backends says at tuning time: the winner is timed as the
+    launches that look it up run."""
+    from tritoncnn.kernels import conv as conv_mod, conv_pool as pool_mod
+
+    seen = []
+    real = {m: (m.conv2d_forward if m is conv_mod else m.conv2d_relu_pool_forward)
+            for m in (conv_mod, pool_mod)}
+
+    def spy(name, module, fn):
+        def wrapped(*args, **kw):
+            seen.append(kw.get("allow_tf32", args[5] if len(args) > 5 else None))
+            return fn(*args, **kw)
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy("conv2d_forward", conv_mod, real[conv_mod])
+    spy("conv2d_relu_pool_forward", pool_mod, real[pool_mod])
+    real_bwd = conv_mod.conv2d_backward
+    monkeypatch.setattr(conv_mod, "conv2d_backward",
+                        lambda *a, **kw: seen.append(kw["allow_tf32"]) or real_bwd(*a, **kw))
+    shape = conv(n=1, c=4, h=4, w=4, k=4)
+    if kernel == "conv_pool_fwd":
+        shape["pool"] = 2
+    for ieee in (False, True):
+        sh = dict(shape, ieee=1) if ieee else shape
+        problem = autotune.make_problem(kernel, sh, torch.float32, "nhwc")
+        problem.run(dict(HEURISTIC, SPLIT=1) if kernel == "conv_dw" else HEURISTIC)
+    assert seen == [True, False]
+
+
 def test_conv_dw_splits_leave_work_for_each_split():
     shape = conv(n=4, c=16, h=8, w=8, k=32)  # reduction N*P*Q = 256
     found = spaces.candidates("conv_dw", shape, torch.float16)
@@ -566,6 +641,19 @@ def test_collect_layers_on_the_meta_device():
     assert len(fc) == 3 and {k["layout"] for k in kernels if k["kernel"].startswith("conv")} == {
         "nhwc"}
     assert fc[0]["shape"] == spaces.conv_shape((8, 2048, 1, 1), (10, 2048, 1, 1))
+
+
+def test_tune_plans_ieee_float32_entries_when_tf32_is_off(monkeypatch):
+    """With TF32 off, float32 conv launches are IEEE ones: tune plans their own entries."""
+    layers = tune_cmd.collect_layers(small_cnn(), (3, 32, 32), batch_size=8)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert not any("ieee" in k["shape"] for k in tune_cmd.layer_kernels(layers, torch.float32,
+                                                                          "nhwc"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    kernels = tune_cmd.layer_kernels(layers, torch.float32, "nhwc")
+    assert all(bool(k["shape"].get("ieee")) == k["kernel"].startswith("conv") for k in kernels)
+    assert not any("ieee" in k["shape"] for k in tune_cmd.layer_kernels(layers, torch.bfloat16,
+                                                                          "nhwc"))
 
 
 def test_collect_layers_deduplicates_shared_shapes():
