@@ -790,8 +790,9 @@ def run(cfg: TrainConfig) -> dict:
         saved = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "stop_after")}
         (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
         layout = "channels_last" if _channels_last(cfg, device) else "NCHW"
+        graphs = ", CUDA graphs" if cfg.cuda_graphs else ""
         print(f"tritoncnn train: {_describe(cfg)} on {data} | {', '.join(backends)} on "
-              f"{device} | {cfg.dtype}, {layout} | "
+              f"{device} | {cfg.dtype}, {layout}{graphs} | "
               f"{sum(p.numel() for p in base.parameters()):,} parameters | out {out}",
               file=sys.stderr)
 
