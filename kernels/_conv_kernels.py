@@ -325,14 +325,14 @@ def _first_tap(a, stride, dil, STEP, NONE):
 @triton.jit
 def _conv_dx_kernel(
     dy_ptr, y_ptr, off_ptr, w_ptr, dx_ptr,
-    N, H, W, P, Q, R, S, CG, KG,
+    N, H, w_v, P, Q, R, S, CG, KG,
     sdn, sdk, sdp, sdq,
     syn, syk, syp, syq,
     swk, swc, swr, sws,
-    sxn, sxc, sxh, sxw,
+    sxn_v, sxc_v, sxh_v, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     STEP_R, STEP_S, HP, WP,
-    RELU: tl.constexpr, POOL: tl.constexpr, OFFSETS: tl.constexpr,
+    RELU: tl.constexpr, POOL: tl.constexpr, OFFSETS: tl.constexpr, XV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -347,24 +347,38 @@ def _conv_dx_kernel(
     only taps r = r0 + i*STEP_R (and s likewise) land on an output pixel, p = (h + pad_h - r*dil_h)
     / stride_h exactly. HP, WP = ceil(H/stride_h), ceil(W/stride_w) bound the pixels of a phase.
     Pixels that no output touches get zeros, so dX is written once, entirely.
+
+    W and dX's N, C, H strides come divided by XV, a power of two that divides them all (1 unless
+    dX's pixels are at stride 1, an NCHW dX, and stride_w is 1): multiplied back here, they tell
+    the compiler that runs of XV pixels of a row are contiguous and aligned, so dX is stored as
+    vectors (as ``_conv_fwd_kernel``'s YV does for Y).
     """
+    W = w_v * XV
+    sxn = sxn_v * XV
+    sxc = sxc_v * XV
+    sxh = sxh_v * XV
     g = tl.program_id(1)
     phase = tl.program_id(2)
     a_h = phase // stride_w
     a_w = phase % stride_w
     h_first = ((a_h - pad_h) % stride_h + stride_h) % stride_h   # first input row of the phase
-    w_first = ((a_w - pad_w) % stride_w + stride_w) % stride_w
     h_count = (H - h_first + stride_h - 1) // stride_h           # rows of the phase (maybe 0)
-    w_count = (W - w_first + stride_w - 1) // stride_w
+    if XV > 1:  # stride_w 1: one column phase holding every column, w = offs_m % W
+        w_first = 0
+        w_count = W
+        wc = W
+    else:
+        w_first = ((a_w - pad_w) % stride_w + stride_w) % stride_w
+        w_count = (W - w_first + stride_w - 1) // stride_w
+        wc = tl.maximum(w_count, 1)
     M = N * h_count * w_count
     pid_m, pid_n = _tile_ids(tl.program_id(0), N * HP * WP, CG, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # input pixel of this phase
     mask_m = offs_m < M
-    wc = tl.maximum(w_count, 1)
-    hwc = tl.maximum(h_count * w_count, 1)
-    n = offs_m // hwc
-    h = h_first + ((offs_m // wc) % tl.maximum(h_count, 1)) * stride_h
+    hc = tl.maximum(h_count, 1)
+    n = offs_m // (hc * wc)  # (a product: keeps W's divisibility by XV, which a maximum loses)
+    h = h_first + ((offs_m // wc) % hc) * stride_h
     w = w_first + (offs_m % wc) * stride_w
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)            # input channel within the group
     mask_n = offs_n < CG

@@ -528,14 +528,17 @@ def conv2d_backward(
                           configs.get("conv_dx"), ieee)
             grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
                     sh * sw)
+            sxn, sxc, sxh, sxw = kernel_strides(dx)
+            xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
             launch(_conv_dx_kernel, grid,
                 grad_output, y, off, weight, dx,
-                N, H, W, P, Q, R, S, CG, KG,
+                N, H, W // xv, P, Q, R, S, CG, KG,
                 *kernel_strides(grad_output), *kernel_strides(y), *kernel_strides(weight),
-                *kernel_strides(dx),
+                sxn // xv, sxc // xv, sxh // xv, sxw,
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
-                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, **dot, **_launch_opts(cfg),
+                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, XV=xv, **dot,
+                **_launch_opts(cfg),
             )
 
     if need_dw or need_db:

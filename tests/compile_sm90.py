@@ -295,7 +295,8 @@ def check_vector_loads() -> str | None:
     input and weight (read through channels_last copies), load every tile with 16-byte
     ``cp.async`` and nothing with scalar ``ld.global``; the channels_last max-pools load inputs
     and gradients with vector loads only, and so does the NCHW non-overlapping forward; NCHW conv
-    outputs (plain and pooled) are stored as vectors. Returns what went wrong, or None."""
+    outputs (plain and pooled) and their dX are stored as vectors. Returns what went wrong, or
+    None."""
     from tritoncnn import _runtime, autotune, kernels
 
     _runtime.device_type = lambda: "cpu"
@@ -351,22 +352,26 @@ def check_vector_loads() -> str | None:
             if name != "_max_pool_fwd_rows_kernel" or loads != {vector}:
                 bad.append(f"{name} NCHW W={width}: loads {sorted(loads)}, not {vector} only")
     # NCHW conv outputs: runs of pixels stored as vectors (16 bytes of bf16 for 56 pixels a row,
-    # 8 for 28), the fused pool's pooled outputs too (28 a row: 8 bytes of bf16)
+    # 8 for 28), the fused pool's pooled outputs too (28 a row: 8 bytes of bf16), and dX of both
+    # (stride 1) like the plain output
     for width, fwd_store, pool_store in ((56, "v4.b32", "v2.b32"), (28, "v2.b32", "b32")):
-        x = torch.randn(2, 64, width, width, dtype=torch.bfloat16)
+        x = torch.randn(2, 64, width, width, dtype=torch.bfloat16, requires_grad=True)
         w = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16)
         start = len(COMPILED)
-        kernels.conv2d_relu(x, w, None, padding=1)
-        kernels.conv2d_relu_pool(x, w, None, padding=1)
+        for op in (kernels.conv2d_relu, kernels.conv2d_relu_pool):
+            y = op(x, w, None, padding=1)
+            y.backward(torch.ones_like(y))
         for name, _, k in COMPILED[start:]:
+            if name in ("_conv_dw_kernel", "_sum_splits_kernel"):
+                continue
             stores = set(re.findall(r"st\.global\.([.a-z0-9]+)", _ptx(k)))
-            want = fwd_store if name == "_conv_fwd_kernel" else pool_store
+            want = pool_store if name == "_conv_pool_fwd_kernel" else fwd_store
             # (the pooled kernel's int8 offsets: half the y store's width, b16 for 28)
-            if want not in stores or name == "_conv_fwd_kernel" and "b16" in stores:
+            if want not in stores or name != "_conv_pool_fwd_kernel" and "b16" in stores:
                 bad.append(f"{name} NCHW {width}x{width}: stores {sorted(stores)}, not {want}")
     print("vector loads: " + ("; ".join(bad) if bad else "conv cp.async 16 B only, max-pool "
-                              "vector loads only (NCHW forward too), NCHW conv outputs stored "
-                              "as vectors"))
+                              "vector loads only (NCHW forward too), NCHW conv outputs and dX "
+                              "stored as vectors"))
     return f"scalar tile loads: {'; '.join(bad)}" if bad else None
 
 
