@@ -26,7 +26,8 @@ CPU the default is NCHW.
 
 What ``--out DIR`` receives:
 
-    config.json                   the run's settings (``--resume`` reads them back)
+    config.json                   the run's settings (``--resume`` reads them back) and the
+                                  device's name
     steps.csv                     backend, epoch, step, global_step, loss, lr, seconds
     epochs.csv                    backend, epoch, train/test loss and accuracy, images/s (after
                                   the warm-up step), seconds, memory
@@ -787,7 +788,10 @@ def run(cfg: TrainConfig) -> dict:
                 (out / f).unlink(missing_ok=True)
             for b in BACKENDS:
                 (out / b / "checkpoint.pt").unlink(missing_ok=True)
+        from tritoncnn.env import device_name
+
         saved = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "stop_after")}
+        saved["device_name"] = device_name(device)  # what the report's figures name
         (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
         layout = "channels_last" if _channels_last(cfg, device) else "NCHW"
         graphs = ", CUDA graphs" if cfg.cuda_graphs else ""

@@ -41,13 +41,13 @@ import csv
 import datetime as _dt
 import math
 import os
-import platform
 import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
+from tritoncnn import env
 from tritoncnn.reports import suites as S
 
 HELP = "benchmark tritoncnn against cuDNN and torch.compile on the suites; write long-format CSV"
@@ -127,14 +127,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
-
-
 def git_sha() -> str:
     """``TRITONCNN_GIT_SHA`` if set, else the checkout's short commit (+ ``-dirty``), else unknown."""
     if os.environ.get("TRITONCNN_GIT_SHA"):
@@ -155,7 +147,7 @@ def run_info(device) -> dict[str, str]:
     import triton
 
     return {
-        "gpu": device_name(device),
+        "gpu": env.device_name(device),
         "device": device.type,
         "torch": torch.__version__,
         "triton": triton.__version__,

@@ -5,15 +5,18 @@
 #
 #   bash reports/gpu_check.sh OUTDIR
 #
-# Writes at most six files into OUTDIR:
+# Writes at most six files and a training run's folder into OUTDIR:
 #   env.txt    tritoncnn env
 #   tests.log  pytest output
 #   bench.csv  every benchmark row (ceilings, --quick, the fuller suites, training steps)
 #   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
 #   run.log    everything else (install, bench and tune output, part timings and exit codes)
 #   summary.md the report's summary tables, built from bench.csv on the same machine
-# Then, on any machine: tritoncnn report --add OUTDIR --readme README.md (files the CSVs under
-# reports/results/<gpu-name>/, writes reports/REPORT.md and the README's headline numbers)
+#   train/     tritoncnn train's default run (config.json, steps/epochs/summary.csv, curves.png,
+#              checkpoints)
+# Then, on any machine: tritoncnn report --add OUTDIR --readme README.md (files the CSVs and the
+# training run under reports/results/<gpu-name>/, writes reports/REPORT.md and the README's
+# headline numbers)
 #
 # Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
 # rows record, for a copy of the tree without git metadata), TEST_TIMEOUT_S (limit of one test,
@@ -116,6 +119,11 @@ bench 35 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
 # memory; run eagerly and replayed from a CUDA graph (the GPU's time without launch overhead).
 bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10 \
     --train-graphs
+# tritoncnn train's default run (the digits, both backends) for the report's training curves:
+# steps replayed from CUDA graphs, or eagerly when that fails
+TRAIN="$PY -m tritoncnn.cli train --epochs 3 --out $OUTDIR/train --no-progress"
+part train 50 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
+    { echo 'train --cuda-graphs failed: eager steps' >> '$LOG'; $TRAIN >> '$LOG' 2>&1; }"
 # torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
 # the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward

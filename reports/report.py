@@ -163,17 +163,50 @@ def load(paths):
     return prepare(rows), tune, curves
 
 
+TRAIN_RUN_FILES = ("config.json", "steps.csv", "epochs.csv", "summary.csv")
+
+
+def _training_runs(sources) -> list[Path]:
+    """The ``tritoncnn train --out`` folders under ``sources``: a config.json beside a steps.csv."""
+    runs = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            runs += sorted({p.parent for p in src.rglob("steps.csv")
+                            if (p.parent / "config.json").is_file()})
+    return runs
+
+
 def add_results(sources, into: Path) -> list[Path]:
     """Copy the bench rows and tuning tables under ``sources`` into ``into/<gpu-name>/`` (the
     folder ``tritoncnn bench`` writes by default), one file per source file name, appended to
-    a file of the same name already there; rows already present are not added twice. Returns the
-    files written. Other CSVs (training metrics) are left where they are."""
+    a file of the same name already there; rows already present are not added twice. A
+    ``tritoncnn train`` run's folder (its CSVs and config.json) goes to
+    ``into/<device-name>/<folder name>/`` whole, in place of an earlier run of that name. Returns
+    the files written. Other CSVs are left where they are."""
+    import json
+    import shutil
+
     import pandas as pd
 
     from .bench import slug
 
     written = []
+    runs = _training_runs(sources)
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        name = config.get("device_name") if isinstance(config, dict) else None
+        dest = Path(into) / slug(str(name or "unknown")) / run.name
+        if dest.resolve() == run.resolve():
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in TRAIN_RUN_FILES:
+            (dest / file).unlink(missing_ok=True)
+            if (run / file).is_file():
+                shutil.copyfile(run / file, dest / file)
+                written.append(dest / file)
     for path, df, kind in read_csvs(sources, "not adding"):
+        if path.parent in runs:
+            continue
         if kind not in ("bench", "tune") or "gpu" not in df.columns:
             print(f"tritoncnn report: not adding {path}: neither bench rows nor a tuning table "
                   "with a gpu column")
@@ -680,8 +713,8 @@ def _tune_section(tune) -> list[str]:
 
 
 def _run_devices(path: Path) -> list[str]:
-    """The device a training run names: a ``gpu`` or ``device`` entry of config.json beside its
-    CSVs."""
+    """The device a training run names: a ``gpu``, ``device_name`` or ``device`` entry of
+    config.json beside its CSVs."""
     import json
 
     try:
@@ -690,7 +723,7 @@ def _run_devices(path: Path) -> list[str]:
         return []
     if not isinstance(config, dict):
         return []
-    return [str(config[k]) for k in ("gpu", "device") if config.get(k)][:1]
+    return [str(config[k]) for k in ("gpu", "device_name", "device") if config.get(k)][:1]
 
 
 def build(results, out: Path, figures: Path | None = None) -> Path:
@@ -813,7 +846,10 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
         for path, df in curves:
             if "epoch" in df.columns and "step" not in df.columns:
                 last = df.groupby("backend").tail(1) if "backend" in df.columns else df.tail(1)
-                lines += [f"Last epoch of `{path}`:", "", markdown_table(last)]
+                last = last.round(4)
+                on = ", ".join(_run_devices(path))
+                lines += [f"Last epoch of `{path}`{f' ({on})' if on else ''}:", "",
+                          markdown_table(last)]
         devices = sorted({d for path, _ in curves for d in _run_devices(path)})
         p = fig_curves(curves, figures / "training_curves.png",
                        "Training curves, tritoncnn and torch backends, "
@@ -845,7 +881,7 @@ def main(args) -> int:
                   f"file: {into}")
             return 2
         for dest in add_results(added, into):
-            print(f"tritoncnn report: added rows to {dest}")
+            print(f"tritoncnn report: added {dest}")
     # the default folder may not exist yet (no results committed): an empty report says so
     missing = [r for r in args.results or [] if not Path(r).exists()]
     if missing:

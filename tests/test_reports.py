@@ -299,6 +299,39 @@ def test_add_results_per_gpu(results, tmp_path):
                      "--out", str(out)]) == 2
 
 
+def test_add_files_a_training_run_whole(results, tmp_path):
+    """A `tritoncnn train --out` folder in OUTDIR goes under <results>/<device>/<folder>/ (its
+    CSVs and config.json, replacing an earlier run of that name), and the report draws its
+    curves with the device in the title."""
+    import json
+
+    outdir = tmp_path / "outdir"
+    run = outdir / "train"
+    (run / "triton").mkdir(parents=True)
+    (run / "triton" / "checkpoint.pt").write_bytes(b"weights")  # not a result: stays behind
+    json.dump({"epochs": 2, "device": "auto", "device_name": "Test GPU 80GB"},
+              (run / "config.json").open("w"))
+    for backend, losses in (("triton", [2.0, 1.5]), ("torch", [2.0, 1.5])):
+        pd.DataFrame({"backend": backend, "epoch": 1, "step": [1, 2], "global_step": [1, 2],
+                      "loss": losses, "lr": 0.1, "seconds": [0.1, 0.2]}).to_csv(
+            run / "steps.csv", mode="a", header=backend == "triton", index=False)
+    pd.DataFrame({"backend": ["triton", "torch"], "epoch": 1, "train_loss": 1.5,
+                  "train_acc": 0.5, "test_loss": 1.6, "test_acc": 0.4, "images_per_s": 1e4,
+                  "seconds": 1.0, "peak_mem_mb": 10.0}).to_csv(run / "epochs.csv", index=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    stale = store / "test-gpu-80gb" / "train"
+    stale.mkdir(parents=True)
+    (stale / "summary.csv").write_text("metric,triton,torch\nold,1,1\n")
+    out = tmp_path / "REPORT.md"
+    assert cli.main(["report", "--add", str(outdir), "--results", str(store),
+                     "--out", str(out)]) == 0
+    assert sorted(p.name for p in stale.iterdir()) == ["config.json", "epochs.csv", "steps.csv"]
+    assert pd.read_csv(stale / "steps.csv").equals(pd.read_csv(run / "steps.csv"))
+    assert (tmp_path / "figures" / "training_curves.png").is_file()
+    assert "Test GPU 80GB" in out.read_text()
+
+
 def test_readme_headline_is_the_committed_results(tmp_path):
     """The README's numbers are those the committed CSVs give: regenerating changes nothing."""
     from pathlib import Path

@@ -165,6 +165,8 @@ def test_train_command_writes_its_outputs(tmp_path, capsys):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert len(_rows(out / "steps.csv")) == 4 and len(_rows(out / "epochs.csv")) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["device"] == "auto" and config["device_name"].startswith("CPU")  # the report's
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 HELP = "print Python, torch, triton, numpy, CUDA and GPU versions, and the kernel runtime mode"
@@ -9,6 +10,15 @@ HELP = "print Python, torch, triton, numpy, CUDA and GPU versions, and the kerne
 
 def add_arguments(parser) -> None:
     pass
+
+
+def device_name(device) -> str:
+    """The name results are filed under: the GPU's, or the CPU's architecture and core count."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
 
 
 def report() -> dict[str, str]:
