@@ -630,14 +630,41 @@ def _save_for_backward(ctx, input, weight, bias, output, geometry: ConvGeometry,
     ctx.has_bias = bias is not None
 
 
+def differentiable_conv_grads(grad_z: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+                              geometry: ConvGeometry, mask) -> list:
+    """[dX, dW, db] (None where ``mask`` says not needed) of conv2d(input, weight) + b for the
+    conv-output gradient ``grad_z``, built from PyTorch's own (differentiable) convolution.
+
+    What the backward passes return when autograd records them (``create_graph=True``, or
+    ``torch.func`` transforms): the gradients are then functions of input, weight and the
+    incoming gradient that can be differentiated again (gradient penalties, Hessian-vector
+    products), which the kernels' results are not. Their values are PyTorch's, to rounding."""
+    need_dx, need_dw, need_db = mask
+    targets = [t for t, need in ((input, need_dx), (weight, need_dw)) if need]
+    found = []
+    if targets:
+        pt, pb, pl, pr = geometry.padding
+        with torch.enable_grad(), torch.autocast(input.device.type, enabled=False):
+            z = torch.nn.functional.conv2d(
+                torch.nn.functional.pad(input, (pl, pr, pt, pb)), weight, None, geometry.stride,
+                0, geometry.dilation, geometry.groups)
+            found = list(torch.autograd.grad(z, targets, grad_z, create_graph=True))
+    grads = [found.pop(0) if need_dx else None, found.pop(0) if need_dw else None]
+    return grads + [grad_z.sum((0, 2, 3)) if need_db else None]
+
+
 def _grads(ctx, grad_output) -> list:
     """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or straight
     through the launcher in plain eager mode (:func:`eager_ok`) and when the caller gave
-    launch-config overrides (which the op does not take)."""
+    launch-config overrides (which the op does not take); when autograd records the backward
+    pass (double backward), through :func:`differentiable_conv_grads`."""
     input, weight, output = ctx.saved_tensors
     mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
+    if torch.is_grad_enabled():
+        grad_z = grad_output * (output > 0) if ctx.relu else grad_output
+        return differentiable_conv_grads(grad_z, input, weight, ctx.geometry, mask)
     if ctx.configs or eager_ok(grad_output):
         return list(conv2d_backward(grad_output, input, weight, output, ctx.geometry, ctx.relu,
                                     tuple(mask), ctx.allow_tf32, ctx.configs))

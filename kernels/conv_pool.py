@@ -58,6 +58,7 @@ from .conv import (
     autocast_inputs,
     check_and_resolve,
     check_geometry,
+    differentiable_conv_grads,
     conv2d_backward,
     grad_mask,
     problem_inputs,
@@ -65,7 +66,7 @@ from .conv import (
     reference_conv,
     register_conv_autocast,
 )
-from .max_pool import _offset_dtype
+from .max_pool import _offset_dtype, routed_gradient
 
 __all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forward"]
 
@@ -196,6 +197,14 @@ def _grads(ctx, grad_output) -> list:
     mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
+    if torch.is_grad_enabled():  # double backward: PyTorch's differentiable ops
+        N, _, H, W = input.shape
+        K, _, R, S = weight.shape
+        P, Q = ctx.geometry.output_size(H, W, R, S)
+        live = offsets >= 0  # ReLU's mask: -1 where the pooled output is 0
+        grad_z = routed_gradient(grad_output * live, offsets.clamp(min=0), (N, K, P, Q),
+                                 [ctx.pool] * 2, [ctx.pool] * 2, [0, 0], [1, 1], False)
+        return differentiable_conv_grads(grad_z, input, weight, ctx.geometry, mask)
     if ctx.configs or eager_ok(grad_output):
         return list(conv2d_backward(grad_output, input, weight, None, ctx.geometry, True,
                                     tuple(mask), ctx.allow_tf32, ctx.configs, offsets=offsets,

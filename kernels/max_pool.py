@@ -562,23 +562,41 @@ def _max_pool2d_bwd_fake(grad_output, offsets, input_size, kernel_size, stride, 
 # Autograd, shared by the custom op's registration and MaxPool2dFunction: one implementation.
 
 
-def _save_for_backward(ctx, input: torch.Tensor, offsets: torch.Tensor, params) -> None:
+def _save_for_backward(ctx, input: torch.Tensor, offsets: torch.Tensor, params,
+                       ceil_mode: bool) -> None:
     ctx.save_for_backward(offsets)
     ctx.input_size = list(input.shape)
     ctx.channels_last = is_channels_last(input)
     ctx.params = tuple(list(v) for v in params)  # (kernel_size, stride, padding, dilation)
+    ctx.ceil_mode = bool(ceil_mode)
+
+
+def routed_gradient(grad_output: torch.Tensor, offsets: torch.Tensor, input_size,
+                    kernel_size, stride, padding, dilation, ceil_mode: bool) -> torch.Tensor:
+    """dX of a max-pool from its window offsets through PyTorch's own max-pool backward, which
+    is differentiable in ``grad_output``: what the backward passes return when autograd records
+    them (double backward)."""
+    empty = torch.empty(input_size, dtype=grad_output.dtype, device=grad_output.device)
+    indices = offsets_to_indices(offsets, input_size[-1], kernel_size, stride, padding, dilation)
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_output, empty, list(kernel_size), list(stride), list(padding), list(dilation),
+        ceil_mode, indices)
 
 
 def _grad_input(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-    """dX through the backward op, or straight through its launcher in plain eager mode."""
+    """dX through the backward op, or straight through its launcher in plain eager mode; when
+    autograd records the backward pass (double backward), through :func:`routed_gradient`."""
     (offsets,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return routed_gradient(grad_output, offsets, ctx.input_size, *ctx.params,
+                               ctx.ceil_mode)
     backward = max_pool2d_backward if eager_ok(grad_output) else _max_pool2d_bwd_op
     return backward(grad_output, offsets, ctx.input_size, *ctx.params, ctx.channels_last)
 
 
 def _fwd_op_setup_context(ctx, inputs, output):
-    input, kernel_size, stride, padding, dilation, _ = inputs
-    _save_for_backward(ctx, input, output[1], (kernel_size, stride, padding, dilation))
+    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    _save_for_backward(ctx, input, output[1], (kernel_size, stride, padding, dilation), ceil_mode)
 
 
 def _fwd_op_backward(ctx, grad_output, _grad_offsets):
@@ -616,7 +634,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def forward(ctx, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 return_indices=False):
         out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
-        _save_for_backward(ctx, input, offsets, params)
+        _save_for_backward(ctx, input, offsets, params, ceil_mode)
         if not return_indices:
             return out
         indices = offsets_to_indices(offsets, input.shape[-1], *params)

@@ -372,6 +372,49 @@ def test_opcheck():
 # torch.compile and autocast: tests/test_conv.py runs them on both fused ops (FUSED_OPS).
 
 
+# Double backward: gradients of gradients, for every op -------------------------------------------
+
+_TWICE = {  # op on tritoncnn's kernels, the same on PyTorch's, its tensors
+    "conv2d_relu": (lambda x, w, b: conv2d_relu(x, w, b, padding="same", groups=2),
+                    lambda x, w, b: F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w, b, groups=2)),
+                    ((2, 4, 7, 6), (6, 2, 2, 2), (6,))),
+    "conv2d_relu_pool": (lambda x, w, b: conv2d_relu_pool(x, w, b, padding=1),
+                         lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2),
+                         ((2, 3, 6, 5), (4, 3, 3, 3), (4,))),
+    "max_pool2d": (lambda x: max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                   lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                   ((2, 3, 7, 6),)),
+}
+
+
+def _penalized(op, tensors, channels_last=False):
+    """The gradients of loss + |d loss / d tensors|^2 (a gradient penalty), loss = |op(...)|^2:
+    the penalty's part goes through the backward pass of the backward pass."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    leaves = [t.clone().contiguous(memory_format=fmt) if t.dim() == 4 else t.clone()
+              for t in tensors]
+    leaves = [t.requires_grad_() for t in leaves]
+    loss = op(*leaves).square().sum()
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    assert all(g.requires_grad for g in grads)  # they can be differentiated again
+    (loss + sum(g.square().sum() for g in grads)).backward()
+    return [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_double_backward_matches_pytorch(name, channels_last):
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    with _ieee_fp32():
+        got = _penalized(ours, tensors, channels_last)
+    want = _penalized(theirs, [t.double() for t in tensors], channels_last)
+    for i, (g, r) in enumerate(zip(got, want)):
+        assert g is not None and r.abs().max() > 0, i
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: gradient {i}")
+
+
 def test_get_config_on_every_launch_with_the_tune_shape(monkeypatch):
     seen = []
 
