@@ -96,6 +96,19 @@ def eager_ok(*tensors) -> bool:
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
 
 
+def reject_func_transforms(op: str) -> None:
+    """A clear error under ``torch.func`` transforms (grad, vmap, jvp, jacrev, hessian, ...),
+    which the ops cannot take: their custom-op autograd is PyTorch's, which does not support
+    them, and a Triton kernel has no batching rule. Not under torch.compile, which traces the
+    custom ops."""
+    if _functorch_active() and not torch.compiler.is_compiling():
+        raise NotImplementedError(
+            f"tritoncnn.kernels.{op} does not support torch.func transforms (grad, vmap, jvp, "
+            "jacrev, hessian, ...); for gradients of gradients use torch.autograd.grad(..., "
+            "create_graph=True), which it supports"
+        )
+
+
 def pixel_vector(width: int, strides, unit_stride: int, most: int = 16) -> int:
     """The largest power of two, at most ``most``, dividing ``width`` (a row's pixels) and
     ``strides`` (the tensor's other strides), when the pixels are at ``unit_stride`` 1; else 1.

@@ -38,6 +38,7 @@ from ._common import (
     memory_format_of,
     next_pow2,
     pixel_vector,
+    reject_func_transforms,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -828,6 +829,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     when ``allow_tf32`` says so, by default when ``torch.backends.cudnn.allow_tf32`` does.
     """
     relu = _parse_activation(activation)
+    reject_func_transforms("conv2d")
     check_float("input", input)
     if input.dim() not in (3, 4):
         raise ValueError(

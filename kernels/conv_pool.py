@@ -41,7 +41,7 @@ from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, launch,
-                      kernel_strides, memory_format_of, pixel_vector)
+                      kernel_strides, memory_format_of, pixel_vector, reject_func_transforms)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -350,6 +350,7 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     as F.conv2d's are) run the launchers directly; anything else (torch.compile, fake tensors,
     dispatch modes) goes through the custom op.
     """
+    reject_func_transforms("conv2d_relu_pool")
     check_float("input", input)
     if input.dim() not in (3, 4):
         raise ValueError(

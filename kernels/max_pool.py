@@ -34,7 +34,8 @@ import triton.language as tl
 from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
-                      is_channels_last, launch, next_pow2, pixel_vector, pooled_len)
+                      is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
+                      reject_func_transforms)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -656,6 +657,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The
     input and the arguments are checked once, by the launcher (or the op's fake kernel).
     """
+    reject_func_transforms("max_pool2d")
     if eager_ok(input):
         return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
                                        return_indices)

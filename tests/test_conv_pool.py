@@ -401,6 +401,24 @@ def _penalized(op, tensors, channels_last=False):
     return [t.grad for t in leaves]
 
 
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_func_transforms_get_a_clear_error(name, transform):
+    """torch.func transforms are refused with an error that names the op and the way to get
+    gradients of gradients, not PyTorch's message about autograd.Function internals."""
+    op, _, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+
+    def f(x):
+        return op(x, *tensors[1:]).sum()
+
+    fn = torch.func.grad(f) if transform == "grad" else torch.func.vmap(f)
+    called = name.removesuffix("_relu")  # conv2d_relu is conv2d(activation="relu")
+    with pytest.raises(NotImplementedError, match=f"{called} does not support torch.func.*"
+                                                  "create_graph=True"):
+        fn(tensors[0].unsqueeze(0) if transform == "vmap" else tensors[0])
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", sorted(_TWICE))
 def test_double_backward_matches_pytorch(name, channels_last):
