@@ -210,8 +210,9 @@ def _parse_input_shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(p) for p in parts if p)
     except ValueError:
         shape = ()
-    if len(shape) != 3:
-        raise SystemExit(f"tritoncnn tune: --input-shape wants CxHxW, e.g. 3x32x32, got {text!r}")
+    if len(shape) != 3 or min(shape) < 1:
+        raise SystemExit(f"tritoncnn tune: --input-shape wants CxHxW of positive sizes, e.g. "
+                         f"3x32x32, got {text!r}")
     return shape
 
 
@@ -306,10 +307,15 @@ def _print_plan(kernels: list[dict], layers: list[dict]) -> None:
 # The command -------------------------------------------------------------------------------------
 
 def main(args) -> int:
+    if args.batch_size < 1:
+        raise SystemExit(f"tritoncnn tune: --batch-size must be at least 1, got {args.batch_size}")
     resolve_defaults(args)
     dtype = DTYPES[args.dtype]
     name = args.model or "spec"
-    layers, kernels = _shapes_from_hooks(args, dtype)
+    try:
+        layers, kernels = _shapes_from_hooks(args, dtype)
+    except ValueError as err:  # a spec that does not parse or fit the input (SpecError)
+        raise SystemExit(f"tritoncnn tune: {err}") from None
     c, h, w = args.input_shape_used
     print(f"{name}: batch {args.batch_size}, input {c}x{h}x{w}, {args.dtype}, {args.layout}, "
           f"{len(layers)} layers")

@@ -749,6 +749,13 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be at least 1")
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                             f"got {value}")
+    if cfg.save_every < 0 or cfg.stop_after < 0:
+        raise ValueError("--save-every and --stop-after must be >= 0")
     if cfg.model and cfg.spec:
         raise ValueError("give --model or --spec, not both")
     if cfg.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -15,6 +15,8 @@ and consumes no random numbers: under one seed both backends start from the same
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields
 
 import torch
@@ -242,6 +244,9 @@ def get_model(name: str, backend: str = "triton", **kw) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; the zoo has {', '.join(MODELS)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    width = kw.get("width", 1.0)
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width!r}")
     return MODELS[key](backend=backend, **kw)
 
 

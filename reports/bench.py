@@ -780,7 +780,10 @@ def _resolve_options(args, device):
     if suites and not shape_suites:
         shapes = []
     else:
-        shapes = S.select(shape_suites or None, quick=quick, layers=args.layers)
+        try:
+            shapes = S.select(shape_suites or None, quick=quick, layers=args.layers)
+        except ValueError as err:  # an unknown suite or layer
+            raise SystemExit(f"tritoncnn bench: --suite: {err}") from None
     cuda = device.type == "cuda"
     dtypes = args.dtype or (["bf16"] if quick and cuda else ["bf16", "tf32"] if cuda else ["fp32"])
     layouts = args.layout or (["channels_last"] if quick else list(LAYOUTS))

@@ -674,6 +674,17 @@ def test_tune_dry_run_cli(monkeypatch, capsys):
     assert "from 6 layers" in out
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--input-shape", "3x0x5"], "CxHxW of positive sizes.*3x0x5"),
+    (["--spec", "CONV3-"], "tritoncnn tune: .*index 6"),
+    (["--input-shape", "1x2x2"], "tritoncnn tune: POOL2 does not fit a 1x1 input"),
+])
+def test_tune_bad_arguments_are_one_line_errors(argv, match):
+    with pytest.raises(SystemExit, match=match):
+        cli.main(["tune", "--dry-run", *argv])
+
+
 def test_tune_without_a_gpu_says_it_needs_one(monkeypatch, capsys):
     monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
     monkeypatch.setattr(_runtime, "INTERPRET", True)

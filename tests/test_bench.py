@@ -270,6 +270,8 @@ def test_bench_rejects_unknown_choices(tmp_path):
     with pytest.raises(SystemExit, match="--dtype fp8"):
         cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--dtype", "fp8",
                   "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--suite: unknown suite.*Nope.*known: .*Tiny"):
+        cli.main(["bench", "--device", "cpu", "--suite", "Nope", "--out", str(tmp_path)])
 
 
 class _TinyNet(nn.Sequential):

@@ -284,6 +284,10 @@ def test_default_model_uses_the_fused_block():
     (["--spec", "CONV3-4-", "--data", "synthetic:8"], "index 8"),
     (["--data", "mnist:/nonexistent/folder"], "not found"),
     (["--data", "synthetic:8", "--device", "cpu", "--cuda-graphs"], "needs a CUDA device"),
+    (["--data", "synthetic:8", "--lr", "nan"], "--lr must be a finite number >= 0, got nan"),
+    (["--data", "synthetic:8", "--momentum", "-0.5"], "--momentum must be a finite number"),
+    (["--data", "synthetic:8", "--model", "vgg11", "--width", "-1"],
+     "width must be a positive number, got -1"),
 ])
 def test_train_command_errors(tmp_path, capsys, argv, match):
     rc = cli_main(["train", "--backend", "torch", "--out", str(tmp_path / "r"), *argv])
