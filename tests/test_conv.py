@@ -446,6 +446,8 @@ def test_bad_config():
 def test_gpu_larger_shapes(dtype, channels_last):
     _check_case((4, 64, 20, 18, 96, (3, 3), 1, 1, 1, 1), dtype=dtype, channels_last=channels_last)
     _check_case((2, 48, 17, 17, 80, (3, 3), 2, 1, 1, 2), dtype=dtype, channels_last=channels_last)
+    # rows of 32 pixels: NCHW outputs and dX stored in runs of 16 (the YV / XV hints)
+    _check_case((2, 32, 12, 32, 48, (3, 3), 1, 1, 1, 1), dtype=dtype, channels_last=channels_last)
 
 
 @pytest.mark.gpu

@@ -543,13 +543,17 @@ def test_gpu_larger_shapes(dtype, channels_last):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pool, dtype, layout", [(2, torch.bfloat16, "nhwc"),
-                                                 (3, torch.float32, "nchw")])
+@pytest.mark.parametrize("pool, dtype, layout, ieee", [(2, torch.bfloat16, "nhwc", False),
+                                                       (3, torch.float32, "nchw", False),
+                                                       (2, torch.float32, "nhwc", True)])
 @pytest.mark.parametrize("kernel", ["conv_pool_fwd", "conv_dx", "conv_dw"])
-def test_every_config_passes_the_correctness_gate(kernel, pool, dtype, layout):
+def test_every_config_passes_the_correctness_gate(kernel, pool, dtype, layout, ieee):
     """Every pruned config of the space, on a shape with edge tiles (odd conv output), is correct
-    on the GPU; conv_dx / conv_dw with ``pool`` are the fused op's backward."""
+    on the GPU; conv_dx / conv_dw with ``pool`` are the fused op's backward; ``ieee``: the
+    IEEE float32 space (TF32 off, capped tiles on the FMA units)."""
     shape = dict(autotune.conv_shape((3, 40, 23, 19), (72, 40, 3, 3), 1, 1), pool=pool)
+    if ieee:
+        shape["ieee"] = 1
     problem = autotune.make_problem(kernel, shape, dtype, layout)
     table = autotune.tune_problem(problem, timer=lambda fn: (1.0, 1.0, 1.0))
     assert len(table) > 1
