@@ -19,8 +19,11 @@ Kernels are looked up by name in ``tritoncnn.kernels`` when a case runs; a missi
 ``skipped`` row that says so, an exception an ``error`` row, and the run goes on. Every case is
 called once before timing (Triton compilation, autotuning, cuDNN's algorithm search and
 torch.compile all happen there; that time goes in ``setup_s``), then timed with
-``triton.testing.do_bench`` (median, p20, p80; CUDA graphs for forward cases under
-``--graph-below-ms``) on a GPU, or a ``time.perf_counter`` loop on the CPU. The same run measures the
+``triton.testing.do_bench`` (median, p20, p80) on a GPU, or a ``time.perf_counter`` loop on the
+CPU. A case whose roofline time (its FLOPs at :data:`ROOF_TFLOPS`, its bytes at
+:data:`ROOF_GBPS`) is under ``--graph-below-ms`` is timed from a CUDA graph instead
+(``triton.testing.do_bench_cudagraph``), for every implementation of it alike (torch.compile
+excepted: max-autotune makes its own graphs): the GPU's time, not the host's launches. The same run measures the
 device's own ceilings (matmul TFLOP/s per precision, device-to-device copy GB/s) as rows of suite
 ``Ceiling``, and, for suite ``Train``, a training step of zoo models from ``tritoncnn.models`` on
 both backends. Rows are appended to the CSV as they are measured, so a run that is stopped keeps
@@ -98,8 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no new case after this many seconds")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (ms)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition (ms)")
-    parser.add_argument("--graph-below-ms", type=float, default=0.05,
-                        help="forward cases faster than this are re-timed with CUDA graphs")
+    parser.add_argument("--graph-below-ms", type=float, default=0.1,
+                        help="cases whose roofline time is under this are timed from CUDA graphs "
+                             "(every implementation alike; 0: never)")
     parser.add_argument("--cpu-reps", type=int, default=5, help="timed calls per case on the CPU")
     parser.add_argument("--no-ceilings", action="store_true",
                         help="skip the matmul and copy ceiling measurements")
@@ -329,24 +333,36 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Nominal H100 rates for the roofline time that decides graph timing (dense bf16 tensor cores,
+# HBM3): a fixed rule of the shape, so every implementation of a case is timed the same way.
+ROOF_TFLOPS = 800.0
+ROOF_GBPS = 3000.0
+
+
+def roofline_ms(flop: float, nbytes: float) -> float:
+    """The case's time at :data:`ROOF_TFLOPS` and :data:`ROOF_GBPS`, whichever bounds it."""
+    return max(flop / (ROOF_TFLOPS * 1e12), nbytes / (ROOF_GBPS * 1e9)) * 1e3
+
+
 def time_fn(fn: Callable[[], object], device, grads=(), warmup_ms=25.0, rep_ms=100.0,
-            graph_below_ms=0.0, cpu_reps=5) -> tuple[float, float, float, str]:
-    """(median, p20, p80) in ms of ``fn`` (already warmed up) and how it was timed."""
+            graph: bool = False, cpu_reps=5) -> tuple[float, float, float, str]:
+    """(median, p20, p80) in ms of ``fn`` (already warmed up) and how it was timed: from a CUDA
+    graph when ``graph`` (do_bench's event timing when the capture fails)."""
     grads = list(grads) or None
     if device.type == "cuda":
         from triton.testing import do_bench, do_bench_cudagraph
 
-        q = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
-                     quantiles=[0.5, 0.2, 0.8])
         how = "do_bench"
-        if q[0] < graph_below_ms:
+        if graph:
             try:
                 # one graph of rep / estimate unrolled calls: 20 ms keeps it to a few thousand
                 q = do_bench_cudagraph(fn, rep=min(rep_ms, 20.0), grad_to_none=grads,
                                        quantiles=[0.5, 0.2, 0.8])
-                how = "do_bench_cudagraph"
-            except Exception as err:  # keep the event timing
+                return float(q[0]), float(q[1]), float(q[2]), "do_bench_cudagraph"
+            except Exception as err:  # event timing instead
                 how = f"do_bench (graph capture failed: {type(err).__name__})"
+        q = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
+                     quantiles=[0.5, 0.2, 0.8])
         return float(q[0]), float(q[1]), float(q[2]), how
     import numpy as np
 
@@ -361,8 +377,9 @@ def time_fn(fn: Callable[[], object], device, grads=(), warmup_ms=25.0, rep_ms=1
     return float(q[0]), float(q[1]), float(q[2]), f"perf_counter x{len(times)}"
 
 
-def run_case(case: Case, device, opts) -> dict:
-    """Measure one case; returns the row's measured fields. Raises Missing or any error."""
+def run_case(case: Case, device, opts, graph: bool = False) -> dict:
+    """Measure one case (from a CUDA graph when ``graph``); returns the row's measured fields.
+    Raises Missing or any error."""
     import torch
 
     fn = op_function(case.op, case.impl, case.shape)
@@ -404,7 +421,6 @@ def run_case(case: Case, device, opts) -> dict:
         t.grad = None
     _sync(device)
     setup_s = time.perf_counter() - t0
-    graph = opts.graph_below_ms if (case.direction == "forward" and case.impl != "compile") else 0
     med, p20, p80, how = time_fn(step, device, inputs if grad else (), opts.warmup_ms,
                                  opts.rep_ms, graph, opts.cpu_reps)
     return {"median_ms": med, "p20_ms": p20, "p80_ms": p80, "setup_s": setup_s, "timing": how,
@@ -501,9 +517,10 @@ def case_row(case: Case, device, info: dict, opts) -> dict:
                dtype=dtype_name(case.dtype), precision=prec.name, layout=case.layout,
                direction=case.direction, implementation=impl_name(case.impl, device),
                flop=flop, bytes=nbytes)
+    graph = case.impl != "compile" and roofline_ms(flop, nbytes) < opts.graph_below_ms
     with recorded(row, device):
         with prec:
-            row.update(run_case(case, device, opts))
+            row.update(run_case(case, device, opts, graph))
         row["status"] = "ok"
         ms = row["median_ms"]
         row["tflops"] = flop / (ms * 1e-3) / 1e12 if flop else None

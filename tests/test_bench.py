@@ -3,6 +3,8 @@ file, and ``tritoncnn bench`` on tiny shapes with the torch implementation (and 
 
 from __future__ import annotations
 
+import argparse
+
 import csv
 import json
 import time
@@ -365,19 +367,41 @@ def test_gpu_timing_path_with_stand_in_timers(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
     monkeypatch.setattr(triton.testing, "do_bench_cudagraph", do_bench_cudagraph)
     cuda = types.SimpleNamespace(type="cuda")
-    assert bench.time_fn(lambda: None, cuda, graph_below_ms=0.0) == (0.01, 0.009, 0.012,
-                                                                     "do_bench")
+    assert bench.time_fn(lambda: None, cuda) == (0.01, 0.009, 0.012, "do_bench")
     assert calls == [("events", [0.5, 0.2, 0.8])]
-    assert bench.time_fn(lambda: None, cuda, graph_below_ms=0.05) == (0.008, 0.0079, 0.0081,
-                                                                      "do_bench_cudagraph")
-    assert calls[-1] == ("graph", 20.0)
+    assert bench.time_fn(lambda: None, cuda, graph=True) == (0.008, 0.0079, 0.0081,
+                                                             "do_bench_cudagraph")
+    assert calls[-1] == ("graph", 20.0) and len(calls) == 2
 
     def no_graph(*args, **kwargs):
         raise RuntimeError("capture failed")
 
     monkeypatch.setattr(triton.testing, "do_bench_cudagraph", no_graph)
-    med, _, _, how = bench.time_fn(lambda: None, cuda, graph_below_ms=0.05)
+    med, _, _, how = bench.time_fn(lambda: None, cuda, graph=True)
     assert med == 0.01 and how == "do_bench (graph capture failed: RuntimeError)"
+
+
+def test_graph_timing_is_decided_by_the_case_not_its_implementation(monkeypatch):
+    """Every implementation of a case is timed the same way: from a CUDA graph when the case's
+    roofline time is under --graph-below-ms (torch.compile excepted), whatever its eager time."""
+    seen = []
+    monkeypatch.setattr(bench, "run_case",
+                        lambda case, device, opts, graph=False: seen.append(
+                            (case.shape.suite, case.direction, case.impl, graph)) or
+                        {"median_ms": 1.0})
+    assert bench.roofline_ms(800e12, 0) == 1000.0 and bench.roofline_ms(0, 3e9) == 1.0
+    shapes = bench.S.select(["LeNet5_N1024", "VGG16_224_N64"])
+    small = next(s for s in shapes if s.suite.startswith("LeNet"))  # microseconds
+    big = next(s for s in shapes if s.suite.startswith("VGG"))  # milliseconds
+    cases = bench.build_cases([small, big], ["conv_relu"], ["bf16"], ["channels_last"],
+                              ["forward", "forward+backward"], ["tritoncnn", "cudnn", "compile"])
+    opts = argparse.Namespace(graph_below_ms=0.1)
+    cpu = torch.device("cpu")
+    for case in cases:
+        bench.case_row(case, cpu, {}, opts)
+    for suite, direction, impl, graph in seen:
+        assert graph == (suite == small.suite and impl != "compile"), (suite, direction, impl)
+    assert len(seen) == 12
 
 
 def test_default_output_folder_names_the_gpu():
