@@ -406,18 +406,19 @@ def check_precompile(workers: int = 2) -> str | None:
     return None
 
 
-def scan_suites() -> int:
+def scan_suites(nchw: bool = False) -> int:
     """Every conv layer of the bench suites (reports/bench_suite.csv), forward and backward, bf16
-    and TF32, channels_last, plain and fused with its pool, on the launchers' heuristic configs:
-    the kernels that spill more than :data:`SPILL_TOLERANCE` bytes. Slow (minutes): run by hand
-    after changing a heuristic, ``python tests/compile_sm90.py --suites``."""
+    and TF32, channels_last (NCHW with ``nchw``: the outputs and dX stored through the YV / XV
+    hints), plain and fused with its pool, on the launchers' heuristic configs: the kernels that
+    spill more than :data:`SPILL_TOLERANCE` bytes. Slow (minutes): run by hand after changing a
+    heuristic, ``python tests/compile_sm90.py --suites [--nchw]``."""
     from tritoncnn import kernels
     from tritoncnn.reports import suites
 
     bad = 0
     for sh in suites.load_conv_suite():
         for dtype, tf32 in ((torch.bfloat16, None), (torch.float32, True)):
-            fmt = torch.channels_last
+            fmt = torch.contiguous_format if nchw else torch.channels_last
             x = torch.empty(sh.N, sh.C, sh.H, sh.W, dtype=dtype).contiguous(memory_format=fmt)
             w = torch.empty(sh.K, sh.C, sh.R, sh.S, dtype=dtype).contiguous(memory_format=fmt)
             b = torch.empty(sh.K, dtype=dtype)
@@ -436,7 +437,8 @@ def scan_suites() -> int:
                     if spills > SPILL_TOLERANCE:
                         bad += 1
                         tile = "x".join(str(consts[v]) for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-                        print(f"{sh.suite}/{sh.layer} pool={pool or 1} {str(dtype)[6:]} {name} "
+                        print(f"{sh.suite}/{sh.layer} {'nchw' if nchw else 'nhwc'} "
+                              f"pool={pool or 1} {str(dtype)[6:]} {name} "
                               f"{tile} w{consts['num_warps']}: {regs} registers, {spills} B "
                               "spilled")
     print(f"suites: {len(COMPILED)} kernels compiled, {bad} spill")
@@ -446,7 +448,7 @@ def scan_suites() -> int:
 def main() -> int:
     install()
     if "--suites" in sys.argv[1:]:
-        return scan_suites()
+        return scan_suites(nchw="--nchw" in sys.argv[1:])
     try:
         exercise()
     except Exception as err:  # a compile error: report it and the kernels that did compile
