@@ -636,10 +636,10 @@ def differentiable_conv_grads(grad_z: torch.Tensor, input: torch.Tensor, weight:
     """[dX, dW, db] (None where ``mask`` says not needed) of conv2d(input, weight) + b for the
     conv-output gradient ``grad_z``, built from PyTorch's own (differentiable) convolution.
 
-    What the backward passes return when autograd records them (``create_graph=True``, or
-    ``torch.func`` transforms): the gradients are then functions of input, weight and the
-    incoming gradient that can be differentiated again (gradient penalties, Hessian-vector
-    products), which the kernels' results are not. Their values are PyTorch's, to rounding."""
+    What the backward passes return when autograd records them (``create_graph=True``): the
+    gradients are then functions of input, weight and the incoming gradient that can be
+    differentiated again (gradient penalties, Hessian-vector products), which the kernels'
+    results are not. Their values are PyTorch's (its TF32 setting included), to rounding."""
     need_dx, need_dw, need_db = mask
     targets = [t for t, need in ((input, need_dx), (weight, need_dw)) if need]
     found = []
