@@ -119,14 +119,15 @@ bench 35 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
 # memory; run eagerly and replayed from a CUDA graph (the GPU's time without launch overhead).
 bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10 \
     --train-graphs
-# tritoncnn train's default run (the digits, both backends) for the report's training curves:
-# steps replayed from CUDA graphs, or eagerly when that fails
-TRAIN="$PY -m tritoncnn.cli train --epochs 3 --out $OUTDIR/train --no-progress"
-part train 50 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
-    { echo 'train --cuda-graphs failed: eager steps' >> '$LOG'; $TRAIN >> '$LOG' 2>&1; }"
 # torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
 # the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward
+
+# tritoncnn train's default run (the digits, both backends) for the report's training curves:
+# steps replayed from CUDA graphs, or eagerly when that fails; last, in the time left
+TRAIN="$PY -m tritoncnn.cli train --epochs 3 --out $OUTDIR/train --no-progress"
+part train 45 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
+    { echo 'train --cuda-graphs failed: eager steps' >> '$LOG'; $TRAIN >> '$LOG' 2>&1; }"
 
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
 if [ -s "$OUTDIR/$CSV" ] && [ "$LEFT" -ge 10 ]; then
