@@ -83,29 +83,56 @@ _function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: Tr
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
 
 
+def func_transform() -> str | None:
+    """The innermost ``torch.func`` transform active ("Grad" for grad and vjp, "Vmap", "Jvp",
+    ...), or None."""
+    if not _functorch_active():
+        return None
+    top = torch._C._functorch.peek_interpreter_stack()
+    return None if top is None else top.key().name
+
+
 def eager_ok(*tensors) -> bool:
     """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
     its autograd Function) directly: the same code without the dispatcher's Python layers, about
     half of a small layer's host time. Only for plain tensors in eager mode (under autocast the
-    callers cast the inputs themselves): under torch.compile, a functorch transform, a
+    callers cast the inputs themselves) or under ``torch.func.grad`` / ``vjp`` (which the
+    custom op's autograd does not take, and the Functions do); under torch.compile, a
     torch-function or dispatch mode (fake tensors, the flop counter), or for tensor subclasses the
     custom op runs, which all of them understand."""
-    if torch.compiler.is_compiling() or _functorch_active() or _function_mode() or \
-            _dispatch_modes():
+    if torch.compiler.is_compiling() or func_transform() not in (None, "Grad") or \
+            _function_mode() or _dispatch_modes():
         return False
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
 
 
+def eager_twin(function: type) -> type:
+    """An old-style twin of the new-style autograd Function ``function`` (forward without ctx,
+    ``setup_context``): the same forward, setup_context and backward, without the signature
+    binding (``inspect.signature``, tens of microseconds) that ``Function.apply`` does per call
+    for a Function with ``setup_context``. Plain eager calls use the twin; torch.func, which
+    needs ``setup_context``, the original."""
+
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(f"{function.__name__}Eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
+                 "__doc__": f"{function.__name__} for plain eager calls (see eager_twin)."})
+
+
 def reject_func_transforms(op: str) -> None:
-    """A clear error under ``torch.func`` transforms (grad, vmap, jvp, jacrev, hessian, ...),
-    which the ops cannot take: their custom-op autograd is PyTorch's, which does not support
-    them, and a Triton kernel has no batching rule. Not under torch.compile, which traces the
-    custom ops."""
-    if _functorch_active() and not torch.compiler.is_compiling():
+    """A clear error under the ``torch.func`` transforms the ops cannot take: vmap (a Triton
+    kernel has no batching rule) and jvp (no forward-mode derivative), and so jacfwd and hessian.
+    torch.func.grad, vjp and jacrev work. Not under torch.compile, which traces the custom ops."""
+    transform = func_transform()
+    if transform not in (None, "Grad") and not torch.compiler.is_compiling():
         raise NotImplementedError(
-            f"tritoncnn.kernels.{op} does not support torch.func transforms (grad, vmap, jvp, "
-            "jacrev, hessian, ...); for gradients of gradients use torch.autograd.grad(..., "
-            "create_graph=True), which it supports"
+            f"tritoncnn.kernels.{op} does not support torch.func's {transform.lower()} transform "
+            "(vmap, jvp, jacfwd, hessian); torch.func.grad, vjp and jacrev work, and "
+            "torch.autograd.grad(..., create_graph=True) gives gradients of gradients"
         )
 
 

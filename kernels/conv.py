@@ -39,6 +39,8 @@ from ._common import (
     next_pow2,
     pixel_vector,
     reject_func_transforms,
+    eager_twin,
+    func_transform,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -634,24 +636,26 @@ def _save_for_backward(ctx, input, weight, bias, output, geometry: ConvGeometry,
 def differentiable_conv_grads(grad_z: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                               geometry: ConvGeometry, mask) -> list:
     """[dX, dW, db] (None where ``mask`` says not needed) of conv2d(input, weight) + b for the
-    conv-output gradient ``grad_z``, built from PyTorch's own (differentiable) convolution.
+    conv-output gradient ``grad_z``, through PyTorch's own convolution backward, which is
+    differentiable (and has torch.func rules).
 
-    What the backward passes return when autograd records them (``create_graph=True``): the
-    gradients are then functions of input, weight and the incoming gradient that can be
-    differentiated again (gradient penalties, Hessian-vector products), which the kernels'
-    results are not. Their values are PyTorch's (its TF32 setting included), to rounding."""
+    What the backward passes return when autograd records them (``create_graph=True``, and
+    torch.func's grad, vjp and jacrev): the gradients are then functions of input, weight and
+    the incoming gradient that can be differentiated again (gradient penalties, Hessian-vector
+    products), which the kernels' results are not. Their values are PyTorch's (its TF32 setting
+    included), to rounding."""
     need_dx, need_dw, need_db = mask
-    targets = [t for t, need in ((input, need_dx), (weight, need_dw)) if need]
-    found = []
-    if targets:
+    dx = dw = None
+    if need_dx or need_dw:
         pt, pb, pl, pr = geometry.padding
-        with torch.enable_grad(), torch.autocast(input.device.type, enabled=False):
-            z = torch.nn.functional.conv2d(
-                torch.nn.functional.pad(input, (pl, pr, pt, pb)), weight, None, geometry.stride,
-                0, geometry.dilation, geometry.groups)
-            found = list(torch.autograd.grad(z, targets, grad_z, create_graph=True))
-    grads = [found.pop(0) if need_dx else None, found.pop(0) if need_dw else None]
-    return grads + [grad_z.sum((0, 2, 3)) if need_db else None]
+        H, W = input.shape[2:]
+        with torch.autocast(input.device.type, enabled=False):
+            dxp, dw, _ = torch.ops.aten.convolution_backward(
+                grad_z, torch.nn.functional.pad(input, (pl, pr, pt, pb)), weight, None,
+                list(geometry.stride), [0, 0], list(geometry.dilation), False, [0, 0],
+                geometry.groups, [need_dx, need_dw, False])
+        dx = dxp[:, :, pt:pt + H, pl:pl + W] if need_dx else None
+    return [dx, dw, grad_z.sum((0, 2, 3)) if need_db else None]
 
 
 def _grads(ctx, grad_output) -> list:
@@ -689,9 +693,10 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 activation=None, allow_tf32=None, configs=None):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        return _Conv2dChecked.forward(ctx, input, weight, bias, geometry,
-                                      _parse_activation(activation), _resolve_tf32(allow_tf32),
-                                      configs)
+        relu, allow_tf32 = _parse_activation(activation), _resolve_tf32(allow_tf32)
+        y = _Conv2dChecked.forward(input, weight, bias, geometry, relu, allow_tf32, configs)
+        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow_tf32, configs)
+        return y
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -699,20 +704,27 @@ class Conv2dFunction(torch.autograd.Function):
 
 
 class _Conv2dChecked(torch.autograd.Function):
-    """The functional API's eager path: (input, weight, bias) already checked against the
-    resolved ``geometry`` (:func:`check_and_resolve`), launched without a second check."""
+    """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
+    (input, weight, bias) already checked against the resolved ``geometry``
+    (:func:`check_and_resolve`), launched without a second check."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, geometry, relu, allow_tf32, configs=None):
-        configs = configs or {}
-        y = conv2d_forward(input, weight, bias, geometry, relu, allow_tf32,
-                           configs.get("conv_fwd"))
-        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow_tf32, configs)
-        return y
+    def forward(input, weight, bias, geometry, relu, allow_tf32, configs=None):
+        return conv2d_forward(input, weight, bias, geometry, relu, allow_tf32,
+                              (configs or {}).get("conv_fwd"))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, geometry, relu, allow_tf32, *configs = inputs
+        _save_for_backward(ctx, input, weight, bias, output, geometry, relu, allow_tf32,
+                           *configs)
 
     @staticmethod
     def backward(ctx, grad_output):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+
+_Conv2dCheckedEager = eager_twin(_Conv2dChecked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -843,7 +855,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
-        y = _Conv2dChecked.apply(x, weight, bias, geometry, relu, _resolve_tf32(allow_tf32))
+        function = _Conv2dChecked if func_transform() else _Conv2dCheckedEager
+        y = function.apply(x, weight, bias, geometry, relu, _resolve_tf32(allow_tf32))
     else:
         y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y

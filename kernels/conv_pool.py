@@ -40,8 +40,9 @@ import torch
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, launch,
-                      kernel_strides, memory_format_of, pixel_vector, reject_func_transforms)
+from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, eager_twin,
+                      func_transform, kernel_strides, launch, memory_format_of, pixel_vector,
+                      reject_func_transforms)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -233,8 +234,11 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
         check_pool(pool, P, Q, input.shape, weight.shape)
-        return _Conv2dReLUPoolChecked.forward(ctx, input, weight, bias, geometry, pool,
-                                              _resolve_tf32(allow_tf32), configs)
+        allow_tf32 = _resolve_tf32(allow_tf32)
+        y, offsets = _Conv2dReLUPoolChecked.forward(input, weight, bias, geometry, pool,
+                                                    allow_tf32, configs)
+        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32, configs)
+        return y
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -242,20 +246,29 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
 
 
 class _Conv2dReLUPoolChecked(torch.autograd.Function):
-    """The functional API's eager path: tensors, geometry and pool already checked, launched
-    without a second check."""
+    """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
+    tensors, geometry and pool already checked, launched without a second check. Returns the
+    pooled output and the window offsets (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, geometry, pool, allow_tf32, configs=None):
-        configs = configs or {}
-        y, offsets = conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32,
-                                              configs.get("conv_pool_fwd"))
-        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32, configs)
-        return y
+    def forward(input, weight, bias, geometry, pool, allow_tf32, configs=None):
+        return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32,
+                                        (configs or {}).get("conv_pool_fwd"))
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, geometry, pool, allow_tf32, *configs = inputs
+        offsets = output[1]
+        ctx.mark_non_differentiable(offsets)
+        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32,
+                           *configs)
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_offsets):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+
+_Conv2dReLUPoolCheckedEager = eager_twin(_Conv2dReLUPoolChecked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,7 +379,8 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
-        y = _Conv2dReLUPoolChecked.apply(x, weight, bias, geometry, pool, _resolve_tf32(allow_tf32))
+        function = _Conv2dReLUPoolChecked if func_transform() else _Conv2dReLUPoolCheckedEager
+        y, _ = function.apply(x, weight, bias, geometry, pool, _resolve_tf32(allow_tf32))
     else:
         y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
                                     _resolve_tf32(allow_tf32))

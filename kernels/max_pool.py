@@ -34,8 +34,8 @@ import triton.language as tl
 from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
-                      is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
-                      reject_func_transforms)
+                      eager_twin, func_transform, is_channels_last, launch, next_pow2,
+                      pixel_vector, pooled_len, reject_func_transforms)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -647,22 +647,49 @@ class MaxPool2dFunction(torch.autograd.Function):
         return _grad_input(ctx, grad_output), None, None, None, None, None, None
 
 
+class _MaxPool2dChecked(torch.autograd.Function):
+    """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``): the
+    output and the window offsets (not differentiable)."""
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        out, offsets, _ = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        return out, offsets
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, kernel_size, stride, padding, dilation, ceil_mode = inputs
+        ctx.mark_non_differentiable(output[1])
+        _save_for_backward(ctx, input, output[1],
+                           _pool_params(kernel_size, stride, padding, dilation), ceil_mode)
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_offsets):
+        return _grad_input(ctx, grad_output), None, None, None, None, None
+
+
+_MaxPool2dCheckedEager = eager_twin(_MaxPool2dChecked)
+
+
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Drop-in for ``torch.nn.functional.max_pool2d`` on the Triton kernels.
 
     Same arguments, output shapes, values, indices and gradients as PyTorch, for 3-D (C, H, W)
     and 4-D (N, C, H, W) input in float32, float16 or bfloat16, NCHW or channels_last (kept).
-    Plain eager calls run :class:`MaxPool2dFunction` on the launchers; anything else goes
-    through the custom op ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The
-    input and the arguments are checked once, by the launcher (or the op's fake kernel).
+    Plain eager calls (and torch.func.grad) run the launchers through an autograd Function, as
+    :class:`MaxPool2dFunction` does; anything else goes through the custom op
+    ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The input and the arguments
+    are checked once, by the launcher (or the op's fake kernel).
     """
     reject_func_transforms("max_pool2d")
     if eager_ok(input):
-        return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
-                                       return_indices)
-    out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        function = _MaxPool2dChecked if func_transform() else _MaxPool2dCheckedEager
+        out, offsets = function.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+    else:
+        out, offsets, _ = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
     if return_indices:
+        params = _pool_params(kernel_size, stride, padding, dilation)
         return out, offsets_to_indices(offsets, input.shape[-1], *params)
     return out
 

@@ -401,22 +401,66 @@ def _penalized(op, tensors, channels_last=False):
     return [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("transform", ["grad", "vmap"])
 @pytest.mark.parametrize("name", sorted(_TWICE))
-def test_func_transforms_get_a_clear_error(name, transform):
-    """torch.func transforms are refused with an error that names the op and the way to get
-    gradients of gradients, not PyTorch's message about autograd.Function internals."""
+def test_func_grad_vjp_and_jacrev_match_pytorch(name):
+    """torch.func.grad (nested too: a gradient penalty), vjp and jacrev run the ops' autograd
+    Functions and match PyTorch's float64 ops."""
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    rest, rest64 = tensors[1:], [t.double() for t in tensors[1:]]
+
+    def loss(op, rest):
+        return lambda x: op(x, *rest).square().sum()
+
+    def penalty(op, rest):
+        return lambda x: torch.func.grad(loss(op, rest))(x).square().sum()
+
+    x = tensors[0]
+    with _ieee_fp32():
+        got = [torch.func.grad(loss(ours, rest))(x), torch.func.grad(penalty(ours, rest))(x),
+               torch.func.vjp(lambda x: ours(x, *rest), x)[1](ours(x, *rest))[0],
+               torch.func.jacrev(lambda x: ours(x, *rest).sum((0, 2, 3)))(x)]
+    x64 = x.double()
+    want = [torch.func.grad(loss(theirs, rest64))(x64),
+            torch.func.grad(penalty(theirs, rest64))(x64),
+            torch.func.vjp(lambda x: theirs(x, *rest64), x64)[1](theirs(x64, *rest64))[0],
+            torch.func.jacrev(lambda x: theirs(x, *rest64).sum((0, 2, 3)))(x64)]
+    for what, g, r in zip(("grad", "grad of grad", "vjp", "jacrev"), got, want):
+        assert r.abs().max() > 0, what
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: {what}")
+
+
+def test_plain_eager_calls_run_the_old_style_twins():
+    """Plain eager calls run the eager twins of the ops' autograd Functions: a Function with
+    setup_context (what torch.func needs) costs an inspect.signature binding per call."""
+    x = torch.randn(1, 3, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    names = [type(y.grad_fn).__name__ for y in (conv2d_relu(x, w, None, padding=1),
+                                                 conv2d_relu_pool(x, w, None, padding=1),
+                                                 max_pool2d(x, 2))]
+    assert names == ["_Conv2dCheckedEagerBackward", "_Conv2dReLUPoolCheckedEagerBackward",
+                     "_MaxPool2dCheckedEagerBackward"]
+
+
+@pytest.mark.parametrize("transform", ["vmap", "jvp"])
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_func_vmap_and_jvp_get_a_clear_error(name, transform):
+    """vmap (no batching rule for a Triton kernel) and jvp (no forward-mode derivative) are
+    refused with an error that names the op and what works instead."""
     op, _, shapes = _TWICE[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
 
     def f(x):
         return op(x, *tensors[1:]).sum()
 
-    fn = torch.func.grad(f) if transform == "grad" else torch.func.vmap(f)
     called = name.removesuffix("_relu")  # conv2d_relu is conv2d(activation="relu")
-    with pytest.raises(NotImplementedError, match=f"{called} does not support torch.func.*"
-                                                  "create_graph=True"):
-        fn(tensors[0].unsqueeze(0) if transform == "vmap" else tensors[0])
+    with pytest.raises(NotImplementedError, match=f"{called} does not support torch.func's "
+                                                  f"{transform} transform.*grad, vjp and jacrev"):
+        if transform == "vmap":
+            torch.func.vmap(f)(tensors[0].unsqueeze(0))
+        else:
+            torch.func.jvp(f, (tensors[0],), (tensors[0],))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
