@@ -83,6 +83,11 @@ _function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: Tr
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
 
 
+# torch.func transforms the ops' autograd Functions take: grad and vjp (setup_context and a
+# backward that records itself), vmap (:func:`vmap_rule`)
+FUNC_TRANSFORMS = (None, "Grad", "Vmap")
+
+
 def func_transform() -> str | None:
     """The innermost ``torch.func`` transform active ("Grad" for grad and vjp, "Vmap", "Jvp",
     ...), or None."""
@@ -96,11 +101,11 @@ def eager_ok(*tensors) -> bool:
     """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
     its autograd Function) directly: the same code without the dispatcher's Python layers, about
     half of a small layer's host time. Only for plain tensors in eager mode (under autocast the
-    callers cast the inputs themselves) or under ``torch.func.grad`` / ``vjp`` (which the
-    custom op's autograd does not take, and the Functions do); under torch.compile, a
+    callers cast the inputs themselves) or under ``torch.func.grad``, ``vjp`` and ``vmap``
+    (which the custom op's autograd does not take, and the Functions do); under torch.compile, a
     torch-function or dispatch mode (fake tensors, the flop counter), or for tensor subclasses the
     custom op runs, which all of them understand."""
-    if torch.compiler.is_compiling() or func_transform() not in (None, "Grad") or \
+    if torch.compiler.is_compiling() or func_transform() not in FUNC_TRANSFORMS or \
             _function_mode() or _dispatch_modes():
         return False
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
@@ -124,16 +129,36 @@ def eager_twin(function: type) -> type:
 
 
 def reject_func_transforms(op: str) -> None:
-    """A clear error under the ``torch.func`` transforms the ops cannot take: vmap (a Triton
-    kernel has no batching rule) and jvp (no forward-mode derivative), and so jacfwd and hessian.
-    torch.func.grad, vjp and jacrev work. Not under torch.compile, which traces the custom ops."""
+    """A clear error under the ``torch.func`` transforms the ops cannot take: jvp (no
+    forward-mode derivative), and so jacfwd and hessian. Not under torch.compile, which traces
+    the custom ops."""
     transform = func_transform()
-    if transform not in (None, "Grad") and not torch.compiler.is_compiling():
+    if transform not in FUNC_TRANSFORMS and not torch.compiler.is_compiling():
         raise NotImplementedError(
             f"tritoncnn.kernels.{op} does not support torch.func's {transform.lower()} transform "
-            "(vmap, jvp, jacfwd, hessian); torch.func.grad, vjp and jacrev work, and "
-            "torch.autograd.grad(..., create_graph=True) gives gradients of gradients"
+            "(jvp, jacfwd, hessian: the kernels have no forward-mode derivative); "
+            "torch.func.grad, vjp, jacrev and vmap work"
         )
+
+
+def vmap_rule(function: type, info, in_dims, *args):
+    """The ``vmap`` staticmethod of the ops' autograd Functions (``function``, whose leading
+    arguments are its tensors and whose outputs are batched like its first input): with only
+    the first input batched, the vmapped dimension folds into its leading one (N, or the planes
+    of an unbatched max-pool input) for one launch; batched weights or bias run the batch one
+    element at a time. Outputs come back batched along dimension 0."""
+    if all(d is None for d in in_dims[1:]):
+        x = args[0].movedim(in_dims[0], 0)
+        batch, lead = x.shape[:2]
+        out = function.apply(x.reshape(batch * lead, *x.shape[2:]), *args[1:])
+        outs = tuple(o.reshape(batch, lead, *o.shape[1:])
+                     for o in (out if isinstance(out, tuple) else (out,)))
+    else:
+        per = [function.apply(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+               for i in range(info.batch_size)]
+        outs = tuple(torch.stack(o) for o in zip(*(p if isinstance(p, tuple) else (p,)
+                                                   for p in per)))
+    return (outs if len(outs) > 1 else outs[0]), ((0,) * len(outs) if len(outs) > 1 else 0)
 
 
 def pixel_vector(width: int, strides, unit_stride: int, most: int = 16) -> int:

@@ -41,6 +41,7 @@ from ._common import (
     reject_func_transforms,
     eager_twin,
     func_transform,
+    vmap_rule,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -722,6 +723,10 @@ class _Conv2dChecked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_rule(_Conv2dChecked, info, in_dims, *args)
 
 
 _Conv2dCheckedEager = eager_twin(_Conv2dChecked)

@@ -42,7 +42,7 @@ from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, eager_twin,
                       func_transform, kernel_strides, launch, memory_format_of, pixel_vector,
-                      reject_func_transforms)
+                      reject_func_transforms, vmap_rule)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -266,6 +266,10 @@ class _Conv2dReLUPoolChecked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_offsets):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_rule(_Conv2dReLUPoolChecked, info, in_dims, *args)
 
 
 _Conv2dReLUPoolCheckedEager = eager_twin(_Conv2dReLUPoolChecked)

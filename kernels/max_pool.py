@@ -35,7 +35,7 @@ from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
                       eager_twin, func_transform, is_channels_last, launch, next_pow2,
-                      pixel_vector, pooled_len, reject_func_transforms)
+                      pixel_vector, pooled_len, reject_func_transforms, vmap_rule)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -666,6 +666,10 @@ class _MaxPool2dChecked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_offsets):
         return _grad_input(ctx, grad_output), None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_rule(_MaxPool2dChecked, info, in_dims, *args)
 
 
 _MaxPool2dCheckedEager = eager_twin(_MaxPool2dChecked)
