@@ -554,6 +554,33 @@ def test_zoo_and_spec_on_kernels_match_the_torch_twin(make, inp):
         torch.testing.assert_close(tri(x), ref(x), atol=1e-4, rtol=1e-4)
 
 
+def test_per_sample_gradients_with_torch_func_match_the_torch_twin():
+    """torch.func's per-sample-gradient recipe (functional_call, grad, vmap over the batch) on a
+    model of tritoncnn layers (fused conv + ReLU + pool, conv + ReLU, linear) gives the torch
+    twin's gradients."""
+    spec = "CONV3-4-RELU-POOL2-CONV3-6-RELU-FC10"
+    grads, models = {}, {}
+    for backend in ("triton", "torch"):
+        torch.manual_seed(5)
+        model = models[backend] = build(spec, backend=backend, in_channels=1,
+                                        input_size=8).to(DEVICE)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss(params, xi, yi):
+            out = torch.func.functional_call(model, params, (xi.unsqueeze(0),))
+            return F.cross_entropy(out, yi.unsqueeze(0))
+
+        torch.manual_seed(6)
+        x = torch.randn(5, 1, 8, 8, device=DEVICE)
+        y = torch.randint(0, 10, (5,), device=DEVICE)
+        grads[backend] = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    assert _count(models["triton"], Conv2dReLUPool) == 1
+    assert list(grads["triton"]) == list(grads["torch"])
+    for name, g in grads["triton"].items():
+        assert g.shape[0] == 5, name
+        torch.testing.assert_close(g, grads["torch"][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_zoo_shapes_and_errors():
     vgg = get_model("vgg16", backend="torch")
     n_convs = sum(isinstance(m, nn.Conv2d) for m in vgg.modules())
