@@ -57,6 +57,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -444,7 +445,9 @@ class _CapturedStep:
     they compile and autotune the kernels and let cuDNN pick its algorithms. The next call
     captures ``fn`` on static copies of its inputs; from then on a call copies the batch into them
     and replays. The gradients the capture allocated are the parameters' ``.grad`` at every
-    replay, even after an eager step (a smaller batch) has put others there.
+    replay, even after an eager step (a smaller batch) has put others there. A capture that
+    fails (an op that cannot be captured) is warned about once, and every later call runs
+    eagerly: the run goes on.
     """
 
     def __init__(self, fn, params, device: torch.device, warmup: int = 3,
@@ -452,23 +455,33 @@ class _CapturedStep:
         self.fn, self.params, self.device = fn, list(params), device
         self.warmup, self.cuda = warmup, cuda
         self.calls = 0
+        self.failed: str | None = None  # why the capture failed, if it did
         self._replay = None
 
     @property
     def warming(self) -> bool:
         """Whether the next call still runs eagerly or captures (its time is not a step's)."""
-        return self._replay is None
+        return self._replay is None and self.failed is None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         self.calls += 1
+        if self.failed is not None:
+            return self.fn(x, y)
         if self.calls <= self.warmup:
             with self.cuda.side_stream(self.device):
                 return self.fn(x, y)
         if self._replay is None:
             # clone keeps x's memory format (channels_last stays channels_last)
             self._x, self._y = x.clone(), y.clone()
-            self._replay, self._out = self.cuda.capture(lambda: self.fn(self._x, self._y),
-                                                        self.device)
+            try:
+                self._replay, self._out = self.cuda.capture(lambda: self.fn(self._x, self._y),
+                                                            self.device)
+            except Exception as err:  # noqa: BLE001 (any capture failure: train on, eagerly)
+                self.failed = f"{type(err).__name__}: {err}"
+                warnings.warn(f"tritoncnn train --cuda-graphs: capturing the step failed "
+                              f"({self.failed}); training goes on with eager steps",
+                              RuntimeWarning, stacklevel=2)
+                return self.fn(x, y)
             self._grads = [p.grad for p in self.params]
         else:
             self._x.copy_(x)

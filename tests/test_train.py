@@ -385,6 +385,23 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
     assert [r["loss"] for r in b] == [r["loss"] for r in a]
 
 
+def test_a_failed_capture_trains_on_eagerly(tmp_path, monkeypatch):
+    """A step that cannot be captured does not stop the run: one warning, then eager steps,
+    which train exactly as a run without graphs."""
+    kw = dict(data="synthetic:64", epochs=1, batch_size=16)
+    eager = run(_config(tmp_path / "eager", **kw))["results"]["torch"]
+
+    class Uncapturable(_ReplayedGraphs):
+        @classmethod
+        def capture(cls, fn, device):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(train_mod, "_CudaGraphs", Uncapturable)
+    with pytest.warns(RuntimeWarning, match="capturing the step failed.*not permitted.*eager"):
+        graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]["torch"]
+    _assert_same_weights(graphed["state_dict"], eager["state_dict"])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_gpu_cuda_graph_training_equals_eager(tmp_path, dtype):
