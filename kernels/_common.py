@@ -84,8 +84,8 @@ _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
 
 
 # torch.func transforms the ops' autograd Functions take: grad and vjp (setup_context and a
-# backward that records itself), vmap (:func:`vmap_rule`)
-FUNC_TRANSFORMS = (None, "Grad", "Vmap")
+# backward that records itself), vmap (:func:`vmap_rule`), jvp (their ``jvp``)
+FUNC_TRANSFORMS = (None, "Grad", "Vmap", "Jvp")
 
 
 def func_transform() -> str | None:
@@ -101,10 +101,11 @@ def eager_ok(*tensors) -> bool:
     """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
     its autograd Function) directly: the same code without the dispatcher's Python layers, about
     half of a small layer's host time. Only for plain tensors in eager mode (under autocast the
-    callers cast the inputs themselves) or under ``torch.func.grad``, ``vjp`` and ``vmap``
-    (which the custom op's autograd does not take, and the Functions do); under torch.compile, a
-    torch-function or dispatch mode (fake tensors, the flop counter), or for tensor subclasses the
-    custom op runs, which all of them understand."""
+    callers cast the inputs themselves) or under the ``torch.func`` transforms of
+    :data:`FUNC_TRANSFORMS` (which the custom op's autograd does not take, and the Functions
+    do); under torch.compile, functionalize, a torch-function or dispatch mode (fake tensors,
+    the flop counter), or for tensor subclasses the custom op runs, which all of them
+    understand."""
     if torch.compiler.is_compiling() or func_transform() not in FUNC_TRANSFORMS or \
             _function_mode() or _dispatch_modes():
         return False
@@ -125,20 +126,8 @@ def eager_twin(function: type) -> type:
 
     return type(f"{function.__name__}Eager", (torch.autograd.Function,),
                 {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
+                 "jvp": staticmethod(function.jvp),
                  "__doc__": f"{function.__name__} for plain eager calls (see eager_twin)."})
-
-
-def reject_func_transforms(op: str) -> None:
-    """A clear error under the ``torch.func`` transforms the ops cannot take: jvp (no
-    forward-mode derivative), and so jacfwd and hessian. Not under torch.compile, which traces
-    the custom ops."""
-    transform = func_transform()
-    if transform not in FUNC_TRANSFORMS and not torch.compiler.is_compiling():
-        raise NotImplementedError(
-            f"tritoncnn.kernels.{op} does not support torch.func's {transform.lower()} transform "
-            "(jvp, jacfwd, hessian: the kernels have no forward-mode derivative); "
-            "torch.func.grad, vjp, jacrev and vmap work"
-        )
 
 
 def vmap_rule(function: type, info, in_dims, *args):

@@ -38,7 +38,6 @@ from ._common import (
     memory_format_of,
     next_pow2,
     pixel_vector,
-    reject_func_transforms,
     eager_twin,
     func_transform,
     vmap_rule,
@@ -659,6 +658,30 @@ def differentiable_conv_grads(grad_z: torch.Tensor, input: torch.Tensor, weight:
     return [dx, dw, grad_z.sum((0, 2, 3)) if need_db else None]
 
 
+def conv_tangent(input: torch.Tensor, weight: torch.Tensor, input_t, weight_t, bias_t,
+                 geometry: ConvGeometry) -> torch.Tensor:
+    """The forward-mode derivative of conv2d(input, weight) + bias along the tangents
+    ``input_t``, ``weight_t``, ``bias_t`` (any may be None), with PyTorch's own convolution: the
+    ops' ``jvp`` (torch.func.jvp, jacfwd, hessian; forward-mode AD)."""
+    pt, pb, pl, pr = geometry.padding
+
+    def conv(x, w):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (pl, pr, pt, pb)), w, None,
+                                          geometry.stride, 0, geometry.dilation, geometry.groups)
+
+    N, _, H, W = input.shape
+    K, _, R, S = weight.shape
+    tangent = input.new_zeros((N, K, *geometry.output_size(H, W, R, S)))
+    with torch.autocast(input.device.type, enabled=False):
+        if input_t is not None:
+            tangent = tangent + conv(input_t, weight)
+        if weight_t is not None:
+            tangent = tangent + conv(input, weight_t)
+    if bias_t is not None:
+        tangent = tangent + bias_t[None, :, None, None]
+    return tangent
+
+
 def _grads(ctx, grad_output) -> list:
     """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_backward, or straight
     through the launcher in plain eager mode (:func:`eager_ok`) and when the caller gave
@@ -719,10 +742,17 @@ class _Conv2dChecked(torch.autograd.Function):
         input, weight, bias, geometry, relu, allow_tf32, *configs = inputs
         _save_for_backward(ctx, input, weight, bias, output, geometry, relu, allow_tf32,
                            *configs)
+        ctx.save_for_forward(input, weight, output)
 
     @staticmethod
     def backward(ctx, grad_output):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight, output = ctx.saved_tensors
+        tangent = conv_tangent(input, weight, input_t, weight_t, bias_t, ctx.geometry)
+        return tangent * (output > 0) if ctx.relu else tangent
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -846,7 +876,6 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     when ``allow_tf32`` says so, by default when ``torch.backends.cudnn.allow_tf32`` does.
     """
     relu = _parse_activation(activation)
-    reject_func_transforms("conv2d")
     check_float("input", input)
     if input.dim() not in (3, 4):
         raise ValueError(

@@ -42,7 +42,7 @@ from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, eager_twin,
                       func_transform, kernel_strides, launch, memory_format_of, pixel_vector,
-                      reject_func_transforms, vmap_rule)
+                      vmap_rule)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -59,6 +59,7 @@ from .conv import (
     autocast_inputs,
     check_and_resolve,
     check_geometry,
+    conv_tangent,
     differentiable_conv_grads,
     conv2d_backward,
     grad_mask,
@@ -67,7 +68,7 @@ from .conv import (
     reference_conv,
     register_conv_autocast,
 )
-from .max_pool import _offset_dtype, routed_gradient
+from .max_pool import _offset_dtype, routed_gradient, window_values
 
 __all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forward"]
 
@@ -262,10 +263,18 @@ class _Conv2dReLUPoolChecked(torch.autograd.Function):
         ctx.mark_non_differentiable(offsets)
         _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32,
                            *configs)
+        ctx.save_for_forward(input, weight, offsets)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_offsets):
         return (*_grads(ctx, grad_output), None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        """The conv's tangent, taken at each window's maximum (0 where ReLU gave 0)."""
+        input, weight, offsets = ctx.saved_tensors
+        tangent = conv_tangent(input, weight, input_t, weight_t, bias_t, ctx.geometry)
+        return window_values(tangent, offsets, ctx.pool), None
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -367,7 +376,6 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     as F.conv2d's are) run the launchers directly; anything else (torch.compile, fake tensors,
     dispatch modes) goes through the custom op.
     """
-    reject_func_transforms("conv2d_relu_pool")
     check_float("input", input)
     if input.dim() not in (3, 4):
         raise ValueError(

@@ -35,7 +35,7 @@ from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
                       eager_twin, func_transform, is_channels_last, launch, next_pow2,
-                      pixel_vector, pooled_len, reject_func_transforms, vmap_rule)
+                      pixel_vector, pooled_len, vmap_rule)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -584,6 +584,17 @@ def routed_gradient(grad_output: torch.Tensor, offsets: torch.Tensor, input_size
         ceil_mode, indices)
 
 
+def window_values(input: torch.Tensor, offsets: torch.Tensor, kernel_size, stride=None,
+                  padding=0, dilation=1) -> torch.Tensor:
+    """``input`` at each window's maximum as the offsets name it (0 where an offset is -1, a
+    window the fused op's ReLU zeroed): the max-pool's forward-mode derivative applied to the
+    tangent ``input``, with PyTorch's own gather."""
+    index = offsets_to_indices(offsets.clamp(min=0), input.shape[-1], kernel_size, stride,
+                               padding, dilation)
+    picked = input.flatten(-2).gather(-1, index.flatten(-2)).view(offsets.shape)
+    return picked * (offsets >= 0)
+
+
 def _grad_input(ctx, grad_output: torch.Tensor) -> torch.Tensor:
     """dX through the backward op, or straight through its launcher in plain eager mode; when
     autograd records the backward pass (double backward), through :func:`routed_gradient`."""
@@ -662,10 +673,16 @@ class _MaxPool2dChecked(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
         _save_for_backward(ctx, input, output[1],
                            _pool_params(kernel_size, stride, padding, dilation), ceil_mode)
+        ctx.save_for_forward(output[1])
 
     @staticmethod
     def backward(ctx, grad_output, _grad_offsets):
         return _grad_input(ctx, grad_output), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        (offsets,) = ctx.saved_tensors
+        return window_values(input_t, offsets, *ctx.params), None
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -686,7 +703,6 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The input and the arguments
     are checked once, by the launcher (or the op's fake kernel).
     """
-    reject_func_transforms("max_pool2d")
     if eager_ok(input):
         function = _MaxPool2dChecked if func_transform() else _MaxPool2dCheckedEager
         out, offsets = function.apply(input, kernel_size, stride, padding, dilation, ceil_mode)

@@ -475,19 +475,37 @@ def test_func_vmap_per_sample_gradients_and_batched_weights_match_pytorch(name):
 
 
 @pytest.mark.parametrize("name", sorted(_TWICE))
-def test_func_jvp_gets_a_clear_error(name):
-    """jvp (and so jacfwd and hessian) is refused with an error that names the op and what works
-    instead: the kernels have no forward-mode derivative."""
-    op, _, shapes = _TWICE[name]
+def test_forward_mode_jvp_jacfwd_and_hessian_match_pytorch(name):
+    """Forward mode: torch.func.jvp (tangents on every tensor), jacfwd, hessian (forward over
+    reverse) and torch.autograd.forward_ad all match PyTorch's float64 ops;
+    torch.func.functionalize runs the custom op."""
+    import torch.autograd.forward_ad as fwAD
+
+    ours, theirs, shapes = _TWICE[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    tangents = [torch.randn_like(t) for t in tensors]
+    x, rest = tensors[0], tensors[1:]
+    small = x[:1]
 
-    def f(x):
-        return op(x, *tensors[1:]).sum()
+    def results(op, tensors, tangents):
+        x, rest = tensors[0], tensors[1:]
+        out = [torch.func.jvp(op, tuple(tensors), tuple(tangents))[1],
+               torch.func.jacfwd(lambda x: op(x, *rest).sum((0, 2, 3)))(x[:1]),
+               torch.func.hessian(lambda x: op(x, *rest).square().sum())(x[:1, :, :4, :4])]
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, tangents[0])
+            out.append(fwAD.unpack_dual(op(dual, *rest)).tangent)
+        return out
 
-    called = name.removesuffix("_relu")  # conv2d_relu is conv2d(activation="relu")
-    with pytest.raises(NotImplementedError, match=f"{called} does not support torch.func's jvp "
-                                                  "transform.*grad, vjp, jacrev and vmap work"):
-        torch.func.jvp(f, (tensors[0],), (tensors[0],))
+    with _ieee_fp32():
+        got = results(ours, tensors, tangents)
+        got.append(torch.func.functionalize(lambda x: ours(x, *rest))(small))
+    want = results(theirs, [t.double() for t in tensors], [t.double() for t in tangents])
+    want.append(theirs(small.double(), *[t.double() for t in rest]))
+    for what, g, r in zip(("jvp", "jacfwd", "hessian", "forward_ad", "functionalize"), got, want):
+        assert g.shape == r.shape and r.abs().max() > 0, what
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: {what}")
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
