@@ -3,6 +3,8 @@ the same files, with ``DEVICE`` chosen by tritoncnn's runtime mode."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -28,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """PyTorch's float32 convolutions and matmuls without TF32 (a GPU's default for cuDNN) inside
+    the block, so that a float32 PyTorch reference is IEEE like the kernels' allow_tf32=False."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

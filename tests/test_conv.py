@@ -3,7 +3,6 @@ gradients with one shared upstream gradient, determinism, the custom op, autocas
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu, linear
 from tritoncnn.kernels.conv import ConvGeometry, conv2d_backward, resolve_geometry
 
-from conftest import DEVICE
+from conftest import DEVICE, ieee_fp32 as _ieee_fp32
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups): each line one property, tiny sizes.
 CASES = {
@@ -64,18 +63,6 @@ def _compare(name, got, want, base, rtol, reduce_len):
             f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
             f"want {want[where]:.6g}"
         )
-
-
-@contextlib.contextmanager
-def _ieee_fp32():
-    """PyTorch's float32 convolutions and matmuls without TF32 (a GPU's default for cuDNN) inside
-    the block, so that a float32 PyTorch reference is IEEE like the kernels' allow_tf32=False."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _relu_backward(grad, y, relu=True):

@@ -1,0 +1,162 @@
+"""Higher-order and functional autograd of every op (conv2d_relu, conv2d_relu_pool, max_pool2d):
+double backward (create_graph=True), torch.func's reverse-mode, vmap and forward-mode transforms,
+torch.autograd.forward_ad and functionalize, against PyTorch's float64 ops; and the plain eager
+path's old-style autograd Functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritoncnn.kernels import conv2d_relu, conv2d_relu_pool, max_pool2d
+
+from conftest import DEVICE, ieee_fp32 as _ieee_fp32
+
+
+_TWICE = {  # op on tritoncnn's kernels, the same on PyTorch's, its tensors
+    "conv2d_relu": (lambda x, w, b: conv2d_relu(x, w, b, padding="same", groups=2),
+                    lambda x, w, b: F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w, b, groups=2)),
+                    ((2, 4, 7, 6), (6, 2, 2, 2), (6,))),
+    "conv2d_relu_pool": (lambda x, w, b: conv2d_relu_pool(x, w, b, padding=1),
+                         lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2),
+                         ((2, 3, 6, 5), (4, 3, 3, 3), (4,))),
+    "max_pool2d": (lambda x: max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                   lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                   ((2, 3, 7, 6),)),
+}
+
+
+def _penalized(op, tensors, channels_last=False):
+    """The gradients of loss + |d loss / d tensors|^2 (a gradient penalty), loss = |op(...)|^2:
+    the penalty's part goes through the backward pass of the backward pass."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    leaves = [t.clone().contiguous(memory_format=fmt) if t.dim() == 4 else t.clone()
+              for t in tensors]
+    leaves = [t.requires_grad_() for t in leaves]
+    loss = op(*leaves).square().sum()
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    assert all(g.requires_grad for g in grads)  # they can be differentiated again
+    (loss + sum(g.square().sum() for g in grads)).backward()
+    return [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_func_grad_vjp_and_jacrev_match_pytorch(name):
+    """torch.func.grad (nested too: a gradient penalty), vjp and jacrev run the ops' autograd
+    Functions and match PyTorch's float64 ops."""
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    rest, rest64 = tensors[1:], [t.double() for t in tensors[1:]]
+
+    def loss(op, rest):
+        return lambda x: op(x, *rest).square().sum()
+
+    def penalty(op, rest):
+        return lambda x: torch.func.grad(loss(op, rest))(x).square().sum()
+
+    x = tensors[0]
+    with _ieee_fp32():
+        got = [torch.func.grad(loss(ours, rest))(x), torch.func.grad(penalty(ours, rest))(x),
+               torch.func.vjp(lambda x: ours(x, *rest), x)[1](ours(x, *rest))[0],
+               torch.func.jacrev(lambda x: ours(x, *rest).sum((0, 2, 3)))(x)]
+    x64 = x.double()
+    want = [torch.func.grad(loss(theirs, rest64))(x64),
+            torch.func.grad(penalty(theirs, rest64))(x64),
+            torch.func.vjp(lambda x: theirs(x, *rest64), x64)[1](theirs(x64, *rest64))[0],
+            torch.func.jacrev(lambda x: theirs(x, *rest64).sum((0, 2, 3)))(x64)]
+    for what, g, r in zip(("grad", "grad of grad", "vjp", "jacrev"), got, want):
+        assert r.abs().max() > 0, what
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: {what}")
+
+
+def test_plain_eager_calls_run_the_old_style_twins():
+    """Plain eager calls run the eager twins of the ops' autograd Functions: a Function with
+    setup_context (what torch.func needs) costs an inspect.signature binding per call."""
+    x = torch.randn(1, 3, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    names = [type(y.grad_fn).__name__ for y in (conv2d_relu(x, w, None, padding=1),
+                                                 conv2d_relu_pool(x, w, None, padding=1),
+                                                 max_pool2d(x, 2))]
+    assert names == ["_Conv2dCheckedEagerBackward", "_Conv2dReLUPoolCheckedEagerBackward",
+                     "_MaxPool2dCheckedEagerBackward"]
+
+
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_func_vmap_per_sample_gradients_and_batched_weights_match_pytorch(name):
+    """torch.func.vmap: per-sample gradients (vmap of grad over the batch, as torch.func's
+    tutorial does it) fold the vmapped dimension into N; vmapped weights (an ensemble) run one
+    member at a time. Both match PyTorch's float64 ops."""
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    x, rest = tensors[0], tensors[1:]
+
+    def per_sample(op, x, rest):
+        def loss(xi, *rest):
+            return op(xi.unsqueeze(0), *rest).square().sum()
+        argnums = tuple(range(len(rest) + 1))
+        return torch.func.vmap(torch.func.grad(loss, argnums=argnums),
+                               in_dims=(0, *[None] * len(rest)))(x, *rest)
+
+    with _ieee_fp32():
+        got = list(per_sample(ours, x, rest))
+    want = list(per_sample(theirs, x.double(), [t.double() for t in rest]))
+    if rest:  # an ensemble of 3: every weight and bias vmapped, the input shared
+        members = [torch.stack([t, 2 * t, -t]) for t in rest]
+        with _ieee_fp32():
+            got.append(torch.func.vmap(lambda *r: ours(x, *r))(*members))
+        want.append(torch.func.vmap(lambda *r: theirs(x.double(), *r))(
+            *[m.double() for m in members]))
+    for i, (g, r) in enumerate(zip(got, want)):
+        assert g.shape == r.shape and r.abs().max() > 0, i
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: result {i}")
+
+
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_forward_mode_jvp_jacfwd_and_hessian_match_pytorch(name):
+    """Forward mode: torch.func.jvp (tangents on every tensor), jacfwd, hessian (forward over
+    reverse) and torch.autograd.forward_ad all match PyTorch's float64 ops;
+    torch.func.functionalize runs the custom op."""
+    import torch.autograd.forward_ad as fwAD
+
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    tangents = [torch.randn_like(t) for t in tensors]
+    x, rest = tensors[0], tensors[1:]
+    small = x[:1]
+
+    def results(op, tensors, tangents):
+        x, rest = tensors[0], tensors[1:]
+        out = [torch.func.jvp(op, tuple(tensors), tuple(tangents))[1],
+               torch.func.jacfwd(lambda x: op(x, *rest).sum((0, 2, 3)))(x[:1]),
+               torch.func.hessian(lambda x: op(x, *rest).square().sum())(x[:1, :, :4, :4])]
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, tangents[0])
+            out.append(fwAD.unpack_dual(op(dual, *rest)).tangent)
+        return out
+
+    with _ieee_fp32():
+        got = results(ours, tensors, tangents)
+        got.append(torch.func.functionalize(lambda x: ours(x, *rest))(small))
+    want = results(theirs, [t.double() for t in tensors], [t.double() for t in tangents])
+    want.append(theirs(small.double(), *[t.double() for t in rest]))
+    for what, g, r in zip(("jvp", "jacfwd", "hessian", "forward_ad", "functionalize"), got, want):
+        assert g.shape == r.shape and r.abs().max() > 0, what
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: {what}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(_TWICE))
+def test_double_backward_matches_pytorch(name, channels_last):
+    ours, theirs, shapes = _TWICE[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    with _ieee_fp32():
+        got = _penalized(ours, tensors, channels_last)
+    want = _penalized(theirs, [t.double() for t in tensors], channels_last)
+    for i, (g, r) in enumerate(zip(got, want)):
+        assert g is not None and r.abs().max() > 0, i
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"{name}: gradient {i}")
