@@ -169,4 +169,7 @@ def kernel_strides(tensor: torch.Tensor) -> tuple:
     always 0 (any stride addresses it; PyTorch gives such dimensions arbitrary ones, often 1).
     A stride of 1 there would tell the compiler nothing about alignment: a linear layer's input
     (B, C, 1, 1) has H and W strides 1, and its loads were scalar; 0 keeps them vectorised."""
-    return tuple(0 if size == 1 else stride for size, stride in zip(tensor.shape, tensor.stride()))
+    shape, strides = tensor.shape, tensor.stride()
+    if 1 not in shape:  # the common case, without a Python loop (host time on every launch)
+        return strides
+    return tuple(0 if size == 1 else stride for size, stride in zip(shape, strides))
