@@ -14,7 +14,7 @@ from tritoncnn.kernels import conv2d_relu, conv2d_relu_pool, max_pool2d
 from conftest import DEVICE, ieee_fp32 as _ieee_fp32
 
 
-_TWICE = {  # op on tritoncnn's kernels, the same on PyTorch's, its tensors
+OPS = {  # name: (op on tritoncnn's kernels, the same on PyTorch's, its tensors' shapes)
     "conv2d_relu": (lambda x, w, b: conv2d_relu(x, w, b, padding="same", groups=2),
                     lambda x, w, b: F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w, b, groups=2)),
                     ((2, 4, 7, 6), (6, 2, 2, 2), (6,))),
@@ -41,11 +41,11 @@ def _penalized(op, tensors, channels_last=False):
     return [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("name", sorted(_TWICE))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_func_grad_vjp_and_jacrev_match_pytorch(name):
     """torch.func.grad (nested too: a gradient penalty), vjp and jacrev run the ops' autograd
     Functions and match PyTorch's float64 ops."""
-    ours, theirs, shapes = _TWICE[name]
+    ours, theirs, shapes = OPS[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
     rest, rest64 = tensors[1:], [t.double() for t in tensors[1:]]
 
@@ -83,12 +83,12 @@ def test_plain_eager_calls_run_the_old_style_twins():
                      "_MaxPool2dCheckedEagerBackward"]
 
 
-@pytest.mark.parametrize("name", sorted(_TWICE))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_func_vmap_per_sample_gradients_and_batched_weights_match_pytorch(name):
     """torch.func.vmap: per-sample gradients (vmap of grad over the batch, as torch.func's
     tutorial does it) fold the vmapped dimension into N; vmapped weights (an ensemble) run one
     member at a time. Both match PyTorch's float64 ops."""
-    ours, theirs, shapes = _TWICE[name]
+    ours, theirs, shapes = OPS[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
     x, rest = tensors[0], tensors[1:]
 
@@ -114,14 +114,14 @@ def test_func_vmap_per_sample_gradients_and_batched_weights_match_pytorch(name):
                                    msg=f"{name}: result {i}")
 
 
-@pytest.mark.parametrize("name", sorted(_TWICE))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_forward_mode_jvp_jacfwd_and_hessian_match_pytorch(name):
     """Forward mode: torch.func.jvp (tangents on every tensor), jacfwd, hessian (forward over
     reverse) and torch.autograd.forward_ad all match PyTorch's float64 ops;
     torch.func.functionalize runs the custom op."""
     import torch.autograd.forward_ad as fwAD
 
-    ours, theirs, shapes = _TWICE[name]
+    ours, theirs, shapes = OPS[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
     tangents = [torch.randn_like(t) for t in tensors]
     x, rest = tensors[0], tensors[1:]
@@ -149,9 +149,9 @@ def test_forward_mode_jvp_jacfwd_and_hessian_match_pytorch(name):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", sorted(_TWICE))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_double_backward_matches_pytorch(name, channels_last):
-    ours, theirs, shapes = _TWICE[name]
+    ours, theirs, shapes = OPS[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
     with _ieee_fp32():
         got = _penalized(ours, tensors, channels_last)
