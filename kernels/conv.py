@@ -707,24 +707,20 @@ class Conv2dFunction(torch.autograd.Function):
 
     ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups, activation,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
-    "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. It calls the launchers
-    directly; the functional API (:func:`conv2d`) does the same in eager mode and goes through the
-    custom op otherwise (torch.compile, fake tensors, dispatch modes). All share the forward, save
-    and backward helpers.
+    "conv_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. It checks the arguments and
+    runs the launchers through the functional API's own autograd Function (so double backward,
+    torch.func and forward-mode AD work here too); the functional API (:func:`conv2d`) does the
+    same in eager mode and goes through the custom op otherwise (torch.compile, fake tensors,
+    dispatch modes).
     """
 
-    @staticmethod
-    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                activation=None, allow_tf32=None, configs=None):
+    @classmethod
+    def apply(cls, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+              activation=None, allow_tf32=None, configs=None):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        relu, allow_tf32 = _parse_activation(activation), _resolve_tf32(allow_tf32)
-        y = _Conv2dChecked.forward(input, weight, bias, geometry, relu, allow_tf32, configs)
-        _save_for_backward(ctx, input, weight, bias, y, geometry, relu, allow_tf32, configs)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (*_grads(ctx, grad_output), None, None, None, None, None, None, None)
+        function = _Conv2dChecked if func_transform() else _Conv2dCheckedEager
+        return function.apply(input, weight, bias, geometry, _parse_activation(activation),
+                              _resolve_tf32(allow_tf32), configs)
 
 
 class _Conv2dChecked(torch.autograd.Function):

@@ -223,27 +223,22 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
     ``Conv2dReLUPoolFunction.apply(input, weight, bias, stride, padding, dilation, groups, pool,
     allow_tf32, configs)`` with ``F.conv2d``'s argument forms; ``configs`` optionally maps
     "conv_pool_fwd" / "conv_dx" / "conv_dw" to launch-config overrides. Saves input, weight and
-    the window offsets. It calls the launchers directly; the functional API
-    (:func:`conv2d_relu_pool`) does the same in eager mode and goes through the custom op
-    otherwise (torch.compile, fake tensors, dispatch modes). All share the forward, save and
-    backward helpers.
+    the window offsets. It checks the arguments and runs the launchers through the functional
+    API's own autograd Function (so double backward, torch.func and forward-mode AD work here
+    too); the functional API (:func:`conv2d_relu_pool`) does the same in eager mode and goes
+    through the custom op otherwise (torch.compile, fake tensors, dispatch modes).
     """
 
-    @staticmethod
-    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
-                allow_tf32=None, configs=None):
+    @classmethod
+    def apply(cls, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
+              allow_tf32=None, configs=None):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
         check_pool(pool, P, Q, input.shape, weight.shape)
-        allow_tf32 = _resolve_tf32(allow_tf32)
-        y, offsets = _Conv2dReLUPoolChecked.forward(input, weight, bias, geometry, pool,
-                                                    allow_tf32, configs)
-        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32, configs)
+        function = _Conv2dReLUPoolChecked if func_transform() else _Conv2dReLUPoolCheckedEager
+        y, _ = function.apply(input, weight, bias, geometry, pool, _resolve_tf32(allow_tf32),
+                              configs)
         return y
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (*_grads(ctx, grad_output), None, None, None, None, None, None, None)
 
 
 class _Conv2dReLUPoolChecked(torch.autograd.Function):

@@ -634,28 +634,23 @@ def _forward(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 class MaxPool2dFunction(torch.autograd.Function):
     """``MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
-    return_indices)``: max-pooling on the Triton kernels as a plain autograd Function.
+    return_indices)``: max-pooling on the Triton kernels as an autograd Function.
 
     Returns the output, or (output, int64 indices) when ``return_indices`` is true. Saves only the
-    int8 window offsets for backward. Forward and backward call the launchers directly in plain
-    eager mode and the custom ops otherwise, with the same save/backward helpers as the ops' own
-    autograd registration.
+    int8 window offsets for backward. It runs the functional API's own autograd Function (so
+    double backward, torch.func and forward-mode AD work here too): the launchers in plain eager
+    mode, the custom ops otherwise.
     """
 
-    @staticmethod
-    def forward(ctx, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                return_indices=False):
-        out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
-        _save_for_backward(ctx, input, offsets, params, ceil_mode)
+    @classmethod
+    def apply(cls, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              return_indices=False):
+        function = _MaxPool2dChecked if func_transform() else _MaxPool2dCheckedEager
+        out, offsets = function.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
         if not return_indices:
             return out
-        indices = offsets_to_indices(offsets, input.shape[-1], *params)
-        ctx.mark_non_differentiable(indices)
-        return out, indices
-
-    @staticmethod
-    def backward(ctx, grad_output, *_grad_indices):
-        return _grad_input(ctx, grad_output), None, None, None, None, None, None
+        params = _pool_params(kernel_size, stride, padding, dilation)
+        return out, offsets_to_indices(offsets, input.shape[-1], *params)
 
 
 class _MaxPool2dChecked(torch.autograd.Function):
@@ -704,12 +699,10 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     are checked once, by the launcher (or the op's fake kernel).
     """
     if eager_ok(input):
-        function = _MaxPool2dChecked if func_transform() else _MaxPool2dCheckedEager
-        out, offsets = function.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
-    else:
-        out, offsets, _ = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                       return_indices)
+    out, offsets, params = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
     if return_indices:
-        params = _pool_params(kernel_size, stride, padding, dilation)
         return out, offsets_to_indices(offsets, input.shape[-1], *params)
     return out
 

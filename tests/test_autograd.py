@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tritoncnn.kernels import conv2d_relu, conv2d_relu_pool, max_pool2d
+from tritoncnn.kernels import (Conv2dFunction, Conv2dReLUPoolFunction, MaxPool2dFunction,
+                               conv2d_relu, conv2d_relu_pool, max_pool2d)
 
 from conftest import DEVICE, ieee_fp32 as _ieee_fp32
 
@@ -160,3 +161,29 @@ def test_double_backward_matches_pytorch(name, channels_last):
         assert g is not None and r.abs().max() > 0, i
         torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
                                    msg=f"{name}: gradient {i}")
+
+
+# the public autograd Function classes, beside the functional API they share their Functions with
+FUNCTIONS = {
+    "conv2d_relu": lambda x, w, b: Conv2dFunction.apply(x, w, b, 1, "same", 1, 2, "relu"),
+    "conv2d_relu_pool": lambda x, w, b: Conv2dReLUPoolFunction.apply(x, w, b, 1, 1),
+    "max_pool2d": lambda x: MaxPool2dFunction.apply(x, 3, 2, 1, 1, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_public_functions_take_the_same_transforms(name):
+    """Conv2dFunction, Conv2dReLUPoolFunction and MaxPool2dFunction give the functional API's
+    results under double backward, torch.func.grad, vmap and jvp."""
+    ours, public = OPS[name][0], FUNCTIONS[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in OPS[name][2]]
+    x, rest = tensors[0], tensors[1:]
+
+    def results(op):
+        return [*_penalized(op, tensors),
+                torch.func.grad(lambda x: op(x, *rest).square().sum())(x),
+                torch.func.vmap(lambda xi: op(xi.unsqueeze(0), *rest))(x),
+                torch.func.jvp(lambda x: op(x, *rest), (x,), (torch.ones_like(x),))[1]]
+
+    for i, (got, want) in enumerate(zip(results(public), results(ours))):
+        torch.testing.assert_close(got, want, msg=f"{name}: result {i}")
