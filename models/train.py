@@ -839,7 +839,7 @@ def run(cfg: TrainConfig) -> dict:
             print(f"tritoncnn train: stopped; checkpoint saved. Continue with: tritoncnn train "
                   f"--out {out} --resume", file=sys.stderr)
         else:
-            table = _summary(results, out)
+            table = _summary(results, out, cfg.cuda_graphs)
             print(table.to_string(float_format=lambda v: f"{v:.4g}"), flush=True)
         _plot(out)
     if dist.world > 1:
@@ -862,15 +862,17 @@ def _enable_autotune() -> None:
     autotune.enable_autotune()
 
 
-def _summary(results: dict[str, dict], out: Path):
+def _summary(results: dict[str, dict], out: Path, cuda_graphs: bool = False):
     """The side-by-side table (one column per backend), also written to summary.csv."""
     import pandas as pd
 
+    timed = "after the warm-up and capture steps" if cuda_graphs \
+        else "after the 1st step"
     rows = {
         "final train loss": {b: r["final_loss"] for b, r in results.items()},
         "test loss": {b: r["test_loss"] for b, r in results.items()},
         "test accuracy %": {b: 100 * r["test_acc"] for b, r in results.items()},
-        "images/s (after the 1st step)": {b: r["images_per_s"] for b, r in results.items()},
+        f"images/s ({timed})": {b: r["images_per_s"] for b, r in results.items()},
         "1st step seconds (incl. compile)": {b: r["first_step_s"] for b, r in results.items()},
         "train seconds": {b: r["train_seconds"] for b, r in results.items()},
         f"peak memory MB ({next(iter(results.values()))['memory']})":

@@ -374,12 +374,16 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(_ReplayedGraphs, "captures", 0)
     ticks = iter(range(1000))
     monkeypatch.setattr(train_mod, "_clock", lambda: float(next(ticks)))  # 1 s per step
-    graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]
+    run_graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))
+    graphed = run_graphed["results"]
     assert _ReplayedGraphs.captures == 2  # one per backend
     for backend in ("triton", "torch"):
         _assert_same_weights(graphed[backend]["state_dict"], eager[backend]["state_dict"])
         # steps 1-4 are the 3 eager warm-up steps and the capture: 6 timed steps remain
         assert graphed[backend]["images_per_s"] == (8 + 4 * 16 + 8) / 6
+    table = run_graphed["summary"]
+    assert table.loc["images/s (after the warm-up and capture steps)",
+                     "torch"] == (8 + 4 * 16 + 8) / 6
     a = _rows(tmp_path / "eager/run/steps.csv")
     b = _rows(tmp_path / "graphs/run/steps.csv")
     assert [r["loss"] for r in b] == [r["loss"] for r in a]
