@@ -187,3 +187,25 @@ def test_public_functions_take_the_same_transforms(name):
 
     for i, (got, want) in enumerate(zip(results(public), results(ours))):
         torch.testing.assert_close(got, want, msg=f"{name}: result {i}")
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_checkpointing_and_inference_mode(name):
+    """Activation checkpointing (reentrant or not) recomputes the forward and gives the same
+    gradients; under torch.inference_mode the ops run and return inference tensors."""
+    op, _, shapes = OPS[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    grads = []
+    for how in (None, True, False):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        out = op(*leaves) if how is None else \
+            torch.utils.checkpoint.checkpoint(op, *leaves, use_reentrant=how)
+        out.square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for checkpointed in grads[1:]:
+        for got, want in zip(checkpointed, grads[0]):
+            torch.testing.assert_close(got, want)
+    with torch.inference_mode():
+        out = op(*tensors)
+    assert out.is_inference()
+    torch.testing.assert_close(out, op(*tensors).detach())
