@@ -112,22 +112,29 @@ def eager_ok(*tensors) -> bool:
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
 
 
-def eager_twin(function: type) -> type:
-    """An old-style twin of the new-style autograd Function ``function`` (forward without ctx,
-    ``setup_context``): the same forward, setup_context and backward, without the signature
+def with_eager_twin(function: type) -> type:
+    """Class decorator for the ops' new-style autograd Functions (forward without ctx,
+    ``setup_context``, which torch.func needs): attaches ``function.eager_twin``, an old-style
+    Function with the same forward, setup_context, backward and jvp but without the signature
     binding (``inspect.signature``, tens of microseconds) that ``Function.apply`` does per call
-    for a Function with ``setup_context``. Plain eager calls use the twin; torch.func, which
-    needs ``setup_context``, the original."""
+    for a Function with ``setup_context``. :func:`apply_function` picks between them."""
 
     def forward(ctx, *args):
         output = function.forward(*args)
         function.setup_context(ctx, args, output)
         return output
 
-    return type(f"{function.__name__}Eager", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
-                 "jvp": staticmethod(function.jvp),
-                 "__doc__": f"{function.__name__} for plain eager calls (see eager_twin)."})
+    function.eager_twin = type(
+        f"{function.__name__}Eager", (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
+         "jvp": staticmethod(function.jvp),
+         "__doc__": f"{function.__name__} for plain eager calls (see with_eager_twin)."})
+    return function
+
+
+def apply_function(function: type, *args):
+    """``function.apply(*args)`` under a torch.func transform, its eager twin's otherwise."""
+    return (function if func_transform() else function.eager_twin).apply(*args)
 
 
 def vmap_rule(function: type, info, in_dims, *args):

@@ -25,6 +25,7 @@ from tritoncnn import _runtime, autotune
 
 from ._common import (
     INTERPRET,
+    apply_function,
     as_pair,
     cdiv,
     channels_inner,
@@ -38,9 +39,8 @@ from ._common import (
     memory_format_of,
     next_pow2,
     pixel_vector,
-    eager_twin,
-    func_transform,
     vmap_rule,
+    with_eager_twin,
 )
 from ._conv_kernels import (
     _conv_dw_kernel,
@@ -718,11 +718,11 @@ class Conv2dFunction(torch.autograd.Function):
     def apply(cls, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
               activation=None, allow_tf32=None, configs=None):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        function = _Conv2dChecked if func_transform() else _Conv2dCheckedEager
-        return function.apply(input, weight, bias, geometry, _parse_activation(activation),
-                              _resolve_tf32(allow_tf32), configs)
+        return apply_function(_Conv2dChecked, input, weight, bias, geometry,
+                              _parse_activation(activation), _resolve_tf32(allow_tf32), configs)
 
 
+@with_eager_twin
 class _Conv2dChecked(torch.autograd.Function):
     """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
     (input, weight, bias) already checked against the resolved ``geometry``
@@ -754,8 +754,6 @@ class _Conv2dChecked(torch.autograd.Function):
     def vmap(info, in_dims, *args):
         return vmap_rule(_Conv2dChecked, info, in_dims, *args)
 
-
-_Conv2dCheckedEager = eager_twin(_Conv2dChecked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -885,8 +883,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
-        function = _Conv2dChecked if func_transform() else _Conv2dCheckedEager
-        y = function.apply(x, weight, bias, geometry, relu, _resolve_tf32(allow_tf32))
+        y = apply_function(_Conv2dChecked, x, weight, bias, geometry, relu,
+                           _resolve_tf32(allow_tf32))
     else:
         y = _conv2d_op(x, weight, bias, *geometry.as_op_args(), relu, _resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y

@@ -40,9 +40,9 @@ import torch
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import (INTERPRET, cdiv, channels_inner, check_float, eager_ok, eager_twin,
-                      func_transform, kernel_strides, launch, memory_format_of, pixel_vector,
-                      vmap_rule)
+from ._common import (INTERPRET, apply_function, cdiv, channels_inner, check_float, eager_ok,
+                      kernel_strides, launch, memory_format_of, pixel_vector, vmap_rule,
+                      with_eager_twin)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -235,12 +235,12 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
         check_pool(pool, P, Q, input.shape, weight.shape)
-        function = _Conv2dReLUPoolChecked if func_transform() else _Conv2dReLUPoolCheckedEager
-        y, _ = function.apply(input, weight, bias, geometry, pool, _resolve_tf32(allow_tf32),
-                              configs)
+        y, _ = apply_function(_Conv2dReLUPoolChecked, input, weight, bias, geometry, pool,
+                              _resolve_tf32(allow_tf32), configs)
         return y
 
 
+@with_eager_twin
 class _Conv2dReLUPoolChecked(torch.autograd.Function):
     """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
     tensors, geometry and pool already checked, launched without a second check. Returns the
@@ -275,8 +275,6 @@ class _Conv2dReLUPoolChecked(torch.autograd.Function):
     def vmap(info, in_dims, *args):
         return vmap_rule(_Conv2dReLUPoolChecked, info, in_dims, *args)
 
-
-_Conv2dReLUPoolCheckedEager = eager_twin(_Conv2dReLUPoolChecked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,8 +384,8 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
-        function = _Conv2dReLUPoolChecked if func_transform() else _Conv2dReLUPoolCheckedEager
-        y, _ = function.apply(x, weight, bias, geometry, pool, _resolve_tf32(allow_tf32))
+        y, _ = apply_function(_Conv2dReLUPoolChecked, x, weight, bias, geometry, pool,
+                              _resolve_tf32(allow_tf32))
     else:
         y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
                                     _resolve_tf32(allow_tf32))

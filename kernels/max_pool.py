@@ -33,9 +33,9 @@ import triton.language as tl
 
 from tritoncnn import _runtime, autotune
 
-from ._common import (INTERPRET, as_pair, cdiv, check_device, check_float, eager_ok,
-                      eager_twin, func_transform, is_channels_last, launch, next_pow2,
-                      pixel_vector, pooled_len, vmap_rule)
+from ._common import (INTERPRET, apply_function, as_pair, cdiv, check_device, check_float,
+                      eager_ok, is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
+                      vmap_rule, with_eager_twin)
 from ._conv_kernels import _window_max
 
 __all__ = [
@@ -645,14 +645,15 @@ class MaxPool2dFunction(torch.autograd.Function):
     @classmethod
     def apply(cls, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
               return_indices=False):
-        function = _MaxPool2dChecked if func_transform() else _MaxPool2dCheckedEager
-        out, offsets = function.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+        out, offsets = apply_function(_MaxPool2dChecked, input, kernel_size, stride, padding,
+                                      dilation, ceil_mode)
         if not return_indices:
             return out
         params = _pool_params(kernel_size, stride, padding, dilation)
         return out, offsets_to_indices(offsets, input.shape[-1], *params)
 
 
+@with_eager_twin
 class _MaxPool2dChecked(torch.autograd.Function):
     """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``): the
     output and the window offsets (not differentiable)."""
@@ -683,8 +684,6 @@ class _MaxPool2dChecked(torch.autograd.Function):
     def vmap(info, in_dims, *args):
         return vmap_rule(_MaxPool2dChecked, info, in_dims, *args)
 
-
-_MaxPool2dCheckedEager = eager_twin(_MaxPool2dChecked)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
