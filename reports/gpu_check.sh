@@ -20,9 +20,22 @@
 #
 # Environment: PYTHON (default python3), TOTAL_S (default 480), TRITONCNN_GIT_SHA (the commit the
 # rows record, for a copy of the tree without git metadata), TEST_TIMEOUT_S (limit of one test,
-# default 120, when pytest-timeout is installed). The autotune cache is a fresh temporary folder,
-# so every run starts untuned (tune.csv keeps the winners).
+# default 120, when pytest-timeout is installed), PARTS (the parts to run after install and env,
+# by name, comma- or space-separated; default all of them: a rerun of the parts that failed,
+# into a fresh OUTDIR, gets the whole time), DRY_RUN=1 (say what each selected part would run, and run nothing). The
+# autotune cache is a fresh temporary folder, so every run starts untuned (tune.csv keeps the
+# winners).
 set -u
+
+ALL_PARTS="tests-gpu tests-rest bench-quick bench-tuned bench-conv bench-pool bench-train \
+bench-compile train"
+PARTS="install env $(echo "${PARTS:-$ALL_PARTS}" | tr ',' ' ')"  # install and env: always
+for name in $PARTS; do
+    case " install env $ALL_PARTS " in
+        *" $name "*) ;;
+        *) echo "gpu_check: unknown part '$name' in PARTS; the parts: $ALL_PARTS" >&2; exit 2 ;;
+    esac
+done
 
 if [ $# -ne 1 ]; then
     echo "usage: bash reports/gpu_check.sh OUTDIR" >&2
@@ -51,10 +64,15 @@ say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "
 part() {
     local name=$1 limit=$2
     shift 2
+    case " $PARTS " in *" $name "*) ;; *) return 0 ;; esac
     local left=$(( PARTS_S - ($(date +%s) - START) ))
     if [ "$left" -lt "$limit" ]; then limit=$left; fi
     if [ "$limit" -lt 15 ]; then
         say "$name: not run, ${left}s left of ${PARTS_S}s"
+        return 0
+    fi
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        say "$name: would run (limit ${limit}s): $*"
         return 0
     fi
     say "$name: start (limit ${limit}s)"
@@ -79,7 +97,7 @@ bench() {  # bench LIMIT_S NAME ARGS...: a bench part whose budget ends before i
         --budget-s "$budget" "$@" >> "$LOG" 2>&1
 }
 
-say "gpu_check: output in $OUTDIR, ${TOTAL_S}s in all (mode $TRITONCNN_MODE)"
+say "gpu_check: output in $OUTDIR, ${TOTAL_S}s in all (mode $TRITONCNN_MODE), parts: $PARTS"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv >> "$LOG" 2>&1 || say "nvidia-smi: not available"
 

@@ -441,3 +441,27 @@ def test_gpu_check_script_parses_and_its_bench_parts_select_cases(capsys):
         capsys.readouterr()
         assert cli.main(["bench", *args, "--list"]) == 0, name
         assert capsys.readouterr().out.strip(), f"{name} selects no case"
+
+
+def test_gpu_check_runs_only_the_parts_named(tmp_path):
+    """PARTS picks the parts a rerun needs (install and env always run first); DRY_RUN says what
+    each would run; a name that is no part is refused before anything runs."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+
+    script = str(pathlib.Path(bench.__file__).with_name("gpu_check.sh"))
+    env = dict(os.environ, DRY_RUN="1", PARTS="bench-pool,train")
+    run = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
+    assert ran == ["install", "env", "bench-pool", "train"]
+    assert "--suite Pool" in run.stdout and not (tmp_path / "out" / "bench.csv").exists()
+
+    env["PARTS"] = "bench-pool tests-all"
+    bad = subprocess.run(["bash", script, str(tmp_path / "bad")], env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown part 'tests-all'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
