@@ -37,7 +37,7 @@ converted model gives the same outputs within the kernels' rounding, and convert
 random numbers: a model built and converted under one seed has the weights of the unconverted one.
 
 What is left alone is reported: layers of the conv, pool or linear families that the kernels do
-not serve (``padding_mode='reflect'``, ``nn.Conv1d``, ``nn.AvgPool2d``, a subclass of
+not serve (float64, ``nn.Conv1d``, ``nn.AvgPool2d``, a subclass of
 ``nn.Conv2d`` with a ``forward`` of its own, ...) and any other layer holding parameters. The
 report is returned on the model as ``model.convert_report`` (a :class:`ConvertReport`), logged,
 and, when something was kept, issued as a ``UserWarning``.
@@ -91,8 +91,6 @@ class ConvertReport:
 # building one tritoncnn layer from one torch.nn layer, without new random numbers
 
 def _conv_reason(m: nn.Conv2d) -> str | None:
-    if m.padding_mode != "zeros":
-        return f"padding_mode={m.padding_mode!r} (tritoncnn pads with zeros only)"
     if m.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"dtype {m.weight.dtype} (kernels compute in fp32, fp16, bf16)"
     return None

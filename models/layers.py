@@ -6,7 +6,9 @@ moves between ``nn.Conv2d`` and ``tritoncnn.models.Conv2d`` unchanged. Only ``fo
 calls the functional ops of ``tritoncnn.kernels``. An option the kernels cannot serve raises at
 construction, not on the first forward.
 
-    Conv2d       nn.Conv2d                    -> kernels.conv2d
+    Conv2d       nn.Conv2d                    -> kernels.conv2d (padding_mode 'reflect',
+                                                 'replicate', 'circular': F.pad first, as
+                                                 nn.Conv2d does; 'zeros' in the kernel)
     Conv2dReLU   nn.Conv2d followed by ReLU   -> kernels.conv2d_relu (bias and ReLU in the epilogue)
     Conv2dReLUPool  nn.Conv2d, ReLU, MaxPool2d(F, stride F)
                                               -> kernels.conv2d_relu_pool (one kernel; only the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "LinearReLU",
            "TRITON_LAYERS"]
@@ -42,7 +45,8 @@ def _op(name: str):
 
 
 class _ConvBase(nn.Conv2d):
-    """nn.Conv2d with the options the kernels cannot serve rejected at construction."""
+    """nn.Conv2d with the options the kernels cannot serve rejected at construction. Every
+    padding_mode works: 'zeros' is padded inside the kernel, the others by ``F.pad`` first."""
 
     _activation: str | None = None
 
@@ -60,12 +64,6 @@ class _ConvBase(nn.Conv2d):
         device=None,
         dtype=None,
     ) -> None:
-        if padding_mode != "zeros":
-            raise ValueError(
-                f"{type(self).__name__}: padding_mode={padding_mode!r} is not supported; "
-                "tritoncnn kernels pad with zeros only (padding_mode='zeros'). Keep this layer "
-                "as torch.nn.Conv2d, or pad the input with torch.nn.functional.pad first"
-            )
         if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(
                 f"{type(self).__name__}: dtype={dtype} is not supported; tritoncnn kernels "
@@ -76,9 +74,18 @@ class _ConvBase(nn.Conv2d):
             padding_mode, device, dtype,
         )
 
+    def _padded(self, input: torch.Tensor) -> tuple:
+        """(input, padding) for the kernel: with padding_mode 'reflect', 'replicate' or
+        'circular' the input is padded first by ``F.pad`` and the kernel pads nothing, as
+        ``nn.Conv2d`` does it; with 'zeros' the kernel pads (no padded copy)."""
+        if self.padding_mode == "zeros":
+            return input, self.padding
+        return F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, K, P, Q)
         op = _op("conv2d_relu" if self._activation == "relu" else "conv2d")
-        return op(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        input, padding = self._padded(input)
+        return op(input, self.weight, self.bias, self.stride, padding, self.dilation,
                   self.groups)
 
 
@@ -135,7 +142,8 @@ class Conv2dReLUPool(_ConvBase):
         self.pool = pool
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, K, P/F, Q/F)
-        return _op("conv2d_relu_pool")(input, self.weight, self.bias, self.stride, self.padding,
+        input, padding = self._padded(input)
+        return _op("conv2d_relu_pool")(input, self.weight, self.bias, self.stride, padding,
                                        self.dilation, self.groups, self.pool)
 
     def extra_repr(self) -> str:

@@ -90,14 +90,11 @@ def test_layer_matches_torch_nn_state_and_init(cls, torch_cls, args, kw):
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
-    (lambda: Conv2dReLU(3, 4, 3, padding=1, padding_mode="circular"), "padding_mode"),
     (lambda: Conv2d(3, 4, 3, dtype=torch.float64), "float64"),
     (lambda: Linear(3, 4, dtype=torch.float64), "float64"),
     (lambda: MaxPool2d(2, padding=2), "at most half"),
     (lambda: Conv2dReLUPool(3, 4, 3, pool=0), "pool must be a positive int"),
     (lambda: Conv2dReLUPool(3, 4, 3, pool=(2, 2)), "pool must be a positive int"),
-    (lambda: Conv2dReLUPool(3, 4, 3, padding_mode="reflect"), "padding_mode"),
 ])
 def test_layer_rejects_what_kernels_cannot_serve(make, match):
     with pytest.raises(ValueError, match=match):
@@ -130,6 +127,14 @@ def _relu_pool(pool):
      _relu_pool(2)),
     (Conv2dReLUPool, nn.Conv2d, (2, 4, 3), dict(stride=2, pool=3, bias=False), (1, 2, 15, 13),
      _relu_pool(3)),
+    # padding modes other than zeros: F.pad first, as nn.Conv2d does ('same' with an even
+    # kernel pads one more at the end)
+    (Conv2dReLU, nn.Conv2d, (3, 5, 3), dict(padding=1, padding_mode="reflect"), (2, 3, 7, 6),
+     F.relu),
+    (Conv2d, nn.Conv2d, (2, 4, (3, 2)), dict(padding="same", padding_mode="circular"),
+     (1, 2, 6, 5), None),
+    (Conv2dReLUPool, nn.Conv2d, (3, 4, 3), dict(padding=(2, 1), padding_mode="replicate", pool=2),
+     (2, 3, 7, 6), _relu_pool(2)),
     (MaxPool2d, nn.MaxPool2d, (2,), {}, (2, 3, 7, 6), None),
     (LinearReLU, nn.Linear, (10, 7), {}, (5, 10), F.relu),
     (Linear, nn.Linear, (10, 3), {}, (5, 10), None),
@@ -215,7 +220,7 @@ class Nested(nn.Module):
         )
         self.blocks = nn.ModuleList([Block(4), Block(4)])
         self.odd = nn.ModuleDict({
-            "circ": nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),  # kept
+            "circ": nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),  # F.pad first
             "bn": nn.BatchNorm2d(4),  # kept
         })
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -249,7 +254,7 @@ def test_convert_nested_containers():
     torch.manual_seed(0)
     model = Nested().eval().to(DEVICE)
     rng = torch.get_rng_state()
-    with pytest.warns(UserWarning, match="odd.circ"):
+    with pytest.warns(UserWarning, match="odd.bn"):
         conv = convert(model)
     assert torch.equal(rng, torch.get_rng_state())  # converting draws no random numbers
     kinds = _kinds(conv)
@@ -261,13 +266,13 @@ def test_convert_nested_containers():
     assert isinstance(conv.blocks[1].side, Conv2d) and not isinstance(conv.blocks[1].side,
                                                                       Conv2dReLU)
     assert isinstance(conv.head[1], LinearReLU) and isinstance(conv.head[3], Linear)
-    assert type(conv.odd["circ"]) is nn.Conv2d and type(conv.odd["bn"]) is nn.BatchNorm2d
+    assert type(conv.odd["circ"]) is Conv2d and conv.odd["circ"].padding_mode == "circular"
+    assert type(conv.odd["bn"]) is nn.BatchNorm2d
     report = conv.convert_report
     assert isinstance(report, ConvertReport)
     assert set(report.traced) == {"", "blocks.0", "blocks.1"}  # the custom forwards
     assert type(conv) is Nested and isinstance(conv.stem, nn.Sequential)  # structure kept
-    assert {n for n, _, _ in report.kept} == {"odd.circ", "odd.bn"}
-    assert "padding_mode" in dict((n, r) for n, _, r in report.kept)["odd.circ"]
+    assert {n for n, _, _ in report.kept} == {"odd.bn"}
     assert len(report.fused) == 5 and "stem.0" in str(report)
     # same parameters, same outputs; the original is untouched
     _same_state(conv, model)
