@@ -22,8 +22,12 @@ Converting only swaps modules; it never replaces a ``forward``. Fusion is found 
   (for the pooled form: whose single user is a call of an eligible ``nn.MaxPool2d`` module), and
   the pattern is found in both modes. A ReLU or pool module becomes ``nn.Identity`` only when every
   one of its calls consumes a fused output; otherwise it stays (relu(relu(x)) is relu(x)), and a
-  conv whose pool must stay is fused with its ReLU only. Only module calls are fused: a conv
-  followed by ``F.relu`` / ``torch.relu`` keeps both, the conv converted on its own. A module
+  conv whose pool must stay is fused with its ReLU only. A ReLU called as a function
+  (``self.pool(F.relu(self.conv(x)))``, ``torch.relu``, ``.relu()``, in place or not) counts
+  as the ReLU when an eligible pool module follows it: the conv becomes ``Conv2dReLUPool``, the
+  pool ``nn.Identity``, and the call stays in the forward, where it leaves the pooled output
+  (already >= 0) unchanged; without such a pool, a conv followed by a ReLU function is converted
+  on its own (fusing would save nothing while the call stays). A module
   whose calls are not all visible (below a custom forward torch.fx cannot trace, called by a
   torch.nn container other than nn.Sequential, or registered in two places) is never fused there.
 
@@ -54,6 +58,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import (
     TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
@@ -151,6 +156,27 @@ def _fused(m: nn.Module, pool: int | None = None) -> nn.Module:
 
 def _is_relu_module(m: nn.Module) -> bool:
     return type(m) is nn.ReLU
+
+
+# ReLU as a function call in a forward: F.relu(x), F.relu(x, inplace=True), torch.relu(x),
+# x.relu() and their in-place forms
+_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
+_RELU_METHODS = ("relu", "relu_")
+
+
+def _call_label(node: torch.fx.Node) -> str:
+    """How a ReLU call reads in the report: ``relu()`` (a function) or ``.relu()`` (a method)."""
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    return f".{name}()" if node.op == "call_method" else f"{name}()"
+
+
+def _is_relu_call(node: torch.fx.Node, arg: torch.fx.Node) -> bool:
+    """``node`` applies ReLU to ``arg`` and nothing else, as a function or method call."""
+    if node.op == "call_function":
+        known = any(node.target is f for f in _RELU_FUNCTIONS)
+    else:
+        known = node.op == "call_method" and node.target in _RELU_METHODS
+    return known and tuple(node.args) == (arg,) and set(node.kwargs) <= {"inplace"}
 
 
 def _pool_window(m: nn.Module) -> int | None:
@@ -332,6 +358,14 @@ class _CallSites:
             return None
         return qual, user
 
+    @staticmethod
+    def sole_relu_call(node: torch.fx.Node) -> tuple[None, torch.fx.Node] | None:
+        """(None, node) of the ReLU function or method call that is ``node``'s only user."""
+        if len(node.users) != 1:
+            return None
+        (user,) = node.users
+        return (None, user) if _is_relu_call(user, node) else None
+
 
 def _fuse_traced(model: nn.Module, report: ConvertReport) -> None:
     """Fuse Conv2d/Linear -> nn.ReLU (-> nn.MaxPool2d) module calls inside custom forwards."""
@@ -347,7 +381,8 @@ def _fuse_traced(model: nn.Module, report: ConvertReport) -> None:
         calls = sites.of(qual)
         if not calls or {c.training for c in calls} != {True, False}:
             continue  # not seen in both modes
-        relus = [sites.sole_user(c, c.node, _is_relu_module) for c in calls]
+        relus = [sites.sole_user(c, c.node, _is_relu_module) or sites.sole_relu_call(c.node)
+                 for c in calls]
         if any(r is None for r in relus):
             continue
         pairs[qual] = relus
@@ -373,16 +408,21 @@ def _fuse_traced(model: nn.Module, report: ConvertReport) -> None:
         for q in bad:
             del triples[q]
 
-    fused_relus = {id(n) for relus in pairs.values() for _, n in relus}
+    # A ReLU called as a function stays in the forward: it then runs on the fused layer's
+    # output, where it changes nothing (relu(relu(x)) is relu(x), and a max-pool of ReLU outputs
+    # is >= 0). That is worth it only when a pool module fuses too.
+    pairs = {q: relus for q, relus in pairs.items()
+             if q in triples or all(name is not None for name, _ in relus)}
+    fused_relus = {id(n) for relus in pairs.values() for name, n in relus if name is not None}
     for qual, relus in pairs.items():
         old = sites.modules[qual]
         window, pools = triples.get(qual, (None, []))
         new = _fused(old, window)
         _set_submodule(model, qual, new)
-        relu_names = list(dict.fromkeys(r for r, _ in relus))
+        relu_names = list(dict.fromkeys(r if r is not None else _call_label(n) for r, n in relus))
         pool_names = list(dict.fromkeys(p for p, _ in pools))
         for r in relu_names:
-            if replaceable(r, fused_relus):
+            if r in sites.modules and replaceable(r, fused_relus):
                 _set_submodule(model, r, nn.Identity())
         for p in pool_names:  # every call of these pools consumes a fused output
             _set_submodule(model, p, nn.Identity())

@@ -407,6 +407,52 @@ def test_convert_leaves_functional_relu_unfused(torch_kernels):
     _outputs_match(model, conv, torch.randn(2, 3, 8, 8))
 
 
+class TutorialNet(nn.Module):
+    """PyTorch's CIFAR-10 tutorial form: one pool module for every stage, ReLU as a function
+    (each call form), and convs that cannot fuse with a pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c3, self.c4 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c5, self.c6 = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+        self.pool, self.pool2 = nn.MaxPool2d(2, 2), nn.MaxPool2d(2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):  # (N, 3, 16, 16)
+        y = self.pool(F.relu(self.c1(x)))  # (N, 4, 8, 8)
+        y = self.pool(torch.relu(self.c2(y)))
+        y = self.pool(self.c3(y).relu())
+        y = self.pool(F.relu(self.c4(y), inplace=True))  # (N, 4, 1, 1)
+        z = F.max_pool2d(F.relu(self.c5(x)), 2)  # a functional pool: c5 stays a plain conv
+        z = self.pool2(F.relu(self.c6(z))) + self.pool2(z)  # pool2 also pools z: it stays
+        return self.fc(y.flatten(1)) + z.mean((1, 2, 3))[:, None]
+
+
+def test_convert_fuses_a_relu_function_with_the_pool_module_after_it():
+    torch.manual_seed(0)
+    model = TutorialNet().to(DEVICE)
+    conv = convert(model)
+    kinds = _kinds(conv)
+    assert [kinds[f"c{i}"] for i in range(1, 7)] == ["Conv2dReLUPool"] * 4 + ["Conv2d"] * 2
+    assert kinds["pool"] == "Identity" and kinds["pool2"] == "MaxPool2d"
+    assert conv.c1.pool == 2
+    assert sorted(conv.convert_report.fused) == [
+        ("c1", "relu()", "pool"), ("c2", "relu()", "pool"), ("c3", ".relu()", "pool"),
+        ("c4", "relu()", "pool")]
+    # the ReLU calls stay in the forward, on pooled outputs they leave as they are
+    x = torch.randn(2, 3, 16, 16, device=DEVICE, requires_grad=True)
+    ya, yb = conv(x), model(x)
+    torch.testing.assert_close(ya, yb, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(yb)
+    names = [n for n, _ in model.named_parameters()]
+    ga = torch.autograd.grad(ya, [x, *conv.parameters()], g)
+    gb = torch.autograd.grad(yb, [x, *model.parameters()], g)
+    assert [n for n, _ in conv.named_parameters()] == names
+    for name, a, b in zip(["input", *names], ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
 class Stages(nn.Module):
     """Convs in a ModuleList called from the parent, one ReLU and one pool module for all."""
 
