@@ -259,10 +259,12 @@ class _ChildrenAreLeaves(torch.fx.Tracer):
 
 
 def _custom_owner(m: nn.Module) -> bool:
-    """A module with submodules and a forward of its own (not PyTorch's, not tritoncnn's)."""
+    """A module with submodules and a forward of its own (not PyTorch's, not tritoncnn's): a
+    user's class, or a torch.fx GraphModule (``symbolic_trace``, or
+    ``torch.fx.experimental.optimization.fuse`` after folding batch norms into the convs)."""
     if isinstance(m, TRITON_LAYERS) or not m._modules:
         return False
-    return type(m).__module__.split(".")[0] != "torch"
+    return isinstance(m, torch.fx.GraphModule) or type(m).__module__.split(".")[0] != "torch"
 
 
 def _trace_variants(owner: nn.Module) -> list[tuple[bool, torch.fx.Graph]]:

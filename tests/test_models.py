@@ -453,6 +453,39 @@ def test_convert_fuses_a_relu_function_with_the_pool_module_after_it():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.act, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+
+    def forward(self, x):  # (N, 3, 8, 8)
+        x = self.pool(self.act(self.b1(self.c1(x))))  # (N, 8, 4, 4)
+        return self.act(self.b2(self.c2(x)))  # (N, 4, 4, 4)
+
+
+def test_convert_fuses_inside_a_torch_fx_graph_module():
+    """Batch norms folded into the convs by torch.fx (eval mode), then converted: the GraphModule's
+    forward is analysed like a custom one, so conv -> ReLU -> pool fuses."""
+    from torch.fx.experimental.optimization import fuse
+
+    torch.manual_seed(0)
+    model = ConvBN().eval().to(DEVICE)
+    for bn in (model.b1, model.b2):  # statistics that make the folding matter
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    folded = fuse(model)
+    conv = convert(folded)
+    kinds = _kinds(conv)
+    assert kinds["c1"] == "Conv2dReLUPool" and kinds["c2"] == "Conv2dReLU"
+    assert kinds["pool"] == "Identity" and kinds["act"] == "Identity"
+    assert conv.convert_report.traced == [""]
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 class Stages(nn.Module):
     """Convs in a ModuleList called from the parent, one ReLU and one pool module for all."""
 
