@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tritoncnn import _runtime
@@ -169,6 +171,30 @@ def pixel_vector(width: int, strides, unit_stride: int, most: int = 16) -> int:
     while vec > 1 and any(v % vec for v in (width, *strides)):
         vec //= 2
     return vec
+
+
+def channel_vector(channels: int, *operands: tuple) -> int:
+    """The largest power of two, at most 16, dividing ``channels`` (a group's channel count) and
+    the strides of ``operands`` (``kernel_strides`` of channels-inner tensors, NCHW order) other
+    than their channel stride (1, or 0 for one channel).
+
+    The conv kernels load tiles along the channels. Triton marks an integer argument as a multiple
+    of 16 or as nothing, so with 24 channels (or 40, 120, ...) it knows no alignment of a pixel's
+    channels nor where a channel mask changes, and loads element by element: scalar 2-byte
+    loads in bf16, which cp.async cannot pipeline. Launchers pass the channel count and those
+    strides divided by this factor (:func:`channel_strides`) and the kernels multiply them back
+    (``CV``, ``KV``): a hint, exact for any divisor. Where all of them are multiples of 16,
+    Triton's own specialization says so: the factor is then 1 (multiplying back would only add
+    instructions and registers)."""
+    g = math.gcd(channels, *(s for st in operands for s in (st[0], st[2], st[3])))
+    vec = g & -g  # the largest power of two dividing g (0 when g is 0: everything is 0)
+    return vec if 0 < vec < 16 else 1
+
+
+def channel_strides(strides: tuple, vec: int) -> tuple:
+    """``strides`` (N, C, H, W order) with all but the channel stride divided by ``vec``."""
+    n, c, h, w = strides
+    return n // vec, c, h // vec, w // vec
 
 
 def kernel_strides(tensor: torch.Tensor) -> tuple:

@@ -34,6 +34,13 @@ The ReLU mask (Y <= 0 zeroes dY, from the saved output) is applied while dY is l
   ``OFFSETS`` on: their dY load rebuilds the conv-output gradient from the pooled gradient and the
   offsets alone (see ``_load_dy``).
 
+Vector hints: Triton tells the compiler only whether an integer argument is a multiple of 16.
+Where a value's finer alignment matters, the launcher passes it divided by a power of two and
+the kernel multiplies it back (a constexpr): YV / XV for runs of NCHW output and dX pixels, CV /
+KV for the input- and output-channel counts and the strides of the operands loaded along them
+(24 channels: 16-byte tile loads instead of element-by-element ones that cp.async cannot
+pipeline).
+
 Index arithmetic: offsets inside one image stay int32, the batch term ``n * stride_n`` is int64, so
 tensors past 2**31 elements are addressed correctly.
 
@@ -59,6 +66,14 @@ def _tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
     pid_m = first_m + (pid % width) % size_m
     pid_n = (pid % width) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def _times(V: tl.constexpr, a, b, c, d, e, f, g):
+    """Each argument times V: the channel count and strides the launchers divided by a
+    channel vector width (``CV`` / ``KV``), multiplied back so the compiler sees that V divides
+    them."""
+    return a * V, b * V, c * V, d * V, e * V, f * V, g * V
 
 
 @triton.jit
@@ -96,8 +111,11 @@ def _load_dy(dy_ptr, dy_off, y_ptr, y_off, off_ptr, elem, mask,
     gradient is 0 there) carry offset -1, which names no pixel: the ReLU mask is in the offsets.
     """
     if OFFSETS:
+        # dY loaded under the bounds mask alone, then zeroed where the offset names another
+        # pixel: a mask that depends on loaded data would make every load a scalar one
         off = tl.load(off_ptr + y_off, mask=mask, other=-1).to(tl.int32)
-        dy = tl.load(dy_ptr + dy_off, mask=mask & (off == elem), other=0.0)
+        dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
+        dy = tl.where(off == elem, dy, tl.zeros_like(dy))
     else:
         dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
         dy = _relu_masked(dy, y_ptr, y_off, mask, RELU)
@@ -157,12 +175,12 @@ def _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.conste
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    N, H, W, P, q_v, R, S, CG, KG,
-    sxn, sxc, sxh, sxw,
-    swk, swc, swr, sws,
+    N, H, W, P, q_v, R, S, cg_v, KG,
+    sxn_v, sxc, sxh_v, sxw_v,
+    swk_v, swc, swr_v, sws_v,
     syn_v, syk_v, syp_v, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, YV: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, YV: tl.constexpr, CV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -171,11 +189,14 @@ def _conv_fwd_kernel(
     Q and Y's N, K, P strides come divided by YV, a power of two that divides them all (1 unless
     Y's pixels are at stride 1, an NCHW output): multiplied back here, they tell the compiler
     that runs of YV output pixels are contiguous and aligned, so the epilogue stores them as
-    vectors (Triton's own argument specialization only sees multiples of 16)."""
+    vectors (Triton's own argument specialization only sees multiples of 16). CG and the
+    non-channel strides of X and Wt come divided by CV the same way (``channel_vector``), so
+    that tiles load along the channels as vectors when CG is not a multiple of 16."""
     Q = q_v * YV
     syn = syn_v * YV
     syk = syk_v * YV
     syp = syp_v * YV
+    CG, sxn, sxh, sxw, swk, swr, sws = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, swk_v, swr_v, sws_v)
     g = tl.program_id(1)
     M = N * P * Q
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
@@ -228,12 +249,13 @@ def _window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
 @triton.jit
 def _conv_pool_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
-    N, H, W, PP, pq_v, R, S, CG, KG,
-    sxn, sxc, sxh, sxw,
-    swk, swc, swr, sws,
+    N, H, W, PP, pq_v, R, S, cg_v, KG,
+    sxn_v, sxc, sxh_v, sxw_v,
+    swk_v, swc, swr_v, sws_v,
     syn_v, syk_v, syp_v, syq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     POOL: tl.constexpr, WINDOW_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, YV: tl.constexpr,
+    CV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -251,12 +273,14 @@ def _conv_pool_fwd_kernel(
     after bias pools to relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's
     backward passes no gradient (a NaN window keeps its offset: F.relu's backward passes NaN
     outputs' gradient), so backward needs the offsets alone, not Y.
-    PQ and Y's N, K, P strides come divided by YV, as in ``_conv_fwd_kernel``.
+    PQ and Y's N, K, P strides come divided by YV, and CG and X's and Wt's strides by CV, as in
+    ``_conv_fwd_kernel``.
     """
     PQ = pq_v * YV
     syn = syn_v * YV
     syk = syk_v * YV
     syp = syp_v * YV
+    CG, sxn, sxh, sxw, swk, swr, sws = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, swk_v, swr_v, sws_v)
     g = tl.program_id(1)
     MP = N * PP * PQ                                       # pooled pixels
     E: tl.constexpr = POOL * POOL
@@ -325,14 +349,15 @@ def _first_tap(a, stride, dil, STEP, NONE):
 @triton.jit
 def _conv_dx_kernel(
     dy_ptr, y_ptr, off_ptr, w_ptr, dx_ptr,
-    N, H, w_v, P, Q, R, S, CG, KG,
-    sdn, sdk, sdp, sdq,
-    syn, syk, syp, syq,
-    swk, swc, swr, sws,
+    N, H, w_v, P, Q, R, S, cg_v, kg_v,
+    sdn_v, sdk, sdp_v, sdq_v,
+    syn_v, syk, syp_v, syq_v,
+    swk_v, swc, swr_v, sws_v,
     sxn_v, sxc_v, sxh_v, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     STEP_R, STEP_S, HP, WP,
     RELU: tl.constexpr, POOL: tl.constexpr, OFFSETS: tl.constexpr, XV: tl.constexpr,
+    CV: tl.constexpr, KV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -351,12 +376,16 @@ def _conv_dx_kernel(
     W and dX's N, C, H strides come divided by XV, a power of two that divides them all (1 unless
     dX's pixels are at stride 1, an NCHW dX, and stride_w is 1): multiplied back here, they tell
     the compiler that runs of XV pixels of a row are contiguous and aligned, so dX is stored as
-    vectors (as ``_conv_fwd_kernel``'s YV does for Y).
+    vectors (as ``_conv_fwd_kernel``'s YV does for Y). CG and Wt's K, R, S strides come divided
+    by CV, KG and dY's and Y's (or the offsets') N, P, Q strides by KV (``channel_vector``), so
+    that the tiles load along the channels as vectors.
     """
     W = w_v * XV
     sxn = sxn_v * XV
     sxc = sxc_v * XV
     sxh = sxh_v * XV
+    CG, swk, swr, sws, _, _, _ = _times(CV, cg_v, swk_v, swr_v, sws_v, 0, 0, 0)
+    KG, sdn, sdp, sdq, syn, syp, syq = _times(KV, kg_v, sdn_v, sdp_v, sdq_v, syn_v, syp_v, syq_v)
     g = tl.program_id(1)
     phase = tl.program_id(2)
     a_h = phase // stride_w
@@ -423,15 +452,15 @@ def _conv_dx_kernel(
 @triton.jit
 def _conv_dw_kernel(
     dy_ptr, y_ptr, off_ptr, x_ptr, dw_part_ptr, db_part_ptr,
-    N, H, W, P, Q, R, S, CG, KG, K, CHUNK, ROW,
-    sdn, sdk, sdp, sdq,
-    syn, syk, syp, syq,
-    sxn, sxc, sxh, sxw,
+    N, H, W, P, Q, R, S, cg_v, kg_v, K, CHUNK, ROW,
+    sdn_v, sdk, sdp_v, sdq_v,
+    syn_v, syk, syp_v, syq_v,
+    sxn_v, sxc, sxh_v, sxw_v,
     swk, swc, swr, sws,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, RELU: tl.constexpr, POOL: tl.constexpr,
-    OFFSETS: tl.constexpr, DW_STRIDED: tl.constexpr, DOT_FP32: tl.constexpr,
-    PRECISION: tl.constexpr,
+    OFFSETS: tl.constexpr, DW_STRIDED: tl.constexpr, CV: tl.constexpr, KV: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Partial dW and db over one chunk of the (n, p, q) reduction.
@@ -447,7 +476,11 @@ def _conv_dw_kernel(
     With OFFSETS (the fused op's backward), dY is rebuilt from the pooled gradient and the window
     offsets while it is loaded (``_load_dy``); the launcher then passes P, Q = PP*POOL, PQ*POOL,
     so only pixels inside a window are visited.
+    CG and X's N, H, W strides come divided by CV, KG and dY's and Y's N, P, Q strides by KV
+    (``channel_vector``), multiplied back here: tiles then load along the channels as vectors.
     """
+    CG, sxn, sxh, sxw, _, _, _ = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, 0, 0, 0)
+    KG, sdn, sdp, sdq, syn, syp, syq = _times(KV, kg_v, sdn_v, sdp_v, sdq_v, syn_v, syp_v, syq_v)
     g = tl.program_id(1)
     split = tl.program_id(2)
     RSC = R * S * CG

@@ -28,6 +28,8 @@ from ._common import (
     apply_function,
     as_pair,
     cdiv,
+    channel_strides,
+    channel_vector,
     channels_inner,
     check_device,
     check_float,
@@ -439,12 +441,15 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     syn, syk, syp, syq = kernel_strides(y)
     yv = pixel_vector(Q, (syn, syk, syp), syq)
+    xs, ws = kernel_strides(input), kernel_strides(weight)
+    cv = channel_vector(CG, xs, ws)
     launch(_conv_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y,
-        N, H, W, P, Q // yv, R, S, CG, KG,
-        *kernel_strides(input), *kernel_strides(weight), syn // yv, syk // yv, syp // yv, syq,
+        N, H, W, P, Q // yv, R, S, CG // cv, KG,
+        *channel_strides(xs, cv), *channel_strides(ws, cv),
+        syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
-        HAS_BIAS=bias is not None, RELU=relu, YV=yv, **_dot_args(input.dtype, allow_tf32),
+        HAS_BIAS=bias is not None, RELU=relu, YV=yv, CV=cv, **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
     )
     return y
@@ -518,6 +523,10 @@ def conv2d_backward(
     dot = _dot_args(input.dtype, allow_tf32)
     ieee = _ieee_fp32(input.dtype, allow_tf32)
     relu_mask = relu and not from_offsets  # else the offsets carry the mask
+    # channel vector widths: CG with input's and weight's strides, KG with dY's and y's
+    ds, ys, xs, ws = (kernel_strides(t) for t in (grad_output, y, input, weight))
+    kv = channel_vector(KG, ds, ys)
+    cv = channel_vector(CG, xs, ws)
 
     dx = dw_out = db = None
     if need_dx:
@@ -535,12 +544,12 @@ def conv2d_backward(
             xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
             launch(_conv_dx_kernel, grid,
                 grad_output, y, off, weight, dx,
-                N, H, W // xv, P, Q, R, S, CG, KG,
-                *kernel_strides(grad_output), *kernel_strides(y), *kernel_strides(weight),
+                N, H, W // xv, P, Q, R, S, CG // cv, KG // kv,
+                *channel_strides(ds, kv), *channel_strides(ys, kv), *channel_strides(ws, cv),
                 sxn // xv, sxc // xv, sxh // xv, sxw,
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
-                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, XV=xv, **dot,
+                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, XV=xv, CV=cv, KV=kv, **dot,
                 **_launch_opts(cfg),
             )
 
@@ -576,16 +585,17 @@ def conv2d_backward(
             dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
         dummy = dw_dst if need_dw else db_dst
         dw_strides = kernel_strides(dw_out) if need_dw else (0, 0, 0, 0)
+        dw_cg, dw_cv = (CG, cv) if need_dw else (max(CG, 1), 1)  # (db alone: taps unused)
         launch(_conv_dw_kernel, (_dw_tiles(cfg, KG, RSC, need_dw), groups, split),
             grad_output, y, off, input,
             dw_dst if need_dw else dummy, db_dst if need_db else dummy,
-            N, H, W, P, Q, R, S, CG if need_dw else max(CG, 1), KG, K, chunk, row,  # (db alone:
-            *kernel_strides(grad_output), *kernel_strides(y), *kernel_strides(input),  # taps
-            *dw_strides,  # unused)
+            N, H, W, P, Q, R, S, dw_cg // dw_cv, KG // kv, K, chunk, row,
+            *channel_strides(ds, kv), *channel_strides(ys, kv), *channel_strides(xs, dw_cv),
+            *dw_strides,
             sh, sw, pt, pl, dh, dw,
             NEED_DW=need_dw, NEED_DB=need_db, RELU=relu_mask, POOL=pool, OFFSETS=from_offsets,
             DW_STRIDED=need_dw and split == 1 and dw_out.stride() != (RSC, 1, S * CG, CG),
-            **dot, **_launch_opts(cfg),
+            CV=dw_cv, KV=kv, **dot, **_launch_opts(cfg),
         )
         if split > 1:
             _sum_splits(part, dw_out, db, l_dw, RSC, CG, S)

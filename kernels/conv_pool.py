@@ -40,9 +40,9 @@ import torch
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import (INTERPRET, apply_function, cdiv, channels_inner, check_float, eager_ok,
-                      kernel_strides, launch, memory_format_of, pixel_vector, vmap_rule,
-                      with_eager_twin)
+from ._common import (INTERPRET, apply_function, cdiv, channel_strides, channel_vector,
+                      channels_inner, check_float, eager_ok, kernel_strides, launch,
+                      memory_format_of, pixel_vector, vmap_rule, with_eager_twin)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -153,12 +153,15 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     syn, syk, syp, syq = kernel_strides(y)  # offsets: the same (conv._conv_fwd_kernel: YV)
     yv = pixel_vector(PQ, (syn, syk, syp), syq)
+    xs, ws = kernel_strides(input), kernel_strides(weight)
+    cv = channel_vector(CG, xs, ws)
     launch(_conv_pool_fwd_kernel, grid,
         input, weight, bias if bias is not None else weight, y, offsets,
-        N, H, W, PP, PQ // yv, R, S, CG, KG,
-        *kernel_strides(input), *kernel_strides(weight), syn // yv, syk // yv, syp // yv, syq,
+        N, H, W, PP, PQ // yv, R, S, CG // cv, KG,
+        *channel_strides(xs, cv), *channel_strides(ws, cv),
+        syn // yv, syk // yv, syp // yv, syq,
         sh, sw, pt, pl, dh, dw,
-        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv,
+        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv, CV=cv,
         **_dot_args(input.dtype, allow_tf32),
         **_launch_opts(cfg),
     )

@@ -663,6 +663,62 @@ def test_pixel_vector_hint():
     assert pixel_vector(56, (56 * 56 * 3, 56 * 56, 28), 1) == 4  # a strided view: its strides
 
 
+def _nhwc(n, c, h, w):
+    return (h * w * c, 1, w * c, c)
+
+
+def test_channel_vector_hint():
+    """The power of two below 16 that a group's channel count and the other strides of
+    channels-inner operands share, for the kernels' load hint; 1 where all are multiples of 16
+    (Triton's own specialization says so then) or where they share nothing."""
+    from tritoncnn.kernels._common import channel_strides, channel_vector
+
+    weight24 = (24 * 9, 1, 3 * 24, 24)  # (24, 24, 3, 3) channels_last
+    assert channel_vector(24, _nhwc(8, 24, 31, 31), weight24) == 8
+    assert channel_vector(12, _nhwc(8, 12, 5, 5)) == 4
+    assert channel_vector(6, _nhwc(8, 6, 14, 14), (6 * 25, 1, 30, 6)) == 2
+    assert channel_vector(64, _nhwc(8, 64, 56, 56), (576, 1, 192, 64)) == 1
+    assert channel_vector(3, _nhwc(8, 3, 32, 32)) == 1
+    assert channel_vector(24, _nhwc(8, 32, 16, 16)) == 8  # 24 channels of a 32-channel view
+    assert channel_vector(24, _nhwc(8, 24, 16, 16), (0, 1, 0, 0)) == 8  # size-1 dims: stride 0
+    assert channel_vector(40, (40 * 7 * 7, 1, 7 * 40, 40), (40 * 7 * 7 + 4, 1, 280, 40)) == 4
+    assert channel_strides(_nhwc(8, 24, 31, 31), 8) == (31 * 31 * 3, 1, 31 * 3, 3)
+
+
+def test_launches_pass_channel_vectors(monkeypatch):
+    """24 input and 40 output channels: every conv launch gets the channel count and strides
+    divided by its vector width (CV = 8 for the input side, KV = 8 for the output side), and the
+    results stay PyTorch's."""
+    from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_pool as pool_module
+
+    launched = []
+    for module in (conv_module, pool_module):
+        real = module.launch
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=real, **kw: (
+            launched.append((kernel.__name__, kw)), _real(kernel, grid, *a, **kw))[1])
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 6, 6, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(40, 24, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(40, device=DEVICE)
+    with _ieee_fp32():
+        for op, ref in ((conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
+                        (conv2d_relu_pool,
+                         lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2))):
+            ins = [t.double().requires_grad_() for t in (x, w, b)]
+            ours = [t.clone().requires_grad_() for t in (x, w, b)]
+            y = op(*ours, padding=1)
+            z = ref(*ins)
+            torch.testing.assert_close(y.double(), z, atol=1e-4, rtol=1e-4)
+            g = torch.randn_like(z)
+            y.backward(g.float())
+            z.backward(g)
+            for a, e in zip(ours, ins):
+                torch.testing.assert_close(a.grad.double(), e.grad, atol=1e-4, rtol=1e-4)
+    vectors = {name: (kw.get("CV"), kw.get("KV")) for name, kw in launched}
+    assert vectors == {"_conv_fwd_kernel": (8, None), "_conv_pool_fwd_kernel": (8, None),
+                       "_conv_dx_kernel": (8, 8), "_conv_dw_kernel": (8, 8)}
+
+
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
     tiles would make _tile_ids divide by zero on the GPU (the interpreter masks it out)."""
