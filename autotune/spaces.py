@@ -84,6 +84,11 @@ _CONV_TILES = [
     (32, 32, 32, 8, 2, 5),
     (128, 16, 32, 8, 4, 4),
     (64, 16, 64, 8, 2, 4),
+    # one MMA deep per step: where a backward kernel masks its A operand in registers (ReLU,
+    # pool offsets), ptxas serializes the tensor-core MMAs of 32-deep steps with 64 or fewer
+    # columns (its warning C7515, seen compiling for sm_90) and not those of 16-deep ones
+    (128, 64, 16, 8, 4, 4),
+    (64, 64, 16, 8, 4, 4),
 ]
 
 # conv_dw: fewer tiles, each tried with several reduction splits.
@@ -97,6 +102,10 @@ _CONV_DW_TILES = [
     (32, 64, 64, 8, 2, 4),
     (64, 32, 64, 8, 2, 4),
     (32, 32, 64, 8, 2, 4),
+    # 16 deep: the fused pool's dW (its dY masked by the offsets in registers) has its MMAs
+    # serialized by ptxas at every 32- and 64-deep tile (C7515, sm_90), at none of these
+    (128, 128, 16, 8, 8, 4),
+    (128, 64, 16, 8, 4, 4),
 ]
 SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)
 

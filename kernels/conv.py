@@ -534,6 +534,14 @@ def conv2d_backward(
         HP, WP = cdiv(H, sh), cdiv(W, sw)
         rows = N * HP * WP
         if dx.numel():
+            w_dx, cv_dx, ws_dx = weight, cv, ws
+            if input.dtype == torch.float32 and not ieee:
+                # TF32 tensor cores read a shared-memory operand only K-major: dX reduces over
+                # the output channels k, so its weight goes in as a copy with k innermost (16-byte
+                # tile loads instead of 4-byte ones; the weight is small)
+                w_dx = weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+                ws_dx = kernel_strides(w_dx)
+                cv_dx = 1
             cfg = _config("conv_dx", shape, input.dtype, layout,
                           _gemm_heuristic(rows, CG, KG, input.dtype,
                                           autotune.spaces.MAX_BLOCK_K["conv_dx"]),
@@ -543,13 +551,13 @@ def conv2d_backward(
             sxn, sxc, sxh, sxw = kernel_strides(dx)
             xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
             launch(_conv_dx_kernel, grid,
-                grad_output, y, off, weight, dx,
-                N, H, W // xv, P, Q, R, S, CG // cv, KG // kv,
-                *channel_strides(ds, kv), *channel_strides(ys, kv), *channel_strides(ws, cv),
+                grad_output, y, off, w_dx, dx,
+                N, H, W // xv, P, Q, R, S, CG // cv_dx, KG // kv,
+                *channel_strides(ds, kv), *channel_strides(ys, kv), *channel_strides(ws_dx, cv_dx),
                 sxn // xv, sxc // xv, sxh // xv, sxw,
                 sh, sw, pt, pl, dh, dw,
                 sh // math.gcd(sh, dh), sw // math.gcd(sw, dw), HP, WP,
-                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, XV=xv, CV=cv, KV=kv, **dot,
+                RELU=relu_mask, POOL=pool, OFFSETS=from_offsets, XV=xv, CV=cv_dx, KV=kv, **dot,
                 **_launch_opts(cfg),
             )
 

@@ -685,38 +685,43 @@ def test_channel_vector_hint():
     assert channel_strides(_nhwc(8, 24, 31, 31), 8) == (31 * 31 * 3, 1, 31 * 3, 3)
 
 
-def test_launches_pass_channel_vectors(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_launches_pass_channel_vectors(monkeypatch, dtype):
     """24 input and 40 output channels: every conv launch gets the channel count and strides
     divided by its vector width (CV = 8 for the input side, KV = 8 for the output side), and the
-    results stay PyTorch's."""
+    results stay PyTorch's. TF32-capable float32 (always so under the interpreter, whose dot is
+    IEEE anyway) gives dX the weight with k innermost (K-major for the tensor cores): CV = 1."""
     from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_pool as pool_module
 
     launched = []
     for module in (conv_module, pool_module):
         real = module.launch
         monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=real, **kw: (
-            launched.append((kernel.__name__, kw)), _real(kernel, grid, *a, **kw))[1])
+            launched.append((kernel.__name__, a, kw)), _real(kernel, grid, *a, **kw))[1])
     torch.manual_seed(0)
-    x = torch.randn(2, 24, 6, 6, device=DEVICE).to(memory_format=torch.channels_last)
-    w = torch.randn(40, 24, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
-    b = torch.randn(40, device=DEVICE)
-    with _ieee_fp32():
-        for op, ref in ((conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
-                        (conv2d_relu_pool,
-                         lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2))):
-            ins = [t.double().requires_grad_() for t in (x, w, b)]
-            ours = [t.clone().requires_grad_() for t in (x, w, b)]
-            y = op(*ours, padding=1)
-            z = ref(*ins)
-            torch.testing.assert_close(y.double(), z, atol=1e-4, rtol=1e-4)
-            g = torch.randn_like(z)
-            y.backward(g.float())
-            z.backward(g)
-            for a, e in zip(ours, ins):
-                torch.testing.assert_close(a.grad.double(), e.grad, atol=1e-4, rtol=1e-4)
-    vectors = {name: (kw.get("CV"), kw.get("KV")) for name, kw in launched}
+    x = torch.randn(2, 24, 6, 6, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    w = torch.randn(40, 24, 3, 3, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    b = torch.randn(40, device=DEVICE).to(dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for op, ref in ((conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
+                    (conv2d_relu_pool, lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2))):
+        ins = [t.double().requires_grad_() for t in (x, w, b)]
+        ours = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = op(*ours, padding=1, allow_tf32=True)
+        z = ref(*ins)
+        torch.testing.assert_close(y.double(), z, atol=tol * z.abs().max().item(), rtol=tol)
+        g = torch.randn_like(z)
+        y.backward(g.to(dtype))
+        z.backward(g)
+        for a, e in zip(ours, ins):
+            torch.testing.assert_close(a.grad.double(), e.grad, atol=tol * e.grad.abs().max().item(),
+                                       rtol=tol)
+    vectors = {name: (kw.get("CV"), kw.get("KV")) for name, _, kw in launched}
+    k_major = dtype == torch.float32
     assert vectors == {"_conv_fwd_kernel": (8, None), "_conv_pool_fwd_kernel": (8, None),
-                       "_conv_dx_kernel": (8, 8), "_conv_dw_kernel": (8, 8)}
+                       "_conv_dx_kernel": (1 if k_major else 8, 8), "_conv_dw_kernel": (8, 8)}
+    dx_weight = next(a[3] for name, a, _ in launched if name == "_conv_dx_kernel")
+    assert (dx_weight.stride(0) == 1) == k_major and torch.equal(dx_weight, w)
 
 
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
