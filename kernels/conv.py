@@ -535,10 +535,12 @@ def conv2d_backward(
         rows = N * HP * WP
         if dx.numel():
             w_dx, cv_dx, ws_dx = weight, cv, ws
-            if input.dtype == torch.float32 and not ieee:
+            if (input.dtype == torch.float32 and not ieee
+                    and 2 * N * P * Q * K * CG * R * S >= K_MAJOR_DX_MIN_FLOP):
                 # TF32 tensor cores read a shared-memory operand only K-major: dX reduces over
                 # the output channels k, so its weight goes in as a copy with k innermost (16-byte
-                # tile loads instead of 4-byte ones; the weight is small)
+                # tile loads instead of 4-byte ones; the weight is small, but the copy is one
+                # more launch, which only layers with work enough to hide it get)
                 w_dx = weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
                 ws_dx = kernel_strides(w_dx)
                 cv_dx = 1
@@ -608,6 +610,11 @@ def conv2d_backward(
         if split > 1:
             _sum_splits(part, dw_out, db, l_dw, RSC, CG, S)
     return dx, dw_out, db
+
+
+# dX GEMMs of at least this many FLOPs (a few microseconds of TF32 tensor-core time) read a
+# k-innermost copy of the weight; smaller ones are launch-bound and skip the copy's launch
+K_MAJOR_DX_MIN_FLOP = 2 ** 32
 
 
 def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[torch.Tensor],

@@ -71,8 +71,10 @@ def _relu_backward(grad, y, relu=True):
     return grad * (y.detach().double().cpu() > 0).to(grad.device) if relu else grad
 
 
-def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=True):
-    """Forward and dX, dW, db of conv2d against float64 F.conv2d with one upstream gradient."""
+def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=True,
+                tf32=False):
+    """Forward and dX, dW, db of conv2d against float64 F.conv2d with one upstream gradient
+    (float32: IEEE, or with ``tf32`` TF32 where the GPU has it, at float16's tolerance)."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
     x, w, b = _make(case, dtype, channels_last, bias)
     leaves = [t for t in (x, w, b) if t is not None]
@@ -85,12 +87,12 @@ def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=
     z_ref = F.conv2d(ref[0], ref[1], ref[2] if bias else None, stride, padding, dilation, groups)
     y_ref = F.relu(z_ref) if relu else z_ref
     y = conv2d(ours[0], ours[1], ours[2] if bias else None, stride, padding, dilation, groups,
-               activation="relu" if relu else None, allow_tf32=False)
+               activation="relu" if relu else None, allow_tf32=tf32)
     assert y.shape == y_ref.shape and y.dtype == dtype
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last
                            else torch.contiguous_format)
 
-    base, rtol = TOL[dtype]
+    base, rtol = TOL[torch.float16 if tf32 and DEVICE == "cuda" else dtype]
     _compare("y", y, y_ref, base, rtol, C // groups * R * S)
     grad = torch.randn_like(y_ref).to(dtype).double()  # representable in dtype, like the inputs
     z_ref.backward(_relu_backward(grad, y, relu))
@@ -112,6 +114,17 @@ def test_conv_nchw(name):
                                   "stride2_dilation2"])
 def test_conv_channels_last(name):
     _check_case(CASES[name], channels_last=True)
+
+
+@pytest.mark.parametrize("name", ["stride2", "groups2", "depthwise_x2", "nonsquare",
+                                  "stride2_dilation2", "stride3_kernel2", "many_channels"])
+def test_tf32_dx_reads_a_k_innermost_weight(name, monkeypatch):
+    """TF32 float32 dX of a large enough layer reads the weight through a k-innermost copy (the
+    threshold lowered to 0 here): every geometry still gets PyTorch's gradients."""
+    from tritoncnn.kernels import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "K_MAJOR_DX_MIN_FLOP", 0)
+    _check_case(CASES[name], channels_last=name != "many_channels", tf32=True)
 
 
 def test_lecture_output_shape():
@@ -685,14 +698,18 @@ def test_channel_vector_hint():
     assert channel_strides(_nhwc(8, 24, 31, 31), 8) == (31 * 31 * 3, 1, 31 * 3, 3)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_launches_pass_channel_vectors(monkeypatch, dtype):
+@pytest.mark.parametrize("dtype,k_major_from", [(torch.float32, 0), (torch.float32, None),
+                                                (torch.bfloat16, 0)])
+def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
     """24 input and 40 output channels: every conv launch gets the channel count and strides
     divided by its vector width (CV = 8 for the input side, KV = 8 for the output side), and the
     results stay PyTorch's. TF32-capable float32 (always so under the interpreter, whose dot is
-    IEEE anyway) gives dX the weight with k innermost (K-major for the tensor cores): CV = 1."""
+    IEEE anyway) gives a large enough dX (K_MAJOR_DX_MIN_FLOP, lowered to 0 here to test that
+    path on a small layer) the weight with k innermost, K-major for the tensor cores: CV = 1."""
     from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_pool as pool_module
 
+    if k_major_from is not None:
+        monkeypatch.setattr(conv_module, "K_MAJOR_DX_MIN_FLOP", k_major_from)
     launched = []
     for module in (conv_module, pool_module):
         real = module.launch
@@ -717,7 +734,7 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype):
             torch.testing.assert_close(a.grad.double(), e.grad, atol=tol * e.grad.abs().max().item(),
                                        rtol=tol)
     vectors = {name: (kw.get("CV"), kw.get("KV")) for name, _, kw in launched}
-    k_major = dtype == torch.float32
+    k_major = dtype == torch.float32 and k_major_from == 0
     assert vectors == {"_conv_fwd_kernel": (8, None), "_conv_pool_fwd_kernel": (8, None),
                        "_conv_dx_kernel": (1 if k_major else 8, 8), "_conv_dw_kernel": (8, 8)}
     dx_weight = next(a[3] for name, a, _ in launched if name == "_conv_dx_kernel")
