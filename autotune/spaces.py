@@ -84,9 +84,12 @@ _CONV_TILES = [
     (32, 32, 32, 8, 2, 5),
     (128, 16, 32, 8, 4, 4),
     (64, 16, 64, 8, 2, 4),
-    # one MMA deep per step: where a backward kernel masks its A operand in registers (ReLU,
-    # pool offsets), ptxas serializes the tensor-core MMAs of 32-deep steps with 64 or fewer
-    # columns (its warning C7515, seen compiling for sm_90) and not those of 16-deep ones
+]
+
+# conv_dx also tries one MMA deep per step: it masks its A operand in registers (ReLU, pool
+# offsets), and ptxas serializes the tensor-core MMAs of its 32-deep steps with 64 or fewer
+# columns (its warning C7515, seen compiling for sm_90), not those of 16-deep ones
+_CONV_DX_TILES = _CONV_TILES + [
     (128, 64, 16, 8, 4, 4),
     (64, 64, 16, 8, 4, 4),
 ]
@@ -123,7 +126,7 @@ def _pool_space() -> list[dict]:
 
 SPACES: dict[str, list[dict]] = {
     "conv_fwd": _conv_space(_CONV_TILES),
-    "conv_dx": _conv_space(_CONV_TILES),
+    "conv_dx": _conv_space(_CONV_DX_TILES),
     "conv_dw": [dict(c, SPLIT=s) for c in _conv_space(_CONV_DW_TILES) for s in SPLITS],
     "conv_pool_fwd": _conv_space(_CONV_TILES),
     "max_pool_fwd": _pool_space(),
