@@ -141,18 +141,27 @@ def _conv_fwd_mainloop(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     c_blocks = tl.cdiv(CG, BLOCK_K)
+    # Per row, outside the loop: the address of its top-left tap, and its (h0, w0) as unsigned
+    # offsets from the image's first row and column, so that inside the loop a tap costs one
+    # scalar offset added to every row, and "0 <= h < H" one unsigned compare (a negative h
+    # wraps to a huge unsigned value).
+    x_base = x_ptr + (x_row + h0 * sxh + w0 * sxw)           # (BLOCK_M,) pointers
+    h0_u = tl.cast(h0, tl.uint32, bitcast=True)
+    w0_u = tl.cast(w0, tl.uint32, bitcast=True)
+    H_u = tl.cast(H, tl.uint32)                              # (tl.cast: H may be a constexpr 1)
+    W_u = tl.cast(W, tl.uint32)
     for it in range(R * S * c_blocks):
         cb = it % c_blocks
         rs = it // c_blocks
         r = rs // S
         s = rs % S
-        h = h0 + r * dil_h                                   # (BLOCK_M,)
-        w = w0 + s * dil_w
-        ok = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        dh = tl.cast(r * dil_h, tl.uint32)                   # the tap's offsets (scalars)
+        dw = tl.cast(s * dil_w, tl.uint32)
+        ok = mask_m & (h0_u + dh < H_u) & (w0_u + dw < W_u)  # (BLOCK_M,)
         c = cb * BLOCK_K + offs_k                            # (BLOCK_K,)
         mask_c = c < CG
-        a_off = x_row + h * sxh + w * sxw                    # (BLOCK_M,) int64
-        a = tl.load(x_ptr + (a_off[:, None] + c[None, :] * sxc),
+        tap = r * dil_h * sxh + s * dil_w * sxw              # scalar
+        a = tl.load((x_base + tap)[:, None] + c[None, :] * sxc,
                     mask=ok[:, None] & mask_c[None, :], other=0.0)   # (BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + (w_col[None, :] + c[:, None] * swc + r * swr + s * sws),
                     mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
