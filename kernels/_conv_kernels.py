@@ -508,35 +508,59 @@ def _conv_dw_kernel(
     r = offs_n // (CG * S)
     col_h = r * dil_h - pad_h                              # (BLOCK_N,)
     col_w = s * dil_w - pad_w
-    col_x = (g * CG + c) * sxc
+    # X's address splits into a pixel part and a column part: h * sxh + w * sxw with h = p *
+    # stride_h + col_h, w likewise. The column part is fixed for the whole loop; the bounds test
+    # of h (and w) is one unsigned compare (a negative h wraps to a huge unsigned value).
+    col_x = (g * CG + c) * sxc + col_h * sxh + col_w * sxw  # (BLOCK_N,)
+    col_h_u = tl.cast(col_h, tl.uint32, bitcast=True)
+    col_w_u = tl.cast(col_w, tl.uint32, bitcast=True)
+    H_u = tl.cast(H, tl.uint32)
+    W_u = tl.cast(W, tl.uint32)
 
     NPQ = N * P * Q
     t_begin = split * CHUNK
     t_end = tl.minimum(t_begin + CHUNK, NPQ)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    # The pixels' (n, p, q) digits: divided out once, then advanced by BLOCK_K pixels a step as
+    # a mixed-radix addition of the step's own digits (no division inside the loop)
+    t = t_begin + tl.arange(0, BLOCK_K)
+    q = t % Q
+    p = (t // Q) % P
+    n = t // (P * Q)
+    step_q = BLOCK_K % Q
+    step_p = (BLOCK_K // Q) % P
+    step_n = BLOCK_K // (P * Q)
     for t0 in range(t_begin, t_end, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K)                     # output pixel (n, p, q)
         mask_t = t < t_end
-        q = t % Q
-        p = (t // Q) % P
-        n = (t // (P * Q)).to(tl.int64)
         mask_a = mask_m[:, None] & mask_t[None, :]
         pp = p // POOL                                     # dY's pixel: p itself, or its window
         pq = q // POOL
         elem = (p - pp * POOL) * POOL + (q - pq * POOL)
-        a = _load_dy(dy_ptr, (chan * sdk)[:, None] + (n * sdn + pp * sdp + pq * sdq)[None, :],
-                     y_ptr, (chan * syk)[:, None] + (n * syn + pp * syp + pq * syq)[None, :],
+        n64 = n.to(tl.int64)
+        a = _load_dy(dy_ptr, (chan * sdk)[:, None] + (n64 * sdn + pp * sdp + pq * sdq)[None, :],
+                     y_ptr, (chan * syk)[:, None] + (n64 * syn + pp * syp + pq * syq)[None, :],
                      off_ptr, elem[None, :], mask_a, RELU, OFFSETS)  # dY^T (BLOCK_M, BLOCK_K)
         if NEED_DB:
             acc_b += tl.sum(a.to(tl.float32), axis=1)
         if NEED_DW:
-            h = (p * stride_h)[:, None] + col_h[None, :]   # (BLOCK_K, BLOCK_N)
-            w = (q * stride_w)[:, None] + col_w[None, :]
-            ok = (mask_t[:, None] & mask_n[None, :]) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            b = tl.load(x_ptr + ((n * sxn)[:, None] + col_x[None, :] + h * sxh + w * sxw),
+            h0 = p * stride_h                              # (BLOCK_K,): the tap (0, 0) pixel
+            w0 = q * stride_w
+            ok = ((mask_t[:, None] & mask_n[None, :])
+                  & (tl.cast(h0, tl.uint32)[:, None] + col_h_u[None, :] < H_u)
+                  & (tl.cast(w0, tl.uint32)[:, None] + col_w_u[None, :] < W_u))
+            row_x = n64 * sxn + h0 * sxh + w0 * sxw         # (BLOCK_K,) int64
+            b = tl.load(x_ptr + (row_x[:, None] + col_x[None, :]),
                         mask=ok, other=0.0)                # X patches (BLOCK_K, BLOCK_N)
             acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+        q += step_q
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p += step_p + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        n += step_n + carry.to(tl.int32)
 
     if NEED_DW:
         if DW_STRIDED:
