@@ -428,6 +428,14 @@ def _conv_dx_kernel(
 
     dy_row = n.to(tl.int64) * sdn
     y_row = n.to(tl.int64) * syn
+    # A tap r reaches output row p = (h + pad_h - r*dil_h) / stride_h. In this phase h + pad_h
+    # and r*dil_h are both a_h plus a non-negative multiple of stride_h (a_h < stride_h), so
+    # p = (h + pad_h) // stride_h - (r*dil_h) // stride_h exactly: a per-row part, divided once
+    # here, and a per-tap scalar; no division per row in the loop.
+    p_row = (h + pad_h) // stride_h                             # (BLOCK_M,)
+    q_row = (w + pad_w) // stride_w
+    P_u = tl.cast(P, tl.uint32)
+    Q_u = tl.cast(Q, tl.uint32)
     offs_k = tl.arange(0, BLOCK_K)
     k_blocks = tl.cdiv(KG, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -436,9 +444,11 @@ def _conv_dx_kernel(
         rs = it // k_blocks
         r = r0 + (rs // n_s) * STEP_R
         s = s0 + (rs % n_s) * STEP_S
-        p = (h + pad_h - r * dil_h) // stride_h                # exact: the phase guarantees it
-        q = (w + pad_w - s * dil_w) // stride_w
-        ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        p = p_row - (r * dil_h) // stride_h
+        q = q_row - (s * dil_w) // stride_w
+        # 0 <= p < P as one unsigned compare (a negative p wraps to a huge unsigned value)
+        ok = (mask_m & (tl.cast(p, tl.uint32, bitcast=True) < P_u)
+              & (tl.cast(q, tl.uint32, bitcast=True) < Q_u))
         k = kb * BLOCK_K + offs_k
         mask_k = k < KG
         chan = g * KG + k                                       # output channel
