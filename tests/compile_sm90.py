@@ -142,6 +142,31 @@ def ptxas_usage(ptx: str) -> tuple[int, int]:
 SPILL_TOLERANCE = 16  # bytes: a few spilled outside the main loop cost nothing measurable
 
 
+def main_loop_spills(ptx: str) -> int:
+    """Local-memory loads and stores (``LDL``/``STL``) inside the loop that issues the kernel's
+    ``HGMMA`` (its main loop), in the SASS ``nvdisasm`` makes of the sm_90a cubin: the spills
+    that cost every iteration, where ones before or after the loop cost once."""
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", src, "-o", cubin],
+                       capture_output=True, check=True)
+        sass = subprocess.run([os.path.join(bindir, "nvdisasm"), "-c", cubin],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(sass)
+              if (m := re.match(r"\s*\.(L_x_\d+):", line))}
+    count = 0
+    for i, line in enumerate(sass):  # a backward branch closes a loop
+        m = re.search(r"BRA\s+`?\(?\.(L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = sass[labels[m.group(1)]:i + 1]
+            if any("HGMMA" in b for b in body):
+                count += sum(bool(re.search(r"\b(LDL|STL)\b", b)) for b in body)
+    return count
+
+
 def check_registers(top: int = 2) -> str | None:
     """Per conv kernel (the fused pool one with pool 2 and 3) and dtype (bf16, fp32), the ``top``
     pruned configs with the most accumulator values per thread, and every kernel on its
@@ -432,7 +457,8 @@ def scan_suites(nchw: bool = False) -> int:
     """Every conv layer of the bench suites (reports/bench_suite.csv), forward and backward, bf16
     and TF32, channels_last (NCHW with ``nchw``: the outputs and dX stored through the YV / XV
     hints), plain and fused with its pool, on the launchers' heuristic configs: the kernels that
-    spill more than :data:`SPILL_TOLERANCE` bytes. Slow (minutes): run by hand after changing a
+    spill more than :data:`SPILL_TOLERANCE` bytes, with the local-memory accesses in their main
+    loops (:func:`main_loop_spills`). Slow (minutes): run by hand after changing a
     heuristic, ``python tests/compile_sm90.py --suites [--nchw]``. Also lists the kernels whose
     wgmma ptxas serialized (C7515)."""
     from tritoncnn import kernels
@@ -464,10 +490,11 @@ def scan_suites(nchw: bool = False) -> int:
                     if spills > SPILL_TOLERANCE:
                         bad += 1
                         tile = "x".join(str(consts[v]) for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                        in_loop = main_loop_spills(_ptx(k))
                         print(f"{sh.suite}/{sh.layer} {'nchw' if nchw else 'nhwc'} "
                               f"pool={pool or 1} {str(dtype)[6:]} {name} "
                               f"{tile} w{consts['num_warps']}: {regs} registers, {spills} B "
-                              "spilled")
+                              f"spilled, {in_loop or 'no'} LDL/STL in the main loop")
     # not a failure: a measurement decides what serialized MMAs cost; the GPU run's tuning
     # tables and these names together say where to look
     print(f"wgmma serialized by ptxas (C7515), {len(serialized)} kernels: "
