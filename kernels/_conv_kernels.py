@@ -436,6 +436,8 @@ def _conv_dx_kernel(
     q_row = (w + pad_w) // stride_w
     P_u = tl.cast(P, tl.uint32)
     Q_u = tl.cast(Q, tl.uint32)
+    dy_base = dy_row + p_row * sdp + q_row * sdq                # (BLOCK_M,): used when POOL is 1
+    y_base = y_row + p_row * syp + q_row * syq
     offs_k = tl.arange(0, BLOCK_K)
     k_blocks = tl.cdiv(KG, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -453,12 +455,21 @@ def _conv_dx_kernel(
         mask_k = k < KG
         chan = g * KG + k                                       # output channel
         mask_a = ok[:, None] & mask_k[None, :]
-        pp = p // POOL                                          # dY's pixel: p, or its window
-        pq = q // POOL
-        elem = (p - pp * POOL) * POOL + (q - pq * POOL)
-        a = _load_dy(dy_ptr, (dy_row + pp * sdp + pq * sdq)[:, None] + (chan * sdk)[None, :],
-                     y_ptr, (y_row + pp * syp + pq * syq)[:, None] + (chan * syk)[None, :],
-                     off_ptr, elem[:, None], mask_a, RELU, OFFSETS)  # (BLOCK_M, BLOCK_K)
+        if POOL == 1:  # dY's pixel is p itself: the per-row address less a per-tap scalar
+            dr = (r * dil_h) // stride_h
+            dc = (s * dil_w) // stride_w
+            dy_off = dy_base - (dr * sdp + dc * sdq)
+            y_off = y_base - (dr * syp + dc * syq)
+            elem = 0                                            # (a window of one pixel)
+        else:  # dY's pixel is p's window
+            pp = p // POOL
+            pq = q // POOL
+            elem = ((p - pp * POOL) * POOL + (q - pq * POOL))[:, None]
+            dy_off = dy_row + pp * sdp + pq * sdq
+            y_off = y_row + pp * syp + pq * syq
+        a = _load_dy(dy_ptr, dy_off[:, None] + (chan * sdk)[None, :],
+                     y_ptr, y_off[:, None] + (chan * syk)[None, :],
+                     off_ptr, elem, mask_a, RELU, OFFSETS)  # (BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
