@@ -69,14 +69,6 @@ def _tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 
 @triton.jit
-def _times(V: tl.constexpr, a, b, c, d, e, f, g):
-    """Each argument times V: the channel count and strides the launchers divided by a
-    channel vector width (``CV`` / ``KV``), multiplied back so the compiler sees that V divides
-    them."""
-    return a * V, b * V, c * V, d * V, e * V, f * V, g * V
-
-
-@triton.jit
 def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     """acc += a @ b in fp32. DOT_FP32 upcasts the tiles first (bf16 under the interpreter, whose
     tl.dot is wrong for bf16)."""
@@ -205,7 +197,13 @@ def _conv_fwd_kernel(
     syn = syn_v * YV
     syk = syk_v * YV
     syp = syp_v * YV
-    CG, sxn, sxh, sxw, swk, swr, sws = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, swk_v, swr_v, sws_v)
+    CG = cg_v * CV
+    sxn = sxn_v * CV
+    sxh = sxh_v * CV
+    sxw = sxw_v * CV
+    swk = swk_v * CV
+    swr = swr_v * CV
+    sws = sws_v * CV
     g = tl.program_id(1)
     M = N * P * Q
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
@@ -289,7 +287,13 @@ def _conv_pool_fwd_kernel(
     syn = syn_v * YV
     syk = syk_v * YV
     syp = syp_v * YV
-    CG, sxn, sxh, sxw, swk, swr, sws = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, swk_v, swr_v, sws_v)
+    CG = cg_v * CV
+    sxn = sxn_v * CV
+    sxh = sxh_v * CV
+    sxw = sxw_v * CV
+    swk = swk_v * CV
+    swr = swr_v * CV
+    sws = sws_v * CV
     g = tl.program_id(1)
     MP = N * PP * PQ                                       # pooled pixels
     E: tl.constexpr = POOL * POOL
@@ -393,8 +397,17 @@ def _conv_dx_kernel(
     sxn = sxn_v * XV
     sxc = sxc_v * XV
     sxh = sxh_v * XV
-    CG, swk, swr, sws, _, _, _ = _times(CV, cg_v, swk_v, swr_v, sws_v, 0, 0, 0)
-    KG, sdn, sdp, sdq, syn, syp, syq = _times(KV, kg_v, sdn_v, sdp_v, sdq_v, syn_v, syp_v, syq_v)
+    CG = cg_v * CV
+    swk = swk_v * CV
+    swr = swr_v * CV
+    sws = sws_v * CV
+    KG = kg_v * KV
+    sdn = sdn_v * KV
+    sdp = sdp_v * KV
+    sdq = sdq_v * KV
+    syn = syn_v * KV
+    syp = syp_v * KV
+    syq = syq_v * KV
     g = tl.program_id(1)
     phase = tl.program_id(2)
     a_h = phase // stride_w
@@ -446,8 +459,10 @@ def _conv_dx_kernel(
         rs = it // k_blocks
         r = r0 + (rs // n_s) * STEP_R
         s = s0 + (rs % n_s) * STEP_S
-        p = p_row - (r * dil_h) // stride_h
-        q = q_row - (s * dil_w) // stride_w
+        dr = (r * dil_h) // stride_h                           # the tap's output-row step
+        dc = (s * dil_w) // stride_w
+        p = p_row - dr
+        q = q_row - dc
         # 0 <= p < P as one unsigned compare (a negative p wraps to a huge unsigned value)
         ok = (mask_m & (tl.cast(p, tl.uint32, bitcast=True) < P_u)
               & (tl.cast(q, tl.uint32, bitcast=True) < Q_u))
@@ -456,8 +471,6 @@ def _conv_dx_kernel(
         chan = g * KG + k                                       # output channel
         mask_a = ok[:, None] & mask_k[None, :]
         if POOL == 1:  # dY's pixel is p itself: the per-row address less a per-tap scalar
-            dr = (r * dil_h) // stride_h
-            dc = (s * dil_w) // stride_w
             dy_off = dy_base - (dr * sdp + dc * sdq)
             y_off = y_base - (dr * syp + dc * syq)
             elem = 0                                            # (a window of one pixel)
@@ -509,8 +522,17 @@ def _conv_dw_kernel(
     CG and X's N, H, W strides come divided by CV, KG and dY's and Y's N, P, Q strides by KV
     (``channel_vector``), multiplied back here: tiles then load along the channels as vectors.
     """
-    CG, sxn, sxh, sxw, _, _, _ = _times(CV, cg_v, sxn_v, sxh_v, sxw_v, 0, 0, 0)
-    KG, sdn, sdp, sdq, syn, syp, syq = _times(KV, kg_v, sdn_v, sdp_v, sdq_v, syn_v, syp_v, syq_v)
+    CG = cg_v * CV
+    sxn = sxn_v * CV
+    sxh = sxh_v * CV
+    sxw = sxw_v * CV
+    KG = kg_v * KV
+    sdn = sdn_v * KV
+    sdp = sdp_v * KV
+    sdq = sdq_v * KV
+    syn = syn_v * KV
+    syp = syp_v * KV
+    syq = syq_v * KV
     g = tl.program_id(1)
     split = tl.program_id(2)
     RSC = R * S * CG
