@@ -26,9 +26,17 @@ def check_float(name: str, tensor: torch.Tensor) -> None:
         )
 
 
-def check_device(name: str, tensor: torch.Tensor) -> None:
-    """The tensor must live where this process runs kernels (CPU: interpreted, CUDA: compiled)."""
-    _runtime.check_device(name, tensor)
+def check_device(name: str, tensor: torch.Tensor, meta_ok: bool = False) -> None:
+    """The tensor must live where this process runs kernels (CPU: interpreted, CUDA: compiled),
+    or, with ``meta_ok``, on the meta device (shapes only, through the custom ops)."""
+    _runtime.check_device(name, tensor, meta_ok)
+
+
+def autocast_enabled(tensor: torch.Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for the tensor's device type (never for meta tensors,
+    whose device type autocast does not know)."""
+    kind = tensor.device.type
+    return kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind)
 
 
 def is_channels_last(tensor: torch.Tensor) -> bool:
@@ -106,12 +114,12 @@ def eager_ok(*tensors) -> bool:
     callers cast the inputs themselves) or under the ``torch.func`` transforms of
     :data:`FUNC_TRANSFORMS` (which the custom op's autograd does not take, and the Functions
     do); under torch.compile, functionalize, a torch-function or dispatch mode (fake tensors,
-    the flop counter), or for tensor subclasses the custom op runs, which all of them
-    understand."""
+    the flop counter), for tensor subclasses or for meta tensors the custom op runs, which all
+    of them understand."""
     if torch.compiler.is_compiling() or func_transform() not in FUNC_TRANSFORMS or \
             _function_mode() or _dispatch_modes():
         return False
-    return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
+    return all(t is None or type(t) in _PLAIN_TENSORS and not t.is_meta for t in tensors)
 
 
 def with_eager_twin(function: type) -> type:

@@ -27,6 +27,7 @@ from ._common import (
     INTERPRET,
     apply_function,
     as_pair,
+    autocast_enabled,
     cdiv,
     channel_strides,
     channel_vector,
@@ -103,8 +104,9 @@ def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
 
 
-def _check_tensors(input, weight, bias, *, same_dtype: bool = True) -> None:
-    """Types, devices and dtypes of the three tensors (shapes are checked by resolve_geometry)."""
+def _check_tensors(input, weight, bias, *, same_dtype: bool = True, meta_ok: bool = False) -> None:
+    """Types, devices and dtypes of the three tensors (shapes are checked by resolve_geometry);
+    ``meta_ok``: meta tensors pass (see ``check_device``)."""
     check_float("input", input)
     check_float("weight", weight)
     if bias is not None:
@@ -114,7 +116,7 @@ def _check_tensors(input, weight, bias, *, same_dtype: bool = True) -> None:
             raise ValueError(
                 f"input is on {input.device} but {name} is on {t.device}; they must share a device"
             )
-    check_device("input", input)
+    check_device("input", input, meta_ok)
     if same_dtype:
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None and t.dtype != input.dtype:
@@ -126,10 +128,11 @@ def _check_tensors(input, weight, bias, *, same_dtype: bool = True) -> None:
 
 
 def check_and_resolve(input, weight, bias, stride, padding, dilation, groups, *,
-                      same_dtype: bool = True) -> "ConvGeometry":
+                      same_dtype: bool = True, meta_ok: bool = False) -> "ConvGeometry":
     """Check the tensors (types, devices, dtypes) and resolve the F.conv2d arguments against their
-    shapes: the prologue every conv entry point shares."""
-    _check_tensors(input, weight, bias, same_dtype=same_dtype)
+    shapes: the prologue every conv entry point shares (``meta_ok`` for the functional API, which
+    sends meta tensors to the custom op)."""
+    _check_tensors(input, weight, bias, same_dtype=same_dtype, meta_ok=meta_ok)
     memo = _plain_args(stride, padding, dilation, groups) and not torch.compiler.is_compiling()
     resolve = _resolve_memo if memo else resolve_geometry  # dynamo traces the plain function
     return resolve(_shape(input), _shape(weight), None if bias is None else _shape(bias),
@@ -736,12 +739,15 @@ class Conv2dFunction(torch.autograd.Function):
     runs the launchers through the functional API's own autograd Function (so double backward,
     torch.func and forward-mode AD work here too); the functional API (:func:`conv2d`) does the
     same in eager mode and goes through the custom op otherwise (torch.compile, fake tensors,
-    dispatch modes).
+    dispatch modes, meta tensors).
     """
 
     @classmethod
     def apply(cls, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
               activation=None, allow_tf32=None, configs=None):
+        if isinstance(input, torch.Tensor) and input.is_meta:  # shapes only: nothing to launch
+            return conv2d(input, weight, bias, stride, padding, dilation, groups, activation,
+                          allow_tf32=allow_tf32)
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         return apply_function(_Conv2dChecked, input, weight, bias, geometry,
                               _parse_activation(activation), _resolve_tf32(allow_tf32), configs)
@@ -902,9 +908,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         )
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    autocasting = torch.is_autocast_enabled(x.device.type)
+    autocasting = autocast_enabled(x)
     geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
-                                 same_dtype=not autocasting)
+                                 same_dtype=not autocasting, meta_ok=True)
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
@@ -941,7 +947,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
             f"of weight {_shape(weight)}"
         )
     out_features, in_features = weight.shape
-    x = input.reshape(-1, in_features)[:, :, None, None]              # (B, in, 1, 1)
+    rows = math.prod(input.shape[:-1])
+    x = input.reshape(rows, in_features)[:, :, None, None]            # (B, in, 1, 1)
     y = conv2d(x, weight[:, :, None, None], bias, activation=activation,
                allow_tf32=allow_tf32)                                  # (B, out, 1, 1)
     return y.reshape(*input.shape[:-1], out_features)

@@ -40,9 +40,9 @@ import torch
 from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
 
-from ._common import (INTERPRET, apply_function, cdiv, channel_strides, channel_vector,
-                      channels_inner, check_float, eager_ok, kernel_strides, launch,
-                      memory_format_of, pixel_vector, vmap_rule, with_eager_twin)
+from ._common import (INTERPRET, apply_function, autocast_enabled, cdiv, channel_strides,
+                      channel_vector, channels_inner, check_float, eager_ok, kernel_strides,
+                      launch, memory_format_of, pixel_vector, vmap_rule, with_eager_twin)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -229,12 +229,15 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
     the window offsets. It checks the arguments and runs the launchers through the functional
     API's own autograd Function (so double backward, torch.func and forward-mode AD work here
     too); the functional API (:func:`conv2d_relu_pool`) does the same in eager mode and goes
-    through the custom op otherwise (torch.compile, fake tensors, dispatch modes).
+    through the custom op otherwise (torch.compile, fake tensors, dispatch modes, meta tensors).
     """
 
     @classmethod
     def apply(cls, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, pool=2,
               allow_tf32=None, configs=None):
+        if isinstance(input, torch.Tensor) and input.is_meta:  # shapes only: nothing to launch
+            return conv2d_relu_pool(input, weight, bias, stride, padding, dilation, groups, pool,
+                                    allow_tf32=allow_tf32)
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
         (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
         check_pool(pool, P, Q, input.shape, weight.shape)
@@ -379,9 +382,9 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
         )
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    autocasting = torch.is_autocast_enabled(x.device.type)
+    autocasting = autocast_enabled(x)
     geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
-                                 same_dtype=not autocasting)
+                                 same_dtype=not autocasting, meta_ok=True)
     (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
     check_pool(pool, P, Q, x.shape, weight.shape)  # before autocast casts anything
     if eager_ok(x, weight, bias):

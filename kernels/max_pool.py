@@ -537,6 +537,7 @@ def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list
 
 @_max_pool2d_fwd_op.register_fake
 def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    check_float("input", input)  # fake and meta tensors: the launcher's checks but the device
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
     oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)

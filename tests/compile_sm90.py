@@ -85,7 +85,7 @@ def install() -> None:
         multi_processor_count=SMS, name="sm90-compile-check")
     from tritoncnn import _runtime
 
-    _runtime.check_device = lambda name, tensor: None  # CPU tensors stand in for CUDA ones
+    _runtime.check_device = lambda name, tensor, meta_ok=False: None  # CPU tensors stand in for CUDA ones
 
 
 def exercise() -> None:

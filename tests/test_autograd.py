@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tritoncnn.kernels import (Conv2dFunction, Conv2dReLUPoolFunction, MaxPool2dFunction,
-                               conv2d_relu, conv2d_relu_pool, max_pool2d)
+                               conv2d_relu, conv2d_relu_pool, linear, max_pool2d)
 
 from conftest import DEVICE, ieee_fp32 as _ieee_fp32
 
@@ -209,3 +209,41 @@ def test_checkpointing_and_inference_mode(name):
         out = op(*tensors)
     assert out.is_inference()
     torch.testing.assert_close(out, op(*tensors).detach())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_meta_tensors_give_pytorchs_shapes(name, channels_last):
+    """On the meta device (a model built or traced for its shapes) the functional API runs its
+    custom op's fake kernel: PyTorch's output shape, dtype and memory format, gradients of the
+    inputs' shapes, and nothing launched; so do the autograd Functions. (PyTorch's meta conv
+    ignores channels_last; ours keeps the input's format, as the op does on a real device.)"""
+    ours, torchs, shapes = OPS[name]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    tensors = [torch.empty(s, device="meta").contiguous(memory_format=fmt) if len(s) == 4
+               else torch.empty(s, device="meta") for s in shapes]
+    tensors = [t.requires_grad_() for t in tensors]
+    got, want = ours(*tensors), torchs(*tensors)
+    assert got.is_meta
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert got.is_contiguous(memory_format=fmt)
+    got.sum().backward()
+    assert [t.grad.shape for t in tensors] == [t.shape for t in tensors]
+    public = FUNCTIONS[name](*tensors)
+    assert public.is_meta and (public.shape, public.stride()) == (got.shape, got.stride())
+
+
+def test_meta_linear_and_a_model_on_meta():
+    """linear and a model whose parameters were made on the meta device (``torch.device('meta')``
+    as the default device) work for shapes, as PyTorch's own layers do."""
+    from tritoncnn import models
+    x, w = torch.empty(5, 2, 20, device="meta"), torch.empty(7, 20, device="meta")
+    assert linear(x, w, activation="relu").shape == F.linear(x, w).shape
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                  torch.nn.Linear(8 * 4 * 4, 10))
+    ours = models.convert(net)
+    assert isinstance(ours[0], models.Conv2dReLUPool)
+    out = ours(torch.empty(4, 3, 8, 8, device="meta"))
+    assert out.is_meta and out.shape == (4, 10)

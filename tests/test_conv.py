@@ -858,3 +858,10 @@ def test_resolved_geometry_is_memoised_but_bad_arguments_still_raise():
         check_and_resolve(x, w, None, 1, 1, 1, True)
     with pytest.raises(ValueError):
         check_and_resolve(x, torch.randn(5, 3, 3, 3, device=DEVICE), None, 1, 1, 1, 1)
+
+
+def test_linear_with_no_in_features():
+    """in_features = 0 (an empty feature vector): the output is the bias, as F.linear's is."""
+    x, w, b = torch.randn(3, 0), torch.randn(4, 0), torch.randn(4)
+    y = linear(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE))
+    torch.testing.assert_close(y.cpu(), F.linear(x, w, b))

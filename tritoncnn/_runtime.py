@@ -57,10 +57,12 @@ def device_type() -> str:
     return "cpu" if INTERPRET else "cuda"
 
 
-def check_device(name: str, tensor: torch.Tensor) -> None:
-    """Raise a clear error when ``tensor`` lives where the current mode cannot run kernels."""
+def check_device(name: str, tensor: torch.Tensor, meta_ok: bool = False) -> None:
+    """Raise a clear error when ``tensor`` lives where the current mode cannot run kernels.
+    ``meta_ok``: meta tensors pass too (the functional API sends them to the custom ops, whose
+    fake kernels compute the output shapes and launch nothing)."""
     want = device_type()
-    if tensor.device.type != want:
+    if tensor.device.type != want and not (meta_ok and tensor.is_meta):
         how = "interpreted (CPU tensors only)" if INTERPRET else "compiled (CUDA tensors only)"
         raise RuntimeError(
             f"{name} is on device {tensor.device}, but tritoncnn kernels run {how} in this "
