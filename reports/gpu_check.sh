@@ -27,8 +27,8 @@
 # winners).
 set -u
 
-ALL_PARTS="tests-gpu tests-rest bench-quick bench-tuned bench-conv bench-pool bench-train \
-bench-compile train"
+ALL_PARTS="tests-gpu bench-quick bench-train train bench-tuned bench-conv bench-pool tests-rest \
+bench-compile"
 PARTS="install env $(echo "${PARTS:-$ALL_PARTS}" | tr ',' ' ')"  # install and env: always
 for name in $PARTS; do
     case " install env $ALL_PARTS " in
@@ -112,18 +112,31 @@ part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 if $PY -c "import xdist" 2>/dev/null; then PYTEST="$PY -m pytest -n 8"; else PYTEST="$PY tests/shards.py 8"; fi
 PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${TEST_TIMEOUT_S:-120}")
 # The gpu-marked tests first (compiled-only checks that no CPU run covers: larger shapes, every
-# tuning config against the reference), then the rest, both into tests.log.
+# tuning config against the reference); the rest after the report's benchmarks (below). Both
+# into tests.log.
 tests() {  # tests NAME LIMIT_S MARK
     part "$1" "$2" bash -c "set -o pipefail; $PYTEST -v --tb=short $PER_TEST \
         -m '$3' --maxfail=25 -p no:cacheprovider -rfE 2>&1 | tee -a '$OUTDIR/tests.log' \
         | tail -n 30"
 }
 tests tests-gpu 80 gpu
-tests tests-rest 90 "not gpu"
 
+# The parts run in this order, which puts what the report needs first when time runs short:
+# the GPU tests, the ceilings and quick layers, the training benchmark and training curves, then
+# tuning, the fuller suites, the rest of the tests and torch.compile.
 # Ceilings, a few layers of each suite, bf16, channels_last, forward and forward+backward,
 # tritoncnn (heuristic configs: nothing is tuned yet) and cuDNN.
 bench 60 bench-quick --quick --no-train
+# A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s,
+# memory; run eagerly and replayed from a CUDA graph (the GPU's time without launch overhead).
+bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10 \
+    --train-graphs
+# tritoncnn train's default run (the digits, both backends) for the report's training curves:
+# steps replayed from CUDA graphs, or eagerly when that fails
+TRAIN="$PY -m tritoncnn.cli train --epochs 3 --out $OUTDIR/train --no-progress"
+part train 45 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
+    { echo 'train --cuda-graphs failed: eager steps' >> '$LOG'; $TRAIN >> '$LOG' 2>&1; }"
+
 # The same layers' tritoncnn kernels tuned first (compiled in parallel, then timed; winners to the
 # cache, tables to tune.csv): rows marked configs=tuned, reported as "tritoncnn (tuned)".
 bench 70 bench-tuned --no-ceilings --no-train --quick --impl tritoncnn --tune
@@ -133,19 +146,14 @@ bench 60 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops
 # Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
 bench 35 bench-pool --no-ceilings --suite Pool --dtype bf16,fp32 \
     --direction forward,forward+backward --impl tritoncnn,cudnn
-# A vgg11 training step (32x32, batch 256, bf16 autocast) on both backends: time, images/s,
-# memory; run eagerly and replayed from a CUDA graph (the GPU's time without launch overhead).
-bench 55 bench-train --no-ceilings --suite Train --train-models vgg11 --dtype bf16 --train-steps 10 \
-    --train-graphs
+# The rest of the test suite compiled (the CPU tests' algorithms on the real compiler), in the
+# time the report's benchmarks left: every benchmark row also records its error against a
+# reference.
+tests tests-rest 90 "not gpu"
+
 # torch.compile(mode="max-autotune") on the quick layers (its autotuning is slow: few cases), when
 # the parts before it left the time.
 bench 50 bench-compile --no-ceilings --no-train --quick --impl compile --direction forward
-
-# tritoncnn train's default run (the digits, both backends) for the report's training curves:
-# steps replayed from CUDA graphs, or eagerly when that fails; last, in the time left
-TRAIN="$PY -m tritoncnn.cli train --epochs 3 --out $OUTDIR/train --no-progress"
-part train 45 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
-    { echo 'train --cuda-graphs failed: eager steps' >> '$LOG'; $TRAIN >> '$LOG' 2>&1; }"
 
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
 if [ -s "$OUTDIR/$CSV" ] && [ "$LEFT" -ge 10 ]; then
