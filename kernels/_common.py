@@ -91,6 +91,7 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
+_jit_tracing = torch._C._get_tracing_state  # torch.jit.trace: sizes are traced tensors there
 
 
 # torch.func transforms the ops' autograd Functions take: grad and vjp (setup_context and a
@@ -114,10 +115,10 @@ def eager_ok(*tensors) -> bool:
     callers cast the inputs themselves) or under the ``torch.func`` transforms of
     :data:`FUNC_TRANSFORMS` (which the custom op's autograd does not take, and the Functions
     do); under torch.compile, functionalize, a torch-function or dispatch mode (fake tensors,
-    the flop counter), for tensor subclasses or for meta tensors the custom op runs, which all
-    of them understand."""
+    the flop counter), torch.jit.trace, for tensor subclasses or for meta tensors the custom op
+    runs, which all of them understand."""
     if torch.compiler.is_compiling() or func_transform() not in FUNC_TRANSFORMS or \
-            _function_mode() or _dispatch_modes():
+            _function_mode() or _dispatch_modes() or _jit_tracing():
         return False
     return all(t is None or type(t) in _PLAIN_TENSORS and not t.is_meta for t in tensors)
 

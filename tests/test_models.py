@@ -582,6 +582,32 @@ def test_convert_outputs_match_on_kernels():
     torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_jit_traced_converted_model_matches_torch():
+    """torch.jit.trace of a converted model records the tritoncnn custom ops (sizes are traced
+    tensors there, which the launchers never see): the trace runs another batch size, survives
+    torch.jit.save and load, and gives torch's outputs and input gradients."""
+    import io
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).to(DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of the shape checks
+        traced = torch.jit.trace(convert(model), torch.randn(2, 3, 8, 8, device=DEVICE))
+    assert "tritoncnn::conv2d_relu_pool" in str(traced.inlined_graph)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(5, 3, 8, 8, device=DEVICE)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = loaded(ours), model(theirs)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # zoo
 
