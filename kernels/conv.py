@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from tritoncnn import _runtime, autotune
 
@@ -189,6 +190,14 @@ def _check_shapes(input_shape: tuple, weight_shape: tuple, bias_shape, groups) -
         )
 
 
+def _provably(condition) -> bool:
+    """A shape condition as a bool; a symbolic one (torch.compile, torch.export) is true only where
+    it holds for every size, and puts no guard on the sizes."""
+    if isinstance(condition, torch.SymBool):
+        return statically_known_true(condition)
+    return bool(condition)
+
+
 def _check_fit(geometry: ConvGeometry, input_shape: tuple, weight_shape: tuple) -> None:
     """The dilated kernel fits the padded input; pixel counts stay below 2**31."""
     N, C, H, W = input_shape
@@ -203,7 +212,11 @@ def _check_fit(geometry: ConvGeometry, input_shape: tuple, weight_shape: tuple) 
         )
     # Kernels index pixels and offsets inside one image in int32 (the batch term is int64).
     P, Q = geometry.output_size(H, W, R, S)
-    if max(N * H * W, N * P * Q, C * H * W, K * P * Q) >= 2**31:
+    # Symbolic sizes (torch.compile, torch.export) pass unless provably too large, with no guard
+    # on them (max() would compare them and guard a dynamic batch to its example value, and a
+    # bound would need declaring): the custom op checks its concrete sizes before it launches.
+    counts = (N * H * W, N * P * Q, C * H * W, K * P * Q)
+    if any(_provably(count >= 2**31) for count in counts):
         raise ValueError(
             f"input {input_shape} with weight {weight_shape} has more than 2**31 - 1 pixels in "
             "the batch or elements in one image; split the batch"

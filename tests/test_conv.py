@@ -419,6 +419,9 @@ def test_bad_input_error_names_shapes():
 def test_too_many_pixels_is_a_clear_error():
     with pytest.raises(ValueError, match=r"2\*\*31"):
         resolve_geometry((2**16, 8, 256, 256), (8, 8, 3, 3), None, 1, 1)
+    with pytest.raises(ValueError, match=r"2\*\*31"):  # the functional API, on meta tensors
+        conv2d(torch.empty(2**16, 8, 256, 256, device="meta"),
+               torch.empty(8, 8, 3, 3, device="meta"), padding=1)
 
 
 def test_linear_bad_input():

@@ -582,6 +582,21 @@ def test_convert_outputs_match_on_kernels():
     torch.testing.assert_close(conv(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_exported_converted_model_keeps_a_dynamic_batch():
+    """torch.export with a dynamic batch dimension (no bound declared): the shape checks put no
+    guard on the batch size (the op checks its concrete sizes when it runs), and the exported
+    program gives torch's outputs at another batch size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).to(DEVICE)
+    exported = torch.export.export(convert(model), (torch.randn(2, 3, 8, 8, device=DEVICE),),
+                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert "tritoncnn.conv2d_relu_pool" in str(exported.graph_module.code)
+    x = torch.randn(5, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(exported.module()(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_jit_traced_converted_model_matches_torch():
     """torch.jit.trace of a converted model records the tritoncnn custom ops (sizes are traced
     tensors there, which the launchers never see): the trace runs another batch size, survives
