@@ -607,13 +607,13 @@ def test_jit_traced_converted_model_matches_torch():
                           nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
                           nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).to(DEVICE)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings of the shape checks
+        warnings.simplefilter("ignore")  # the shape checks' TracerWarnings; jit's deprecation
         traced = torch.jit.trace(convert(model), torch.randn(2, 3, 8, 8, device=DEVICE))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer)
     assert "tritoncnn::conv2d_relu_pool" in str(traced.inlined_graph)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)
     x = torch.randn(5, 3, 8, 8, device=DEVICE)
     ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     out, ref = loaded(ours), model(theirs)
