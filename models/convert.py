@@ -36,6 +36,11 @@ neighbours are fused; the other layers there are converted one for one, and the 
 Python attributes read in ``forward`` (``if self.use_pool:``) are taken at their values at
 conversion time.
 
+A layer with hooks of its own (``register_forward_hook`` and the like) is converted alone, never
+fused, and the new layer takes its hooks over (with ``inplace=True``, the hook handles taken
+before converting still remove them);
+a ReLU or max-pool module with hooks is never fused into a layer before it.
+
 Parameters move as they are (the same ``nn.Parameter`` objects, on their device and dtype), so the
 converted model gives the same outputs within the kernels' rounding, and converting consumes no
 random numbers: a model built and converted under one seed has the weights of the unconverted one.
@@ -107,11 +112,35 @@ def _linear_reason(m: nn.Linear) -> str | None:
     return None
 
 
+# A module's own hooks, registered on it with register_*_hook: a converted layer takes them
+# over (the same dicts, so the handles of a model converted in place still remove them).
+_HOOK_ATTRS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook",
+               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks")
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether ``m`` has forward, forward-pre or backward hooks of its own: they see its input and
+    output, which fusing would change (a fused conv outputs after the ReLU; a fused ReLU or pool
+    is not called at all), so such a module is never fused."""
+    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_pre_hooks
+                or m._backward_hooks)
+
+
 def _carry(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Give ``new`` (built on the meta device) the parameters and mode of ``old``."""
+    """Give ``new`` (built on the meta device) the parameters, mode and hooks of ``old``."""
     new.weight = old.weight
     new.bias = old.bias
     new.train(old.training)
+    return _carry_hooks(new, old)
+
+
+def _carry_hooks(new: nn.Module, old: nn.Module) -> nn.Module:
+    for attr in _HOOK_ATTRS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
     return new
 
 
@@ -135,12 +164,14 @@ def _from_linear(m: nn.Linear, relu: bool) -> nn.Module:
 def _from_pool(m: nn.MaxPool2d) -> nn.Module:
     new = MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
     new.train(m.training)
-    return new
+    return _carry_hooks(new, m)
 
 
 def _fusable(m: nn.Module) -> bool:
     """An exact nn.Conv2d or nn.Linear that a tritoncnn layer can serve (subclasses may have their
-    own forward and are left alone)."""
+    own forward and are left alone), without hooks of its own."""
+    if _hooked(m):
+        return False
     if type(m) is nn.Conv2d:
         return _conv_reason(m) is None
     if type(m) is nn.Linear:
@@ -155,7 +186,7 @@ def _fused(m: nn.Module, pool: int | None = None) -> nn.Module:
 
 
 def _is_relu_module(m: nn.Module) -> bool:
-    return type(m) is nn.ReLU
+    return type(m) is nn.ReLU and not _hooked(m)
 
 
 # ReLU as a function call in a forward: F.relu(x), F.relu(x, inplace=True), torch.relu(x),
@@ -181,8 +212,9 @@ def _is_relu_call(node: torch.fx.Node, arg: torch.fx.Node) -> bool:
 
 def _pool_window(m: nn.Module) -> int | None:
     """F when ``m`` is an ``nn.MaxPool2d`` with square F x F windows at stride F and no padding,
-    dilation, ceil_mode or indices (what the fused conv + ReLU + pool kernel serves), else None."""
-    if type(m) is not nn.MaxPool2d or m.return_indices or m.ceil_mode:
+    dilation, ceil_mode or indices (what the fused conv + ReLU + pool kernel serves) and no hooks,
+    else None."""
+    if type(m) is not nn.MaxPool2d or m.return_indices or m.ceil_mode or _hooked(m):
         return None
     k = _pair(m.kernel_size)
     s = _pair(m.stride if m.stride is not None else m.kernel_size)
@@ -445,8 +477,10 @@ def _set_submodule(root: nn.Module, qualname: str, new: nn.Module) -> None:
 _FAMILIES = ("Conv", "Pool", "Linear", "Bilinear")
 
 
-def _replace_lone(model: nn.Module, report: ConvertReport) -> None:
+def _replace_lone(model: nn.Module, report: ConvertReport) -> list[str]:
+    """Convert every remaining layer on its own; return the names of those with hooks."""
     done: dict[int, nn.Module | None] = {}  # a shared module: one replacement, one report
+    hooked: list[str] = []
     for prefix, parent in list(model.named_modules()):
         for name, child in list(parent._modules.items()):
             if child is None:
@@ -487,6 +521,9 @@ def _replace_lone(model: nn.Module, report: ConvertReport) -> None:
             if new is not None:
                 parent._modules[name] = new
                 report.replaced.append((qual, type(child).__name__, type(new).__name__))
+                if _hooked(child):
+                    hooked.append(qual)
+    return hooked
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,9 +559,11 @@ def convert(model: nn.Module, *, inplace: bool = False, fuse: bool = True,
     # A top-level layer has no parent to swap it in: wrap, replace, unwrap.
     holder = nn.Sequential(model)
     lone = ConvertReport()
-    _replace_lone(holder, lone)
+    hooked = _replace_lone(holder, lone)
     report.replaced += [(_strip0(n), o, c) for n, o, c in lone.replaced]
     report.kept += [(_strip0(n), c, r) for n, c, r in lone.kept]
+    report.notes += [f"{_strip0(n) or '<model>'}: its hooks carried over (a layer with hooks is "
+                     "not fused: they see the unfused layer's input and output)" for n in hooked]
     model = holder[0]
 
     model.convert_report = report

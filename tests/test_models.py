@@ -503,6 +503,64 @@ class Stages(nn.Module):
         return self.head(x)  # (N, 5 * 4 * 4)
 
 
+def test_convert_carries_hooks_and_never_fuses_a_hooked_module():
+    """A conv with a forward hook is converted alone (its hook sees the conv's own output, before
+    the ReLU, as on torch) and keeps the hook (converted in place, the handle still removes it);
+    a ReLU or pool with a hook is not fused away; a full backward hook sees the same gradient."""
+    torch.manual_seed(0)
+
+    class Block(nn.Module):  # the same through torch.fx
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), \
+                nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.pool(self.relu(self.conv(x)))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          Block()).to(DEVICE)
+    seen = {}
+
+    def keep(name):
+        return lambda module, args, out: seen.setdefault(name, []).append(out)
+
+    model[0].register_forward_hook(keep("conv"))
+    model[4].register_forward_hook(keep("relu"))
+    model[6].pool.register_forward_pre_hook(lambda m, args: None)
+    model[3].register_full_backward_hook(
+        lambda m, gin, gout: seen.setdefault("grad", []).append(gout[0]))
+    conv = convert(model)
+    kinds = _kinds(conv)
+    assert (kinds["0"], kinds["1"], kinds["2"]) == ("Conv2d", "ReLU", "MaxPool2d")
+    assert (kinds["3"], kinds["4"], kinds["5"]) == ("Conv2d", "ReLU", "MaxPool2d")
+    assert isinstance(conv[2], MaxPool2d) and isinstance(conv[5], MaxPool2d)
+    assert kinds["6.conv"] == "Conv2dReLU" and kinds["6.relu"] == "Identity"
+    assert kinds["6.pool"] == "MaxPool2d"  # kept unfused: it has a hook
+    assert any("hooks carried over" in n for n in conv.convert_report.notes)
+
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    conv(ours).sum().backward()
+    model(theirs).sum().backward()
+    for name in ("conv", "relu"):  # ours first, then torch's: the same values
+        assert len(seen[name]) == 2
+        torch.testing.assert_close(seen[name][0], seen[name][1], atol=1e-4, rtol=1e-4)
+    assert (seen["conv"][0] < 0).any()  # the conv's own output, not the ReLU's
+    torch.testing.assert_close(seen["grad"][0], seen["grad"][1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)
+    # converted in place, the handles taken before converting still remove the hooks
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).to(DEVICE)
+    calls = []
+    handle = small[0].register_forward_hook(lambda *args: calls.append(1))
+    convert(small, inplace=True)
+    small(x)
+    handle.remove()
+    small(x)
+    assert type(small[0]) is Conv2d and len(calls) == 1
+
+
 def test_convert_module_list_and_nested_sequential(torch_kernels):
     model = Stages()
     conv = convert(model)
