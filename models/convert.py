@@ -507,6 +507,10 @@ def _replace_lone(model: nn.Module, report: ConvertReport) -> list[str]:
                 new = _from_pool(child)
             elif isinstance(child, TRITON_LAYERS):
                 continue
+            elif isinstance(child, nn.modules.lazy.LazyModuleMixin) and \
+                    child.has_uninitialized_params():
+                report.kept.append((qual, type(child).__name__, "a lazy module not initialized "
+                                    "yet: run one forward pass, then convert()"))
             elif isinstance(child, (nn.Conv2d, nn.Linear, nn.MaxPool2d)):
                 base = next(c for c in (nn.Conv2d, nn.Linear, nn.MaxPool2d)
                             if isinstance(child, c))
@@ -569,10 +573,10 @@ def convert(model: nn.Module, *, inplace: bool = False, fuse: bool = True,
     model.convert_report = report
     log.info("%s", report)
     if warn and report.kept:
-        names = ", ".join(f"{n or '<model>'} ({c})" for n, c, _ in report.kept)
+        names = "; ".join(f"{n or '<model>'} ({c}): {why}" for n, c, why in report.kept)
         warnings.warn(
-            f"convert(): {len(report.kept)} layers kept as torch.nn (no tritoncnn kernel serves "
-            f"them): {names}; see model.convert_report",
+            f"convert(): {len(report.kept)} layers kept as torch.nn: {names} "
+            "(model.convert_report lists every change)",
             UserWarning,
             stacklevel=2,
         )

@@ -603,6 +603,24 @@ def test_convert_on_kernels_training_branch():
     _outputs_match(model, conv, torch.randn(2, 3, 6, 6, device=DEVICE), atol=1e-4)
 
 
+def test_convert_waits_for_lazy_modules_and_the_warning_says_why():
+    """An uninitialized nn.LazyConv2d / nn.LazyLinear is kept, and the warning names it with the
+    reason; after one forward pass the same model converts and fuses."""
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.LazyLinear(5)).to(DEVICE)
+    with pytest.warns(UserWarning, match=r"0 \(LazyConv2d\): a lazy module not initialized yet"):
+        kept = convert(make())
+    assert {n for n, _, _ in kept.convert_report.kept} == {"0", "4"}
+    model = make()
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    ref = model(x)
+    ours = convert(model)
+    assert type(ours[0]) is Conv2dReLUPool and type(ours[4]) is Linear
+    torch.testing.assert_close(ours(x), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_convert_untraceable_model_converts_unfused():
     model = Untraceable().to(DEVICE)
     conv = convert(model)
