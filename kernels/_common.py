@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from tritoncnn import _runtime
 from tritoncnn._shapes import as_pair, cdiv, conv_len, next_pow2, pooled_len  # noqa: F401 (re-exported)
@@ -144,8 +145,16 @@ def with_eager_twin(function: type) -> type:
 
 
 def apply_function(function: type, *args):
-    """``function.apply(*args)`` under a torch.func transform, its eager twin's otherwise."""
-    return (function if func_transform() else function.eager_twin).apply(*args)
+    """``function.apply(*args)`` under a torch.func transform, its eager twin's otherwise; with
+    nothing for autograd to record (no grad mode or no tensor that requires grad, no forward-mode
+    AD level open: inference, evaluation), ``function.forward(*args)`` alone, which skips the
+    autograd Function's few microseconds of host time."""
+    transform = func_transform()
+    if transform is None and _forward_ad._current_level < 0 and (
+            not torch.is_grad_enabled()
+            or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+        return function.forward(*args)
+    return (function if transform else function.eager_twin).apply(*args)
 
 
 def vmap_rule(function: type, info, in_dims, *args):

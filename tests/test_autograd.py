@@ -247,3 +247,38 @@ def test_meta_linear_and_a_model_on_meta():
     assert isinstance(ours[0], models.Conv2dReLUPool)
     out = ours(torch.empty(4, 3, 8, 8, device="meta"))
     assert out.is_meta and out.shape == (4, 10)
+
+
+_CHECKED = {"conv2d_relu": "conv._Conv2dChecked",
+            "conv2d_relu_pool": "conv_pool._Conv2dReLUPoolChecked",
+            "max_pool2d": "max_pool._MaxPool2dChecked"}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_calls_with_nothing_to_record_skip_the_autograd_function(name, monkeypatch):
+    """Under no_grad, or with no input that requires grad, the functional API runs its launcher
+    without an autograd Function (host time); with an input that requires grad, or a forward-mode
+    AD level open (dual tensors need not require grad), the Function runs and records."""
+    import importlib
+    import torch.autograd.forward_ad as fwAD
+    module, cls = _CHECKED[name].split(".")
+    twin = getattr(importlib.import_module(f"tritoncnn.kernels.{module}"), cls).eager_twin
+    applied = []
+    real = twin.apply
+    monkeypatch.setattr(twin, "apply", lambda *args: applied.append(1) or real(*args))
+    ours, torchs, shapes = OPS[name]
+    tensors = [torch.randn(s, device=DEVICE) for s in shapes]
+    with torch.no_grad():
+        plain = ours(*tensors)
+    assert ours(*tensors).grad_fn is None and not applied  # nor when nothing requires grad
+    torch.testing.assert_close(plain, torchs(*tensors))
+    leaf = tensors[0].clone().requires_grad_()
+    out = ours(leaf, *tensors[1:])
+    assert out.grad_fn is not None and len(applied) == 1
+    tangent = torch.randn_like(tensors[0])
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(tensors[0], tangent)
+        got = fwAD.unpack_dual(ours(dual, *tensors[1:])).tangent
+        want = fwAD.unpack_dual(torchs(dual, *tensors[1:])).tangent
+    assert len(applied) == 2
+    torch.testing.assert_close(got, want)
