@@ -51,6 +51,11 @@ def is_channels_last(tensor: torch.Tensor) -> bool:
     shape = tensor.shape
     if len(shape) != 4 or tensor.stride(1) == 0:
         return False
+    if 1 not in shape and 0 not in shape:  # unambiguous dense tensors: PyTorch answers in C++
+        if tensor.is_contiguous(memory_format=torch.channels_last):
+            return True
+        if tensor.is_contiguous():
+            return False
     smallest = 0
     for d in (1, 3, 2, 0):
         size, stride = shape[d], tensor.stride(d)

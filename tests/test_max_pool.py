@@ -440,3 +440,19 @@ def test_backward_op_rejects_a_gradient_of_the_wrong_size():
         torch.ops.tritoncnn.max_pool2d_bwd(out[..., :2], offsets[..., :2], list(x.shape),
                                            [2, 2], [2, 2], [0, 0], [1, 1], False)
 
+
+
+def test_output_format_rule_matches_pytorch_on_every_small_layout():
+    """``is_channels_last`` (the output format every op keeps) gives PyTorch's choice for dense
+    tensors, transposed, strided and sliced views and size-1 dimensions (compared where the two
+    formats' strides differ), both through its C++ fast path and its stride walk."""
+    import itertools
+    from tritoncnn.kernels._common import is_channels_last
+    for shape in itertools.product((1, 2, 3), repeat=4):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            t = torch.empty(shape).contiguous(memory_format=fmt)
+            for v in (t, t.transpose(2, 3), t[:, :, ::2], t[:, :2]):
+                out = F.max_pool2d(v, 1)
+                cl = torch.empty(out.shape).contiguous(memory_format=torch.channels_last).stride()
+                if cl != torch.empty(out.shape).stride():
+                    assert is_channels_last(v) == (out.stride() == cl), (shape, v.stride())
