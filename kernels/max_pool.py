@@ -696,7 +696,9 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     Plain eager calls (and torch.func.grad) run the launchers through an autograd Function, as
     :class:`MaxPool2dFunction` does; anything else goes through the custom op
     ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The input and the arguments
-    are checked once, by the launcher (or the op's fake kernel).
+    are checked once, by the launcher (or the op's fake kernel). A window wholly in the padding
+    (dilation allows it) gives -inf and PyTorch's index, which lies outside the input; its
+    gradient reaches no input element.
     """
     if eager_ok(input):
         return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,

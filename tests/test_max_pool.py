@@ -456,3 +456,17 @@ def test_output_format_rule_matches_pytorch_on_every_small_layout():
                 cl = torch.empty(out.shape).contiguous(memory_format=torch.channels_last).stride()
                 if cl != torch.empty(out.shape).stride():
                     assert is_channels_last(v) == (out.stride() == cl), (shape, v.stride())
+
+
+def test_a_window_wholly_in_the_padding():
+    """With dilation, a window can lie wholly in the padding: its output is -inf and its index
+    PyTorch's (one past the window's first padded row: outside the input), and its gradient
+    reaches no input element (PyTorch's own backward would write outside the input there)."""
+    x = torch.randn(2, 3, 1, 5, device=DEVICE, requires_grad=True)
+    args = ((2, 1), 1, (1, 0), (2, 1))
+    out, index = max_pool2d(x, *args, return_indices=True)
+    ref, ref_index = F.max_pool2d(x.detach().cpu(), *args, return_indices=True)
+    assert torch.isinf(ref).all() and torch.equal(out.cpu(), ref)
+    assert torch.equal(index.cpu(), ref_index)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
