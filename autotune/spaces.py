@@ -11,7 +11,8 @@ timing:
   the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their ``num_warps``
   capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
   ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
-* **IEEE float32** (``ieee`` in the shape): tiles capped by :data:`IEEE_CAPS`;
+* **IEEE float32 and float64** (``ieee`` in the shape): tiles capped by :data:`IEEE_CAPS` and
+  :data:`FP64_CAPS`;
 * **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
   every register tile of the epilogue (:func:`acc_tiles`: ``conv_pool_fwd`` with a pool whose
   windows are not whole rows of its tile keeps a running window maximum and its offset beside the
@@ -35,8 +36,9 @@ or tuned entries are never found: build them with :func:`conv_shape` and :func:`
   pad_h, pad_w, dil_h, dil_w, groups``; plus ``pool`` (the window F = S) for ``conv_pool_fwd`` and
   for the ``conv_dx`` / ``conv_dw`` launches of the fused conv + ReLU + max-pool's backward, whose
   dY load differs from the plain conv's (a shape dict without ``pool`` is the plain conv); and
-  ``ieee=1`` for float32 launches with TF32 off (tl.dot on the FMA units: tiles capped by
-  :data:`IEEE_CAPS`, tuned apart from TF32's; absent for TF32, bf16 and fp16);
+  ``ieee=1`` for float32 launches with TF32 off and float64 ones (tiles capped by
+  :data:`IEEE_CAPS` / :data:`FP64_CAPS`, tuned apart from TF32's; absent for TF32, bf16 and
+  fp16);
 * pool kernels (``max_pool_fwd``, ``max_pool_bwd``): ``N, C, H, W`` (input), ``OH, OW`` (output;
   ``ceil_mode`` shows only there), ``KH, KW`` (window), ``SH, SW`` (stride), ``PH, PW`` (padding),
   ``DH, DW`` (dilation).
@@ -167,6 +169,13 @@ IEEE_CAPS = {
     ("conv_pool_fwd_loop", True): (64, 32, 32, 4),  # a running maximum per window element
     ("conv_dw", True): (64, 32, 16, 4),
 }
+# float64 runs tl.dot on mma.sync's fp64 shapes with its operand tiles in registers, as IEEE
+# float32 does (its launches carry ``ieee=1`` too), and its accumulators take two registers a
+# value: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) caps measured not to spill (sm_90, ptxas -v):
+# deeper than 16, dX and dW spill (64x64x32: 16-60 B); dW at 128x128 on 8 warps spills 60 B; the
+# fused pool's window loop at 64x32, 36 B.
+FP64_DEFAULT_CAPS = (64, 64, 16, 4)
+FP64_CAPS = {("conv_pool_fwd_loop", True): (32, 32, 16, 4)}
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
 # Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
@@ -221,14 +230,17 @@ def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> d
                 pad_h=pads[0], pad_w=pads[2], dil_h=dh, dil_w=dw, groups=int(groups))
 
 
-def cap_ieee(kernel: str, shape: Mapping[str, int], config: dict) -> dict:
-    """``config`` with its tiles capped by :data:`IEEE_CAPS` when ``shape`` is an IEEE float32
-    launch (``ieee`` set); unchanged otherwise."""
+def cap_ieee(kernel: str, shape: Mapping[str, int], config: dict, dtype=None) -> dict:
+    """``config`` with its tiles capped when ``shape`` is an IEEE float32 launch (``ieee`` set) by
+    :data:`IEEE_CAPS`, or a float64 one (``ieee`` set too) by :data:`FP64_CAPS`; unchanged
+    otherwise."""
     if not shape.get("ieee"):
         return config
     pool = int(shape.get("pool", 1) or 1)
     loop = kernel == "conv_pool_fwd" and not window_rows(pool)
     caps = IEEE_CAPS.get((kernel + ("_loop" if loop else ""), pool > 1))
+    if dtype == torch.float64:
+        caps = FP64_CAPS.get((kernel + ("_loop" if loop else ""), pool > 1), FP64_DEFAULT_CAPS)
     for key, cap in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), caps or ()):
         config[key] = min(config[key], cap)
     return config
@@ -343,7 +355,7 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
     cap_warps = MAX_WARPS.get(kernel)
     out = []
     for cfg in space:
-        c = cap_ieee(kernel, shape, dict(cfg))
+        c = cap_ieee(kernel, shape, dict(cfg), dtype)
         c["BLOCK_M"] = _cap(c["BLOCK_M"], m, MIN_DOT)
         c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
         red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))

@@ -72,6 +72,7 @@ TOLERANCES = {
     torch.float32: (1e-2, 1e-2),  # TF32 tensor cores keep ~10 mantissa bits
     torch.float16: (1e-2, 1e-2),
     torch.bfloat16: (5e-2, 5e-2),
+    torch.float64: (1e-9, 1e-9),
 }
 
 

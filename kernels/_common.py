@@ -10,20 +10,20 @@ import torch.autograd.forward_ad as _forward_ad
 from tritoncnn import _runtime
 from tritoncnn._shapes import as_pair, cdiv, conv_len, next_pow2, pooled_len  # noqa: F401 (re-exported)
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 INTERPRET = _runtime.INTERPRET
 launch = _runtime.launch  # every kernel launch: kernel[grid](...) or its compile-only warm-up
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:
-    """Kernels compute in float32, float16 or bfloat16 only."""
+    """Kernels compute in float32, float16, bfloat16 or float64 only."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} has dtype {tensor.dtype}; tritoncnn kernels support "
-            "torch.float32, torch.float16 and torch.bfloat16"
+            "torch.float32, torch.float16, torch.bfloat16 and torch.float64"
         )
 
 

@@ -70,12 +70,12 @@ def _tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 @triton.jit
 def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """acc += a @ b in fp32. DOT_FP32 upcasts the tiles first (bf16 under the interpreter, whose
-    tl.dot is wrong for bf16)."""
+    """acc += a @ b in the accumulator's dtype (fp32; fp64 for fp64 tiles). DOT_FP32 upcasts the
+    tiles first (bf16 under the interpreter, whose tl.dot is wrong for bf16)."""
     if DOT_FP32:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -125,12 +125,14 @@ def _conv_fwd_mainloop(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c.
+    """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c
+    (fp64 for fp64 operands, as every accumulator here: ``ACC``).
 
     The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
     row groupings (e.g. whole pooling windows) call this core with their own row mapping.
     """
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     offs_k = tl.arange(0, BLOCK_K)
     c_blocks = tl.cdiv(CG, BLOCK_K)
     # Per row, outside the loop: the address of its top-left tap, and its (h0, w0) as unsigned
@@ -163,9 +165,9 @@ def _conv_fwd_mainloop(
 
 @triton.jit
 def _bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
-    """Epilogue on the fp32 accumulator: + bias[chan] per column, then ReLU."""
+    """Epilogue on the accumulator: + bias[chan] per column, then ReLU."""
     if HAS_BIAS:
-        bias = tl.load(b_ptr + chan, mask=mask_n, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + chan, mask=mask_n, other=0.0).to(acc.dtype)
         acc = acc + bias[None, :]
     if RELU:
         # not tl.maximum: compiled, it returns 0 for NaN (maxnum); F.relu keeps NaN
@@ -322,7 +324,8 @@ def _conv_pool_fwd_kernel(
         x_row = n.to(tl.int64) * sxn + x_col
         h_win = ph * POOL * stride_h - pad_h               # top-left tap of window element (0, 0)
         w_win = pw * POOL * stride_w - pad_w
-        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
+        ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
         arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for e in range(E):                                 # window element (i, j), row-major
             acc = _conv_fwd_mainloop(
@@ -453,7 +456,8 @@ def _conv_dx_kernel(
     y_base = y_row + p_row * syp + q_row * syq
     offs_k = tl.arange(0, BLOCK_K)
     k_blocks = tl.cdiv(KG, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ACC: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for it in range(n_r * n_s * k_blocks):
         kb = it % k_blocks
         rs = it // k_blocks
@@ -563,8 +567,9 @@ def _conv_dw_kernel(
     NPQ = N * P * Q
     t_begin = split * CHUNK
     t_end = tl.minimum(t_begin + CHUNK, NPQ)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ACC: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc_b = tl.zeros((BLOCK_M,), dtype=ACC)
     # The pixels' (n, p, q) digits: divided out once, then advanced by BLOCK_K pixels a step as
     # a mixed-radix addition of the step's own digits (no division inside the loop)
     t = t_begin + tl.arange(0, BLOCK_K)
@@ -586,7 +591,7 @@ def _conv_dw_kernel(
                      y_ptr, (chan * syk)[:, None] + (n64 * syn + pp * syp + pq * syq)[None, :],
                      off_ptr, elem[None, :], mask_a, RELU, OFFSETS)  # dY^T (BLOCK_M, BLOCK_K)
         if NEED_DB:
-            acc_b += tl.sum(a.to(tl.float32), axis=1)
+            acc_b += tl.sum(a.to(ACC), axis=1)
         if NEED_DW:
             h0 = p * stride_h                              # (BLOCK_K,): the tap (0, 0) pixel
             w0 = q * stride_w
@@ -625,7 +630,8 @@ def _sum_splits_kernel(
     sw_k, sw_c, sw_r, sw_s, sb_k,
     BLOCK: tl.constexpr,
 ):
-    """dW[k, c, r, s] and db[k]: the sums over splits, in split order, of the fp32 partials.
+    """dW[k, c, r, s] and db[k]: the sums over splits, in split order, of the fp32 partials (fp64
+    for fp64 gradients).
 
     part is (SPLIT, ROW) contiguous, each row this split's dW partial, (K, R*S*CG) in (r, s, c)
     order (its first L_DW = K*RSC elements; none when dW is not needed), then its db partial (K).
@@ -633,7 +639,7 @@ def _sum_splits_kernel(
     """
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = e < ROW
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)  # fp32 (fp64 for fp64 grads)
     ptrs = part_ptr + e
     for _ in range(SPLIT):
         acc += tl.load(ptrs, mask=mask, other=0.0)

@@ -372,12 +372,13 @@ def _dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
 def _config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
             override: Optional[dict], ieee: bool = False) -> dict:
     """The tuned (or heuristic) config from the autotune cache, with ``override`` on top.
-    ``ieee`` (float32 without TF32): the launch is its own cache entry (``ieee`` in the shape
-    dict), and its tiles are capped by ``autotune.spaces.IEEE_CAPS``, the heuristic's too."""
+    ``ieee`` (float32 without TF32, float64: :func:`_register_tiles`): the launch is its own
+    cache entry (``ieee`` in the shape dict), and its tiles are capped by
+    ``autotune.spaces.cap_ieee``, the heuristic's too."""
     if ieee:
         shape = {**shape, "ieee": 1}
     cfg = autotune.spaces.cap_ieee(
-        kernel, shape, dict(autotune.get_config(kernel, shape, dtype, layout, heuristic)))
+        kernel, shape, dict(autotune.get_config(kernel, shape, dtype, layout, heuristic)), dtype)
     if override:
         cfg.update(override)
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
@@ -410,9 +411,14 @@ def _shape_key_items(x_shape: tuple, w_shape: tuple, geometry: ConvGeometry, poo
 LAYOUT = "nhwc"
 
 
-def _ieee_fp32(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
-    """float32 compiled without TF32: tl.dot on the FMA units (``autotune.spaces.IEEE_CAPS``)."""
-    return dtype == torch.float32 and not INTERPRET and dot_precision(dtype, allow_tf32) == "ieee"
+def _register_tiles(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
+    """Compiled dots whose operand tiles pass through registers: float32 without TF32 (tl.dot on
+    the FMA units) and float64 (mma.sync's fp64 shapes). Their tiles are capped by
+    ``autotune.spaces.IEEE_CAPS``, and their launches have cache entries of their own."""
+    if INTERPRET:
+        return False
+    return dtype == torch.float64 or dtype == torch.float32 and \
+        dot_precision(dtype, allow_tf32) == "ieee"
 
 
 def _dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
@@ -452,7 +458,7 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     M = N * P * Q
     cfg = _config("conv_fwd", _shape_key(input, weight, geometry), input.dtype,
                   LAYOUT, _gemm_heuristic(M, KG, CG, input.dtype), config,
-                  _ieee_fp32(input.dtype, allow_tf32))
+                  _register_tiles(input.dtype, allow_tf32))
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     syn, syk, syp, syq = kernel_strides(y)
@@ -521,6 +527,11 @@ def conv2d_backward(
         # Only the pixels the windows cover get a gradient: the kernels see that P x Q map.
         P, Q = pooled[2] * pool, pooled[3] * pool
         y = offsets  # the kernels read the offsets with the strides they pass for y
+        if input.dtype == torch.float64:
+            # Triton 3.6 sizes an fp64 dot's register operand by the narrowest load feeding it,
+            # and with int8 offsets picks a layout its fp64 MMA lowering rejects ("fp64 don't
+            # support largeK MMA"): int32 offsets (a pooled-size copy) keep it at fp64's own
+            y = offsets.to(torch.int32)
     else:
         if relu and output is None:
             raise ValueError("conv2d_backward with relu=True needs the saved forward output")
@@ -537,7 +548,7 @@ def conv2d_backward(
     shape = _shape_key(input, weight, geometry, pool)
     layout = LAYOUT
     dot = _dot_args(input.dtype, allow_tf32)
-    ieee = _ieee_fp32(input.dtype, allow_tf32)
+    ieee = _register_tiles(input.dtype, allow_tf32)
     relu_mask = relu and not from_offsets  # else the offsets carry the mask
     # channel vector widths: CG with input's and weight's strides, KG with dY's and y's
     ds, ys, xs, ws = (kernel_strides(t) for t in (grad_output, y, input, weight))
@@ -607,7 +618,8 @@ def conv2d_backward(
         if split == 1:  # the kernel casts and stores dW / db in place: no partials, no sum pass
             dw_dst, db_dst = dw_out, db
         else:
-            part = torch.empty((split, row), device=input.device, dtype=torch.float32)
+            part = torch.empty((split, row), device=input.device,
+                               dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
             dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
         dummy = dw_dst if need_dw else db_dst
         dw_strides = kernel_strides(dw_out) if need_dw else (0, 0, 0, 0)
@@ -870,11 +882,12 @@ _autocast_lib = torch.library.Library("tritoncnn", "FRAGMENT")
 
 def autocast_inputs(device_type: str, *tensors) -> tuple:
     """The tensors cast to torch.autocast's dtype for ``device_type``, as F.conv2d's are (floating
-    tensors on that device; None and others as they are): what the ops' autocast registrations and
-    the functional API's eager path do under autocast."""
+    tensors on that device but float64, which autocast leaves; None and others as they are): what
+    the ops' autocast registrations and the functional API's eager path do under autocast."""
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point()
-                 and t.device.type == device_type else t for t in tensors)
+                 and t.dtype != torch.float64 and t.device.type == device_type else t
+                 for t in tensors)
 
 
 def _register_autocast(name: str, op, device_type: str, dispatch_key: str) -> None:

@@ -51,7 +51,7 @@ from .conv import (
     _config,
     _dot_args,
     _gemm_heuristic,
-    _ieee_fp32,
+    _register_tiles,
     _launch_opts,
     _resolve_tf32,
     _shape,
@@ -146,7 +146,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     MP = N * PP * PQ
     cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
                   LAYOUT, _heuristic(MP, pool, KG, CG, input.dtype), config,
-                  _ieee_fp32(input.dtype, allow_tf32))
+                  _register_tiles(input.dtype, allow_tf32))
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)

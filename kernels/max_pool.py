@@ -97,7 +97,7 @@ def _window_max_step(x_ptr, base, h0, w0, kh, kw, H, W, sxh, sxw, mask, best, ar
     iw = w0 + kw * DW
     inside = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     val = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=inside, other=float("-inf"))
-    val = val.to(tl.float32)
+    val = val.to(best.dtype)
     take = (val > best) | (val != val)  # padding loads -inf and never takes
     best = tl.where(take, val, best)
     arg = tl.where(take, kh * KW + kw, arg)
@@ -129,7 +129,8 @@ def _max_pool_fwd_kernel(
     kh0 = tl.maximum(DH - 1 - h0, 0) // DH
     kw0 = tl.maximum(DW - 1 - w0, 0) // DW
     arg = kh0 * KW + kw0
-    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    best = tl.full([BLOCK], float("-inf"), ACC)
     if UNROLL:
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
@@ -178,14 +179,15 @@ def _max_pool_fwd_rows_kernel(
     # (ceil_mode) reads -inf past W. One comparison keeps the mask constant over runs of VEC
     # columns, so the loads stay vectorised.
     col_ok = j < w_in_v * VEC
-    best = tl.full([BLOCK_R, BLOCK_OW], float("-inf"), tl.float32)
+    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    best = tl.full([BLOCK_R, BLOCK_OW], float("-inf"), ACC)
     arg = tl.zeros([BLOCK_R, BLOCK_OW], tl.int32)
     for kh in range(KH):
         ih = oh * KH + kh
         ok = (row_ok & (ih < H))[:, None] & col_ok[None, :]
         vals = tl.load(x_ptr + (base + ih * sxh)[:, None] + j[None, :] * sxw, mask=ok,
                        other=float("-inf"))
-        rb, ra = _window_max(tl.reshape(vals.to(tl.float32), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
+        rb, ra = _window_max(tl.reshape(vals.to(ACC), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
         take = (rb > best) | (rb != rb)  # the scan's rule, a whole window row at a time
         best = tl.where(take, rb, best)
         arg = tl.where(take, kh * KW + ra, arg)
@@ -210,7 +212,7 @@ def _window_grad_step(go_ptr, off_ptr, gbase, obase, ih, iw, kh, kw, OH, OW,
     # loaded under the window mask alone (the same for a run of channels in NHWC, so the load is
     # vectorised), then kept where the offset names this element
     g = tl.load(go_ptr + gbase + oh * sgh + ow * sgw, mask=hit, other=0.0)
-    return acc + tl.where(off == kh * KW + kw, g.to(tl.float32), 0.0)
+    return acc + tl.where(off == kh * KW + kw, g.to(acc.dtype), 0.0)
 
 
 @triton.jit
@@ -227,7 +229,8 @@ def _max_pool_bwd_kernel(
     """One program computes BLOCK input gradients, taken in grad_input's memory order.
 
     grad_output and the offsets are read through their strides; grad_input is contiguous in the
-    input's format. Windows are visited in a fixed order and summed in float32.
+    input's format. Windows are visited in a fixed order and summed in float32 (float64 for
+    float64).
     """
     idx = _block_indices(BLOCK, INT64)
     mask = idx < total
@@ -246,7 +249,8 @@ def _max_pool_bwd_kernel(
         g = tl.where(off == (ih - oh * KH) * KW + (iw - ow * KW), g, tl.zeros_like(g))
         tl.store(gi_ptr + idx, g.to(gi_ptr.dtype.element_ty), mask=mask)
     else:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        ACC: tl.constexpr = tl.float64 if go_ptr.dtype.element_ty == tl.float64 else tl.float32
+        acc = tl.zeros([BLOCK], dtype=ACC)
         if UNROLL:
             for kh in tl.static_range(KH):
                 for kw in tl.static_range(KW):
@@ -692,7 +696,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     """Drop-in for ``torch.nn.functional.max_pool2d`` on the Triton kernels.
 
     Same arguments, output shapes, values, indices and gradients as PyTorch, for 3-D (C, H, W)
-    and 4-D (N, C, H, W) input in float32, float16 or bfloat16, NCHW or channels_last (kept).
+    and 4-D (N, C, H, W) input in float32, float16, bfloat16 or float64, NCHW or channels_last
+    (kept).
     Plain eager calls (and torch.func.grad) run the launchers through an autograd Function, as
     :class:`MaxPool2dFunction` does; anything else goes through the custom op
     ``tritoncnn::max_pool2d_fwd``, so ``torch.compile`` traces it. The input and the arguments

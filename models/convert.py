@@ -46,7 +46,7 @@ converted model gives the same outputs within the kernels' rounding, and convert
 random numbers: a model built and converted under one seed has the weights of the unconverted one.
 
 What is left alone is reported: layers of the conv, pool or linear families that the kernels do
-not serve (float64, ``nn.Conv1d``, ``nn.AvgPool2d``, a subclass of
+not serve (integer dtypes, ``nn.Conv1d``, ``nn.AvgPool2d``, a subclass of
 ``nn.Conv2d`` with a ``forward`` of its own, ...) and any other layer holding parameters. The
 report is returned on the model as ``model.convert_report`` (a :class:`ConvertReport`), logged,
 and, when something was kept, issued as a ``UserWarning``.
@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import (
-    TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
+    FLOAT_DTYPES, TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
 )
 
 __all__ = ["convert", "ConvertReport"]
@@ -101,14 +101,14 @@ class ConvertReport:
 # building one tritoncnn layer from one torch.nn layer, without new random numbers
 
 def _conv_reason(m: nn.Conv2d) -> str | None:
-    if m.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {m.weight.dtype} (kernels compute in fp32, fp16, bf16)"
+    if m.weight.dtype not in FLOAT_DTYPES:
+        return f"dtype {m.weight.dtype} (kernels compute in fp32, fp16, bf16, fp64)"
     return None
 
 
 def _linear_reason(m: nn.Linear) -> str | None:
-    if m.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {m.weight.dtype} (kernels compute in fp32, fp16, bf16)"
+    if m.weight.dtype not in FLOAT_DTYPES:
+        return f"dtype {m.weight.dtype} (kernels compute in fp32, fp16, bf16, fp64)"
     return None
 
 

@@ -32,6 +32,11 @@ __all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "Lin
            "TRITON_LAYERS"]
 
 
+# the dtypes the kernels compute in (tritoncnn.kernels._common.FLOAT_DTYPES, named here so that
+# importing the layers leaves the runtime mode unfixed)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def _kernels():
     """The functional ops, imported on first use (importing them fixes Triton's runtime mode)."""
     from tritoncnn import kernels
@@ -64,10 +69,10 @@ class _ConvBase(nn.Conv2d):
         device=None,
         dtype=None,
     ) -> None:
-        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if dtype is not None and dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"{type(self).__name__}: dtype={dtype} is not supported; tritoncnn kernels "
-                "compute in torch.float32, torch.float16 or torch.bfloat16"
+                "compute in torch.float32, torch.float16, torch.bfloat16 or torch.float64"
             )
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -184,10 +189,10 @@ class _LinearBase(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None) -> None:
-        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if dtype is not None and dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"{type(self).__name__}: dtype={dtype} is not supported; tritoncnn kernels "
-                "compute in torch.float32, torch.float16 or torch.bfloat16"
+                "compute in torch.float32, torch.float16, torch.bfloat16 or torch.float64"
             )
         super().__init__(in_features, out_features, bias, device, dtype)
 

@@ -92,7 +92,7 @@ def exercise() -> None:
     """Every op, forward and backward, over the dtypes, layouts and epilogues the kernels have."""
     from tritoncnn import kernels
 
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         for channels_last in (True, False):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             x = torch.randn(2, 64, 20, 20, dtype=dtype).contiguous(memory_format=fmt)
@@ -206,13 +206,14 @@ def check_registers(top: int = 2) -> str | None:
     from tritoncnn import kernels
 
     # (float32 as TF32, PyTorch's default for convolutions, and as IEEE float32 on the FMA
-    # units, with TF32 off: no wgmma there, and smaller tiles; a 3-channel layer too; and bf16
-    # layers whose channel counts are no multiples of 16, as airbench's and LeNet-5's: their
-    # tiles load element by element)
+    # units, with TF32 off: no wgmma there, and smaller tiles; a 3-channel layer too; float64,
+    # on mma.sync's fp64 shapes (no wgmma either); and bf16 layers whose channel counts are no
+    # multiples of 16, as airbench's and LeNet-5's: their tiles load element by element)
     for dtype, tf32, channels, filters, size in (
             (torch.bfloat16, None, 128, 128, 3), (torch.float32, True, 128, 128, 3),
             (torch.float32, False, 128, 128, 3), (torch.float32, False, 3, 64, 3),
-            (torch.float32, False, 64, 64, 3), (torch.bfloat16, None, 24, 64, 3),
+            (torch.float32, False, 64, 64, 3), (torch.float64, None, 128, 128, 3),
+            (torch.float64, None, 3, 64, 3), (torch.bfloat16, None, 24, 64, 3),
             (torch.bfloat16, None, 6, 16, 5), (torch.bfloat16, None, 16, 120, 5)):
         x = torch.randn(8, channels, 16, 16, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
@@ -239,14 +240,17 @@ def check_registers(top: int = 2) -> str | None:
                         f"{spills} B spilled, {'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
                 lines.append(line)
                 # wgmma takes 64-row tiles: a dW tile of 16 filters (LeNet's c3) cannot
-                wgmma_possible = tf32 is not False and consts["BLOCK_M"] >= 64
+                wgmma_possible = (tf32 is not False and dtype != torch.float64
+                                  and consts["BLOCK_M"] >= 64)
                 if spills > SPILL_TOLERANCE or ("wgmma" not in ptx and wgmma_possible):
                     bad.append(line)
     # the max-pools, forward and backward, on their heuristic tiles: windows up to 8x8,
     # overlapping or not, both layouts, an odd width (scalar loads) and an aligned one
-    for args in ((2,), (3, 2, 1), (3, 1, 1), (5, 2, 2, 2), (7, 1, 3), (8, 1), ((1, 8),), (8,)):
+    pools = [(args, torch.bfloat16) for args in
+             ((2,), (3, 2, 1), (3, 1, 1), (5, 2, 2, 2), (7, 1, 3), (8, 1), ((1, 8),), (8,))]
+    for args, dtype in pools + [((2,), torch.float64), ((3, 2, 1), torch.float64)]:
         for width, layout in ((41, "nchw"), (41, "nhwc"), (64, "nchw")):
-            x = torch.randn(4, 16, 37, width, dtype=torch.bfloat16)
+            x = torch.randn(4, 16, 37, width, dtype=dtype)
             if layout == "nhwc":
                 x = x.contiguous(memory_format=torch.channels_last)
             start = len(COMPILED)
@@ -254,7 +258,7 @@ def check_registers(top: int = 2) -> str | None:
             for name, consts, k in COMPILED[start:]:
                 regs, spills = ptxas_usage(_ptx(k))
                 tile = consts.get("BLOCK") or f"{consts['BLOCK_R']}x{consts['BLOCK_OW']}"
-                line = (f"heuristic {name} {args} {layout} W={width} {tile} "
+                line = (f"heuristic {name} {args} {str(dtype)[6:]} {layout} W={width} {tile} "
                         f"w{consts['num_warps']}: {regs} registers, {spills} B spilled")
                 lines.append(line)
                 if spills > SPILL_TOLERANCE:

@@ -282,3 +282,51 @@ def test_calls_with_nothing_to_record_skip_the_autograd_function(name, monkeypat
         want = fwAD.unpack_dual(torchs(dual, *tensors[1:])).tangent
     assert len(applied) == 2
     torch.testing.assert_close(got, want)
+
+
+GRADCHECK = {  # small float64 cases: torch.autograd.gradcheck differentiates numerically
+    "conv2d_relu": (lambda x, w, b: conv2d_relu(x, w, b, stride=(1, 2), padding=1),
+                    ((1, 2, 4, 5), (3, 2, 3, 3), (3,))),
+    "conv2d_relu_pool": (lambda x, w, b: conv2d_relu_pool(x, w, b, padding=1),
+                         ((1, 2, 5, 5), (2, 2, 3, 3), (2,))),
+    "max_pool2d": (lambda x: max_pool2d(x, 3, 2, 1, ceil_mode=True), ((1, 2, 5, 6),)),
+    "linear": (lambda x, w, b: linear(x, w, b, activation="relu"), ((3, 4), (2, 4), (2,))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADCHECK))
+def test_float64_passes_gradcheck(name):
+    """float64 runs on the kernels too (fp64 accumulators), so torch.autograd.gradcheck and
+    gradgradcheck hold for every op (their fast mode: the numerical derivative along random
+    directions, which any wrong gradient fails but in a few evaluations)."""
+    op, shapes = GRADCHECK[name]
+    torch.manual_seed(0)
+    tensors = [torch.randn(s, device=DEVICE, dtype=torch.float64, requires_grad=True)
+               for s in shapes]
+    assert op(*tensors).dtype == torch.float64
+    assert torch.autograd.gradcheck(op, tensors, fast_mode=True)
+    assert torch.autograd.gradgradcheck(op, tensors, fast_mode=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_float64_matches_pytorch_to_its_rounding(name, channels_last):
+    """float64 outputs and gradients within float64 rounding of PyTorch's; under torch.autocast
+    float64 stays float64, as it does for F.conv2d."""
+    ours, torchs, shapes = OPS[name]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    tensors = [torch.randn(s, device=DEVICE, dtype=torch.float64) for s in shapes]
+    tensors = [t.contiguous(memory_format=fmt) if t.dim() == 4 else t for t in tensors]
+    a = [t.clone().requires_grad_() for t in tensors]
+    b = [t.clone().requires_grad_() for t in tensors]
+    got, want = ours(*a), torchs(*b)
+    assert got.dtype == torch.float64 and got.stride() == want.stride()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(want)
+    got.backward(grad)
+    want.backward(grad)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-12, atol=1e-12)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert ours(*tensors).dtype == torch.float64

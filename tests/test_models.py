@@ -90,8 +90,8 @@ def test_layer_matches_torch_nn_state_and_init(cls, torch_cls, args, kw):
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: Conv2d(3, 4, 3, dtype=torch.float64), "float64"),
-    (lambda: Linear(3, 4, dtype=torch.float64), "float64"),
+    (lambda: Conv2d(3, 4, 3, dtype=torch.int64), "int64"),
+    (lambda: Linear(3, 4, dtype=torch.int32), "int32"),
     (lambda: MaxPool2d(2, padding=2), "at most half"),
     (lambda: Conv2dReLUPool(3, 4, 3, pool=0), "pool must be a positive int"),
     (lambda: Conv2dReLUPool(3, 4, 3, pool=(2, 2)), "pool must be a positive int"),
@@ -619,6 +619,28 @@ def test_convert_waits_for_lazy_modules_and_the_warning_says_why():
     ours = convert(model)
     assert type(ours[0]) is Conv2dReLUPool and type(ours[4]) is Linear
     torch.testing.assert_close(ours(x), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_convert_a_float64_model():
+    """A float64 model converts and fuses like any other and gives torch's outputs and input
+    gradients to float64 rounding; complex layers are kept, with the reason."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).to(DEVICE, torch.float64)
+    ours = convert(model)
+    assert type(ours[0]) is Conv2dReLUPool and type(ours[4]) is Linear
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = ours(a), model(b)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that complex modules are new
+        complex_model = nn.Sequential(nn.Linear(3, 2).to(torch.complex64))
+    with pytest.warns(UserWarning, match=r"dtype torch.complex64"):
+        convert(complex_model)
 
 
 def test_convert_untraceable_model_converts_unfused():
