@@ -55,6 +55,13 @@ import triton
 import triton.language as tl
 
 
+@triton.constexpr_function
+def acc_type(element_ty):
+    """The accumulator dtype of a kernel whose operands are ``element_ty``: fp64 for fp64, fp32
+    for everything else (fp32, fp16, bf16)."""
+    return tl.float64 if element_ty == tl.float64 else tl.float32
+
+
 @triton.jit
 def _tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Grouped ("swizzled") order of output tiles: GROUP_M row tiles share their column tiles in L2."""
@@ -126,13 +133,12 @@ def _conv_fwd_mainloop(
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c
-    (fp64 for fp64 operands, as every accumulator here: ``ACC``).
+    (fp64 for fp64 operands, as every accumulator here: :func:`acc_type`).
 
     The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
     row groupings (e.g. whole pooling windows) call this core with their own row mapping.
     """
-    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(x_ptr.dtype.element_ty))
     offs_k = tl.arange(0, BLOCK_K)
     c_blocks = tl.cdiv(CG, BLOCK_K)
     # Per row, outside the loop: the address of its top-left tap, and its (h0, w0) as unsigned
@@ -324,8 +330,7 @@ def _conv_pool_fwd_kernel(
         x_row = n.to(tl.int64) * sxn + x_col
         h_win = ph * POOL * stride_h - pad_h               # top-left tap of window element (0, 0)
         w_win = pw * POOL * stride_w - pad_w
-        ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), acc_type(x_ptr.dtype.element_ty))
         arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for e in range(E):                                 # window element (i, j), row-major
             acc = _conv_fwd_mainloop(
@@ -456,8 +461,7 @@ def _conv_dx_kernel(
     y_base = y_row + p_row * syp + q_row * syq
     offs_k = tl.arange(0, BLOCK_K)
     k_blocks = tl.cdiv(KG, BLOCK_K)
-    ACC: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dy_ptr.dtype.element_ty))
     for it in range(n_r * n_s * k_blocks):
         kb = it % k_blocks
         rs = it // k_blocks
@@ -567,9 +571,8 @@ def _conv_dw_kernel(
     NPQ = N * P * Q
     t_begin = split * CHUNK
     t_end = tl.minimum(t_begin + CHUNK, NPQ)
-    ACC: tl.constexpr = tl.float64 if dy_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    acc_b = tl.zeros((BLOCK_M,), dtype=ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dy_ptr.dtype.element_ty))
+    acc_b = tl.zeros((BLOCK_M,), dtype=acc.dtype)
     # The pixels' (n, p, q) digits: divided out once, then advanced by BLOCK_K pixels a step as
     # a mixed-radix addition of the step's own digits (no division inside the loop)
     t = t_begin + tl.arange(0, BLOCK_K)
@@ -591,7 +594,7 @@ def _conv_dw_kernel(
                      y_ptr, (chan * syk)[:, None] + (n64 * syn + pp * syp + pq * syq)[None, :],
                      off_ptr, elem[None, :], mask_a, RELU, OFFSETS)  # dY^T (BLOCK_M, BLOCK_K)
         if NEED_DB:
-            acc_b += tl.sum(a.to(ACC), axis=1)
+            acc_b += tl.sum(a.to(acc.dtype), axis=1)
         if NEED_DW:
             h0 = p * stride_h                              # (BLOCK_K,): the tap (0, 0) pixel
             w0 = q * stride_w

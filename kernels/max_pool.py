@@ -36,7 +36,7 @@ from tritoncnn import _runtime, autotune
 from ._common import (INTERPRET, apply_function, as_pair, cdiv, check_device, check_float,
                       eager_ok, is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
                       vmap_rule, with_eager_twin)
-from ._conv_kernels import _window_max
+from ._conv_kernels import _window_max, acc_type
 
 __all__ = [
     "max_pool2d",
@@ -129,8 +129,7 @@ def _max_pool_fwd_kernel(
     kh0 = tl.maximum(DH - 1 - h0, 0) // DH
     kw0 = tl.maximum(DW - 1 - w0, 0) // DW
     arg = kh0 * KW + kw0
-    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    best = tl.full([BLOCK], float("-inf"), ACC)
+    best = tl.full([BLOCK], float("-inf"), acc_type(x_ptr.dtype.element_ty))
     if UNROLL:
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
@@ -179,15 +178,14 @@ def _max_pool_fwd_rows_kernel(
     # (ceil_mode) reads -inf past W. One comparison keeps the mask constant over runs of VEC
     # columns, so the loads stay vectorised.
     col_ok = j < w_in_v * VEC
-    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    best = tl.full([BLOCK_R, BLOCK_OW], float("-inf"), ACC)
+    best = tl.full([BLOCK_R, BLOCK_OW], float("-inf"), acc_type(x_ptr.dtype.element_ty))
     arg = tl.zeros([BLOCK_R, BLOCK_OW], tl.int32)
     for kh in range(KH):
         ih = oh * KH + kh
         ok = (row_ok & (ih < H))[:, None] & col_ok[None, :]
         vals = tl.load(x_ptr + (base + ih * sxh)[:, None] + j[None, :] * sxw, mask=ok,
                        other=float("-inf"))
-        rb, ra = _window_max(tl.reshape(vals.to(ACC), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
+        rb, ra = _window_max(tl.reshape(vals.to(best.dtype), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
         take = (rb > best) | (rb != rb)  # the scan's rule, a whole window row at a time
         best = tl.where(take, rb, best)
         arg = tl.where(take, kh * KW + ra, arg)
@@ -249,8 +247,7 @@ def _max_pool_bwd_kernel(
         g = tl.where(off == (ih - oh * KH) * KW + (iw - ow * KW), g, tl.zeros_like(g))
         tl.store(gi_ptr + idx, g.to(gi_ptr.dtype.element_ty), mask=mask)
     else:
-        ACC: tl.constexpr = tl.float64 if go_ptr.dtype.element_ty == tl.float64 else tl.float32
-        acc = tl.zeros([BLOCK], dtype=ACC)
+        acc = tl.zeros([BLOCK], dtype=acc_type(go_ptr.dtype.element_ty))
         if UNROLL:
             for kh in tl.static_range(KH):
                 for kw in tl.static_range(KW):
