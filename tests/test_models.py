@@ -629,13 +629,8 @@ def test_convert_a_float64_model():
                           nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).to(DEVICE, torch.float64)
     ours = convert(model)
     assert type(ours[0]) is Conv2dReLUPool and type(ours[4]) is Linear
-    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out, ref = ours(a), model(b)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    _same_outputs_and_input_grads(
+        ours, model, torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64), 1e-10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's note that complex modules are new
         complex_model = nn.Sequential(nn.Linear(3, 2).to(torch.complex64))
@@ -666,6 +661,16 @@ def test_convert_inplace_shared_and_top_level():
     assert type(top) is Conv2d and top.convert_report.replaced[0][0] == ""
     unfused = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), fuse=False)
     assert type(unfused[0]) is Conv2d and type(unfused[1]) is nn.ReLU
+
+
+def _same_outputs_and_input_grads(ours, model, x, tol=1e-4):
+    """ours(x) and model(x) agree within ``tol``, and so do the gradients of |output|^2 in x."""
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = ours(a), model(b)
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol)
 
 
 def test_convert_outputs_match_on_kernels():
@@ -712,13 +717,7 @@ def test_jit_traced_converted_model_matches_torch():
         buffer.seek(0)
         loaded = torch.jit.load(buffer)
     assert "tritoncnn::conv2d_relu_pool" in str(traced.inlined_graph)
-    x = torch.randn(5, 3, 8, 8, device=DEVICE)
-    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out, ref = loaded(ours), model(theirs)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)
+    _same_outputs_and_input_grads(loaded, model, torch.randn(5, 3, 8, 8, device=DEVICE))
 
 
 # --------------------------------------------------------------------------------------------
