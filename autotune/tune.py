@@ -42,7 +42,8 @@ from . import spaces, tuner
 
 HELP = "autotune every kernel of a model for this GPU and store the winners in the tuning cache"
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "fp64": torch.float64}
 DEFAULT_INPUT = (3, 224, 224)  # a model that does not say
 SPEC_INPUT = (3, 32, 32)  # tritoncnn.models.build's default
 TRAIN_DEFAULT_INPUT = (1, 8, 8)  # tritoncnn train's default data: the 8x8 digits
@@ -147,9 +148,9 @@ def layer_kernels(layers: list[dict], dtype: torch.dtype, layout: str) -> list[d
     (names of the layers sharing it), configs (how many candidates survive pruning). ``layout``
     is the max-pools'; conv kernels always run with channels innermost (:data:`CONV_LAYOUT`).
     float32 conv launches are IEEE ones (``ieee`` in their shapes) when
-    ``torch.backends.cudnn.allow_tf32`` is off, as on a GPU."""
+    ``torch.backends.cudnn.allow_tf32`` is off, as on a GPU, and float64 ones always."""
     out: dict[str, dict] = {}
-    ieee = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    ieee = dtype == torch.float64 or dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
 
     def add(kernel, shape, name, layout=layout):
         key = _cache.entry_key(kernel, shape, dtype, layout, device="-")

@@ -153,6 +153,33 @@ def test_ieee_float32_space_is_capped():
     assert plain_dw == spaces.candidates("conv_dw", shape, torch.float32, **kw)  # no caps there
 
 
+def test_float64_space_is_capped_and_tuned_as_ieee():
+    """float64 (``ieee`` in its shapes too) gets the FP64_CAPS tiles, which ptxas compiles without
+    spilling, in the tuner's space and on the launchers' configs; `tune --dtype fp64` marks its
+    conv shapes ``ieee`` as the launches do."""
+    from tritoncnn.autotune import tune
+    from tritoncnn.kernels import conv as conv_mod
+    kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
+    shape = dict(conv(n=8, c=128, h=16, w=16, k=128), ieee=1)
+    for kernel, sh, caps in (("conv_fwd", shape, spaces.FP64_DEFAULT_CAPS),
+                             ("conv_dw", shape, spaces.FP64_DEFAULT_CAPS),
+                             ("conv_pool_fwd", dict(shape, pool=3),
+                              spaces.FP64_CAPS[("conv_pool_fwd_loop", True)])):
+        found = spaces.candidates(kernel, sh, torch.float64, **kw)
+        assert found, kernel
+        for c in found:
+            tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_warps"])
+            assert all(v <= cap for v, cap in zip(tile, caps)), (kernel, c)
+    big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    assert conv_mod._config("conv_dw", shape, torch.float64, "nhwc", big, None, True) == \
+        dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4)
+    layer = dict(type="conv", name="c1", first=True, input=(8, 3, 16, 16), weight=(8, 3, 3, 3),
+                 stride=1, padding=1, dilation=1, groups=1)
+    assert all(k["shape"].get("ieee") == 1
+               for k in tune.layer_kernels([layer], torch.float64, "nhwc"))
+    assert tune.DTYPES["fp64"] is torch.float64
+
+
 def test_ieee_launches_have_their_own_cache_entries(store, monkeypatch):
     """An IEEE float32 launch looks up the entry tuned in IEEE (``ieee`` in its shape), never the
     TF32 winner of the same layer; an entry over the caps (written before the caps) is capped."""
