@@ -106,6 +106,14 @@ def _sig(v) -> str:
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
 
 
+def _times(v) -> str:
+    """A ratio as "1.23x": two decimals from 0.1 up, two significant digits below (a CPU run's
+    interpreted kernels are thousands of times slower, and "0.00x" would say nothing)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.2f}x" if abs(v) >= 0.1 else f"{v:.2g}x"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
@@ -352,7 +360,7 @@ def headline(df):
             pair = pair[(pair["peak_mem_mb"] > 0) & (pair["peak_mem_mb_base"] > 0)]
             if len(pair):
                 ratio = float(np.exp(np.log(pair["peak_mem_mb"] / pair["peak_mem_mb_base"]).mean()))
-                memory = (f"{ratio:.2f}x of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
+                memory = (f"{_times(ratio)} of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
                           f"{pair['peak_mem_mb_base'].sum():.0f} MiB)")
         if r.op == "train_step":  # whole steps: no single kernel's config to speak of
             case = f"{r.precision} {r.layout} training step"
@@ -360,7 +368,7 @@ def headline(df):
             tuned = ", tuned" if "tuned" in r.implementation else ", heuristic configs"
             case = f"{r.precision} {r.layout} {r.direction}{tuned}"
         rows.append(dict(gpu=r.gpu, suite=r.suite, op=r.op, case=case, layers=r.layers,
-                         speedup=f"{r.geomean:.2f}x", range=f"{r.min:.2f}x-{r.max:.2f}x",
+                         speedup=_times(r.geomean), range=f"{_times(r.min)}-{_times(r.max)}",
                          memory=memory))
     return pd.DataFrame(rows, columns=cols)
 
@@ -702,7 +710,7 @@ def _tune_section(tune) -> list[str]:
                 if len(heur):
                     h = float(heur[tcol].iloc[0])
                     row["heuristic ms"] = _sig(h)
-                    row["tuned speedup"] = f"{h / best[tcol]:.2f}x"
+                    row["tuned speedup"] = _times(h / best[tcol])
                 row["winner"] = best.get("config", "")
             for col, name in (("tune_s", "tuning s"), ("compile_s", "of it compiling s")):
                 if col in g.columns and pd.notna(pd.to_numeric(g[col], errors="coerce").iloc[0]):
@@ -796,9 +804,8 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
         gm = geomean_speedups(g)
         if len(gm):
             t = gm.drop(columns=["gpu"]).assign(
-                geomean=gm["geomean"].map(lambda v: f"{v:.2f}x"),
-                min=gm["min"].map(lambda v: f"{v:.2f}x"),
-                max=gm["max"].map(lambda v: f"{v:.2f}x"))
+                geomean=gm["geomean"].map(_times), min=gm["min"].map(_times),
+                max=gm["max"].map(_times))
             lines += [markdown_table(t.rename(columns={"precision": "dtype (precision)"})
                                      .drop(columns=["dtype"]))]
         else:

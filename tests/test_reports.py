@@ -344,3 +344,11 @@ def test_readme_headline_is_the_committed_results(tmp_path):
     assert readme.read_text() == (root / "README.md").read_text(), (
         "README.md's headline differs from the committed results: run "
         "`tritoncnn report --readme README.md`")
+
+
+def test_speedups_keep_their_digits_below_a_tenth():
+    """Ratios read "1.23x"; below 0.1 (a CPU run's interpreted kernels) two significant digits
+    instead of "0.00x"; NaN leaves the cell empty."""
+    from tritoncnn.reports.report import _times
+    assert [_times(v) for v in (12.345, 1.234, 0.1, 0.0213, 0.000456, float("nan"))] == \
+        ["12.35x", "1.23x", "0.10x", "0.021x", "0.00046x", ""]
