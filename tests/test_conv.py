@@ -35,7 +35,8 @@ CASES = {
 }
 
 # Tolerance per element is base * reduction length (float64 reference).
-TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2)}
+TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2),
+       torch.float64: (1e-15, 1e-12)}
 
 
 def _make(case, dtype, channels_last, bias=True, seed=0):
@@ -138,9 +139,9 @@ def test_conv_no_bias(name):
     _check_case(CASES[name], bias=False)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv_low_precision(dtype, channels_last):
+def test_conv_other_precisions(dtype, channels_last):
     _check_case(CASES["stem_c3_3x3_pad1"], dtype=dtype, channels_last=channels_last)
 
 
@@ -444,7 +445,7 @@ def test_bad_config():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_gpu_larger_shapes(dtype, channels_last):
     _check_case((4, 64, 20, 18, 96, (3, 3), 1, 1, 1, 1), dtype=dtype, channels_last=channels_last)

@@ -33,7 +33,8 @@ CASES = {
 }
 
 # Tolerance per element is base * reduction length (float64 reference), as in test_conv.py.
-TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2)}
+TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2),
+       torch.float64: (1e-15, 1e-12)}
 
 # Small tiles force several row/column tiles, the grouped tile order and a 3-way dW split.
 SMALL_TILES = {
@@ -139,9 +140,9 @@ def test_channels_last(name):
     _check(CASES[name], channels_last=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_low_precision(dtype, channels_last):
+def test_other_precisions(dtype, channels_last):
     _check(CASES["odd_conv_output_pool2"], dtype=dtype, channels_last=channels_last)
 
 
@@ -453,7 +454,7 @@ def test_tuning_problems_run_here(kernel, shape):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_gpu_larger_shapes(dtype, channels_last):
     """Thousands of windows: with random data, fp32 accumulation would put some window's top two

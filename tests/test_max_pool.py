@@ -203,9 +203,9 @@ def test_backward_is_deterministic(k, s):
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1)])
-def test_half_precision(dtype, k, s, p):
+def test_other_precisions(dtype, k, s, p):
     x = torch.randn(2, 3, 9, 8, device=DEVICE, dtype=dtype)
     out, idx = max_pool2d(x, k, s, p, return_indices=True)
     ref, ref_idx = _reference(x, k, s, p, return_indices=True)
@@ -215,8 +215,9 @@ def test_half_precision(dtype, k, s, p):
     upstream = torch.randn(ref.shape, device=DEVICE, dtype=dtype)
     grad, ref_grad = _grads(x, upstream, k, s, p)
     assert grad.dtype == dtype
-    # float32 sums of at most four half-precision values, rounded once: within half an ulp.
-    tol = 2e-3 if dtype == torch.float16 else 8e-3
+    # float32 sums of at most four half-precision values, rounded once: within half an ulp
+    # (float64: float64 sums)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 8e-3, torch.float64: 1e-15}[dtype]
     torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=tol, atol=tol)
 
 
