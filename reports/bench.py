@@ -10,8 +10,8 @@ A case is one layer shape x op x dtype x layout x direction x implementation:
   (``F.conv2d`` + ``F.relu`` (+ ``F.max_pool2d``) with ``torch.backends.cudnn.benchmark = True``;
   recorded as ``torch`` when it runs on the CPU) and ``compile`` (``torch.compile(mode=
   "max-autotune")`` of the same, recorded as ``torch.compile``);
-* dtypes ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 allowed, on both sides) and ``fp32``
-  (float32, IEEE); the ``precision`` column says which;
+* dtypes ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 allowed, on both sides), ``fp32``
+  (float32, IEEE) and ``fp64``; the ``precision`` column says which;
 * directions ``forward`` (under ``torch.no_grad``), ``backward`` (dX, dW, db from a kept graph) and
   ``forward+backward``.
 
@@ -63,7 +63,7 @@ COLUMNS = [
 ]
 
 IMPLEMENTATIONS = ("tritoncnn", "cudnn", "compile")
-DTYPES = ("bf16", "fp16", "tf32", "fp32")
+DTYPES = ("bf16", "fp16", "tf32", "fp32", "fp64")
 LAYOUTS = ("channels_last", "nchw")
 OPS = ("conv_relu", "conv_relu_pool", "pool")
 TRAIN_MODELS = ("lenet5", "vgg11")
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"subset of {', '.join(IMPLEMENTATIONS)} (default all three)")
     parser.add_argument("--dtype", type=_csv_list, default=None,
                         help="subset of bf16, fp16, tf32 (float32, TF32 allowed), fp32 (float32, "
-                             "IEEE); default bf16,tf32 on a GPU, fp32 on the CPU")
+                             "IEEE), fp64; default bf16,tf32 on a GPU, fp32 on the CPU")
     parser.add_argument("--layout", type=_csv_list, default=None,
                         help="subset of channels_last, nchw (default both)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -210,11 +210,11 @@ def torch_dtype(token: str):
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32,
-            "fp32": torch.float32}[token]
+            "fp32": torch.float32, "fp64": torch.float64}[token]
 
 
 def dtype_name(token: str) -> str:
-    return {"bf16": "bf16", "fp16": "fp16", "tf32": "fp32", "fp32": "fp32"}[token]
+    return {"bf16": "bf16", "fp16": "fp16", "tf32": "fp32", "fp32": "fp32", "fp64": "fp64"}[token]
 
 
 class _Precision:
@@ -222,7 +222,8 @@ class _Precision:
 
     def __init__(self, token: str, device):
         self.tf32 = token == "tf32" and device.type == "cuda"
-        self.name = {"bf16": "bf16", "fp16": "fp16"}.get(token, "tf32" if self.tf32 else "ieee")
+        self.name = {"bf16": "bf16", "fp16": "fp16", "fp64": "fp64"}.get(
+            token, "tf32" if self.tf32 else "ieee")
 
     def __enter__(self):
         import torch
@@ -489,22 +490,23 @@ def write_tune_tables(tables, path: Path, info: dict) -> None:
 
 
 def relative_error(case: Case, out, inputs) -> float:
-    """‖out − ref‖ / ‖ref‖ against PyTorch's op in IEEE float32 on the same inputs: a fast result
-    is only worth reporting if it is the right one."""
+    """‖out − ref‖ / ‖ref‖ against PyTorch's op in IEEE float32 (float64 for float64 cases) on
+    the same inputs: a fast result is only worth reporting if it is the right one."""
     import torch
 
     ref_fn = op_function(case.op, "cudnn", case.shape)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    wide = torch.float64 if out.dtype == torch.float64 else torch.float32
     try:
         with torch.no_grad():
-            ref = ref_fn(*[t.detach().float() for t in inputs])
+            ref = ref_fn(*[t.detach().to(wide) for t in inputs])
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     if out.shape != ref.shape:
         raise ValueError(f"output shape {tuple(out.shape)} differs from PyTorch's "
                          f"{tuple(ref.shape)}")
-    return float((out.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+    return float((out.to(wide) - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def case_row(case: Case, device, info: dict, opts) -> dict:
@@ -565,7 +567,8 @@ def _recover(device) -> None:
 
 
 def ceiling_rows(device, info: dict, opts) -> list[dict]:
-    """Matmul TFLOP/s in bf16, fp16, TF32 and IEEE fp32 and device-to-device copy GB/s, as rows."""
+    """Matmul TFLOP/s in bf16, fp16, TF32, IEEE fp32 and fp64 and device-to-device copy GB/s, as
+    rows."""
     import torch
 
     rows = []

@@ -325,8 +325,8 @@ def geomean_speedups(df):
 def headline(df):
     """The first numbers a reader asks for, per GPU (GPU runs only): for each suite and op, one
     geometric-mean speedup over cuDNN, of the case preferred in this order: forward+backward,
-    then forward, then backward; bf16, fp16, TF32, IEEE fp32; channels_last before NCHW; tuned
-    configs before heuristic ones. Training steps add their peak memory beside cuDNN's."""
+    then forward, then backward; bf16, fp16, TF32, IEEE fp32, fp64; channels_last before NCHW;
+    tuned configs before heuristic ones. Training steps add their peak memory beside cuDNN's."""
     import numpy as np
     import pandas as pd
 
@@ -340,7 +340,7 @@ def headline(df):
     if gm.empty:
         return pd.DataFrame(columns=cols)
     rank = {"forward+backward": 0, "forward": 1, "backward": 2,
-            "bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "channels_last": 0}
+            "bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "fp64": 4, "channels_last": 0}
     gm = gm.assign(_r=[(rank.get(d, 9), rank.get(p, 9), rank.get(lay, 9), 0 if "tuned" in i else 1)
                        for d, p, lay, i in zip(gm["direction"], gm["precision"], gm["layout"],
                                                gm["implementation"])])
@@ -766,10 +766,11 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
         "call (compilation, autotuning, cuDNN's algorithm search) is not timed. TFLOP/s counts "
         "2·N·K·P·Q·(C/groups)·R·S per forward and twice that per backward; GB/s counts the fewest "
         "bytes each op must move (reports/suites.py). *% of peak* is against the bf16/fp16/TF32/"
-        "fp32 matmul rate measured on the same card in the same run; *% of copy* against its "
+        "fp32/fp64 matmul rate measured on the same card in the same run; *% of copy* against its "
         "measured device-to-device copy bandwidth. dtype `tf32` is float32 with TF32 allowed on "
         "both sides, `ieee` float32 without. *rel. error* is ‖out − ref‖ / ‖ref‖ of the "
-        "implementation's output against PyTorch's op in IEEE float32 on the same inputs.",
+        "implementation's output against PyTorch's op in IEEE float32 (float64 for fp64 cases) on "
+        "the same inputs.",
         "",
     ]
     if df.empty:

@@ -24,7 +24,7 @@ SUITE_CSV = Path(__file__).with_name("bench_suite.csv")
 DIRECTIONS = ("forward", "backward", "forward+backward")
 
 #: bytes per element of each benchmark dtype name
-ELEMENT_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+ELEMENT_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
 
 
 def conv_out_size(size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:

@@ -116,6 +116,19 @@ def _bench(tmp_path, *extra):
     return _rows(tmp_path / "bench.csv")
 
 
+def test_bench_float64_cases(tmp_path):
+    """--dtype fp64 benchmarks float64 (precision fp64, 8-byte elements in the byte counts), and
+    its relative error is taken against a float64 reference: float64 rounding, not float32's."""
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn", "--dtype", "fp64",
+                     "--ops", "conv_relu_pool", "--direction", "forward", "--layout", "nchw",
+                     "--no-ceilings")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
+    assert {(r["dtype"], r["precision"]) for r in rows} == {("fp64", "fp64")}
+    assert all(float(r["rel_err"]) < 1e-13 for r in rows)
+    shape = S.TINY_SHAPES[0]
+    assert int(rows[0]["bytes"]) == S.shape_bytes(shape, "forward", 8, fused=True)
+
+
 def test_bench_torch_on_tiny_shapes(tmp_path):
     header, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "cudnn")
     assert header == bench.COLUMNS
