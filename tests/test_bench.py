@@ -119,9 +119,10 @@ def _bench(tmp_path, *extra):
 def test_bench_float64_cases(tmp_path):
     """--dtype fp64 benchmarks float64 (precision fp64, 8-byte elements in the byte counts), and
     its relative error is taken against a float64 reference: float64 rounding, not float32's."""
+    from conftest import DEVICE  # the kernels run where this process runs them
     _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn", "--dtype", "fp64",
                      "--ops", "conv_relu_pool", "--direction", "forward", "--layout", "nchw",
-                     "--no-ceilings")
+                     "--no-ceilings", "--device", DEVICE)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
     assert {(r["dtype"], r["precision"]) for r in rows} == {("fp64", "fp64")}
     assert all(float(r["rel_err"]) < 1e-13 for r in rows)
