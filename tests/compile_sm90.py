@@ -9,7 +9,8 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
     python tests/compile_sm90.py --suites   # the bench suites' layers on their heuristic configs
 
-It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``);
+It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``),
+and the float64 ones mma.sync's fp64 MMA;
 that tile loads are vectorised (conv: 16-byte ``cp.async`` only, NCHW operands included; NHWC
 max-pool and the NCHW non-overlapping forward: vector loads only);
 that the configs the autotuner's pruning keeps use no more registers than sm_90 has (the configs
@@ -234,15 +235,16 @@ def check_registers(top: int = 2) -> str | None:
                 ptx = _ptx(k)
                 regs, spills = ptxas_usage(ptx)
                 tile = "x".join(str(consts[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                fp64 = dtype == torch.float64  # no wgmma: mma.sync's fp64 shapes (DMMA)
+                mma = ("f64 mma" if ".f64.f64.f64.f64" in ptx else "NO f64 mma") if fp64 else \
+                    ("wgmma" if "wgmma" in ptx else "NO wgmma")
                 line = (f"heuristic {name} pool={pool} {str(dtype)[6:]} {consts['PRECISION']} "
                         f"C={channels} K={filters} {size}x{size} {tile} w{consts['num_warps']}: "
-                        f"{regs} registers, "
-                        f"{spills} B spilled, {'wgmma' if 'wgmma' in ptx else 'NO wgmma'}")
+                        f"{regs} registers, {spills} B spilled, {mma}")
                 lines.append(line)
                 # wgmma takes 64-row tiles: a dW tile of 16 filters (LeNet's c3) cannot
-                wgmma_possible = (tf32 is not False and dtype != torch.float64
-                                  and consts["BLOCK_M"] >= 64)
-                if spills > SPILL_TOLERANCE or ("wgmma" not in ptx and wgmma_possible):
+                wgmma_possible = tf32 is not False and not fp64 and consts["BLOCK_M"] >= 64
+                if spills > SPILL_TOLERANCE or mma.startswith("NO") and (fp64 or wgmma_possible):
                     bad.append(line)
     # the max-pools, forward and backward, on their heuristic tiles: windows up to 8x8,
     # overlapping or not, both layouts, an odd width (scalar loads) and an aligned one
@@ -264,7 +266,7 @@ def check_registers(top: int = 2) -> str | None:
                 if spills > SPILL_TOLERANCE:
                     bad.append(line)
     print("\n".join(["registers (ptxas -v, sm_90a):", *lines]))
-    return f"{len(bad)} kernels spill or miss wgmma: {'; '.join(bad)}" if bad else None
+    return f"{len(bad)} kernels spill or miss their MMA: {'; '.join(bad)}" if bad else None
 
 
 def _shared(kernel) -> int:
