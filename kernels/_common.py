@@ -8,9 +8,9 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from tritoncnn import _runtime
-from tritoncnn._shapes import as_pair, cdiv, conv_len, next_pow2, pooled_len  # noqa: F401 (re-exported)
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from tritoncnn._shapes import (  # noqa: F401 (re-exported)
+    FLOAT_DTYPES, as_pair, cdiv, conv_len, next_pow2, pooled_len,
+)
 
 INTERPRET = _runtime.INTERPRET
 launch = _runtime.launch  # every kernel launch: kernel[grid](...) or its compile-only warm-up

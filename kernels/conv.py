@@ -414,7 +414,8 @@ LAYOUT = "nhwc"
 def _register_tiles(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
     """Compiled dots whose operand tiles pass through registers: float32 without TF32 (tl.dot on
     the FMA units) and float64 (mma.sync's fp64 shapes). Their tiles are capped by
-    ``autotune.spaces.IEEE_CAPS``, and their launches have cache entries of their own."""
+    ``autotune.spaces.cap_ieee`` (IEEE_CAPS, FP64_CAPS), and their launches have cache entries of
+    their own."""
     if INTERPRET:
         return False
     return dtype == torch.float64 or dtype == torch.float32 and \

@@ -65,8 +65,10 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tritoncnn._shapes import FLOAT_DTYPES
+
 from .layers import (
-    FLOAT_DTYPES, TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
+    TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
 )
 
 __all__ = ["convert", "ConvertReport"]

@@ -28,13 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tritoncnn._shapes import FLOAT_DTYPES
+
 __all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "LinearReLU",
            "TRITON_LAYERS"]
-
-
-# the dtypes the kernels compute in (tritoncnn.kernels._common.FLOAT_DTYPES, named here so that
-# importing the layers leaves the runtime mode unfixed)
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _kernels():

@@ -11,6 +11,10 @@ from typing import Sequence
 import torch
 
 
+#: the dtypes the kernels compute in (float32 with TF32 or without, float16, bfloat16, float64)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
 
