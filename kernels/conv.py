@@ -974,6 +974,11 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
             f"of weight {_shape(weight)}"
         )
     out_features, in_features = weight.shape
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(
+            f"bias must have shape ({out_features},) to match the out_features={out_features} "
+            f"of weight {_shape(weight)}, got shape {_shape(bias)}"
+        )
     rows = math.prod(input.shape[:-1])
     x = input.reshape(rows, in_features)[:, :, None, None]            # (B, in, 1, 1)
     y = conv2d(x, weight[:, :, None, None], bias, activation=activation,

@@ -430,6 +430,10 @@ def test_linear_bad_input():
         linear(torch.randn(2, 4, device=DEVICE), torch.randn(3, 5, device=DEVICE))
     with pytest.raises(ValueError, match="weight must be 2-D"):
         linear(torch.randn(2, 4, device=DEVICE), torch.randn(3, 4, 1, device=DEVICE))
+    # the user's weight (3, 4) in the message, not the 1x1 conv weight it becomes
+    with pytest.raises(ValueError, match=r"out_features=3 of weight \(3, 4\), got shape \(4,\)"):
+        linear(torch.randn(2, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE),
+               torch.randn(4, device=DEVICE))
 
 
 def test_bad_config():
