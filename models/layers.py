@@ -194,10 +194,7 @@ class _LinearBase(nn.Linear):
         super().__init__(in_features, out_features, bias, device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (*, in) -> (*, out)
-        lead = input.shape[:-1]
-        y = _op("linear")(input.reshape(-1, self.in_features), self.weight, self.bias,
-                          activation=self._activation)
-        return y.reshape(*lead, self.out_features)
+        return _op("linear")(input, self.weight, self.bias, activation=self._activation)
 
 
 class Linear(_LinearBase):

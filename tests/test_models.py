@@ -182,6 +182,16 @@ def test_conv_layers_under_autocast_match_torch(cls, kw, after):
     torch.testing.assert_close(ya.float(), yb.float(), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("shape", [(4, 200), (800,), (2, 256)])
+def test_linear_layer_names_an_input_of_the_wrong_width(shape):
+    """nn.Linear refuses an input whose last dimension is not in_features; flattening it to
+    (-1, in_features) first would hide the mistake, or fail on a reshape no one asked for."""
+    lin = Linear(400, 7).to(DEVICE)
+    with pytest.raises(ValueError, match=rf"input of shape \({shape[0]},.*in_features=400"):
+        lin(torch.randn(*shape, device=DEVICE))
+    assert lin(torch.randn(400, device=DEVICE)).shape == (7,)
+
+
 def test_linear_layer_under_autocast_matches_torch():
     device_type = torch.device(DEVICE).type
     lin = LinearReLU(10, 7).to(DEVICE)
