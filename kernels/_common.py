@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -98,6 +100,24 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 _function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
 _jit_tracing = torch._C._get_tracing_state  # torch.jit.trace: sizes are traced tensors there
+
+
+def traced_checks_quiet(op):
+    """Decorator for the functional ops: under ``torch.jit.trace``, whose sizes are traced
+    tensors, the argument checks' ``if`` on sizes raise TracerWarnings ("the trace might not
+    generalize"). They only validate the example call; nothing they decide goes into the trace
+    (the custom op it records checks the concrete sizes of every later call), so they are
+    silenced there. Outside tracing this costs a call and a C check."""
+
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        if not _jit_tracing():
+            return op(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return op(*args, **kwargs)
+
+    return wrapper
 
 
 # torch.func transforms the ops' autograd Functions take: grad and vjp (setup_context and a

@@ -43,6 +43,7 @@ from ._common import (
     memory_format_of,
     next_pow2,
     pixel_vector,
+    traced_checks_quiet,
     vmap_rule,
     with_eager_twin,
 )
@@ -917,6 +918,7 @@ register_conv_autocast("conv2d", _conv2d_op)
 # ----------------------------------------------------------------------------------------------
 
 
+@traced_checks_quiet
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride=1, padding=0, dilation=1, groups: int = 1, activation: Optional[str] = None,
            *, allow_tf32: Optional[bool] = None) -> torch.Tensor:
@@ -956,6 +958,7 @@ def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                   allow_tf32=allow_tf32)
 
 
+@traced_checks_quiet
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            activation: Optional[str] = None, *, allow_tf32: Optional[bool] = None) -> torch.Tensor:
     """``F.linear`` (+ ReLU) as a 1x1 convolution over a 1x1 map: the conv kernels, unchanged.

@@ -42,7 +42,8 @@ from tritoncnn._shapes import window_rows
 
 from ._common import (INTERPRET, apply_function, autocast_enabled, cdiv, channel_strides,
                       channel_vector, channels_inner, check_float, eager_ok, kernel_strides,
-                      launch, memory_format_of, pixel_vector, vmap_rule, with_eager_twin)
+                      launch, memory_format_of, pixel_vector, traced_checks_quiet, vmap_rule,
+                      with_eager_twin)
 from ._conv_kernels import _conv_pool_fwd_kernel
 from .conv import (
     LAYOUT,
@@ -361,6 +362,7 @@ register_conv_autocast("conv2d_relu_pool", _conv2d_relu_pool_op)
 # ----------------------------------------------------------------------------------------------
 
 
+@traced_checks_quiet
 def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
                      bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
                      groups: int = 1, pool: int = 2, *,

@@ -35,7 +35,7 @@ from tritoncnn import _runtime, autotune
 
 from ._common import (INTERPRET, apply_function, as_pair, cdiv, check_device, check_float,
                       eager_ok, is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
-                      vmap_rule, with_eager_twin)
+                      traced_checks_quiet, vmap_rule, with_eager_twin)
 from ._conv_kernels import _window_max, acc_type
 
 __all__ = [
@@ -688,6 +688,7 @@ class _MaxPool2dChecked(torch.autograd.Function):
 
 
 
+@traced_checks_quiet
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Drop-in for ``torch.nn.functional.max_pool2d`` on the Triton kernels.
