@@ -42,3 +42,10 @@ def ieee_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tf32_exact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32 with the mantissa cut to TF32's 10 bits, layout kept: values a TF32 tensor
+    core multiplies exactly, so that a float64 reference of TF32 kernels sees the same products
+    and only the float32 sums differ."""
+    return (t.float().view(torch.int32) & ~0x1FFF).view(torch.float32)

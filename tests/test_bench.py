@@ -201,6 +201,7 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
     launches are recorded, each missing cache entry is tuned once (a stand-in tuner: nothing is
     timed on the CPU), the tables land in tune.csv, and the rows say ``tuned``; a second run finds
     everything cached and tunes nothing. Without --tune the rows say ``heuristic``."""
+    from conftest import DEVICE
     from tritoncnn import autotune
     from tritoncnn.autotune import cache as cache_mod
     from tritoncnn.autotune import tuner
@@ -209,12 +210,13 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
     autotune.set_default_cache(None)
     args = ("--suite", "Tiny", "--layers", "conv3x3", "--ops", "conv_relu", "--impl",
             "tritoncnn,cudnn", "--layout", "nchw", "--direction", "forward+backward",
-            "--no-ceilings", "--cpu-reps", "1")
+            "--no-ceilings", "--cpu-reps", "1", "--device", DEVICE)
     try:
         _, rows = _bench(tmp_path / "plain", *args)
         ours = next(r for r in rows if r["implementation"] == "tritoncnn")
         assert ours["status"] == "ok" and ours["configs"] == "heuristic" and ours["tune_s"] == ""
-        assert next(r for r in rows if r["implementation"] == "torch")["configs"] == ""
+        baseline = "cudnn" if DEVICE == "cuda" else "torch"  # F.conv2d & co, named by the device
+        assert next(r for r in rows if r["implementation"] == baseline)["configs"] == ""
 
         tuned = []
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu, linear
 from tritoncnn.kernels.conv import ConvGeometry, conv2d_backward, resolve_geometry
 
-from conftest import DEVICE, ieee_fp32 as _ieee_fp32
+from conftest import DEVICE, ieee_fp32 as _ieee_fp32, tf32_exact
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups): each line one property, tiny sizes.
 CASES = {
@@ -78,6 +78,8 @@ def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=
     (float32: IEEE, or with ``tf32`` TF32 where the GPU has it, at float16's tolerance)."""
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
     x, w, b = _make(case, dtype, channels_last, bias)
+    if tf32:  # inputs TF32 reads exactly: the products match the reference's, the sums float32
+        x, w, b = (None if t is None else tf32_exact(t).double() for t in (x, w, b))
     leaves = [t for t in (x, w, b) if t is not None]
     ref = [t.clone().requires_grad_() for t in leaves]
     ours = [t.to(DEVICE, dtype).requires_grad_() for t in leaves]
@@ -96,6 +98,8 @@ def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=
     base, rtol = TOL[torch.float16 if tf32 and DEVICE == "cuda" else dtype]
     _compare("y", y, y_ref, base, rtol, C // groups * R * S)
     grad = torch.randn_like(y_ref).to(dtype).double()  # representable in dtype, like the inputs
+    if tf32:
+        grad = tf32_exact(grad).double()
     z_ref.backward(_relu_backward(grad, y, relu))
     y.backward(grad.to(DEVICE, dtype))
     P, Q = y_ref.shape[2:]
@@ -357,9 +361,10 @@ def test_autocast_casts_like_f_conv2d(op):
     b = torch.randn(4, device=DEVICE, requires_grad=True)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         y = ours(x, w, b, 1)
-        want = reference(x, w, b, 1)
-    assert y.dtype == want.dtype == torch.bfloat16
-    _compare("y", y, want.float(), *TOL[torch.bfloat16], 27)
+        assert y.dtype == reference(x, w, b, 1).dtype == torch.bfloat16
+    # against float64 of what autocast hands the kernels (bf16 copies), not cuDNN's own rounding
+    want = reference(*(t.detach().bfloat16().double() for t in (x, w, b)), 1)
+    _compare("y", y, want, *TOL[torch.bfloat16], 27)
     y.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
 
@@ -724,8 +729,10 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
         monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=real, **kw: (
             launched.append((kernel.__name__, a, kw)), _real(kernel, grid, *a, **kw))[1])
     torch.manual_seed(0)
-    x = torch.randn(2, 24, 6, 6, device=DEVICE).to(dtype, memory_format=torch.channels_last)
-    w = torch.randn(40, 24, 3, 3, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    # float32 inputs that TF32 reads exactly (allow_tf32=True): only the float32 sums differ
+    exact = tf32_exact if dtype == torch.float32 else (lambda t: t)
+    x = exact(torch.randn(2, 24, 6, 6, device=DEVICE)).to(dtype, memory_format=torch.channels_last)
+    w = exact(torch.randn(40, 24, 3, 3, device=DEVICE)).to(dtype, memory_format=torch.channels_last)
     b = torch.randn(40, device=DEVICE).to(dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for op, ref in ((conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
@@ -735,7 +742,7 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
         y = op(*ours, padding=1, allow_tf32=True)
         z = ref(*ins)
         torch.testing.assert_close(y.double(), z, atol=tol * z.abs().max().item(), rtol=tol)
-        g = torch.randn_like(z)
+        g = exact(torch.randn_like(z).to(dtype)).double()
         y.backward(g.to(dtype))
         z.backward(g)
         for a, e in zip(ours, ins):

@@ -166,7 +166,8 @@ def test_train_command_writes_its_outputs(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert len(_rows(out / "steps.csv")) == 4 and len(_rows(out / "epochs.csv")) == 2
     config = json.loads((out / "config.json").read_text())
-    assert config["device"] == "auto" and config["device_name"].startswith("CPU")  # the report's
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"  # the report's
+    assert config["device"] == "auto" and config["device_name"].startswith(name)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -367,7 +368,8 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
     """The training loop around the captured step: each full batch goes through the static
     inputs, a last smaller batch runs eagerly (and the replays after it still train), the warm-up
     steps and the capture stay out of images/s. The stand-in's replays compute what eager steps
-    do, so the weights must be equal bit for bit."""
+    do, so the weights must be equal bit for bit (but for cuDNN's on a GPU: its weight gradients
+    add in a run-dependent order)."""
     kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both")  # 4 full + 8, twice
     eager = run(_config(tmp_path / "eager", **kw))["results"]
     monkeypatch.setattr(train_mod, "_CudaGraphs", _ReplayedGraphs)
@@ -377,8 +379,10 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
     run_graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))
     graphed = run_graphed["results"]
     assert _ReplayedGraphs.captures == 2  # one per backend
+    exact = {"triton": True, "torch": DEVICE == "cpu"}
     for backend in ("triton", "torch"):
-        _assert_same_weights(graphed[backend]["state_dict"], eager[backend]["state_dict"])
+        _assert_same_weights(graphed[backend]["state_dict"], eager[backend]["state_dict"],
+                             atol=0.0 if exact[backend] else 1e-6)
         # steps 1-4 are the 3 eager warm-up steps and the capture: 6 timed steps remain
         assert graphed[backend]["images_per_s"] == (8 + 4 * 16 + 8) / 6
     table = run_graphed["summary"]
@@ -386,13 +390,19 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
                      "torch"] == (8 + 4 * 16 + 8) / 6
     a = _rows(tmp_path / "eager/run/steps.csv")
     b = _rows(tmp_path / "graphs/run/steps.csv")
-    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    assert [(r["backend"], r["step"]) for r in b] == [(r["backend"], r["step"]) for r in a]
+    for ra, rb in zip(a, b):
+        if exact[ra["backend"]]:
+            assert rb["loss"] == ra["loss"], ra
+        else:
+            assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5), ra
 
 
 def test_a_failed_capture_trains_on_eagerly(tmp_path, monkeypatch):
     """A step that cannot be captured does not stop the run: one warning, then eager steps,
-    which train exactly as a run without graphs."""
-    kw = dict(data="synthetic:64", epochs=1, batch_size=16)
+    which train exactly as a run without graphs (on the CPU, where PyTorch's own kernels are
+    deterministic: bit for bit)."""
+    kw = dict(data="synthetic:64", epochs=1, batch_size=16, device="cpu")
     eager = run(_config(tmp_path / "eager", **kw))["results"]["torch"]
 
     class Uncapturable(_ReplayedGraphs):
