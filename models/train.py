@@ -11,7 +11,9 @@ that model passed through ``convert()``, so both start from the same weights and
 in the same order (and dropout draws the same numbers). The run ends with a side-by-side table:
 final loss, test accuracy, images/s, the first step's seconds and peak memory for each backend.
 images/s leaves out the first step of each invocation, whose time includes Triton's JIT
-compilation of the kernels (and cuDNN's algorithm search); that step's time is its own row.
+compilation of the kernels (and cuDNN's algorithm search); that step's time is its own row. The
+first step of each other batch size (an epoch's last, smaller batch) compiles and searches again,
+and is left out too.
 
 ``--cuda-graphs`` captures each backend's forward and backward in a CUDA graph and replays it for
 every full batch, so a small model's step is no longer bound by the host's kernel launches. The
@@ -625,6 +627,7 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
     memory.reset()
     stopped = False
     done_steps = 0  # in this invocation
+    batch_sizes: set[int] = set()  # seen in this invocation: a new one compiles (not timed)
 
     def checkpoint() -> None:
         rng = [_rng_state(device)]
@@ -656,7 +659,9 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
             lr = _lr_at(cfg, state["global_step"], cfg.epochs * steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            warming = done_steps == 0 or (captured is not None and captured.warming)
+            warming = (done_steps == 0 or len(idx) not in batch_sizes
+                       or (captured is not None and captured.warming))
+            batch_sizes.add(len(idx))
             t0 = _clock()
             if captured is not None and len(idx) == local_batch:
                 logits, loss = captured(xb, yb)
@@ -675,7 +680,7 @@ def _train_backend(name: str, model: nn.Module, data, cfg: TrainConfig, device: 
             state["epoch_time"] += dt
             state["train_time"] += dt
             state["images"] += int(count_g)
-            if warming:  # the first step compiles the kernels; then graph warm-up and capture
+            if warming:  # the first step (of each batch size) compiles; graph warm-up, capture
                 if state["first_step_s"] is None:
                     state["first_step_s"] = dt
             else:

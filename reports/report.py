@@ -323,10 +323,12 @@ def geomean_speedups(df):
 
 
 def headline(df):
-    """The first numbers a reader asks for, per GPU (GPU runs only): for each suite and op, one
-    geometric-mean speedup over cuDNN, of the case preferred in this order: forward+backward,
-    then forward, then backward; bf16, fp16, TF32, IEEE fp32, fp64; channels_last before NCHW;
-    tuned configs before heuristic ones. Training steps add their peak memory beside cuDNN's."""
+    """The first numbers a reader asks for, per GPU (GPU runs only): for each suite, op and
+    direction (forward+backward, forward, backward), one geometric-mean speedup over cuDNN, of the
+    case preferred in this order: bf16, fp16, TF32, IEEE fp32, fp64; channels_last before NCHW;
+    then the configs (tuned or heuristic) measured on more layers, tuned ones on a tie, so that
+    a few tuned layers never stand for a suite. Training steps add their peak memory beside
+    cuDNN's."""
     import numpy as np
     import pandas as pd
 
@@ -339,15 +341,14 @@ def headline(df):
     gm = gm[gm["implementation"].isin(("tritoncnn", "tritoncnn (tuned)"))]  # not -unfused
     if gm.empty:
         return pd.DataFrame(columns=cols)
-    rank = {"forward+backward": 0, "forward": 1, "backward": 2,
-            "bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "fp64": 4, "channels_last": 0}
-    gm = gm.assign(_r=[(rank.get(d, 9), rank.get(p, 9), rank.get(lay, 9), 0 if "tuned" in i else 1)
-                       for d, p, lay, i in zip(gm["direction"], gm["precision"], gm["layout"],
+    rank = {"bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "fp64": 4, "channels_last": 0}
+    gm = gm.assign(_r=[(rank.get(p, 9), rank.get(lay, 9), -n, 0 if "tuned" in i else 1)
+                       for p, lay, n, i in zip(gm["precision"], gm["layout"], gm["layers"],
                                                gm["implementation"])])
-    best = gm.sort_values("_r", kind="stable").drop_duplicates(["gpu", "suite", "op"])
+    best = gm.sort_values("_r", kind="stable").drop_duplicates(["gpu", "suite", "op", "direction"])
     ops = {op: i for i, op in enumerate(KERNEL_OPS + ("train_step",))}
-    best = (best.assign(_o=best["op"].map(ops)).sort_values(["gpu", "_o", "suite"], kind="stable")
-            .drop(columns="_o"))
+    best = (best.assign(_o=best["op"].map(ops), _d=best["direction"].map(DIRECTION_ORDER))
+            .sort_values(["gpu", "_o", "suite", "_d"], kind="stable").drop(columns=["_o", "_d"]))
     rows = []
     for r in best.itertuples(index=False):
         memory = ""
@@ -441,7 +442,8 @@ def baseline_name(df) -> str:
 
 
 def fig_speedup(df, gpu: str, precision: str, path: Path) -> Path | None:
-    """Bars of the speedup over cuDNN per layer (log scale), one panel per direction."""
+    """Horizontal bars of the speedup over cuDNN per layer (log scale), one panel per direction,
+    the layers down the side: readable however many layers the run measured."""
     import numpy as np
 
     rows = df[(df["gpu"] == gpu) & (df["precision"] == precision) & (df["status"] == "ok")
@@ -451,41 +453,55 @@ def fig_speedup(df, gpu: str, precision: str, path: Path) -> Path | None:
         return None
     layout = _pick_layout(rows)
     rows = rows[rows["layout"] == layout]
+    rows = rows.assign(bar_label=[f"{r.suite}/{r.layer}" + (" +pool" if r.op == "conv_relu_pool"
+                                                          else "")
+                               for r in rows.itertuples()])
     directions = sorted(rows["direction"].unique(), key=DIRECTION_ORDER.get)
     impls = sorted(rows["implementation"].unique())
-    labels = list(dict.fromkeys(
-        f"{r.suite}/{r.layer}" + ("+pool" if r.op == "conv_relu_pool" else "")
-        for r in rows.itertuples()))
-    plt = _plt()
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from .suites import all_shapes
 
-    fig, axes = plt.subplots(len(directions), 1, squeeze=False,
-                             figsize=(max(8, 0.35 * len(labels) * max(1, len(impls)) + 2),
-                                      3.2 * len(directions) + 1))
+    order = {(sh.suite, sh.layer): i for i, sh in enumerate(all_shapes())}  # the suite file's
+    first = rows.drop_duplicates("bar_label")
+    labels = [r.bar_label for r in sorted(first.itertuples(), key=lambda r: (
+        order.get((r.suite, r.layer), len(order)), r.op != "conv_relu"))]
+    plt = _plt()
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    fig, axes = plt.subplots(1, len(directions), squeeze=False, sharey=True,
+                             figsize=(4.5 * len(directions) + 2.5,
+                                      (0.12 * len(impls) + 0.12) * len(labels) + 1.8))
     base = baseline_name(df[df["gpu"] == gpu])
     width = 0.8 / len(impls)
-    x = np.arange(len(labels))
-    for ax, direction in zip(axes[:, 0], directions):
+    y = np.arange(len(labels))
+    colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
+    lo, hi = rows["speedup"].min(), rows["speedup"].max()
+    for ax, direction in zip(axes[0], directions):
         d = rows[rows["direction"] == direction]
         for i, impl in enumerate(impls):
-            di = d[d["implementation"] == impl]
-            vals = {f"{r.suite}/{r.layer}" + ("+pool" if r.op == "conv_relu_pool" else ""):
-                    r.speedup for r in di.itertuples()}
-            heights = np.array([vals.get(lb, np.nan) for lb in labels]) - 1.0
-            # bars start at 1 (cuDNN's time): up when faster, down when slower
-            ax.bar(x + (i - (len(impls) - 1) / 2) * width, heights, width, bottom=1.0, label=impl)
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylabel(f"speedup over {base} (x, log)")
+            vals = dict(zip(d.loc[d["implementation"] == impl, "bar_label"],
+                            d.loc[d["implementation"] == impl, "speedup"]))
+            widths = np.array([vals.get(lb, np.nan) for lb in labels]) - 1.0
+            # bars start at 1 (cuDNN's time): right when faster, left when slower
+            ax.barh(y + (i - (len(impls) - 1) / 2) * width, widths, width, left=1.0,
+                    color=colors[impl], label=impl)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(min(lo, 0.9) / 1.15, max(hi, 1.1) * 1.15)
+        ax.xaxis.set_major_locator(FixedLocator([2.0 ** k for k in range(-6, 7)]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"speedup over {base} (log scale; right of 1x = faster)")
         ax.set_title(direction, fontsize=10)
-        ax.set_xticks(x)
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Speedup over {base} per layer, {gpu}\n"
-                 f"{precision}, {layout}; above 1 = faster than {base}")
-    fig.tight_layout()
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax0 = axes[0, 0]
+    ax0.set_yticks(y)
+    ax0.set_yticklabels(labels, fontsize=8)
+    ax0.set_ylim(len(labels) - 0.5, -0.5)
+    handles, names = ax0.get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper right", fontsize=8, ncol=min(3, len(impls)))
+    fig.suptitle(f"Speedup over {base} per layer, {gpu}\n{precision}, {layout}", x=0.02,
+                 ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -529,28 +545,48 @@ def fig_roofline(df, gpu: str, precision: str, ceil: dict, path: Path) -> Path |
 
 
 def fig_pool(df, gpu: str, ceil: dict, path: Path) -> Path | None:
-    """Max-pool GB/s against the bytes each call must move, with the copy bandwidth."""
+    """Max-pool GB/s against the bytes each call must move, with the copy bandwidth: one panel
+    per direction, one colour per implementation, one marker per dtype and layout; hollow where
+    the case was timed from CUDA graph replays (no L2 flush between them, so a small pool's input
+    may be read from L2, above the device's copy bandwidth)."""
     rows = df[(df["gpu"] == gpu) & (df["op"] == "pool") & (df["status"] == "ok")
               & df["gbps"].notna()]
     if rows.empty:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for (impl, direction, prec, layout), g in rows.groupby(
-            ["implementation", "direction", "precision", "layout"]):
-        g = g.sort_values("bytes")
-        ax.plot(g["bytes"] / 1e6, g["gbps"], marker="o", markersize=4, linewidth=1,
-                label=f"{impl}, {direction}, {prec}, {layout}")
+    directions = sorted(rows["direction"].unique(), key=DIRECTION_ORDER.get)
+    fig, axes = plt.subplots(1, len(directions), squeeze=False, sharey=True,
+                             figsize=(6 * len(directions) + 1, 5))
+    impls = sorted(rows["implementation"].unique())
+    colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
+    kinds = sorted({(p, lay) for p, lay in zip(rows["precision"], rows["layout"])})
+    markers = dict(zip(kinds, "osD^vP*X"))
     bw = ceil.get(gpu, {}).get("copy", math.nan)
-    if not math.isnan(bw):
-        ax.axhline(bw, color="black", linestyle="--", linewidth=1,
-                   label=f"measured device copy: {_sig(bw)} GB/s")
-    ax.set_xscale("log")
-    ax.set_xlabel("minimum bytes moved per call (MB)")
-    ax.set_ylabel("effective bandwidth (GB/s)")
-    ax.set_title(f"Max-pool bandwidth against size, {gpu}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6)
+    graphed = rows["timing"].astype(str).str.contains("cudagraph") if "timing" in rows else None
+    for ax, direction in zip(axes[0], directions):
+        for (impl, prec, layout), g in rows[rows["direction"] == direction].groupby(
+                ["implementation", "precision", "layout"]):
+            hollow = graphed[g.index] if graphed is not None else g["bytes"] < 0
+            for is_hollow, part in g.groupby(hollow):
+                ax.scatter(part["bytes"] / 1e6, part["gbps"], s=28, marker=markers[(prec, layout)],
+                           facecolors="none" if is_hollow else colors[impl],
+                           edgecolors=colors[impl], linewidths=1.2,
+                           label=None if is_hollow else f"{impl}, {prec}, {layout}")
+        if not math.isnan(bw):
+            ax.axhline(bw, color="black", linestyle="--", linewidth=1,
+                       label=f"measured device copy: {_sig(bw)} GB/s")
+        ax.set_xscale("log")
+        ax.set_xlabel("minimum bytes moved per call (MB, log scale)")
+        ax.set_title(direction, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel("effective bandwidth (GB/s)")
+    handles = {}
+    for ax in axes[0]:
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, h)
+    axes[0, -1].legend(handles.values(), handles.keys(), fontsize=7, loc="best")
+    fig.suptitle(f"Max-pool bandwidth against size, {gpu}\n(hollow: timed from CUDA graph "
+                 f"replays, without an L2 flush)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -594,8 +630,11 @@ def fig_curves(curves, path: Path, title: str) -> Path | None:
             ax.set_xlabel("training step")
             ax.set_ylabel("training loss (cross-entropy)")
         else:
+            from matplotlib.ticker import MaxNLocator
+
             ax.set_xlabel("epoch")
             ax.set_ylabel("accuracy (fraction correct)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -857,7 +896,7 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
         for path, df in curves:
             if "epoch" in df.columns and "step" not in df.columns:
                 last = df.groupby("backend").tail(1) if "backend" in df.columns else df.tail(1)
-                last = last.round(4)
+                last = last.apply(lambda c: c.map(_sig) if c.dtype.kind == "f" else c)
                 on = ", ".join(_run_devices(path))
                 lines += [f"Last epoch of `{path}`{f' ({on})' if on else ''}:", "",
                           markdown_table(last)]

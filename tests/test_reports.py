@@ -218,14 +218,18 @@ rest
 
 
 def test_headline_into_readme(results, tmp_path):
-    """The README's generated block: per suite the preferred case's geometric mean (tuned before
-    heuristic configs), the training step's memory beside cuDNN's, and a link to the report."""
+    """The README's generated block: per suite and direction the preferred case's geometric mean
+    (the configs measured on more layers: one tuned layer does not stand for two), the training
+    step's memory beside cuDNN's, and a link to the report."""
     readme = tmp_path / "README.md"
     readme.write_text(README)
     # the unfused composition of tritoncnn's own ops: in the tables, never in the headline
     _write(results / "test-gpu" / "unfused.csv", [
         _conv("L1", "cudnn", 2.0, 200.0, suite="S2"),
-        _conv("L1", "tritoncnn-unfused", 0.1, 4000.0, suite="S2")])
+        _conv("L1", "tritoncnn-unfused", 0.1, 4000.0, suite="S2"),
+        # S1's L1 forward+backward, a row of its own: 4 ms against 8 ms, 0.5x
+        _conv("L1", "cudnn", 4.0, 300.0, direction="forward+backward"),
+        _conv("L1", "tritoncnn", 8.0, 150.0, direction="forward+backward")])
     out = tmp_path / "doc" / "REPORT.md"
     assert cli.main(["report", "--results", str(results), "--out", str(out),
                      "--readme", str(readme)]) == 0
@@ -237,8 +241,11 @@ def test_headline_into_readme(results, tmp_path):
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
             if ln.startswith("| ")][2:]  # the table's rows, under its header and rule
     assert rows == [
-        # S1: L1 alone was tuned (0.5 ms against cuDNN's 2 ms)
-        ["S1", "conv_relu", "bf16 channels_last forward, tuned", "1", "4.00x", "4.00x-4.00x", ""],
+        # S1: both layers on heuristic configs (L1 alone was tuned, to 4x)
+        ["S1", "conv_relu", "bf16 channels_last forward, heuristic configs", "2", "2.83x",
+         "2.00x-4.00x", ""],
+        ["S1", "conv_relu", "bf16 channels_last forward+backward, heuristic configs", "1",
+         "0.50x", "0.50x-0.50x", ""],
         ["Pool", "pool", "bf16 channels_last forward, heuristic configs", "1", "2.00x",
          "2.00x-2.00x", ""],
         ["Train", "train_step", "bf16 channels_last training step", "1",
