@@ -101,14 +101,17 @@ def _pooled_size(geometry: ConvGeometry, input_shape, weight_shape, pool: int):
 
 def _heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
     """The conv's tiles over the kernel's GEMM rows: with whole windows as rows
-    (:func:`window_rows`), the conv pixels of ``pooled`` windows, at most 128 x 64 on a GPU (the
-    window reduction holds two register tiles); otherwise the pooled pixels, at most 64 x 64 (a
-    running maximum and offset beside the accumulator: three register tiles where the conv keeps
-    one). Sizes measured with ``ptxas -v`` for sm_90 (tests/compile_sm90.py)."""
+    (:func:`window_rows`), the conv pixels of ``pooled`` windows, at most 64 rows by the conv's
+    columns (up to 128) on a GPU: 128 x 128 spills in the window reduction (it holds two register
+    tiles), and of the tiles that do not, 64 x 128 (64 x 64 for 64 filters) ran fastest on an H100
+    on every layer tuned (VGG-16 conv1_2 and conv4_3, ResNet-9 layer1: 1.1x-1.4x over 128 x 64;
+    reports/results/*/tune.csv); otherwise the pooled pixels, at most 64 x 64 (a running maximum
+    and offset beside the accumulator: three register tiles where the conv keeps one). Register
+    sizes measured with ``ptxas -v`` for sm_90 (tests/compile_sm90.py)."""
     if window_rows(pool):
         cfg = _gemm_heuristic(pooled * pool * pool, cols, red, dtype)
-        if not INTERPRET and cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:
-            cfg["BLOCK_N"] //= 2  # 128x128 spills in the window reduction; 128x64 does not
+        if not INTERPRET:
+            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
         return cfg
     cfg = _gemm_heuristic(pooled, cols, red, dtype)
     if not INTERPRET:

@@ -27,8 +27,8 @@
 # winners).
 set -u
 
-ALL_PARTS="tests-gpu bench-quick bench-train train bench-tuned bench-conv bench-pool tests-rest \
-bench-compile"
+ALL_PARTS="tests-gpu bench-quick bench-train train bench-tuned bench-bwd bench-conv bench-pool \
+tests-rest bench-compile"
 PARTS="install env $(echo "${PARTS:-$ALL_PARTS}" | tr ',' ' ')"  # install and env: always
 for name in $PARTS; do
     case " install env $ALL_PARTS " in
@@ -104,12 +104,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 part install 60 $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1
 part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 
-# Compiling each kernel specialization dominates the compiled tests: spread them over 8
-# processes, with pytest-xdist or, where it is not installed, tests/shards.py (one pytest per
-# shard of the test ids). One line per test as it finishes (-v), so a run stopped at its limit
+# Compiling each kernel specialization dominates the compiled tests: spread them over a process
+# per CPU core (at most 16), with pytest-xdist or, where it is not installed, tests/shards.py (one
+# pytest per shard of the test ids). One line per test as it finishes (-v), so a run stopped at its limit
 # still names its results; a test that hangs fails on its own after TEST_TIMEOUT_S instead of
 # taking the whole part.
-if $PY -c "import xdist" 2>/dev/null; then PYTEST="$PY -m pytest -n 8"; else PYTEST="$PY tests/shards.py 8"; fi
+WORKERS=$(nproc 2>/dev/null || echo 8)
+if [ "$WORKERS" -gt 16 ]; then WORKERS=16; fi
+if $PY -c "import xdist" 2>/dev/null; then PYTEST="$PY -m pytest -n $WORKERS"
+else PYTEST="$PY tests/shards.py $WORKERS"; fi
 PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${TEST_TIMEOUT_S:-120}")
 # The gpu-marked tests first (compiled-only checks that no CPU run covers: larger shapes, every
 # tuning config against the reference); the rest after the report's benchmarks (below). Both
@@ -140,6 +143,11 @@ part train 45 bash -c "$TRAIN --cuda-graphs >> '$LOG' 2>&1 || \
 # The same layers' tritoncnn kernels tuned first (compiled in parallel, then timed; winners to the
 # cache, tables to tune.csv): rows marked configs=tuned, reported as "tritoncnn (tuned)".
 bench 70 bench-tuned --no-ceilings --no-train --quick --impl tritoncnn --tune
+# The conv backward (dX and dW) of two large VGG-16 layers, tuned: its configs' times against
+# the heuristic's and cuDNN's say whether the backward kernels lose to cuDNN by their configs.
+bench 60 bench-bwd --no-ceilings --no-train --suite VGG16_224_N64 --layers conv3_2,conv4_3 \
+    --ops conv_relu --dtype bf16 --layout channels_last --direction backward \
+    --impl tritoncnn,cudnn --tune
 # The VGG-16 and CIFAR layers in bf16 and TF32 against cuDNN (the kernel work's headline cases).
 bench 60 bench-conv --no-ceilings --suite VGG16_224_N64,ResNet9_CIFAR_N512 --ops conv_relu,conv_relu_pool \
     --dtype bf16,tf32 --layout channels_last --direction forward,forward+backward --impl tritoncnn,cudnn

@@ -451,8 +451,8 @@ def test_gpu_check_script_parses_and_its_bench_parts_select_cases(capsys):
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
     parts = _gpu_check_bench_lines()
-    assert {name for name, _ in parts} >= {"bench-quick", "bench-tuned", "bench-conv",
-                                           "bench-pool", "bench-train"}
+    assert {name for name, _ in parts} >= {"bench-quick", "bench-tuned", "bench-bwd",
+                                           "bench-conv", "bench-pool", "bench-train"}
     for name, args in parts:
         capsys.readouterr()
         assert cli.main(["bench", *args, "--list"]) == 0, name
@@ -483,7 +483,8 @@ def test_gpu_check_runs_only_the_parts_named(tmp_path):
                          text=True)
     ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
     assert ran == ["install", "env", "tests-gpu", "bench-quick", "bench-train", "train",
-                   "bench-tuned", "bench-conv", "bench-pool", "tests-rest", "bench-compile"]
+                   "bench-tuned", "bench-bwd", "bench-conv", "bench-pool", "tests-rest",
+                   "bench-compile"]
 
     env["PARTS"] = "bench-pool tests-all"
     bad = subprocess.run(["bash", script, str(tmp_path / "bad")], env=env, capture_output=True,
