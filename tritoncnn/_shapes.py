@@ -6,7 +6,7 @@ arguments mean. Imports nothing from the subpackages (both of them import this).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,6 +31,8 @@ def as_pair(value, name: str, *, prefix: str = "",
         return value, value
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int is type(value[1]):
         return value
+    if type(value) is list and len(value) == 2 and type(value[0]) is int is type(value[1]):
+        return value[0], value[1]  # (the custom ops' list arguments)
     type_error, length_error = errors
     if _is_int(value):
         return value, value
