@@ -8,6 +8,7 @@ ptxas to cubin), and nothing is executed (outputs are left unwritten, values are
 
     python tests/compile_sm90.py        # prints one line per compiled kernel, exits 1 on failure
     python tests/compile_sm90.py --suites   # the bench suites' layers on their heuristic configs
+    python tests/compile_sm90.py --loops    # the conv kernels' main loops on a large layer: SASS
 
 It also checks that the channels_last bf16 conv kernels issue Hopper's warpgroup MMA (``wgmma``),
 and the float64 ones mma.sync's fp64 MMA;
@@ -143,10 +144,9 @@ def ptxas_usage(ptx: str) -> tuple[int, int]:
 SPILL_TOLERANCE = 16  # bytes: a few spilled outside the main loop cost nothing measurable
 
 
-def main_loop_spills(ptx: str) -> int:
-    """Local-memory loads and stores (``LDL``/``STL``) inside the loop that issues the kernel's
-    ``HGMMA`` (its main loop), in the SASS ``nvdisasm`` makes of the sm_90a cubin: the spills
-    that cost every iteration, where ones before or after the loop cost once."""
+def main_loops(ptx: str) -> list[list[str]]:
+    """The loops that issue the kernel's ``HGMMA`` (its main loops), each as its SASS instruction
+    lines, in what ``nvdisasm`` makes of the sm_90a cubin: the code that runs every iteration."""
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
         src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
@@ -158,14 +158,60 @@ def main_loop_spills(ptx: str) -> int:
                               capture_output=True, text=True, check=True).stdout.splitlines()
     labels = {m.group(1): i for i, line in enumerate(sass)
               if (m := re.match(r"\s*\.(L_x_\d+):", line))}
-    count = 0
+    loops = []
     for i, line in enumerate(sass):  # a backward branch closes a loop
         m = re.search(r"BRA\s+`?\(?\.(L_x_\d+)", line)
         if m and labels.get(m.group(1), i) < i:
-            body = sass[labels[m.group(1)]:i + 1]
+            body = [b for b in sass[labels[m.group(1)]:i + 1] if re.search(r"/\*[0-9a-f]{4}\*/", b)]
             if any("HGMMA" in b for b in body):
-                count += sum(bool(re.search(r"\b(LDL|STL)\b", b)) for b in body)
-    return count
+                loops.append(body)
+    return loops
+
+
+def main_loop_spills(ptx: str) -> int:
+    """Local-memory loads and stores (``LDL``/``STL``) inside the main loops
+    (:func:`main_loops`): the spills that cost every iteration, where ones before or after the
+    loop cost once."""
+    return sum(bool(re.search(r"\b(LDL|STL)\b", b)) for body in main_loops(ptx) for b in body)
+
+
+def scan_loops() -> int:
+    """A static profile of the conv kernels' main loops on a large layer (VGG-16 conv3_2: 64 x
+    256 x 56 x 56, 256 3x3 filters, bf16, channels_last), forward and backward, plain and fused
+    with a 2x2 pool, on the launchers' heuristic configs: SASS instructions per iteration, the
+    ``HGMMA`` among them, and the warp-instructions an SM issues per 1000 bf16 FLOPs of MMA (an
+    H100 SM issues 4 a clock and does about 2048 bf16 FLOPs: above ~2 the loop waits on issue, not
+    on its tensor cores), with the kernels whose wgmma ptxas serialized (C7515). Run by hand to
+    compare kernel variants without a GPU, ``python tests/compile_sm90.py --loops``."""
+    from tritoncnn import kernels
+
+    x = torch.empty(64, 256, 56, 56, dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    w = torch.empty(256, 256, 3, 3, dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    b = torch.empty(256, dtype=torch.bfloat16)
+    for pool in (None, 2):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        start = len(COMPILED)
+        if pool:
+            y = kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool)
+        else:
+            y = kernels.conv2d_relu(xs, ws, bs, padding=1)
+        y.backward(torch.empty_like(y))
+        for name, consts, k in COMPILED[start:]:
+            loops = main_loops(_ptx(k))
+            if not loops:
+                continue
+            body = max(loops, key=len)
+            mma = sum("HGMMA" in line for line in body)
+            ptxas_usage(_ptx(k))  # (fills SERIALIZED)
+            tile = [consts[v] for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
+            flop = 2 * tile[0] * tile[1] * tile[2]
+            issue = consts["num_warps"] * len(body) / flop * 1000
+            print(f"pool={pool or 1} {name:22s} {'x'.join(map(str, tile))} w{consts['num_warps']}: "
+                  f"{len(body)} SASS an iteration, {mma} HGMMA, {issue:.2f} warp-instructions "
+                  f"per 1000 FLOPs{', wgmma serialized' if _ptx(k) in SERIALIZED else ''}")
+    return 0
 
 
 def check_registers(top: int = 2) -> str | None:
@@ -513,6 +559,8 @@ def main() -> int:
     install()
     if "--suites" in sys.argv[1:]:
         return scan_suites(nchw="--nchw" in sys.argv[1:])
+    if "--loops" in sys.argv[1:]:
+        return scan_loops()
     try:
         exercise()
     except Exception as err:  # a compile error: report it and the kernels that did compile
