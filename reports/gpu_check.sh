@@ -106,9 +106,9 @@ part env 30 $PY -m tritoncnn.cli env > "$OUTDIR/env.txt" 2>&1
 
 # Compiling each kernel specialization dominates the compiled tests: spread them over a process
 # per CPU core (at most 16), with pytest-xdist or, where it is not installed, tests/shards.py (one
-# pytest per shard of the test ids). One line per test as it finishes (-v), so a run stopped at its limit
-# still names its results; a test that hangs fails on its own after TEST_TIMEOUT_S instead of
-# taking the whole part.
+# pytest per shard of the test ids). One line per test as it finishes (-v), so a run stopped at
+# its limit still names its results; a test that hangs fails on its own after TEST_TIMEOUT_S
+# instead of taking the whole part.
 WORKERS=$(nproc 2>/dev/null || echo 8)
 if [ "$WORKERS" -gt 16 ]; then WORKERS=16; fi
 if $PY -c "import xdist" 2>/dev/null; then PYTEST="$PY -m pytest -n $WORKERS"

@@ -215,7 +215,7 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         _, rows = _bench(tmp_path / "plain", *args)
         ours = next(r for r in rows if r["implementation"] == "tritoncnn")
         assert ours["status"] == "ok" and ours["configs"] == "heuristic" and ours["tune_s"] == ""
-        baseline = "cudnn" if DEVICE == "cuda" else "torch"  # F.conv2d & co, named by the device
+        baseline = bench.impl_name("cudnn", torch.device(DEVICE))  # F.conv2d & co, by device
         assert next(r for r in rows if r["implementation"] == baseline)["configs"] == ""
 
         tuned = []
