@@ -27,8 +27,9 @@ Launch configs: "conv_pool_fwd" for the forward; the backward uses "conv_dx" / "
 Layers, top to bottom: :func:`conv2d_relu_pool` (in eager mode an autograd Function straight on the
 launchers; otherwise through the custom ops ``tritoncnn::conv2d_relu_pool`` /
 ``tritoncnn::conv2d_relu_pool_backward``, visible to ``torch.compile`` and ``opcheck``),
-:class:`Conv2dReLUPoolFunction` (a plain autograd Function), the launcher
-:func:`conv2d_relu_pool_forward` (backward: ``conv.conv2d_backward(..., pool=F)``).
+:class:`Conv2dReLUPoolFunction` (a plain autograd Function), the launchers
+:func:`conv2d_relu_pool_forward` and :func:`conv2d_relu_pool_backward` (the conv backward's
+kernels, reading a pool ``GradSource``), and ``_conv_pool_fwd_kernel``.
 """
 
 from __future__ import annotations
@@ -36,46 +37,124 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import triton
+import triton.language as tl
 
-from tritoncnn import autotune
 from tritoncnn._shapes import window_rows
+from tritoncnn.autotune import heuristics
 
-from ._common import (INTERPRET, apply_function, autocast_enabled, cdiv, channel_strides,
-                      channel_vector, channels_inner, check_float, eager_ok, kernel_strides,
-                      launch, memory_format_of, pixel_vector, traced_checks_quiet, vmap_rule,
-                      with_eager_twin)
-from ._conv_kernels import _conv_pool_fwd_kernel
-from .conv import (
-    LAYOUT,
-    ConvGeometry,
-    _check_tensors,
-    _config,
-    _dot_args,
-    _gemm_heuristic,
-    _register_tiles,
-    _launch_opts,
-    _resolve_tf32,
-    _shape,
-    _shape_key,
-    autocast_inputs,
-    check_and_resolve,
-    check_geometry,
-    conv_tangent,
-    differentiable_conv_grads,
-    conv2d_backward,
-    grad_mask,
-    problem_inputs,
-    problem_tf32,
-    reference_conv,
-    register_conv_autocast,
-)
-from .max_pool import _offset_dtype, routed_gradient, window_values
+from ._checks import (autocast_enabled, cdiv, channel_strides, channel_vector, channels_inner,
+                      check_float, dot_args, kernel_strides, launch, launch_opts,
+                      memory_format_of, pixel_vector, register_tiles, resolve_tf32)
+from ._gemm import acc_type, bias_relu, conv_mainloop, pooled_pixel, tile_ids, times, window_max
+from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
+                  grads_or_empty, op_function, register_autocast, register_op_autograd,
+                  route_backward, traced_checks_quiet, wanted)
+from .conv import LAYOUT, conv_tangent
+from .conv_backward import GradSource, conv_grads, differentiable_conv_grads
+from .geometry import (ConvGeometry, check_and_resolve, check_geometry, check_tensors, shape_of,
+                       tuning_shape)
+from .max_pool import offset_dtype, routed_gradient, window_values
 
-__all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forward"]
+__all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forward",
+           "conv2d_relu_pool_backward"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Checks, shapes, configs
+# Kernel
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _conv_pool_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
+    N, H, W, PP, pq_v, R, S, cg_v, KG,
+    sxn_v, sxc, sxh_v, sxw_v,
+    swk_v, swc, swr_v, sws_v,
+    syn_v, syk_v, syp_v, syq,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    POOL: tl.constexpr, WINDOW_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, YV: tl.constexpr,
+    CV: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Y = max_pool(relu(conv(X, Wt) + b), POOL) over non-overlapping POOL x POOL windows, and
+    OFF = the offset i*POOL + j of each maximum inside its window. Grid: (row tiles * column
+    tiles, groups).
+
+    Window element (i, j) of pooled pixel (n, ph, pw) of the (PP, PQ) pooled map is conv pixel
+    (ph*POOL + i, pw*POOL + j). WINDOW_ROWS (POOL*POOL a power of two, at most BLOCK_M): the
+    tile's BLOCK_M rows are BLOCK_M / POOL**2 whole windows, element by element, and the maxima
+    come from a reduction over each window's rows (``window_max``). Otherwise the BLOCK_M rows
+    are pooled pixels and the mainloop runs once per window element.
+    Ties and NaN as ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when
+    it is greater or NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0
+    after bias pools to relu's 0. OFF has Y's strides; it is -1 where Y is that 0, where ReLU's
+    backward passes no gradient (a NaN window keeps its offset: F.relu's backward passes NaN
+    outputs' gradient), so backward needs the offsets alone, not Y.
+    Vector hints (``_gemm``): PQ and Y's N, K, P strides come divided by YV, and CG and X's and
+    Wt's strides by CV, as in ``_conv_fwd_kernel``.
+    """
+    PQ = pq_v * YV
+    syn, syk, syp = times(YV, syn_v, syk_v, syp_v)
+    CG = cg_v * CV
+    sxn, sxh, sxw = times(CV, sxn_v, sxh_v, sxw_v)
+    swk, swr, sws = times(CV, swk_v, swr_v, sws_v)
+    g = tl.program_id(1)
+    MP = N * PP * PQ                                       # pooled pixels
+    E: tl.constexpr = POOL * POOL
+    pid_m, pid_n = tile_ids(tl.program_id(0), MP * E if WINDOW_ROWS else MP, KG,
+                             BLOCK_M, BLOCK_N, GROUP_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # output channel within the group
+    mask_n = offs_n < KG
+    chan = g * KG + offs_n                                 # output channel
+    x_col = g * CG * sxc
+    if WINDOW_ROWS:
+        WIN: tl.constexpr = BLOCK_M // E                   # whole windows per tile
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)     # (pooled pixel, window element)
+        e = rows % E
+        n, ph, pw = pooled_pixel(rows // E, PP, PQ)
+        acc = conv_mainloop(
+            x_ptr, w_ptr, n.to(tl.int64) * sxn + x_col,
+            (ph * POOL + e // POOL) * stride_h - pad_h, (pw * POOL + e % POOL) * stride_w - pad_w,
+            rows // E < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
+            dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+        )
+        best, arg = window_max(tl.reshape(acc, (WIN, E, BLOCK_N)), E)
+        offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
+    else:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # pooled pixel (n, ph, pw)
+        n, ph, pw = pooled_pixel(offs_m, PP, PQ)
+        x_row = n.to(tl.int64) * sxn + x_col
+        h_win = ph * POOL * stride_h - pad_h               # top-left tap of window element (0, 0)
+        w_win = pw * POOL * stride_w - pad_w
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), acc_type(x_ptr.dtype.element_ty))
+        arg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for e in range(E):                                 # window element (i, j), row-major
+            acc = conv_mainloop(
+                x_ptr, w_ptr, x_row, h_win + (e // POOL) * stride_h,
+                w_win + (e % POOL) * stride_w, offs_m < MP,
+                chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
+                BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+            )
+            take = (acc > best) | (acc != acc)
+            best = tl.where(take, acc, best)
+            arg = tl.where(take, e, arg)
+    # max(relu(x_e + b)) == relu(max(x_e) + b): bias and ReLU once, on the maximum.
+    best = bias_relu(best, b_ptr, chan, mask_n, HAS_BIAS, False)
+    dead = best <= 0                                       # ReLU's 0 (NaN is kept, as F.relu does)
+    best = tl.where(dead, 0.0, best)
+    arg = tl.where(dead, -1, arg)                          # dead windows: no pixel gets dY
+
+    n, ph, pw = pooled_pixel(offs_m, PP, PQ)
+    y_off = (n.to(tl.int64) * syn + ph * syp + pw * syq)[:, None] + (chan * syk)[None, :]
+    mask = (offs_m < MP)[:, None] & mask_n[None, :]
+    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(off_ptr + y_off, arg.to(off_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks, shapes and host launchers
 # ----------------------------------------------------------------------------------------------
 
 
@@ -99,32 +178,6 @@ def _pooled_size(geometry: ConvGeometry, input_shape, weight_shape, pool: int):
     return (P, Q), (P // pool, Q // pool)
 
 
-def _heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
-    """The conv's tiles over the kernel's GEMM rows: with whole windows as rows
-    (:func:`window_rows`), the conv pixels of ``pooled`` windows, at most 64 rows by the conv's
-    columns (up to 128) on a GPU: 128 x 128 spills in the window reduction (it holds two register
-    tiles), and of the tiles that do not, 64 x 128 (64 x 64 for 64 filters) ran fastest on an H100
-    on every layer tuned (VGG-16 conv1_2 and conv4_3, ResNet-9 layer1: 1.1x-1.4x over 128 x 64;
-    reports/results/*/tune.csv); otherwise the pooled pixels, at most 64 x 64 (a running maximum
-    and offset beside the accumulator: three register tiles where the conv keeps one). Register
-    sizes measured with ``ptxas -v`` for sm_90 (tests/compile_sm90.py)."""
-    if window_rows(pool):
-        cfg = _gemm_heuristic(pooled * pool * pool, cols, red, dtype)
-        if not INTERPRET:
-            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
-        return cfg
-    cfg = _gemm_heuristic(pooled, cols, red, dtype)
-    if not INTERPRET:
-        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
-        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 64)
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# Host launcher
-# ----------------------------------------------------------------------------------------------
-
-
 def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                              bias: Optional[torch.Tensor], geometry: ConvGeometry, pool: int,
                              allow_tf32: Optional[bool] = None, config: Optional[dict] = None
@@ -142,15 +195,16 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     (P, Q), (PP, PQ) = _pooled_size(geometry, input.shape, weight.shape, pool)
     fmt = memory_format_of(input)
     y = torch.empty((N, K, PP, PQ), device=input.device, dtype=input.dtype, memory_format=fmt)
-    offsets = torch.empty((N, K, PP, PQ), device=input.device, dtype=_offset_dtype(pool * pool),
+    offsets = torch.empty((N, K, PP, PQ), device=input.device, dtype=offset_dtype(pool * pool),
                           memory_format=fmt)
     if y.numel() == 0:
         return y, offsets
     input, weight = channels_inner(input), channels_inner(weight)  # see conv2d_forward
     MP = N * PP * PQ
-    cfg = _config("conv_pool_fwd", _shape_key(input, weight, geometry, pool), input.dtype,
-                  LAYOUT, _heuristic(MP, pool, KG, CG, input.dtype), config,
-                  _register_tiles(input.dtype, allow_tf32))
+    cfg = heuristics.conv_config(
+        "conv_pool_fwd", tuning_shape(input, weight, geometry, pool), input.dtype, LAYOUT,
+        heuristics.conv_pool_heuristic(MP, pool, KG, CG, input.dtype), config,
+        register_tiles(input.dtype, allow_tf32))
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
@@ -159,33 +213,55 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     yv = pixel_vector(PQ, (syn, syk, syp), syq)
     xs, ws = kernel_strides(input), kernel_strides(weight)
     cv = channel_vector(CG, xs, ws)
+    sxn, sxc, sxh, sxw = channel_strides(xs, cv)
+    swk, swc, swr, sws = channel_strides(ws, cv)
     launch(_conv_pool_fwd_kernel, grid,
-        input, weight, bias if bias is not None else weight, y, offsets,
-        N, H, W, PP, PQ // yv, R, S, CG // cv, KG,
-        *channel_strides(xs, cv), *channel_strides(ws, cv),
-        syn // yv, syk // yv, syp // yv, syq,
-        sh, sw, pt, pl, dh, dw,
-        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv, CV=cv,
-        **_dot_args(input.dtype, allow_tf32),
-        **_launch_opts(cfg),
-    )
+           x_ptr=input, w_ptr=weight, b_ptr=bias if bias is not None else weight, y_ptr=y,
+           off_ptr=offsets, N=N, H=H, W=W, PP=PP, pq_v=PQ // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
+           sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
+           syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,
+           stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
+           POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv, CV=cv,
+           **dot_args(input.dtype, allow_tf32), **launch_opts(cfg))
     return y, offsets
 
 
+def conv2d_relu_pool_backward(grad_output: torch.Tensor, input: torch.Tensor,
+                              weight: torch.Tensor, offsets: torch.Tensor,
+                              geometry: ConvGeometry, pool: int,
+                              needs: Tuple[bool, bool, bool] = (True, True, True),
+                              allow_tf32: Optional[bool] = None, configs: Optional[dict] = None
+                              ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+                                         Optional[torch.Tensor]]:
+    """(dX, dW, db) of :func:`conv2d_relu_pool_forward` from the pooled gradient and the
+    forward's window offsets (-1 where the pooled output is ReLU's 0, whose gradient is 0), on
+    the conv backward's kernels: the conv-output gradient is rebuilt inside them as they load it
+    (non-zero only at the pixel a window's offset names), never stored. ``configs`` maps
+    "conv_dx" / "conv_dw" to overrides; their cache entries carry ``pool``, apart from the plain
+    conv's."""
+    src = GradSource(grad_output, offsets=offsets, pool=pool)
+    return conv_grads(src, input, weight, geometry, needs, allow_tf32, configs)
+
+
 # ----------------------------------------------------------------------------------------------
-# Autograd Function
+# The op: autograd Function, custom ops tritoncnn::conv2d_relu_pool and its backward
 # ----------------------------------------------------------------------------------------------
 
 
-def _forward(input, weight, bias, geometry: ConvGeometry, pool: int, allow_tf32: bool,
-             config: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Checks the tensors, geometry and pool against each other, then launches: the forward of
-    the custom op and of the Function, so a direct op call gets the functional API's errors."""
-    _check_tensors(input, weight, bias)
-    check_geometry(geometry, _shape(input), _shape(weight), None if bias is None else _shape(bias))
+def _check_pool_of(geometry: ConvGeometry, input, weight, pool) -> None:
     (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
     check_pool(pool, P, Q, input.shape, weight.shape)
-    return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32, config)
+
+
+def _checked_forward(input, weight, bias, geometry: ConvGeometry, pool: int,
+                     allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Checks the tensors, geometry and pool against each other, then launches: the custom op's
+    forward, so a direct op call gets the functional API's errors."""
+    check_tensors(input, weight, bias)
+    check_geometry(geometry, shape_of(input), shape_of(weight),
+                   None if bias is None else shape_of(bias))
+    _check_pool_of(geometry, input, weight, pool)
+    return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32)
 
 
 def _save_for_backward(ctx, input, weight, bias, offsets, geometry: ConvGeometry, pool: int,
@@ -199,14 +275,13 @@ def _save_for_backward(ctx, input, weight, bias, offsets, geometry: ConvGeometry
 
 
 def _grads(ctx, grad_output) -> list:
-    """[dX, dW, db] (None where not needed) through tritoncnn::conv2d_relu_pool_backward, or
-    straight through the launcher in plain eager mode (``eager_ok``) and when the caller gave
-    launch-config overrides."""
+    """[dX, dW, db] (None where not needed), routed by ``_op.route_backward``."""
     input, weight, offsets = ctx.saved_tensors
     mask = grad_mask(ctx)
     if not any(mask):
         return [None, None, None]
-    if torch.is_grad_enabled():  # double backward: PyTorch's differentiable ops
+
+    def differentiable():
         N, _, H, W = input.shape
         K, _, R, S = weight.shape
         P, Q = ctx.geometry.output_size(H, W, R, S)
@@ -214,14 +289,50 @@ def _grads(ctx, grad_output) -> list:
         grad_z = routed_gradient(grad_output * live, offsets.clamp(min=0), (N, K, P, Q),
                                  [ctx.pool] * 2, [ctx.pool] * 2, [0, 0], [1, 1], False)
         return differentiable_conv_grads(grad_z, input, weight, ctx.geometry, mask)
-    if ctx.configs or eager_ok(grad_output):
-        return list(conv2d_backward(grad_output, input, weight, None, ctx.geometry, True,
-                                    tuple(mask), ctx.allow_tf32, ctx.configs, offsets=offsets,
-                                    pool=ctx.pool))
-    computed = _conv2d_relu_pool_backward_op(grad_output, input, weight, offsets,
-                                             *ctx.geometry.as_op_args(), ctx.pool,
-                                             ctx.allow_tf32, mask)
-    return [g if want else None for g, want in zip(computed, mask)]
+
+    def launcher():
+        return list(conv2d_relu_pool_backward(grad_output, input, weight, offsets, ctx.geometry,
+                                              ctx.pool, tuple(mask), ctx.allow_tf32,
+                                              ctx.configs))
+
+    def op():
+        return wanted(_conv2d_relu_pool_backward_op(
+            grad_output, input, weight, offsets, *ctx.geometry.as_op_args(), ctx.pool,
+            ctx.allow_tf32, mask), mask)
+
+    return route_backward(ctx, grad_output, differentiable=differentiable, launcher=launcher,
+                          op=op)
+
+
+def _function_forward(input, weight, bias, geometry, pool, allow_tf32, configs=None):
+    return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32,
+                                    (configs or {}).get("conv_pool_fwd"))
+
+
+def _function_setup_context(ctx, inputs, output):
+    input, weight, bias, geometry, pool, allow_tf32, *configs = inputs
+    offsets = output[1]
+    ctx.mark_non_differentiable(offsets)
+    _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32, *configs)
+    ctx.save_for_forward(input, weight, offsets)
+
+
+def _function_jvp(ctx, input_t, weight_t, bias_t, *_):
+    """The conv's tangent, taken at each window's maximum (0 where ReLU gave 0)."""
+    input, weight, offsets = ctx.saved_tensors
+    tangent = conv_tangent(input, weight, input_t, weight_t, bias_t, ctx.geometry)
+    return window_values(tangent, offsets, ctx.pool), None
+
+
+_Conv2dReLUPoolChecked = op_function(
+    "_Conv2dReLUPoolChecked",
+    """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
+    tensors, geometry and pool already checked, launched without a second check. Returns the
+    pooled output and the window offsets (not differentiable).""",
+    forward=_function_forward, setup_context=_function_setup_context,
+    backward=lambda ctx, grad_output, _grad_offsets: (*_grads(ctx, grad_output),
+                                                      None, None, None, None),
+    jvp=_function_jvp)
 
 
 class Conv2dReLUPoolFunction(torch.autograd.Function):
@@ -243,53 +354,10 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
             return conv2d_relu_pool(input, weight, bias, stride, padding, dilation, groups, pool,
                                     allow_tf32=allow_tf32)
         geometry = check_and_resolve(input, weight, bias, stride, padding, dilation, groups)
-        (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
-        check_pool(pool, P, Q, input.shape, weight.shape)
+        _check_pool_of(geometry, input, weight, pool)
         y, _ = apply_function(_Conv2dReLUPoolChecked, input, weight, bias, geometry, pool,
-                              _resolve_tf32(allow_tf32), configs)
+                              resolve_tf32(allow_tf32), configs)
         return y
-
-
-@with_eager_twin
-class _Conv2dReLUPoolChecked(torch.autograd.Function):
-    """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``):
-    tensors, geometry and pool already checked, launched without a second check. Returns the
-    pooled output and the window offsets (not differentiable)."""
-
-    @staticmethod
-    def forward(input, weight, bias, geometry, pool, allow_tf32, configs=None):
-        return conv2d_relu_pool_forward(input, weight, bias, geometry, pool, allow_tf32,
-                                        (configs or {}).get("conv_pool_fwd"))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, bias, geometry, pool, allow_tf32, *configs = inputs
-        offsets = output[1]
-        ctx.mark_non_differentiable(offsets)
-        _save_for_backward(ctx, input, weight, bias, offsets, geometry, pool, allow_tf32,
-                           *configs)
-        ctx.save_for_forward(input, weight, offsets)
-
-    @staticmethod
-    def backward(ctx, grad_output, _grad_offsets):
-        return (*_grads(ctx, grad_output), None, None, None, None)
-
-    @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t, *_):
-        """The conv's tangent, taken at each window's maximum (0 where ReLU gave 0)."""
-        input, weight, offsets = ctx.saved_tensors
-        tangent = conv_tangent(input, weight, input_t, weight_t, bias_t, ctx.geometry)
-        return window_values(tangent, offsets, ctx.pool), None
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return vmap_rule(_Conv2dReLUPoolChecked, info, in_dims, *args)
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Custom ops: tritoncnn::conv2d_relu_pool and tritoncnn::conv2d_relu_pool_backward
-# ----------------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("tritoncnn::conv2d_relu_pool", mutates_args=())
@@ -300,7 +368,7 @@ def _conv2d_relu_pool_op(input: torch.Tensor, weight: torch.Tensor, bias: Option
     geometry; padding is (top, bottom, left, right). Offsets are -1 where the output is ReLU's 0.
     Shapes and ``pool`` are checked before anything is launched."""
     geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
-    return _forward(input, weight, bias, geometry, pool, allow_tf32)
+    return _checked_forward(input, weight, bias, geometry, pool, allow_tf32)
 
 
 @_conv2d_relu_pool_op.register_fake
@@ -311,7 +379,7 @@ def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, group
     shape = (input.shape[0], weight.shape[0], PP, PQ)
     fmt = memory_format_of(input)
     return (torch.empty(shape, device=input.device, dtype=input.dtype, memory_format=fmt),
-            torch.empty(shape, device=input.device, dtype=_offset_dtype(pool * pool),
+            torch.empty(shape, device=input.device, dtype=offset_dtype(pool * pool),
                         memory_format=fmt))
 
 
@@ -325,39 +393,28 @@ def _conv2d_relu_pool_backward_op(
     gradient left out by ``output_mask`` comes back as an empty tensor. Shapes are checked
     before anything is launched."""
     geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
-    _check_tensors(input, weight, None)
-    check_geometry(geometry, _shape(input), _shape(weight), None)
-    (P, Q), _ = _pooled_size(geometry, input.shape, weight.shape, 1)
-    check_pool(pool, P, Q, input.shape, weight.shape)
-    grads = conv2d_backward(grad_output, input, weight, None, geometry, True,
-                            tuple(output_mask), allow_tf32, offsets=offsets, pool=pool)
-    return tuple(g if g is not None else input.new_empty(0) for g in grads)
+    check_tensors(input, weight, None)
+    check_geometry(geometry, shape_of(input), shape_of(weight), None)
+    _check_pool_of(geometry, input, weight, pool)
+    grads = conv2d_relu_pool_backward(grad_output, input, weight, offsets, geometry, pool,
+                                      tuple(output_mask), allow_tf32)
+    return grads_or_empty(grads, input)
 
 
 @_conv2d_relu_pool_backward_op.register_fake
 def _conv2d_relu_pool_backward_fake(grad_output, input, weight, offsets, stride, padding,
                                     dilation, groups, pool, allow_tf32, output_mask):
-    need_dx, need_dw, need_db = output_mask
-    return (
-        torch.empty_like(input, memory_format=memory_format_of(input)) if need_dx
-        else input.new_empty(0),
-        torch.empty_like(weight) if need_dw else input.new_empty(0),
-        weight.new_empty((weight.shape[0],)) if need_db else input.new_empty(0),
-    )
+    return fake_conv_grads(input, weight, output_mask)
 
 
-def _setup_context(ctx, inputs, output):
+def _op_setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, pool, allow_tf32 = inputs
     geometry = ConvGeometry.from_op_args(stride, padding, dilation, groups)
     _save_for_backward(ctx, input, weight, bias, output[1], geometry, pool, allow_tf32)
 
 
-def _op_backward(ctx, grad_output, _grad_offsets):
-    return (*_grads(ctx, grad_output), None, None, None, None, None, None)
-
-
-_conv2d_relu_pool_op.register_autograd(_op_backward, setup_context=_setup_context)
-register_conv_autocast("conv2d_relu_pool", _conv2d_relu_pool_op)
+register_op_autograd(_conv2d_relu_pool_op, _grads, _op_setup_context, params=6)
+register_autocast("conv2d_relu_pool", _conv2d_relu_pool_op)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,46 +440,20 @@ def conv2d_relu_pool(input: torch.Tensor, weight: torch.Tensor,
     check_float("input", input)
     if input.dim() not in (3, 4):
         raise ValueError(
-            f"input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {_shape(input)}"
+            f"input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {shape_of(input)}"
         )
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     autocasting = autocast_enabled(x)
     geometry = check_and_resolve(x, weight, bias, stride, padding, dilation, groups,
                                  same_dtype=not autocasting, meta_ok=True)
-    (P, Q), _ = _pooled_size(geometry, x.shape, weight.shape, 1)
-    check_pool(pool, P, Q, x.shape, weight.shape)  # before autocast casts anything
+    _check_pool_of(geometry, x, weight, pool)  # before autocast casts anything
     if eager_ok(x, weight, bias):
         if autocasting:
             x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
         y, _ = apply_function(_Conv2dReLUPoolChecked, x, weight, bias, geometry, pool,
-                              _resolve_tf32(allow_tf32))
+                              resolve_tf32(allow_tf32))
     else:
         y, _ = _conv2d_relu_pool_op(x, weight, bias, *geometry.as_op_args(), pool,
-                                    _resolve_tf32(allow_tf32))
+                                    resolve_tf32(allow_tf32))
     return y.squeeze(0) if unbatched else y
-
-
-# ----------------------------------------------------------------------------------------------
-# Tuning problem (``tritoncnn tune`` and tuning on first use; GPU only)
-# ----------------------------------------------------------------------------------------------
-
-
-def _conv_pool_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
-    """Pooled output and offsets against float64 torch; the integer inputs of
-    ``conv.problem_inputs`` make the maxima exact, so the offsets must match exactly (-1 where the
-    pooled output is 0)."""
-    pool = shape.get("pool", 2)
-    x, w, b, geometry = problem_inputs(shape, dtype, layout)
-    z = reference_conv(x, w, b, geometry)
-    ref, index = torch.nn.functional.max_pool2d(torch.relu(z), pool, return_indices=True)
-    Q = z.shape[3]
-    offsets = ((index // Q) % pool * pool + index % Q % pool).to(_offset_dtype(pool * pool))
-    offsets = torch.where(ref == 0, -1, offsets)
-    return autotune.Problem(
-        run=lambda cfg: conv2d_relu_pool_forward(x, w, b, geometry, pool,
-                                                 problem_tf32(shape), config=cfg),
-        reference=(ref, offsets))
-
-
-autotune.register_problem("conv_pool_fwd", _conv_pool_fwd_problem)

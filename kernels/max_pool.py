@@ -31,12 +31,14 @@ import torch
 import triton
 import triton.language as tl
 
-from tritoncnn import _runtime, autotune
+from tritoncnn import autotune
+from tritoncnn.autotune import heuristics
 
-from ._common import (INTERPRET, apply_function, as_pair, cdiv, check_device, check_float,
-                      eager_ok, is_channels_last, launch, next_pow2, pixel_vector, pooled_len,
-                      traced_checks_quiet, vmap_rule, with_eager_twin)
-from ._conv_kernels import _window_max, acc_type
+from ._checks import (as_pair, cdiv, check_device, check_float, is_channels_last, launch,
+                      next_pow2, pixel_vector, pooled_len)
+from ._gemm import acc_type, window_max
+from ._op import (apply_function, eager_ok, op_function, register_op_autograd, route_backward,
+                  traced_checks_quiet)
 
 __all__ = [
     "max_pool2d",
@@ -185,7 +187,7 @@ def _max_pool_fwd_rows_kernel(
         ok = (row_ok & (ih < H))[:, None] & col_ok[None, :]
         vals = tl.load(x_ptr + (base + ih * sxh)[:, None] + j[None, :] * sxw, mask=ok,
                        other=float("-inf"))
-        rb, ra = _window_max(tl.reshape(vals.to(best.dtype), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
+        rb, ra = window_max(tl.reshape(vals.to(best.dtype), (BLOCK_R, BLOCK_OW, KW)), KW, 2)
         take = (rb > best) | (rb != rb)  # the scan's rule, a whole window row at a time
         best = tl.where(take, rb, best)
         arg = tl.where(take, kh * KW + ra, arg)
@@ -320,7 +322,7 @@ def _check_input(input: torch.Tensor) -> None:
     check_device("input", input)
 
 
-def _offset_dtype(window: int) -> torch.dtype:
+def offset_dtype(window: int) -> torch.dtype:
     """The narrowest integer dtype that holds offsets 0 .. window - 1."""
     if window <= 2**7:
         return torch.int8
@@ -365,24 +367,6 @@ def _rows_path(k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
     return _non_overlapping(k, s, p, d) and k[1] & (k[1] - 1) == 0
 
 
-def _heuristic_config(layout: str, non_overlap: bool) -> dict:
-    """1024 elements per program on 4 warps: 8 per lane, one 16-byte vector of bf16 channels in
-    NHWC. NCHW overlapping windows read scalars, each lane its own window: 512 there, as 8 per
-    lane took 247 registers for a 3x3/2 backward on sm_90 (108 with 4). The interpreter pays per
-    program instance, so it gets the largest tile."""
-    if INTERPRET:
-        return {"BLOCK": 4096, "num_warps": 4}
-    return {"BLOCK": 1024 if layout == "nhwc" or non_overlap else 512, "num_warps": 4}
-
-
-def _launch_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str,
-                   non_overlap: bool, config: dict | None) -> dict:
-    heuristic = _heuristic_config(layout, non_overlap)
-    chosen = config if config is not None else autotune.get_config(
-        kernel, shape, dtype, layout, heuristic)
-    return {**heuristic, **chosen}
-
-
 def _ceil_mode_of(input_hw: Pair, output_hw: Pair, k: Pair, s: Pair, p: Pair, d: Pair) -> bool:
     """Which ceil_mode gives this pooled size (backward knows only the sizes); a RuntimeError when
     neither does."""
@@ -416,15 +400,16 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     out = _empty(out_shape, input.dtype, input.device, nhwc)
-    offsets = _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc)
+    offsets = _empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc)
     if out.numel() == 0:
         return out, offsets
 
     x4 = _as_4d(input)
     N, C, H, W = x4.shape
     layout = "nhwc" if nhwc else "nchw"
-    cfg = _launch_config("max_pool_fwd", autotune.pool_shape(x4.shape, k, s, p, d, ceil_mode),
-                         input.dtype, layout, _non_overlapping(k, s, p, d), config)
+    cfg = heuristics.pool_config("max_pool_fwd",
+                                 autotune.pool_shape(x4.shape, k, s, p, d, ceil_mode),
+                                 input.dtype, layout, _non_overlapping(k, s, p, d), config)
     total = out.numel()
     block = cfg["BLOCK"]
     if not nhwc and _rows_path(k, s, p, d):
@@ -490,8 +475,9 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     layout = "nhwc" if nhwc else "nchw"
     ceil_mode = _ceil_mode_of((H, W), (oh, ow), k, s, p, d)
     non_overlap = _non_overlapping(k, s, p, d)
-    cfg = _launch_config("max_pool_bwd", autotune.pool_shape((N, C, H, W), k, s, p, d, ceil_mode),
-                         grad_output.dtype, layout, non_overlap, config)
+    cfg = heuristics.pool_config("max_pool_bwd",
+                                 autotune.pool_shape((N, C, H, W), k, s, p, d, ceil_mode),
+                                 grad_output.dtype, layout, non_overlap, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
     grid = (cdiv(total, block),)
@@ -544,7 +530,7 @@ def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mod
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     return (_empty(out_shape, input.dtype, input.device, nhwc),
-            _empty(out_shape, _offset_dtype(k[0] * k[1]), input.device, nhwc))
+            _empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc))
 
 
 @torch.library.custom_op("tritoncnn::max_pool2d_bwd", mutates_args=())
@@ -598,14 +584,15 @@ def window_values(input: torch.Tensor, offsets: torch.Tensor, kernel_size, strid
 
 
 def _grad_input(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-    """dX through the backward op, or straight through its launcher in plain eager mode; when
-    autograd records the backward pass (double backward), through :func:`routed_gradient`."""
+    """dX, routed by ``_op.route_backward``: when autograd records the backward pass (double
+    backward), :func:`routed_gradient`; else the launcher or the backward op."""
     (offsets,) = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        return routed_gradient(grad_output, offsets, ctx.input_size, *ctx.params,
-                               ctx.ceil_mode)
-    backward = max_pool2d_backward if eager_ok(grad_output) else _max_pool2d_bwd_op
-    return backward(grad_output, offsets, ctx.input_size, *ctx.params, ctx.channels_last)
+    args = (grad_output, offsets, ctx.input_size, *ctx.params)
+    return route_backward(
+        ctx, grad_output,
+        differentiable=lambda: routed_gradient(*args, ctx.ceil_mode),
+        launcher=lambda: max_pool2d_backward(*args, ctx.channels_last),
+        op=lambda: _max_pool2d_bwd_op(*args, ctx.channels_last))
 
 
 def _fwd_op_setup_context(ctx, inputs, output):
@@ -613,11 +600,8 @@ def _fwd_op_setup_context(ctx, inputs, output):
     _save_for_backward(ctx, input, output[1], (kernel_size, stride, padding, dilation), ceil_mode)
 
 
-def _fwd_op_backward(ctx, grad_output, _grad_offsets):
-    return _grad_input(ctx, grad_output), None, None, None, None, None
-
-
-_max_pool2d_fwd_op.register_autograd(_fwd_op_backward, setup_context=_fwd_op_setup_context)
+register_op_autograd(_max_pool2d_fwd_op, lambda ctx, grad_output: (_grad_input(ctx, grad_output),),
+                     _fwd_op_setup_context, params=5)
 
 
 def _forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -655,37 +639,27 @@ class MaxPool2dFunction(torch.autograd.Function):
         return out, offsets_to_indices(offsets, input.shape[-1], *params)
 
 
-@with_eager_twin
-class _MaxPool2dChecked(torch.autograd.Function):
+def _function_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    ctx.mark_non_differentiable(output[1])
+    _save_for_backward(ctx, input, output[1],
+                       _pool_params(kernel_size, stride, padding, dilation), ceil_mode)
+    ctx.save_for_forward(output[1])
+
+
+def _function_jvp(ctx, input_t, *_):
+    (offsets,) = ctx.saved_tensors
+    return window_values(input_t, offsets, *ctx.params), None
+
+
+_MaxPool2dChecked = op_function(
+    "_MaxPool2dChecked",
     """The functional API's eager path (``torch.func.grad`` too, hence ``setup_context``): the
-    output and the window offsets (not differentiable)."""
-
-    @staticmethod
-    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-        out, offsets, _ = _forward(input, kernel_size, stride, padding, dilation, ceil_mode)
-        return out, offsets
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, kernel_size, stride, padding, dilation, ceil_mode = inputs
-        ctx.mark_non_differentiable(output[1])
-        _save_for_backward(ctx, input, output[1],
-                           _pool_params(kernel_size, stride, padding, dilation), ceil_mode)
-        ctx.save_for_forward(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_output, _grad_offsets):
-        return _grad_input(ctx, grad_output), None, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, input_t, *_):
-        (offsets,) = ctx.saved_tensors
-        return window_values(input_t, offsets, *ctx.params), None
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return vmap_rule(_MaxPool2dChecked, info, in_dims, *args)
-
+    output and the window offsets (not differentiable).""",
+    forward=lambda *args: _forward(*args)[:2], setup_context=_function_setup_context,
+    backward=lambda ctx, grad_output, _grad_offsets: (_grad_input(ctx, grad_output),
+                                                      None, None, None, None, None),
+    jvp=_function_jvp)
 
 
 @traced_checks_quiet
@@ -710,50 +684,3 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     if return_indices:
         return out, offsets_to_indices(offsets, input.shape[-1], *params)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Tuning problems (``tritoncnn tune`` and tuning on first use; GPU only)
-# --------------------------------------------------------------------------------------------
-
-
-def _pool_problem_inputs(shape: dict, dtype: torch.dtype, layout: str):
-    """Random input of a pool shape dict on the device kernels run on (the GPU; the CPU under the
-    interpreter, where tests check the problems themselves), the pooling arguments as pairs,
-    ceil_mode."""
-    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = torch.randn(shape["N"], shape["C"], shape["H"], shape["W"], device=_runtime.device_type(),
-                    dtype=dtype)
-    x = x.contiguous(memory_format=fmt)
-    params = ((shape["KH"], shape["KW"]), (shape["SH"], shape["SW"]), (shape["PH"], shape["PW"]),
-              (shape["DH"], shape["DW"]))
-    # ceil_mode shows in OH/OW: the floor output is smaller wherever ceil_mode added a window.
-    floor = [pooled_len(shape[dim], *(v[i] for v in params), False)
-             for i, dim in enumerate("HW")]
-    ceil_mode = floor != [shape["OH"], shape["OW"]]
-    return x, params, ceil_mode
-
-
-def _max_pool_fwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
-    x, params, ceil_mode = _pool_problem_inputs(shape, dtype, layout)
-    ref = torch.nn.functional.max_pool2d(x, *params, ceil_mode=ceil_mode)
-    return autotune.Problem(
-        run=lambda cfg: max_pool2d_forward(x, *params, ceil_mode, config=cfg)[0], reference=ref)
-
-
-def _max_pool_bwd_problem(shape: dict, dtype: torch.dtype, layout: str) -> autotune.Problem:
-    x, params, ceil_mode = _pool_problem_inputs(shape, dtype, layout)
-    out, offsets = max_pool2d_forward(x, *params, ceil_mode)
-    grad = torch.randn_like(out)
-    # PyTorch's backward op, not autograd: tuning on first use builds its problems inside a
-    # custom op or a backward pass, where autograd records nothing
-    _, index = torch.nn.functional.max_pool2d(x, *params, ceil_mode=ceil_mode, return_indices=True)
-    ref = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *params, ceil_mode, index)
-    return autotune.Problem(
-        run=lambda cfg: max_pool2d_backward(grad, offsets, list(x.shape), *params,
-                                            channels_last=layout == "nhwc", config=cfg),
-        reference=ref)
-
-
-autotune.register_problem("max_pool_fwd", _max_pool_fwd_problem)
-autotune.register_problem("max_pool_bwd", _max_pool_bwd_problem)

@@ -363,13 +363,16 @@ def check_shared_memory(top: int = 3) -> str | None:
         if bad else None
 
 
-def _scalar_load_lines(ptx: str) -> list[int]:
-    """Source lines (``.loc``) of the scalar 1- and 2-byte global loads in ``ptx``."""
-    lines, where = [], 0
+def _scalar_load_lines(ptx: str) -> list[tuple[str, int]]:
+    """Source places (file name, line: ``.file`` / ``.loc``) of the scalar 1- and 2-byte global
+    loads in ``ptx``."""
+    files = {m.group(1): os.path.basename(m.group(2))
+             for m in re.finditer(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, re.M)}
+    lines, where = [], ("", 0)
     for text in ptx.splitlines():
-        loc = re.match(r"\s*\.loc\s+\d+\s+(\d+)", text)
+        loc = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)", text)
         if loc:
-            where = int(loc.group(1))
+            where = (files.get(loc.group(1), ""), int(loc.group(2)))
         elif re.search(r"ld\.global\.b(?:8|16)\b", text):
             lines.append(where)
     return lines
@@ -387,10 +390,11 @@ def check_vector_loads() -> str | None:
     _runtime.device_type = lambda: "cpu"
     bad = []
     # the epilogue's bias load (one value per column) is not a tile load
-    from tritoncnn.kernels import _conv_kernels
+    from tritoncnn.kernels import _gemm
 
-    source = inspect.getsource(_conv_kernels).splitlines()
-    bias_line = next(i for i, s in enumerate(source, 1) if "bias = tl.load(b_ptr" in s)
+    source = inspect.getsource(_gemm).splitlines()
+    bias_line = ("_gemm.py",
+                 next(i for i, s in enumerate(source, 1) if "bias = tl.load(b_ptr" in s))
 
     def conv_tiles_16_bytes(start: int, what: str, also: tuple = ()) -> None:
         """The conv kernels compiled since ``start`` load their tiles with 16-byte cp.async
@@ -480,7 +484,7 @@ def check_precompile(workers: int = 2) -> str | None:
     compiled. Returns what went wrong, or None."""
     from tritoncnn import _runtime, autotune
     from tritoncnn.autotune import tuner
-    from tritoncnn.kernels._conv_kernels import _conv_fwd_kernel
+    from tritoncnn.kernels.conv import _conv_fwd_kernel
 
     _runtime.device_type = lambda: "cpu"  # the problem's inputs: CPU tensors stand in
     shape = autotune.conv_shape((4, 32, 12, 12), (48, 32, 3, 3), 1, 1, 1, 1)

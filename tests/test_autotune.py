@@ -61,7 +61,7 @@ def test_conv_pruning_rules(kernel):
         assert c["BLOCK_M"] <= max(16, spaces.next_pow2(m))
         assert c["BLOCK_N"] <= max(16, spaces.next_pow2(n))  # no 128-wide tile for 16 channels
         assert c["BLOCK_K"] <= max(16, spaces.next_pow2(red))
-        assert c["num_warps"] <= 4  # flattened reduction loop (DESIGN.md section 5)
+        assert c["num_warps"] <= 4  # flattened reduction loop (pytorch/pytorch#173068)
         assert spaces.conv_smem_bytes(c, torch.bfloat16, kernel) <= spaces.DEFAULT_SMEM_BYTES
 
 
@@ -157,8 +157,7 @@ def test_float64_space_is_capped_and_tuned_as_ieee():
     """float64 (``ieee`` in its shapes too) gets the FP64_CAPS tiles, which ptxas compiles without
     spilling, in the tuner's space and on the launchers' configs; `tune --dtype fp64` marks its
     conv shapes ``ieee`` as the launches do."""
-    from tritoncnn.autotune import tune
-    from tritoncnn.kernels import conv as conv_mod
+    from tritoncnn.autotune import heuristics, tune
     kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
     shape = dict(conv(n=8, c=128, h=16, w=16, k=128), ieee=1)
     for kernel, sh, caps in (("conv_fwd", shape, spaces.FP64_DEFAULT_CAPS),
@@ -171,7 +170,7 @@ def test_float64_space_is_capped_and_tuned_as_ieee():
             tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_warps"])
             assert all(v <= cap for v, cap in zip(tile, caps)), (kernel, c)
     big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
-    assert conv_mod._config("conv_dw", shape, torch.float64, "nhwc", big, None, True) == \
+    assert heuristics.conv_config("conv_dw", shape, torch.float64, "nhwc", big, None, True) == \
         dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4)
     layer = dict(type="conv", name="c1", first=True, input=(8, 3, 16, 16), weight=(8, 3, 3, 3),
                  stride=1, padding=1, dilation=1, groups=1)
@@ -183,24 +182,25 @@ def test_float64_space_is_capped_and_tuned_as_ieee():
 def test_ieee_launches_have_their_own_cache_entries(store, monkeypatch):
     """An IEEE float32 launch looks up the entry tuned in IEEE (``ieee`` in its shape), never the
     TF32 winner of the same layer; an entry over the caps (written before the caps) is capped."""
-    from tritoncnn.kernels import conv as conv_mod
+    from tritoncnn.autotune import heuristics
 
     shape = conv(n=8, c=64, h=16, w=16, k=64)
     big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
     small = dict(big, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_stages=4)
     store.put("conv_fwd", shape, torch.float32, "nhwc", big)
-    assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None) == big
-    capped = conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", dict(big), None, True)
+    assert heuristics.conv_config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None) == big
+    capped = heuristics.conv_config("conv_fwd", shape, torch.float32, "nhwc", dict(big), None, True)
     assert capped == dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)  # a miss: the heuristic, capped
     store.put("conv_fwd", dict(shape, ieee=1), torch.float32, "nhwc", small)
     with autotune.record_calls() as calls:
-        assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None,
-                                True) == small
-        assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None) == big
+        assert heuristics.conv_config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC,
+                                      None, True) == small
+        assert heuristics.conv_config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC,
+                                      None) == big
     assert [c.shape.get("ieee") for c in calls] == [1, None]  # what `tune` then tunes
     store.put("conv_fwd", dict(shape, ieee=1), torch.float32, "nhwc", big)
-    assert conv_mod._config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None,
-                            True) == dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
+    assert heuristics.conv_config("conv_fwd", shape, torch.float32, "nhwc", HEURISTIC, None,
+                                  True) == dict(big, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
 
 
 @pytest.mark.parametrize("kernel", ["conv_fwd", "conv_dx", "conv_dw", "conv_pool_fwd"])
@@ -208,11 +208,9 @@ def test_tuning_problems_run_at_the_shapes_precision(monkeypatch, kernel):
     """A problem for an ``ieee`` shape runs its launches with TF32 off, any other float32 one
     with TF32 on, whatever torch.backends says at tuning time: the winner is timed as the
     launches that look it up run."""
-    from tritoncnn.kernels import conv as conv_mod, conv_pool as pool_mod
+    from tritoncnn.kernels import problems
 
     seen = []
-    real = {m: (m.conv2d_forward if m is conv_mod else m.conv2d_relu_pool_forward)
-            for m in (conv_mod, pool_mod)}
 
     def spy(name, module, fn):
         def wrapped(*args, **kw):
@@ -220,10 +218,10 @@ def test_tuning_problems_run_at_the_shapes_precision(monkeypatch, kernel):
             return fn(*args, **kw)
         monkeypatch.setattr(module, name, wrapped)
 
-    spy("conv2d_forward", conv_mod, real[conv_mod])
-    spy("conv2d_relu_pool_forward", pool_mod, real[pool_mod])
-    real_bwd = conv_mod.conv2d_backward
-    monkeypatch.setattr(conv_mod, "conv2d_backward",
+    spy("conv2d_forward", problems, problems.conv2d_forward)
+    spy("conv2d_relu_pool_forward", problems, problems.conv2d_relu_pool_forward)
+    real_bwd = problems.conv_grads
+    monkeypatch.setattr(problems, "conv_grads",
                         lambda *a, **kw: seen.append(kw["allow_tf32"]) or real_bwd(*a, **kw))
     shape = conv(n=1, c=4, h=4, w=4, k=4)
     if kernel == "conv_pool_fwd":

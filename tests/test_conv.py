@@ -126,9 +126,9 @@ def test_conv_channels_last(name):
 def test_tf32_dx_reads_a_k_innermost_weight(name, monkeypatch):
     """TF32 float32 dX of a large enough layer reads the weight through a k-innermost copy (the
     threshold lowered to 0 here): every geometry still gets PyTorch's gradients."""
-    from tritoncnn.kernels import conv as conv_module
+    from tritoncnn.kernels import conv_backward
 
-    monkeypatch.setattr(conv_module, "K_MAJOR_DX_MIN_FLOP", 0)
+    monkeypatch.setattr(conv_backward, "K_MAJOR_DX_MIN_FLOP", 0)
     _check_case(CASES[name], channels_last=name != "many_channels", tf32=True)
 
 
@@ -634,11 +634,11 @@ def test_direct_custom_op_calls_check_shapes():
 def test_dw_single_split_stores_in_place(monkeypatch, split):
     """SPLIT = 1 casts dW and db straight into the weight's layout: no fp32 partials and no
     _sum_splits launch; more splits go through one launch for both. Both match the reference."""
-    from tritoncnn.kernels import conv as conv_module
+    from tritoncnn.kernels import conv_backward
 
     summed = []
-    real = conv_module._sum_splits
-    monkeypatch.setattr(conv_module, "_sum_splits", lambda *a: summed.append(1) or real(*a))
+    real = conv_backward._sum_splits
+    monkeypatch.setattr(conv_backward, "_sum_splits", lambda *a: summed.append(1) or real(*a))
     case = (2, 5, 7, 6, 6, (3, 2), 1, 1, 1, 1)
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
     x, w, b = _make(case, torch.float16, channels_last=True)
@@ -679,7 +679,7 @@ def test_no_input_channels_still_gives_the_bias_gradient(split):
 def test_pixel_vector_hint():
     """The power of two an NCHW output's row of pixels and its other strides share (16 at most),
     for the kernels' store hint; 1 where the pixels are not at stride 1 (channels_last)."""
-    from tritoncnn.kernels._common import pixel_vector
+    from tritoncnn.kernels._checks import pixel_vector
 
     assert pixel_vector(56, (64 * 56 * 56, 56 * 56, 56), 1) == 8
     assert pixel_vector(28, (64 * 28 * 28, 28 * 28, 28), 1) == 4
@@ -697,7 +697,7 @@ def test_channel_vector_hint():
     """The power of two below 16 that a group's channel count and the other strides of
     channels-inner operands share, for the kernels' load hint; 1 where all are multiples of 16
     (Triton's own specialization says so then) or where they share nothing."""
-    from tritoncnn.kernels._common import channel_strides, channel_vector
+    from tritoncnn.kernels._checks import channel_strides, channel_vector
 
     weight24 = (24 * 9, 1, 3 * 24, 24)  # (24, 24, 3, 3) channels_last
     assert channel_vector(24, _nhwc(8, 24, 31, 31), weight24) == 8
@@ -719,12 +719,13 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
     results stay PyTorch's. TF32-capable float32 (always so under the interpreter, whose dot is
     IEEE anyway) gives a large enough dX (K_MAJOR_DX_MIN_FLOP, lowered to 0 here to test that
     path on a small layer) the weight with k innermost, K-major for the tensor cores: CV = 1."""
-    from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_pool as pool_module
+    from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_backward
+    from tritoncnn.kernels import conv_pool as pool_module
 
     if k_major_from is not None:
-        monkeypatch.setattr(conv_module, "K_MAJOR_DX_MIN_FLOP", k_major_from)
+        monkeypatch.setattr(conv_backward, "K_MAJOR_DX_MIN_FLOP", k_major_from)
     launched = []
-    for module in (conv_module, pool_module):
+    for module in (conv_module, pool_module, conv_backward):
         real = module.launch
         monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=real, **kw: (
             launched.append((kernel.__name__, a, kw)), _real(kernel, grid, *a, **kw))[1])
@@ -752,19 +753,19 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
     k_major = dtype == torch.float32 and k_major_from == 0
     assert vectors == {"_conv_fwd_kernel": (8, None), "_conv_pool_fwd_kernel": (8, None),
                        "_conv_dx_kernel": (1 if k_major else 8, 8), "_conv_dw_kernel": (8, 8)}
-    dx_weight = next(a[3] for name, a, _ in launched if name == "_conv_dx_kernel")
+    dx_weight = next(kw["w_ptr"] for name, _, kw in launched if name == "_conv_dx_kernel")
     assert (dx_weight.stride(0) == 1) == k_major and torch.equal(dx_weight, w)
 
 
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
-    tiles would make _tile_ids divide by zero on the GPU (the interpreter masks it out)."""
-    from tritoncnn.kernels import conv as conv_module
+    tiles would make tile_ids divide by zero on the GPU (the interpreter masks it out)."""
+    from tritoncnn.kernels import conv as conv_module, conv_backward
 
     launched = []
-    real = conv_module.launch
-    monkeypatch.setattr(conv_module, "launch", lambda kernel, grid, *a, **kw: (
-        launched.append((kernel.__name__, grid, kw)), real(kernel, grid, *a, **kw))[1])
+    for module in (conv_module, conv_backward):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=module.launch, **kw: (
+            launched.append((kernel.__name__, grid, kw)), _real(kernel, grid, *a, **kw))[1])
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = CASES["depthwise_x2"]
     x, w, b = (t.float().to(DEVICE).requires_grad_() for t in _make(CASES["depthwise_x2"],
                                                                    torch.float32, False))
@@ -783,7 +784,7 @@ def test_sm_count_is_read_once_per_device(monkeypatch):
     """The dW split heuristic's SM count is cached per device: get_device_properties runs once."""
     import types
 
-    from tritoncnn.kernels import conv as conv_module
+    from tritoncnn.autotune import heuristics
 
     calls = []
 
@@ -792,13 +793,13 @@ def test_sm_count_is_read_once_per_device(monkeypatch):
         return types.SimpleNamespace(multi_processor_count=132)
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", props)
-    conv_module._num_sms.cache_clear()
+    heuristics._num_sms.cache_clear()
     try:
         device = torch.device("cuda", 7)
-        assert [conv_module._num_sms(device) for _ in range(3)] == [132] * 3
+        assert [heuristics._num_sms(device) for _ in range(3)] == [132] * 3
         assert len(calls) == 1
     finally:
-        conv_module._num_sms.cache_clear()
+        heuristics._num_sms.cache_clear()
 
 
 def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():
@@ -808,7 +809,7 @@ def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from tritoncnn.kernels import conv2d_relu_pool, max_pool2d
-    from tritoncnn.kernels._common import eager_ok
+    from tritoncnn.kernels._op import eager_ok
 
     class Log(TorchDispatchMode):
         def __init__(self):

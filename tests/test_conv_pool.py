@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tritoncnn import autotune
 from tritoncnn.kernels import Conv2dReLUPoolFunction, conv2d_relu, conv2d_relu_pool, max_pool2d
 from tritoncnn.kernels.conv import ConvGeometry, resolve_geometry
-from tritoncnn.kernels.conv_pool import conv2d_relu_pool_forward
+from tritoncnn.kernels.conv_pool import conv2d_relu_pool_backward, conv2d_relu_pool_forward
 
 from conftest import DEVICE, ieee_fp32 as _ieee_fp32
 
@@ -245,24 +245,20 @@ def test_unbatched_and_matches_the_unfused_kernels():
 
 def test_backward_launcher_reads_offsets_in_another_layout():
     """Offsets whose strides differ from the pooled gradient's are read through their own; the
-    pooled output is not needed (None)."""
-    from tritoncnn.kernels.conv import conv2d_backward
-
+    pooled output is not needed."""
     case = CASES["pool3_odd"]
     x, w, b = (t.float().to(DEVICE) for t in _make(case, torch.float32))
     geometry = resolve_geometry(x.shape, w.shape, b.shape, 1, 1)
     y, offsets = conv2d_relu_pool_forward(x, w, b, geometry, 3, allow_tf32=False)
     grad = torch.randn_like(y)
-    want = conv2d_backward(grad, x, w, y, geometry, True, allow_tf32=False, offsets=offsets,
-                           pool=3)
+    want = conv2d_relu_pool_backward(grad, x, w, offsets, geometry, 3, allow_tf32=False)
     other = offsets.contiguous(memory_format=torch.channels_last)
     assert other.stride() != y.stride()
-    got = conv2d_backward(grad, x, w, None, geometry, True, allow_tf32=False, offsets=other,
-                          pool=3)
+    got = conv2d_relu_pool_backward(grad, x, w, other, geometry, 3, allow_tf32=False)
     for g, r in zip(got, want):
         assert torch.equal(g, r)
     with pytest.raises(ValueError, match="pooled shape"):
-        conv2d_backward(grad[:, :, :2], x, w, y, geometry, True, offsets=offsets, pool=3)
+        conv2d_relu_pool_backward(grad[:, :, :2], x, w, offsets, geometry, 3)
 
 
 def test_only_needed_gradients():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tritoncnn import autotune
+from tritoncnn import _runtime, autotune
 from tritoncnn.kernels import MaxPool2dFunction, max_pool2d
 from tritoncnn.kernels import max_pool as mp
 
@@ -261,7 +261,7 @@ def test_nchw_window_rows_path(monkeypatch, k, ceil_mode, block, col_tiles):
     NaN, -inf and an all -inf window, values and indices as PyTorch's."""
     launched = []
     monkeypatch.setattr(mp, "launch", lambda kernel, grid, *a, **kw: (
-        launched.append((kernel, grid, kw)), mp._runtime.launch(kernel, grid, *a, **kw))[1])
+        launched.append((kernel, grid, kw)), _runtime.launch(kernel, grid, *a, **kw))[1])
     x = torch.randint(-2, 3, (2, 3, 9, 37)).float()  # many ties
     x[0, 0, 0, :3] = float("nan")
     x[0, 1, 2, 5] = float("nan")
@@ -453,7 +453,7 @@ def test_output_format_rule_matches_pytorch_on_every_small_layout():
     tensors, transposed, strided and sliced views and size-1 dimensions (compared where the two
     formats' strides differ), both through its C++ fast path and its stride walk."""
     import itertools
-    from tritoncnn.kernels._common import is_channels_last
+    from tritoncnn.kernels._checks import is_channels_last
     for shape in itertools.product((1, 2, 3), repeat=4):
         for fmt in (torch.contiguous_format, torch.channels_last):
             t = torch.empty(shape).contiguous(memory_format=fmt)

@@ -1,13 +1,11 @@
-"""Helpers shared by the host launchers: argument parsing, input checks, precision choice."""
+"""Argument checks, memory-format rules and vector-width hints shared by the host launchers."""
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
+from typing import Optional
 
 import torch
-import torch.autograd.forward_ad as _forward_ad
 
 from tritoncnn import _runtime
 from tritoncnn._shapes import (  # noqa: F401 (re-exported)
@@ -95,112 +93,6 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool | None = None) -> str:
     return "tf32" if (allow_tf32 and not INTERPRET) else "ieee"
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-_function_mode = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
-_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
-_jit_tracing = torch._C._get_tracing_state  # torch.jit.trace: sizes are traced tensors there
-
-
-def traced_checks_quiet(op):
-    """Decorator for the functional ops: under ``torch.jit.trace``, whose sizes are traced
-    tensors, the argument checks' ``if`` on sizes raise TracerWarnings ("the trace might not
-    generalize"). They only validate the example call; nothing they decide goes into the trace
-    (the custom op it records checks the concrete sizes of every later call), so they are
-    silenced there. Outside tracing this costs a call and a C check."""
-
-    @functools.wraps(op)
-    def wrapper(*args, **kwargs):
-        if not _jit_tracing():
-            return op(*args, **kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return op(*args, **kwargs)
-
-    return wrapper
-
-
-# torch.func transforms the ops' autograd Functions take: grad and vjp (setup_context and a
-# backward that records itself), vmap (:func:`vmap_rule`), jvp (their ``jvp``)
-FUNC_TRANSFORMS = (None, "Grad", "Vmap", "Jvp")
-
-
-def func_transform() -> str | None:
-    """The innermost ``torch.func`` transform active ("Grad" for grad and vjp, "Vmap", "Jvp",
-    ...), or None."""
-    if not _functorch_active():
-        return None
-    top = torch._C._functorch.peek_interpreter_stack()
-    return None if top is None else top.key().name
-
-
-def eager_ok(*tensors) -> bool:
-    """Whether an op may skip its ``torch.library`` custom op and call its launchers (through
-    its autograd Function) directly: the same code without the dispatcher's Python layers, about
-    half of a small layer's host time. Only for plain tensors in eager mode (under autocast the
-    callers cast the inputs themselves) or under the ``torch.func`` transforms of
-    :data:`FUNC_TRANSFORMS` (which the custom op's autograd does not take, and the Functions
-    do); under torch.compile, functionalize, a torch-function or dispatch mode (fake tensors,
-    the flop counter), torch.jit.trace, for tensor subclasses or for meta tensors the custom op
-    runs, which all of them understand."""
-    if torch.compiler.is_compiling() or func_transform() not in FUNC_TRANSFORMS or \
-            _function_mode() or _dispatch_modes() or _jit_tracing():
-        return False
-    return all(t is None or type(t) in _PLAIN_TENSORS and not t.is_meta for t in tensors)
-
-
-def with_eager_twin(function: type) -> type:
-    """Class decorator for the ops' new-style autograd Functions (forward without ctx,
-    ``setup_context``, which torch.func needs): attaches ``function.eager_twin``, an old-style
-    Function with the same forward, setup_context, backward and jvp but without the signature
-    binding (``inspect.signature``, tens of microseconds) that ``Function.apply`` does per call
-    for a Function with ``setup_context``. :func:`apply_function` picks between them."""
-
-    def forward(ctx, *args):
-        output = function.forward(*args)
-        function.setup_context(ctx, args, output)
-        return output
-
-    function.eager_twin = type(
-        f"{function.__name__}Eager", (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
-         "jvp": staticmethod(function.jvp),
-         "__doc__": f"{function.__name__} for plain eager calls (see with_eager_twin)."})
-    return function
-
-
-def apply_function(function: type, *args):
-    """``function.apply(*args)`` under a torch.func transform, its eager twin's otherwise; with
-    nothing for autograd to record (no grad mode or no tensor that requires grad, no forward-mode
-    AD level open: inference, evaluation), ``function.forward(*args)`` alone, which skips the
-    autograd Function's few microseconds of host time."""
-    transform = func_transform()
-    if transform is None and _forward_ad._current_level < 0 and (
-            not torch.is_grad_enabled()
-            or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
-        return function.forward(*args)
-    return (function if transform else function.eager_twin).apply(*args)
-
-
-def vmap_rule(function: type, info, in_dims, *args):
-    """The ``vmap`` staticmethod of the ops' autograd Functions (``function``, whose leading
-    arguments are its tensors and whose outputs are batched like its first input): with only
-    the first input batched, the vmapped dimension folds into its leading one (N, or the planes
-    of an unbatched max-pool input) for one launch; batched weights or bias run the batch one
-    element at a time. Outputs come back batched along dimension 0."""
-    if all(d is None for d in in_dims[1:]):
-        x = args[0].movedim(in_dims[0], 0)
-        batch, lead = x.shape[:2]
-        out = function.apply(x.reshape(batch * lead, *x.shape[2:]), *args[1:])
-        outs = tuple(o.reshape(batch, lead, *o.shape[1:])
-                     for o in (out if isinstance(out, tuple) else (out,)))
-    else:
-        per = [function.apply(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
-               for i in range(info.batch_size)]
-        outs = tuple(torch.stack(o) for o in zip(*(p if isinstance(p, tuple) else (p,)
-                                                   for p in per)))
-    return (outs if len(outs) > 1 else outs[0]), ((0,) * len(outs) if len(outs) > 1 else 0)
-
 
 def pixel_vector(width: int, strides, unit_stride: int, most: int = 16) -> int:
     """The largest power of two, at most ``most``, dividing ``width`` (a row's pixels) and
@@ -249,3 +141,30 @@ def kernel_strides(tensor: torch.Tensor) -> tuple:
     if 1 not in shape:  # the common case, without a Python loop (host time on every launch)
         return strides
     return tuple(0 if size == 1 else stride for size, stride in zip(shape, strides))
+
+
+def register_tiles(dtype: torch.dtype, allow_tf32: Optional[bool]) -> bool:
+    """Compiled dots whose operand tiles pass through registers: float32 without TF32 (tl.dot on
+    the FMA units) and float64 (mma.sync's fp64 shapes). Their tiles are capped by
+    ``autotune.spaces.cap_ieee`` (IEEE_CAPS, FP64_CAPS), and their launches have cache entries of
+    their own."""
+    if INTERPRET:
+        return False
+    return dtype == torch.float64 or dtype == torch.float32 and \
+        dot_precision(dtype, allow_tf32) == "ieee"
+
+
+def dot_args(dtype: torch.dtype, allow_tf32: Optional[bool]) -> dict:
+    """DOT_FP32 (bf16 tiles upcast under the interpreter) and PRECISION for the kernels."""
+    return dict(DOT_FP32=INTERPRET and dtype == torch.bfloat16,
+                PRECISION=dot_precision(dtype, allow_tf32))
+
+
+def launch_opts(cfg: dict) -> dict:
+    return dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def resolve_tf32(allow_tf32: Optional[bool]) -> bool:
+    """Fix the float32 dot precision at forward time, so backward uses the same one."""
+    return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else bool(allow_tf32)

@@ -1,0 +1,158 @@
+"""Every kernel's default launch config (the heuristic a shape gets when the tuning cache has no
+entry for it), and the lookup that puts the cache's answer and the caps of :mod:`.spaces` on top.
+
+A launcher asks :func:`conv_config` / :func:`pool_config` once per launch: the tuned winner for its
+shape when there is one, else the heuristic here, capped as the tuning spaces are
+(:data:`.spaces.MAX_WARPS`, :func:`.spaces.cap_ieee`), so that a default and a tuned config obey the
+same limits. The interpreter runs program instances one after another, so it always gets the
+largest tiles; a GPU gets tensor-core tiles.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+from tritoncnn import _runtime
+from tritoncnn._shapes import cdiv, next_pow2, window_rows
+
+from . import spaces
+
+INTERPRET = _runtime.INTERPRET
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    """The power of two covering n, clamped to [lo, hi]."""
+    return max(lo, min(hi, next_pow2(max(1, int(n)))))
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
+                          max_k: int) -> tuple:
+    if INTERPRET:
+        cfg = dict(BLOCK_M=_pow2(rows, 16, 2048), BLOCK_N=_pow2(cols, 16, 64),
+                   BLOCK_K=_pow2(red, 16, 64), GROUP_M=8, num_warps=4, num_stages=1)
+    else:
+        block_k = _pow2(red, 16, 32 if dtype == torch.float32 else max_k)
+        # channel counts off multiples of 16: the compiler cannot prove their rows aligned, the
+        # tiles load element by element, and the 128-wide tiles spill (sm_90, ptxas -v)
+        wide = 64 if cols % 16 or red % 16 else 128
+        cfg = dict(BLOCK_M=_pow2(rows, 16, wide), BLOCK_N=_pow2(cols, 16, wide), BLOCK_K=block_k,
+                   GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
+    return tuple(cfg.items())
+
+
+def gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype, max_k: int = 64) -> dict:
+    """Tiles for an implicit GEMM of rows x cols with a reduction block over ``red`` channels.
+
+    The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
+    tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory, and at most
+    ``max_k``: the dX kernel spills registers with 64, see ``spaces.MAX_BLOCK_K``).
+    Memoised: a fresh dict per call, built once per argument tuple.
+    """
+    return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype, int(max_k)))
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device, queried once per device."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _dw_heuristic_items(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool,
+                        dtype: torch.dtype, device: torch.device) -> tuple:
+    if INTERPRET:
+        return tuple(dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
+                          BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1,
+                          SPLIT=1).items())
+    wide = 64 if KG % 16 or CG % 16 else 128  # unaligned channels: see _gemm_heuristic_items
+    cfg = dict(BLOCK_M=_pow2(KG, 16, wide), BLOCK_N=_pow2(RSC, 16, wide),
+               BLOCK_K=32 if dtype == torch.float32 or wide < 128 else 64, GROUP_M=8,
+               num_warps=4, num_stages=3)
+    if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:  # 128x128 on 4 warps spills (sm_90, ptxas)
+        cfg["num_warps"] = 8
+    tiles = dw_tiles(cfg, KG, RSC, need_dw) * groups
+    steps = cdiv(NPQ, cfg["BLOCK_K"])
+    cfg["SPLIT"] = max(1, min(cdiv(2 * _num_sms(device), tiles), cdiv(steps, 8), 64))
+    return tuple(cfg.items())
+
+
+def dw_heuristic(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool, dtype,
+                 device) -> dict:
+    """dW tiles: rows = output channels, columns = (r, s, c) taps of CG channels, reduction over
+    N*P*Q pixels, split so that the grid fills the GPU (one split under the interpreter).
+    Memoised per argument tuple, like :func:`gemm_heuristic`."""
+    return dict(_dw_heuristic_items(int(KG), int(RSC), int(CG), int(NPQ), int(groups),
+                                    bool(need_dw), dtype, torch.device(device)))
+
+
+def dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
+    """Output tiles of one group of the dW grid (db alone: one column tile)."""
+    cols = cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
+    return cdiv(KG, cfg["BLOCK_M"]) * cols
+
+
+def conv_pool_heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
+    """The fused conv + ReLU + pool forward's tiles. With whole windows as rows
+    (:func:`window_rows`): the conv pixels of ``pooled`` windows, at most 64 rows by the conv's
+    columns (up to 128) on a GPU, because the window reduction holds a second register tile and
+    128 x 128 spills (the tuning tables under reports/results/ compare the tiles that fit).
+    Otherwise the pooled pixels, at most 64 x 64: a running maximum and offset beside the
+    accumulator make three register tiles where the conv keeps one."""
+    if window_rows(pool):
+        cfg = gemm_heuristic(pooled * pool * pool, cols, red, dtype)
+        if not INTERPRET:
+            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+        return cfg
+    cfg = gemm_heuristic(pooled, cols, red, dtype)
+    if not INTERPRET:
+        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 64)
+    return cfg
+
+
+def conv_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuristic: dict,
+                override: Optional[dict], ieee: bool = False) -> dict:
+    """The tuned (or heuristic) config from the autotune cache, with ``override`` on top.
+    ``ieee`` (float32 without TF32, float64: ``kernels._checks.register_tiles``): the launch is
+    its own cache entry (``ieee`` in the shape dict), and its tiles are capped by
+    ``autotune.spaces.cap_ieee``, the heuristic's too."""
+    if ieee:
+        shape = {**shape, "ieee": 1}
+    from . import get_config  # (the package imports this module)
+
+    cfg = spaces.cap_ieee(
+        kernel, shape, dict(get_config(kernel, shape, dtype, layout, heuristic)), dtype)
+    if override:
+        cfg.update(override)
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+        block = cfg[key]
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"{kernel} config {key}={block} must be a power of two >= 16")
+    if kernel in spaces.MAX_WARPS:
+        cfg["num_warps"] = min(cfg["num_warps"], spaces.MAX_WARPS[kernel])
+    return cfg
+
+
+def pool_heuristic(layout: str, non_overlap: bool) -> dict:
+    """The max-pool kernels' default: 1024 elements per program on 4 warps, 8 per lane, one
+    16-byte vector of bf16 channels in NHWC. NCHW overlapping windows read scalars, each lane
+    its own window, and 8 per lane there exhausts the registers: 512. The interpreter pays per
+    program instance, so it gets the largest tile."""
+    if INTERPRET:
+        return {"BLOCK": 4096, "num_warps": 4}
+    return {"BLOCK": 1024 if layout == "nhwc" or non_overlap else 512, "num_warps": 4}
+
+
+def pool_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, non_overlap: bool,
+                config: Optional[dict]) -> dict:
+    """A max-pool launch's config: ``config`` when given, else the cache's or the heuristic."""
+    from . import get_config
+
+    heuristic = pool_heuristic(layout, non_overlap)
+    chosen = config if config is not None else get_config(
+        kernel, shape, dtype, layout, heuristic)
+    return {**heuristic, **chosen}

@@ -1,0 +1,152 @@
+"""Shared ``@triton.jit`` pieces of the conv kernels: the implicit-GEMM core and its epilogues.
+
+Notation (PyTorch's): input X (N, C, H, W), weight Wt (K, C/groups, R, S), output Y (N, K, P, Q);
+``CG = C/groups`` and ``KG = K/groups`` are the channels of one group. Every tensor comes in as a
+pointer plus its four element strides, so any layout works; the launchers pass operands with the
+channels innermost (stride 1: channels_last tensors and their views as they are, NCHW ones as
+channels_last copies), so that every tile load along the channels is contiguous, vectorised and
+pipelined (16-byte ``cp.async`` on sm_90).
+
+**Vector hints** (the ``_v`` arguments). Triton tells the compiler only whether an integer
+argument is a multiple of 16. Where a finer alignment matters, the launcher passes the value
+divided by a power of two and the kernel multiplies it back (:func:`times`) with that power as a
+constexpr, which the compiler then knows divides the product:
+
+* ``YV`` / ``XV``: runs of output (forward) or dX pixels that are contiguous and aligned (NCHW
+  outputs, whose pixels are at stride 1), so the epilogue stores them as vectors;
+* ``CV`` / ``KV``: the input- and output-channel counts of a group and the strides of the
+  operands loaded along them (24 channels: 16-byte tile loads instead of element-by-element ones
+  that cp.async cannot pipeline).
+
+An argument named ``foo_v`` is ``foo`` divided by its hint; the hint is exact for any divisor.
+
+**Index arithmetic**: offsets inside one image stay int32, the batch term ``n * stride_n`` is
+int64, so tensors past 2**31 elements are addressed correctly.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.constexpr_function
+def acc_type(element_ty):
+    """The accumulator dtype of a kernel whose operands are ``element_ty``: fp64 for fp64, fp32
+    for everything else (fp32, fp16, bf16)."""
+    return tl.float64 if element_ty == tl.float64 else tl.float32
+
+
+@triton.jit
+def tile_ids(pid, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped ("swizzled") order of output tiles: GROUP_M row tiles share their column tiles
+    in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(NCOLS, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b in the accumulator's dtype (fp32; fp64 for fp64 tiles). DOT_FP32 upcasts the
+    tiles first (bf16 under the interpreter, whose tl.dot is wrong for bf16)."""
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
+def times(V: tl.constexpr, a, b, c):
+    """(a * V, b * V, c * V): three launcher values divided by the vector hint ``V``, multiplied
+    back (see the module docstring)."""
+    return a * V, b * V, c * V
+
+
+@triton.jit
+def conv_mainloop(
+    x_ptr, w_ptr,
+    x_row, h0, w0, mask_m,      # per GEMM row: image base offset (int64), top-left tap, validity
+    w_col, mask_n,              # per GEMM column: output channel base offset, validity
+    H, W, CG, R, S,
+    sxc, sxh, sxw, swc, swr, sws,
+    dil_h, dil_w,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c
+    (fp64 for fp64 operands, as every accumulator here: :func:`acc_type`).
+
+    The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
+    row groupings (e.g. whole pooling windows) call this core with their own row mapping.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(x_ptr.dtype.element_ty))
+    offs_k = tl.arange(0, BLOCK_K)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    # Per row, outside the loop: the address of its top-left tap, and its (h0, w0) as unsigned
+    # offsets from the image's first row and column, so that inside the loop a tap costs one
+    # scalar offset added to every row, and "0 <= h < H" one unsigned compare (a negative h
+    # wraps to a huge unsigned value).
+    x_base = x_ptr + (x_row + h0 * sxh + w0 * sxw)           # (BLOCK_M,) pointers
+    h0_u = tl.cast(h0, tl.uint32, bitcast=True)
+    w0_u = tl.cast(w0, tl.uint32, bitcast=True)
+    H_u = tl.cast(H, tl.uint32)                              # (tl.cast: H may be a constexpr 1)
+    W_u = tl.cast(W, tl.uint32)
+    for it in range(R * S * c_blocks):
+        cb = it % c_blocks
+        rs = it // c_blocks
+        r = rs // S
+        s = rs % S
+        dh = tl.cast(r * dil_h, tl.uint32)                   # the tap's offsets (scalars)
+        dw = tl.cast(s * dil_w, tl.uint32)
+        ok = mask_m & (h0_u + dh < H_u) & (w0_u + dw < W_u)  # (BLOCK_M,)
+        c = cb * BLOCK_K + offs_k                            # (BLOCK_K,)
+        mask_c = c < CG
+        tap = r * dil_h * sxh + s * dil_w * sxw              # scalar
+        a = tl.load((x_base + tap)[:, None] + c[None, :] * sxc,
+                    mask=ok[:, None] & mask_c[None, :], other=0.0)   # (BLOCK_M, BLOCK_K)
+        b = tl.load(w_ptr + (w_col[None, :] + c[:, None] * swc + r * swr + s * sws),
+                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc = mma(a, b, acc, DOT_FP32, PRECISION)
+    return acc
+
+
+@triton.jit
+def bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    """Epilogue on the accumulator: + bias[chan] per column, then ReLU."""
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + chan, mask=mask_n, other=0.0).to(acc.dtype)
+        acc = acc + bias[None, :]
+    if RELU:
+        # not tl.maximum: compiled, it returns 0 for NaN (maxnum); F.relu keeps NaN
+        acc = tl.where(acc < 0.0, 0.0, acc)
+    return acc
+
+
+@triton.jit
+def pooled_pixel(pm, PP, PQ):
+    """(n, ph, pw) of flat pooled-pixel indices over (N, PP, PQ)."""
+    return pm // (PP * PQ), (pm // PQ) % PP, pm % PQ
+
+
+@triton.jit
+def window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
+    """(maximum, offset) over axis AXIS (1 or 2) of the 3-D ``vals``, the E elements of each
+    window in offset order: the last NaN when the window has one, else the maximum, the first of
+    equal ones -- what a running ``x > best or isnan(x)`` scan keeps, as max_pool2d does. Built
+    from plain max/min reductions (cheap everywhere, the interpreter included)."""
+    if AXIS == 1:
+        elem = tl.arange(0, E)[None, :, None]
+    else:
+        elem = tl.arange(0, E)[None, None, :]
+    nan = vals != vals
+    best = tl.max(tl.where(nan, float("-inf"), vals), axis=AXIS)
+    first = tl.min(tl.where(vals == tl.expand_dims(best, AXIS), elem, E), axis=AXIS)
+    last_nan = tl.max(tl.where(nan, elem, -1), axis=AXIS)
+    has_nan = last_nan >= 0
+    return tl.where(has_nan, float("nan"), best), tl.where(has_nan, last_nan, first)
