@@ -49,3 +49,25 @@ def tf32_exact(t: torch.Tensor) -> torch.Tensor:
     core multiplies exactly, so that a float64 reference of TF32 kernels sees the same products
     and only the float32 sums differ."""
     return (t.float().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+# Tolerance per element of the conv tests: base * reduction length (float64 reference), and rtol.
+TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2),
+       torch.float64: (1e-15, 1e-12)}
+
+
+def compare(name, got, want, base, rtol, reduce_len):
+    """``got`` against the float64 ``want`` within ``base * reduce_len + rtol * |want|``; a
+    failure says how many elements are off, by how much, and where the first one is."""
+    atol = base * reduce_len
+    got, want = got.double().cpu(), want.double().cpu()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got - want).abs()
+    bad = err > atol + rtol * want.abs()
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{got.numel()} elements off, max error {err.max():.3g} "
+            f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
+            f"want {want[where]:.6g}"
+        )

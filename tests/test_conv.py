@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu, linear
-from tritoncnn.kernels.conv import ConvGeometry, conv2d_backward, resolve_geometry
+from tritoncnn.kernels.conv import ConvGeometry, resolve_geometry
 
-from conftest import DEVICE, ieee_fp32 as _ieee_fp32, tf32_exact
+from conftest import DEVICE, TOL, compare, ieee_fp32 as _ieee_fp32, tf32_exact
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups): each line one property, tiny sizes.
 CASES = {
@@ -34,9 +34,6 @@ CASES = {
     "many_channels": (1, 70, 4, 5, 70, (3, 3), 1, 1, 1, 1),           # several channel tiles
 }
 
-# Tolerance per element is base * reduction length (float64 reference).
-TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2),
-       torch.float64: (1e-15, 1e-12)}
 
 
 def _make(case, dtype, channels_last, bias=True, seed=0):
@@ -52,18 +49,6 @@ def _make(case, dtype, channels_last, bias=True, seed=0):
     return x, w, b
 
 
-def _compare(name, got, want, base, rtol, reduce_len):
-    atol = base * reduce_len
-    got, want = got.double().cpu(), want.double().cpu()
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    if bad.any():
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        raise AssertionError(
-            f"{name}: {int(bad.sum())}/{got.numel()} elements off, max error {err.max():.3g} "
-            f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
-            f"want {want[where]:.6g}"
-        )
 
 
 def _relu_backward(grad, y, relu=True):
@@ -96,7 +81,7 @@ def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=
                            else torch.contiguous_format)
 
     base, rtol = TOL[torch.float16 if tf32 and DEVICE == "cuda" else dtype]
-    _compare("y", y, y_ref, base, rtol, C // groups * R * S)
+    compare("y", y, y_ref, base, rtol, C // groups * R * S)
     grad = torch.randn_like(y_ref).to(dtype).double()  # representable in dtype, like the inputs
     if tf32:
         grad = tf32_exact(grad).double()
@@ -105,7 +90,7 @@ def _check_case(case, dtype=torch.float32, channels_last=False, bias=True, relu=
     P, Q = y_ref.shape[2:]
     lengths = [K // groups * R * S, N * P * Q, N * P * Q]
     for name, ours_t, ref_t, n in zip(("dx", "dw", "db"), ours, ref, lengths):
-        _compare(name, ours_t.grad, ref_t.grad, base, rtol, n)
+        compare(name, ours_t.grad, ref_t.grad, base, rtol, n)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
@@ -119,17 +104,6 @@ def test_conv_nchw(name):
                                   "stride2_dilation2"])
 def test_conv_channels_last(name):
     _check_case(CASES[name], channels_last=True)
-
-
-@pytest.mark.parametrize("name", ["stride2", "groups2", "depthwise_x2", "nonsquare",
-                                  "stride2_dilation2", "stride3_kernel2", "many_channels"])
-def test_tf32_dx_reads_a_k_innermost_weight(name, monkeypatch):
-    """TF32 float32 dX of a large enough layer reads the weight through a k-innermost copy (the
-    threshold lowered to 0 here): every geometry still gets PyTorch's gradients."""
-    from tritoncnn.kernels import conv_backward
-
-    monkeypatch.setattr(conv_backward, "K_MAJOR_DX_MIN_FLOP", 0)
-    _check_case(CASES[name], channels_last=name != "many_channels", tf32=True)
 
 
 def test_lecture_output_shape():
@@ -156,7 +130,7 @@ def test_conv2d_relu_and_unbatched():
     y = conv2d_relu(x, w, b, padding=1, allow_tf32=False)
     want = F.relu(F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1))
     assert y.shape == (4, 7, 6)
-    _compare("y", y, want, *TOL[torch.float32], 27)
+    compare("y", y, want, *TOL[torch.float32], 27)
 
 
 def test_relu_keeps_nan_like_torch():
@@ -176,11 +150,11 @@ def test_relu_keeps_nan_like_torch():
     want.backward(g.double())
     assert torch.isnan(want).any()
     assert torch.equal(torch.isnan(y.detach().cpu()), torch.isnan(want))
-    _compare("y", torch.nan_to_num(y.detach()), torch.nan_to_num(want.detach()),
+    compare("y", torch.nan_to_num(y.detach()), torch.nan_to_num(want.detach()),
              *TOL[torch.float32], 18)
     assert torch.isfinite(xd.grad).all() and torch.isfinite(bd.grad).all()
-    _compare("dX", xs.grad, xd.grad, *TOL[torch.float32], 27)
-    _compare("db", bs.grad, bd.grad, *TOL[torch.float32], 25)
+    compare("dX", xs.grad, xd.grad, *TOL[torch.float32], 27)
+    compare("db", bs.grad, bd.grad, *TOL[torch.float32], 25)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -197,33 +171,20 @@ def test_linear(relu, lead):
     y = linear(*ours, activation="relu" if relu else None, allow_tf32=False)
     assert y.shape == y_ref.shape
     base, rtol = TOL[torch.float32]
-    _compare("y", y, y_ref, base, rtol, 20)
+    compare("y", y, y_ref, base, rtol, 20)
     grad = torch.randn_like(y_ref)
     y_ref.backward(grad)
     y.backward(grad.to(DEVICE, torch.float32))
     batch = max(1, math.prod(lead))
     for name, o, r, n in zip(("dx", "dw", "db"), ours, ref, (7, batch, batch)):
-        _compare(name, o.grad, r.grad, base, rtol, n)
+        compare(name, o.grad, r.grad, base, rtol, n)
 
 
 def test_linear_without_bias():
     x = torch.randn(4, 9, device=DEVICE)
     w = torch.randn(3, 9, device=DEVICE)
     y = linear(x, w, allow_tf32=False)
-    _compare("y", y, F.linear(x.double(), w.double()), *TOL[torch.float32], 9)
-
-
-def test_only_needed_gradients():
-    x = torch.randn(2, 3, 6, 6, device=DEVICE)
-    w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
-    b = torch.randn(4, device=DEVICE)
-    conv2d_relu(x, w, b).sum().backward()
-    assert x.grad is None and b.grad is None and w.grad is not None
-    x.requires_grad_()
-    w.grad = None
-    w.requires_grad_(False)
-    conv2d(x, w, b).sum().backward()
-    assert x.grad is not None and w.grad is None
+    compare("y", y, F.linear(x.double(), w.double()), *TOL[torch.float32], 9)
 
 
 # Small tiles force several row/column tiles, the grouped tile order and a 3-way dW split.
@@ -232,18 +193,6 @@ SMALL_TILES = {
     "conv_dx": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2),
     "conv_dw": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=3),
 }
-
-
-@pytest.mark.parametrize("configs", [None, "small"])
-def test_backward_launcher_returns_only_needed(configs):
-    x = torch.randn(2, 3, 6, 6, device=DEVICE)
-    w = torch.randn(40, 3, 3, 3, device=DEVICE)
-    geometry = resolve_geometry(x.shape, w.shape, (40,), 1, 1)
-    grad = torch.randn(2, 40, 6, 6, device=DEVICE)
-    dx, dw, db = conv2d_backward(grad, x, w, None, geometry, needs=(False, False, True),
-                                 allow_tf32=False, configs=SMALL_TILES if configs else None)
-    assert dx is None and dw is None
-    torch.testing.assert_close(db, grad.sum((0, 2, 3)), atol=1e-4, rtol=1e-5)
 
 
 def _function_grads(x, w, b, grad, configs, **kw):
@@ -264,28 +213,9 @@ def test_function_with_config_overrides_matches_reference():
     y_ref = F.relu(F.conv2d(*ref, stride=2, padding=1, groups=2))
     y_ref.backward(grad.double().cpu())
     base, rtol = TOL[torch.float32]
-    _compare("y", y, y_ref, base, rtol, 90)
+    compare("y", y, y_ref, base, rtol, 90)
     for name, g, r, n in zip(("dx", "dw", "db"), grads, ref, (81, 24, 24)):
-        _compare(name, g, r.grad, base, rtol, n)
-
-
-def test_backward_is_deterministic():
-    x = torch.randn(2, 6, 5, 7, device=DEVICE)
-    w = torch.randn(8, 6, 3, 3, device=DEVICE)
-    b = torch.randn(8, device=DEVICE)
-    grad = torch.randn(2, 8, 5, 7, device=DEVICE)
-    _, first = _function_grads(x, w, b, grad, SMALL_TILES)
-    _, second = _function_grads(x, w, b, grad, SMALL_TILES)
-    for a, c in zip(first, second):
-        assert torch.equal(a, c)
-    # and through the public API with the default (tuned or heuristic) configs
-    runs = []
-    for _ in range(2):
-        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-        conv2d_relu(*leaves, padding=1).backward(grad)
-        runs.append([t.grad for t in leaves])
-    for a, c in zip(*runs):
-        assert torch.equal(a, c)
+        compare(name, g, r.grad, base, rtol, n)
 
 
 def test_get_config_called_per_launch(monkeypatch):
@@ -364,7 +294,7 @@ def test_autocast_casts_like_f_conv2d(op):
         assert y.dtype == reference(x, w, b, 1).dtype == torch.bfloat16
     # against float64 of what autocast hands the kernels (bf16 copies), not cuDNN's own rounding
     want = reference(*(t.detach().bfloat16().double() for t in (x, w, b)), 1)
-    _compare("y", y, want, *TOL[torch.bfloat16], 27)
+    compare("y", y, want, *TOL[torch.bfloat16], 27)
     y.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
 
@@ -518,9 +448,9 @@ def test_gpu_eight_warp_configs(dtype):
     y_ref = F.relu(z_ref)
     z_ref.backward(_relu_backward(grad.double(), y))
     base, rtol = TOL[dtype]
-    _compare("y", y, y_ref, base, rtol, 128 * 9)
+    compare("y", y, y_ref, base, rtol, 128 * 9)
     for name, o, r, n in zip(("dx", "dw", "db"), leaves, ref, (128 * 9, 1024, 1024)):
-        _compare(name, o.grad, r.grad, base, rtol, n)
+        compare(name, o.grad, r.grad, base, rtol, n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -630,52 +560,6 @@ def test_direct_custom_op_calls_check_shapes():
                  [True, True, True])
 
 
-@pytest.mark.parametrize("split", [1, 3])
-def test_dw_single_split_stores_in_place(monkeypatch, split):
-    """SPLIT = 1 casts dW and db straight into the weight's layout: no fp32 partials and no
-    _sum_splits launch; more splits go through one launch for both. Both match the reference."""
-    from tritoncnn.kernels import conv_backward
-
-    summed = []
-    real = conv_backward._sum_splits
-    monkeypatch.setattr(conv_backward, "_sum_splits", lambda *a: summed.append(1) or real(*a))
-    case = (2, 5, 7, 6, 6, (3, 2), 1, 1, 1, 1)
-    N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
-    x, w, b = _make(case, torch.float16, channels_last=True)
-    xs, ws, bs = (t.to(DEVICE, torch.float16).requires_grad_() for t in (x, w, b))
-    ws = ws.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # dW keeps it
-    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=split)
-    y = Conv2dFunction.apply(xs, ws, bs, stride, padding, dilation, groups, "relu", False,
-                             {"conv_dw": cfg})
-    grad = torch.randn(y.shape).to(torch.float16)
-    y.backward(grad.to(DEVICE))
-    refs = [t.double().requires_grad_() for t in (x, w, b)]
-    F.relu(F.conv2d(*refs, stride, padding, dilation, groups)).backward(grad.double())
-    assert len(summed) == (0 if split == 1 else 1)
-    assert ws.grad.stride() == ws.stride() and ws.grad.dtype == torch.float16
-    torch.testing.assert_close(ws.grad.double().cpu(), refs[1].grad, atol=2e-5 * N * H * W,
-                               rtol=2e-3)
-    torch.testing.assert_close(bs.grad.double().cpu(), refs[2].grad, atol=2e-5 * N * H * W,
-                               rtol=2e-3)
-
-
-@pytest.mark.parametrize("split", [1, 2])
-def test_no_input_channels_still_gives_the_bias_gradient(split):
-    """C = 0: the output is the bias (through ReLU), dW and dX are empty, and db is the masked
-    sum of the upstream gradient, computed although there are no dW tiles."""
-    x = torch.randn(2, 0, 5, 6, device=DEVICE, requires_grad=True)
-    w = torch.randn(4, 0, 3, 3, device=DEVICE, requires_grad=True)
-    b = torch.tensor([0.5, -1.0, 2.0, 0.0], device=DEVICE, requires_grad=True)
-    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT=split)
-    y = Conv2dFunction.apply(x, w, b, 1, 1, 1, 1, "relu", False, {"conv_dw": cfg})
-    assert y.shape == (2, 4, 5, 6)
-    torch.testing.assert_close(y, F.relu(b.detach()).view(1, 4, 1, 1).expand_as(y))
-    g = torch.randn_like(y)
-    y.backward(g)
-    assert x.grad.shape == x.shape and w.grad.shape == w.shape
-    torch.testing.assert_close(b.grad, (g * (y > 0)).sum((0, 2, 3)))
-
-
 def test_pixel_vector_hint():
     """The power of two an NCHW output's row of pixels and its other strides share (16 at most),
     for the kernels' store hint; 1 where the pixels are not at stride 1 (channels_last)."""
@@ -778,28 +662,6 @@ def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     assert grids["_conv_fwd_kernel"] == (-(-N * P * Q // 16) * -(-KG // 16), groups)
     assert grids["_conv_dx_kernel"] == (-(-N * H * W // 16) * -(-CG // 16), groups, 1)
     assert grids["_conv_dw_kernel"][:2] == (-(-KG // 16) * -(-R * S * CG // 16), groups)
-
-
-def test_sm_count_is_read_once_per_device(monkeypatch):
-    """The dW split heuristic's SM count is cached per device: get_device_properties runs once."""
-    import types
-
-    from tritoncnn.autotune import heuristics
-
-    calls = []
-
-    def props(device):
-        calls.append(device)
-        return types.SimpleNamespace(multi_processor_count=132)
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
-    heuristics._num_sms.cache_clear()
-    try:
-        device = torch.device("cuda", 7)
-        assert [heuristics._num_sms(device) for _ in range(3)] == [132] * 3
-        assert len(calls) == 1
-    finally:
-        heuristics._num_sms.cache_clear()
 
 
 def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():

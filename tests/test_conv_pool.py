@@ -17,7 +17,7 @@ from tritoncnn.kernels import Conv2dReLUPoolFunction, conv2d_relu, conv2d_relu_p
 from tritoncnn.kernels.conv import ConvGeometry, resolve_geometry
 from tritoncnn.kernels.conv_pool import conv2d_relu_pool_backward, conv2d_relu_pool_forward
 
-from conftest import DEVICE, ieee_fp32 as _ieee_fp32
+from conftest import DEVICE, TOL, compare, ieee_fp32 as _ieee_fp32
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups, pool): tiny, one property a line.
 CASES = {
@@ -32,9 +32,6 @@ CASES = {
     "pool1_is_conv_relu": (1, 3, 6, 5, 4, (3, 3), 1, 1, 1, 1, 1),
 }
 
-# Tolerance per element is base * reduction length (float64 reference), as in test_conv.py.
-TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-5, 2e-3), torch.bfloat16: (1e-4, 1.6e-2),
-       torch.float64: (1e-15, 1e-12)}
 
 # Small tiles force several row/column tiles, the grouped tile order and a 3-way dW split.
 SMALL_TILES = {
@@ -54,19 +51,6 @@ def _make(case, dtype, seed=0, bias=True):
     return x, w.to(dtype).double(), b
 
 
-def _compare(name, got, want, base, rtol, reduce_len):
-    atol = base * reduce_len
-    got, want = got.double().cpu(), want.double().cpu()
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    if bad.any():
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        raise AssertionError(
-            f"{name}: {int(bad.sum())}/{got.numel()} elements off, max error {err.max():.3g} "
-            f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
-            f"want {want[where]:.6g}"
-        )
 
 
 def _reference(x, w, b, case):
@@ -111,7 +95,7 @@ def _check(case, dtype=torch.float32, channels_last=False, bias=True, x=None, w=
     assert y.shape == y_ref.shape and y.dtype == dtype
     assert y.is_contiguous(memory_format=fmt)
     base, rtol = TOL[dtype]
-    _compare("y", y, y_ref, base, rtol, C // groups * R * S)
+    compare("y", y, y_ref, base, rtol, C // groups * R * S)
 
     grad = torch.randn(y_ref.shape).to(dtype).double()  # representable in dtype, like the inputs
     y_ref.backward(grad)
@@ -119,7 +103,7 @@ def _check(case, dtype=torch.float32, channels_last=False, bias=True, x=None, w=
     P, Q = z_ref.shape[2:]
     lengths = [K // groups * R * S, N * P * Q, N * P * Q]
     for name, o, r, n in zip(("dx", "dw", "db"), ours, ref, lengths):
-        _compare(name, o.grad, r.grad, base, rtol, n)
+        compare(name, o.grad, r.grad, base, rtol, n)
     return y
 
 
