@@ -34,9 +34,11 @@ def test_conv_flops_by_hand():
     assert S.conv_flops(2, 8, 5, 5, 4, 3, 3, 1, 1, groups=2) == 2 * 2 * 4 * 5 * 5 * 4 * 3 * 3
     # dilation 2: effective 5x5 window, 9 -> 5 without padding
     assert S.conv_flops(1, 1, 9, 9, 1, 3, 3, dilation=2) == 2 * 5 * 5 * 9
-    # backward is dX and dW: two forward-sized products
+    # backward is dX and dW: two forward-sized products; each alone is one
     fwd = S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1)
     assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward") == 2 * fwd
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward-dx") == fwd
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward-dw") == fwd
     assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="forward+backward") == 3 * fwd
     with pytest.raises(ValueError, match="direction"):
         S.conv_flops(1, 1, 3, 3, 1, 1, 1, direction="sideways")
@@ -56,6 +58,11 @@ def test_conv_bytes_by_hand():
     assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward") == \
         4 * (32 + 6 + 48 + 48 + 32 + 6 + 3)
     assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, bias=False) == 4 * (32 + 6 + 48)
+    # dX alone reads W, dY, Y and writes dX; dW alone reads X, dY, Y and writes dW
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward-dx") == \
+        4 * (6 + 48 + 48 + 32)
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward-dw") == \
+        4 * (32 + 48 + 48 + 6)
 
 
 def test_pool_bytes_by_hand():
@@ -68,6 +75,9 @@ def test_pool_bytes_by_hand():
                             direction="forward+backward") == 2 * 513_802_240
     # overlapping 3x3 stride 2 padding 1 on 112: (112 + 2 - 3) // 2 + 1 = 56
     assert S.pool_min_bytes(1, 1, 112, 112, 3, 2, 1, element_size=4) == 4 * (112 * 112 + 56 * 56)
+    # a max-pool has no weight: no dW, and its backward is already dX alone
+    with pytest.raises(ValueError, match="direction"):
+        S.pool_min_bytes(1, 1, 4, 4, 2, element_size=4, direction="backward-dw")
     assert S.copy_bytes(1000, 2) == 4000
     assert S.matmul_flops(2, 3, 4) == 48
 
@@ -120,7 +130,8 @@ def test_bench_float64_cases(tmp_path):
     """--dtype fp64 benchmarks float64 (precision fp64, 8-byte elements in the byte counts), and
     its relative error is taken against a float64 reference: float64 rounding, not float32's."""
     from conftest import DEVICE  # the kernels run where this process runs them
-    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn", "--dtype", "fp64",
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,tritoncnn-unfused",
+                     "--dtype", "fp64",
                      "--ops", "conv_relu_pool", "--direction", "forward", "--layout", "nchw",
                      "--no-ceilings", "--device", DEVICE)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
@@ -140,8 +151,9 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
     ceil = [r for r in rows if r["suite"] == "Ceiling"]
     assert {r["op"] for r in ceil} == {"matmul", "copy"}
     cases = [r for r in rows if r["suite"] == "Tiny"]
-    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2, pool2: 4 ops x 2 layouts x 3 directions
-    assert len(cases) == 4 * 2 * 3
+    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2: 3 conv ops x 5 directions; pool2: 3
+    # directions (no dW, and its backward is dX alone); 2 layouts
+    assert len(cases) == (3 * 5 + 3) * 2
     assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows if r["note"]]
     assert {r["implementation"] for r in cases} == {"torch"}
     assert {r["direction"] for r in cases} == set(S.DIRECTIONS)
@@ -163,17 +175,20 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
     assert conv["shape"] == "2x3x8x8 k4 3x3 s1 p1 -> 8x8"
 
 
-def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypatch):
-    """Stand-in kernels: one works, one raises, one is missing; every case still gets its row."""
+def test_bench_calls_the_public_kernels_and_survives_failures(tmp_path, monkeypatch):
+    """Stand-in kernels: one works, two raise; every case still gets its row."""
     def broken_conv2d_relu(*args, **kwargs):
         raise RuntimeError("stand-in failure")
 
-    monkeypatch.setattr(kernels, "conv2d_relu", broken_conv2d_relu, raising=False)
-    monkeypatch.setattr(kernels, "conv2d_relu_pool", None, raising=False)
-    monkeypatch.setattr(kernels, "max_pool2d", lambda x, k, s=None, p=0: F.max_pool2d(x, k, s, p),
-                        raising=False)
-    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,cudnn", "--layout", "nchw",
-                     "--direction", "forward,forward+backward", "--no-ceilings")
+    def broken_conv2d_relu_pool(*args, **kwargs):
+        raise ValueError("stand-in pool failure")
+
+    monkeypatch.setattr(kernels, "conv2d_relu", broken_conv2d_relu)
+    monkeypatch.setattr(kernels, "conv2d_relu_pool", broken_conv2d_relu_pool)
+    monkeypatch.setattr(kernels, "max_pool2d", lambda x, k, s=None, p=0: F.max_pool2d(x, k, s, p))
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,tritoncnn-unfused,cudnn",
+                     "--layout", "nchw", "--direction", "forward,forward+backward",
+                     "--no-ceilings")
     # per direction: conv3x3 conv_relu (tritoncnn, torch), conv3x3 conv_relu_pool (tritoncnn,
     # tritoncnn-unfused, torch), conv1x1_s2 conv_relu (2), pool2 (2)
     assert len(rows) == 2 * (2 + 3 + 2 + 2)
@@ -187,11 +202,13 @@ def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypa
     assert {r["rel_err"] for r in rows if r["implementation"] == "torch"} == {""}
     assert by[("conv_relu", "tritoncnn")] == {"error"}
     assert by[("conv_relu_pool", "tritoncnn-unfused")] == {"error"}
-    assert by[("conv_relu_pool", "tritoncnn")] == {"skipped"}
+    assert by[("conv_relu_pool", "tritoncnn")] == {"error"}
     assert by[("conv_relu", "torch")] == by[("conv_relu_pool", "torch")] == {"ok"}
     notes = {r["note"] for r in rows if r["status"] != "ok"}
-    assert "RuntimeError: stand-in failure" in notes
-    assert "tritoncnn.kernels has no conv2d_relu_pool" in notes
+    assert notes == {"RuntimeError: stand-in failure", "ValueError: stand-in pool failure"}
+    # the unfused composition exists for the fused op alone
+    assert {r["op"] for r in rows if r["implementation"] == "tritoncnn-unfused"} == {
+        "conv_relu_pool"}
     assert all(r["median_ms"] == "" for r in rows if r["status"] != "ok")
 
 
@@ -230,6 +247,10 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
 
         monkeypatch.setattr(autotune, "INTERPRET", False)  # lookups as on a GPU
         monkeypatch.setattr(tuner, "tune_and_store", fake_tune_and_store)
+        # another run's tables in the same file are kept: every tuning a row relies on stays
+        (tmp_path / "tuned").mkdir()
+        pd.DataFrame([dict(model="Earlier/layer", kernel="max_pool_fwd", status="ok",
+                           ms=2.0)]).to_csv(tmp_path / "tuned" / "tune.csv", index=False)
         _, rows = _bench(tmp_path / "tuned", *args, "--tune")
         ours = next(r for r in rows if r["implementation"] == "tritoncnn")
         assert ours["status"] == "ok", ours["note"]
@@ -237,8 +258,9 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         assert ours["configs"] == "tuned" and float(ours["tune_s"]) >= 0.03
         assert float(ours["setup_s"]) >= float(ours["tune_s"])
         table = pd.read_csv(tmp_path / "tuned" / "tune.csv")
+        assert list(table["model"]) == ["Earlier/layer"] + ["Tiny/conv3x3"] * 3
+        table = table.iloc[1:]
         assert sorted(table["kernel"]) == ["conv_dw", "conv_dx", "conv_fwd"]
-        assert set(table["model"]) == {"Tiny/conv3x3"}
         assert set(table["layers"]) == {"conv_relu forward+backward"}
         assert table["gpu"].str.startswith("CPU").all()
 
@@ -261,6 +283,63 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         assert ours["status"] == "ok" and ours["configs"] == "2/3 tuned"
     finally:
         autotune.set_default_cache(None)
+
+
+def test_a_bucket_neighbours_winner_does_not_make_a_launch_tuned(tmp_path):
+    """The cache serves a whole shape bucket from one entry: a launch counts as tuned only where
+    the winner was tuned for its own shape."""
+    from tritoncnn import autotune
+
+    store = autotune.ConfigCache(tmp_path / "cache.json")
+    own = {"N": 5, "C": 16, "stride": (1, 1)}
+    neighbour = {"N": 6, "C": 16, "stride": (1, 1)}  # N buckets to 8 for both
+    assert autotune.entry_key("conv_fwd", own, torch.float16, "nhwc") == \
+        autotune.entry_key("conv_fwd", neighbour, torch.float16, "nhwc")
+    store.put("conv_fwd", own, torch.float16, "nhwc", {"BLOCK_M": 64})
+
+    def launch(shape):
+        return autotune.Launch("conv_fwd", shape, torch.float16, "nhwc", {}, {})
+
+    assert bench.tuned_for(store, launch(own))
+    assert not bench.tuned_for(store, launch(neighbour))
+    assert not bench.tuned_for(store, launch({"N": 5, "C": 32, "stride": (1, 1)}))
+
+
+@pytest.mark.parametrize("direction, grads", [
+    ("forward", [False, False, False]), ("backward", [True, True, True]),
+    ("backward-dx", [True, False, False]), ("backward-dw", [False, True, False]),
+    ("forward+backward", [True, True, True])])
+def test_each_direction_asks_for_its_own_gradients(direction, grads):
+    conv = bench.Case(S.TINY_SHAPES[0], "conv_relu", "fp32", "nchw", direction, "cudnn")
+    assert [t.requires_grad for t in bench.make_inputs(conv, torch.device("cpu"))] == grads
+    pool = bench.Case(S.TINY_SHAPES[2], "pool", "fp32", "nchw", direction, "cudnn")
+    if direction in S.POOL_DIRECTIONS:
+        assert [t.requires_grad for t in bench.make_inputs(pool, torch.device("cpu"))] == [
+            direction != "forward"]
+
+
+def test_backward_directions_launch_only_their_kernels(tmp_path, monkeypatch):
+    """dX alone launches the forward and dX kernels, dW alone the forward and dW kernels, the
+    backward both; their rows count one, one and two forward-sized products."""
+    from conftest import DEVICE
+
+    launched = {}
+
+    def spy(launches):
+        launched.setdefault(len(launched), sorted({k.kernel for k in launches}))
+        return "heuristic"
+
+    monkeypatch.setattr(bench, "config_source", spy)
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--layers", "conv3x3", "--ops", "conv_relu",
+                     "--impl", "tritoncnn", "--layout", "nchw", "--direction",
+                     "backward,backward-dx,backward-dw", "--no-ceilings", "--cpu-reps", "1",
+                     "--device", DEVICE)
+    assert [r["direction"] for r in rows] == ["backward", "backward-dx", "backward-dw"]
+    assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows]
+    assert list(launched.values()) == [["conv_dw", "conv_dx", "conv_fwd"],
+                                       ["conv_dx", "conv_fwd"], ["conv_dw", "conv_fwd"]]
+    fwd = S.shape_flops(S.TINY_SHAPES[0], "forward")
+    assert [int(r["flop"]) for r in rows] == [2 * fwd, fwd, fwd]
 
 
 def test_bench_appends_and_keeps_one_header(tmp_path):
