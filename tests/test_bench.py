@@ -4,10 +4,10 @@ file, and ``tritoncnn bench`` on tiny shapes with the torch implementation (and 
 from __future__ import annotations
 
 import argparse
-
 import csv
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -504,69 +504,164 @@ def test_default_output_folder_names_the_gpu():
     assert bench.slug("CPU x86_64 (2 cores)") == "cpu-x86-64-2-cores"
 
 
+GPU_CHECK = str(Path(bench.__file__).with_name("gpu_check.sh"))
+
+
 def _gpu_check_bench_lines():
-    """The argument lists of the ``bench NAME LIMIT ARGS...`` parts of reports/gpu_check.sh."""
-    import pathlib
+    """The argument lists of the ``bench NAME LIMIT_S ESTIMATE_S ARGS...`` parts of
+    reports/gpu_check.sh."""
     import shlex
 
-    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh").read_text()
-    text = script.replace("\\\n", " ")
+    text = Path(GPU_CHECK).read_text().replace("\\\n", " ")
     parts = []
     for line in text.splitlines():
+        if not line.startswith("bench "):
+            continue
         words = shlex.split(line, comments=True)
-        if len(words) > 2 and words[0] == "bench" and words[1].isdigit():
-            parts.append((words[2], words[3:]))
+        if len(words) > 3 and words[0] == "bench" and words[2].isdigit() and words[3].isdigit():
+            parts.append((words[1], words[4:]))
     return parts
 
 
 def test_gpu_check_script_parses_and_its_bench_parts_select_cases(capsys):
     """The GPU run has one try: its shell must parse and every bench part's arguments must be
     accepted and select something (checked with --list, which needs no GPU)."""
-    import pathlib
     import subprocess
 
-    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh")
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert subprocess.run(["bash", "-n", GPU_CHECK]).returncode == 0
+    usage = subprocess.run(["bash", GPU_CHECK], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
     parts = _gpu_check_bench_lines()
-    assert {name for name, _ in parts} >= {"bench-quick", "bench-tuned", "bench-bwd",
-                                           "bench-conv", "bench-pool", "bench-train"}
+    assert {name for name, _ in parts} >= {"headline-conv", "headline-compile", "headline-pool",
+                                           "headline-train", "bench-quick", "bench-tuned",
+                                           "bench-bwd", "bench-conv", "bench-pool"}
     for name, args in parts:
         capsys.readouterr()
         assert cli.main(["bench", *args, "--list"]) == 0, name
         assert capsys.readouterr().out.strip(), f"{name} selects no case"
 
 
-def test_gpu_check_runs_only_the_parts_named(tmp_path):
-    """PARTS picks the parts a rerun needs (install and env always run first); DRY_RUN says what
-    each would run; a name that is no part is refused before anything runs."""
+def test_gpu_check_headline_measures_every_vgg16_layer_in_every_direction(capsys):
+    """The headline part's cases: VGG-16's 13 conv layers and 5 fused-pool layers in every
+    direction on both sides, torch.compile's default mode forward on the 13, every Pool size."""
+    parts = dict(_gpu_check_bench_lines())
+    capsys.readouterr()
+    assert cli.main(["bench", *parts["headline-conv"], "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    for direction in S.DIRECTIONS:
+        for op, layers in (("conv_relu", 13), ("conv_relu_pool", 5)):
+            for impl in ("tritoncnn", "cudnn"):
+                mine = [ln for ln in listed if f" {op} bf16 channels_last {direction} {impl} " in ln]
+                assert len(mine) == layers, (op, direction, impl)
+    assert cli.main(["bench", *parts["headline-compile"], "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 13 and all(" forward compile-default " in ln for ln in listed)
+    assert cli.main(["bench", *parts["headline-pool"], "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(S.POOL_SHAPES) * 3 * 2
+
+
+def _dry_run(outdir, **env):
     import os
-    import pathlib
-    import re
     import subprocess
 
-    script = str(pathlib.Path(bench.__file__).with_name("gpu_check.sh"))
-    env = dict(os.environ, DRY_RUN="1", PARTS="bench-pool,train")
-    run = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True,
-                         text=True)
+    env = dict(os.environ, DRY_RUN="1", **env)
+    return subprocess.run(["bash", GPU_CHECK, str(outdir)], env=env, capture_output=True,
+                          text=True)
+
+
+def test_gpu_check_runs_only_the_parts_named(tmp_path):
+    """PARTS picks the parts a rerun needs (install and env always run first); DRY_RUN says what
+    each would run and about how long it takes; a name that is no part is refused before
+    anything runs."""
+    import re
+
+    run = _dry_run(tmp_path / "out", PARTS="bench-pool,train")
     assert run.returncode == 0, run.stderr
     ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
     assert ran == ["install", "env", "train", "bench-pool"]  # the script's order, not PARTS'
-    assert "--suite Pool" in run.stdout and not (tmp_path / "out" / "bench.csv").exists()
+    assert "--suite Pool" in run.stdout and not (tmp_path / "out").exists()
 
-    # all parts by default, what the report needs first: should time run short, the tuning, the
-    # fuller suites, the CPU tests compiled and torch.compile are what it loses
-    del env["PARTS"]
-    run = subprocess.run(["bash", script, str(tmp_path / "all")], env=env, capture_output=True,
-                         text=True)
-    ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
-    assert ran == ["install", "env", "tests-gpu", "bench-quick", "bench-train", "train",
-                   "bench-tuned", "bench-bwd", "bench-conv", "bench-pool", "tests-rest",
+    # all parts by default, the headline first: should time run short, the tuning, the fuller
+    # suites, the CPU tests compiled and torch.compile's max-autotune are what it loses
+    run = _dry_run(tmp_path / "all")
+    ran = re.findall(r"\] ([\w-]+): (?:would run|not run)", run.stdout)
+    assert ran == ["install", "env", "headline-conv", "headline-compile", "headline-pool",
+                   "headline-train", "tests-gpu", "bench-quick", "train", "bench-tuned",
+                   "bench-bwd", "bench-conv", "bench-tf32", "bench-pool", "tests-rest",
                    "bench-compile"]
 
-    env["PARTS"] = "bench-pool tests-all"
-    bad = subprocess.run(["bash", script, str(tmp_path / "bad")], env=env, capture_output=True,
-                         text=True)
+    # PARTS=headline: its parts alone, planned at about four minutes, install and env included
+    run = _dry_run(tmp_path / "h", PARTS="headline")
+    ran = re.findall(r"\] ([\w-]+): would run \(about (\d+)s", run.stdout)
+    assert [name for name, _ in ran] == ["install", "env", "headline-conv", "headline-compile",
+                                         "headline-pool", "headline-train"]
+    planned = int(re.search(r"planned about (\d+)s in all", run.stdout).group(1))
+    assert planned == sum(int(s) for _, s in ran) and 180 <= planned <= 270
+
+    bad = _dry_run(tmp_path / "bad", PARTS="bench-pool tests-all")
     assert bad.returncode == 2 and "unknown part 'tests-all'" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def _pwned(tmp_path) -> list:
+    """Files the hostile names' commands would make: the script runs from the repository root."""
+    places = [Path(GPU_CHECK).resolve().parent.parent, Path.cwd()]
+    return list(tmp_path.rglob("PWNED")) + [p / "PWNED" for p in places if (p / "PWNED").exists()]
+
+
+HOSTILE = ["out dir with spaces", "$(touch PWNED)", "x'; touch PWNED; echo '", 'a"b `touch PWNED`',
+           "-leading dash"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_gpu_check_dry_run_writes_nothing_into_outdir(tmp_path, name):
+    """DRY_RUN leaves an earlier run's files as they are and runs nothing from the path."""
+    outdir = tmp_path / name
+    outdir.mkdir()
+    (outdir / "run.log").write_text("earlier run\n")
+    (outdir / "env.txt").write_text("earlier env\n")
+    run = _dry_run(outdir, PARTS="headline,train,tests-gpu")
+    assert run.returncode == 0, run.stderr
+    assert (outdir / "run.log").read_text() == "earlier run\n"
+    assert (outdir / "env.txt").read_text() == "earlier env\n"
+    assert sorted(p.name for p in outdir.iterdir()) == ["env.txt", "run.log"]
+    assert not _pwned(tmp_path)
+    assert f"output in {outdir}," in run.stdout
+
+
+STUB = """#!/bin/sh
+# a stand-in for python: records its arguments, one a line, and a blank line after each call
+for a in "$@"; do printf '%s\\n' "$a"; done >> "$STUB_LOG"
+echo >> "$STUB_LOG"
+"""
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_gpu_check_passes_a_hostile_outdir_as_data(tmp_path, name):
+    """A real run with a stand-in PYTHON: every part gets OUTDIR as one argument (bench's --out,
+    train's --out OUTDIR/train), tests.log and run.log land inside it, and no shell code in the
+    name runs."""
+    import os
+    import subprocess
+
+    stub = tmp_path / "stub-python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.txt"
+    outdir = tmp_path / "runs" / name
+    env = dict(os.environ, PYTHON=str(stub), STUB_LOG=str(log), TOTAL_S="200",
+               PARTS="headline-pool,train,tests-gpu")
+    env.pop("DRY_RUN", None)
+    run = subprocess.run(["bash", GPU_CHECK, str(outdir)], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    calls = [c.split("\n") for c in log.read_text().strip("\n").split("\n\n")]
+    bench_call = next(c for c in calls if "bench" in c)
+    assert bench_call[bench_call.index("--out") + 1] == str(outdir)
+    train_calls = [c for c in calls if "train" in c]
+    assert train_calls and all(c[c.index("--out") + 1] == str(outdir / "train")
+                               for c in train_calls)
+    assert any("pytest" in c and "gpu" in c for c in calls)
+    assert {"run.log", "tests.log"} <= {p.name for p in outdir.iterdir()}
+    assert "headline-pool: exit 0" in (outdir / "run.log").read_text()
+    assert not _pwned(tmp_path)
