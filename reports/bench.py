@@ -5,35 +5,40 @@ A case is one layer shape x op x dtype x layout x direction x implementation:
 * ops: ``conv_relu`` (conv2d + bias + ReLU) for every conv layer; ``conv_relu_pool`` (the same
   followed by a max-pool) for the layers bench_suite.csv marks; ``pool`` (max_pool2d) for the
   pool-only shapes;
-* implementations: ``tritoncnn`` (the fused kernels of ``tritoncnn.kernels``; for
-  ``conv_relu_pool`` also ``tritoncnn-unfused``, its conv2d_relu then max_pool2d), ``cudnn``
+* implementations: ``tritoncnn`` (the fused kernels of ``tritoncnn.kernels``),
+  ``tritoncnn-unfused`` (for ``conv_relu_pool`` only: conv2d_relu then max_pool2d), ``cudnn``
   (``F.conv2d`` + ``F.relu`` (+ ``F.max_pool2d``) with ``torch.backends.cudnn.benchmark = True``;
-  recorded as ``torch`` when it runs on the CPU) and ``compile`` (``torch.compile(mode=
-  "max-autotune")`` of the same, recorded as ``torch.compile``);
+  recorded as ``torch`` when it runs on the CPU), ``compile`` (``torch.compile(mode=
+  "max-autotune")`` of the same, recorded as ``torch.compile``) and ``compile-default``
+  (``torch.compile`` in its default mode, recorded as ``torch.compile (default)``);
 * dtypes ``bf16``, ``fp16``, ``tf32`` (float32 with TF32 allowed, on both sides), ``fp32``
   (float32, IEEE) and ``fp64``; the ``precision`` column says which;
-* directions ``forward`` (under ``torch.no_grad``), ``backward`` (dX, dW, db from a kept graph) and
-  ``forward+backward``.
+* directions ``forward`` (under ``torch.no_grad``), ``backward`` (dX, dW, db from a kept graph),
+  ``backward-dx`` (dX alone: only the input requires grad), ``backward-dw`` (dW alone: only the
+  weight requires grad) and ``forward+backward``; a max-pool, which has no weight, has forward,
+  backward and forward+backward.
 
-Kernels are looked up by name in ``tritoncnn.kernels`` when a case runs; a missing one gives a
-``skipped`` row that says so, an exception an ``error`` row, and the run goes on. Every case is
+A case that raises gives an ``error`` row that says why, and the run goes on. Every case is
 called once before timing (Triton compilation, autotuning, cuDNN's algorithm search and
 torch.compile all happen there; that time goes in ``setup_s``), then timed with
 ``triton.testing.do_bench`` (median, p20, p80) on a GPU, or a ``time.perf_counter`` loop on the
 CPU. A case whose roofline time (its FLOPs at :data:`ROOF_TFLOPS`, its bytes at
 :data:`ROOF_GBPS`) is under ``--graph-below-ms`` is timed from a CUDA graph instead
 (``triton.testing.do_bench_cudagraph``), for every implementation of it alike (torch.compile
-excepted: max-autotune makes its own graphs): the GPU's time, not the host's launches. The same run measures the
-device's own ceilings (matmul TFLOP/s per precision, device-to-device copy GB/s) as rows of suite
+excepted: max-autotune makes its own graphs): the GPU's time, not the host's launches. Graph
+replays do not flush the L2 cache between calls (``do_bench`` does); the ``timing`` column says
+which way each row was timed. The same run measures the device's own ceilings (matmul TFLOP/s per precision, device-to-device copy GB/s) as rows of suite
 ``Ceiling``, and, for suite ``Train``, a training step of zoo models from ``tritoncnn.models`` on
 both backends. Rows are appended to the CSV as they are measured, so a run that is stopped keeps
 what it finished.
 
 A tritoncnn row says in ``configs`` where its kernels' launch configs came from: ``tuned`` (every
-launch found a tuned entry in the autotune cache), ``heuristic`` (none did) or ``k/n tuned``.
-``--tune`` tunes, before timing, every launch of a tritoncnn case that the cache lacks (the tuner
-of ``tritoncnn.autotune``, winners stored in the cache); the tuning time is the row's ``tune_s``
-(part of ``setup_s``) and the tuning tables go to ``tune.csv`` beside the benchmark CSV.
+launch found a winner that the autotune cache holds for that launch's own shape), ``heuristic``
+(none did) or ``k/n tuned``; an entry tuned for another shape of the same cache bucket serves the
+launch but does not make it tuned. ``--tune`` tunes, before timing, every launch of a tritoncnn
+case whose own shape the cache lacks (the tuner of ``tritoncnn.autotune``, winners stored in the
+cache); the tuning time is the row's ``tune_s`` (part of ``setup_s``) and the tuning tables are
+added to ``tune.csv`` beside the benchmark CSV.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ COLUMNS = [
     "batch", "gpu", "device", "torch", "triton", "git_sha", "timestamp", "note",
 ]
 
-IMPLEMENTATIONS = ("tritoncnn", "cudnn", "compile")
+IMPLEMENTATIONS = ("tritoncnn", "tritoncnn-unfused", "cudnn", "compile", "compile-default")
 DTYPES = ("bf16", "fp16", "tf32", "fp32", "fp64")
 LAYOUTS = ("channels_last", "nchw")
 OPS = ("conv_relu", "conv_relu_pool", "pool")
@@ -84,9 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_csv_list, default=None, help="only these layer names")
     parser.add_argument("--ops", type=_csv_list, default=None, help=f"subset of {', '.join(OPS)}")
     parser.add_argument("--direction", type=_csv_list, default=None,
-                        help=f"subset of {', '.join(S.DIRECTIONS)} (default all three)")
+                        help=f"subset of {', '.join(S.DIRECTIONS)} (default all; a max-pool "
+                             "has no backward-dx or backward-dw)")
     parser.add_argument("--impl", type=_csv_list, default=None,
-                        help=f"subset of {', '.join(IMPLEMENTATIONS)} (default all three)")
+                        help=f"subset of {', '.join(IMPLEMENTATIONS)} (default all; "
+                             "tritoncnn-unfused runs for conv_relu_pool only)")
     parser.add_argument("--dtype", type=_csv_list, default=None,
                         help="subset of bf16, fp16, tf32 (float32, TF32 allowed), fp32 (float32, "
                              "IEEE), fp64; default bf16,tf32 on a GPU, fp32 on the CPU")
@@ -182,12 +189,8 @@ def ops_for(shape) -> list[str]:
 
 
 def impls_for(op: str, impls: list[str]) -> list[str]:
-    out = []
-    for impl in impls:
-        out.append(impl)
-        if impl == "tritoncnn" and op == "conv_relu_pool":
-            out.append("tritoncnn-unfused")
-    return out
+    """The implementations that exist for ``op``: the unfused composition only for the fused op."""
+    return [i for i in impls if i != "tritoncnn-unfused" or op == "conv_relu_pool"]
 
 
 def build_cases(shapes, ops, dtypes, layouts, directions, impls) -> list[Case]:
@@ -198,6 +201,8 @@ def build_cases(shapes, ops, dtypes, layouts, directions, impls) -> list[Case]:
         for layout in layouts:
             for direction in directions:
                 for shape in shapes:
+                    if direction not in S.directions_for(shape):
+                        continue
                     for op in ops_for(shape):
                         if op not in ops:
                             continue
@@ -240,31 +245,7 @@ class _Precision:
 
 
 # ---------------------------------------------------------------------------------------------
-# Implementations, resolved by name when a case runs
-
-
-class Missing(Exception):
-    """The implementation is not available in this build; the case is recorded as skipped."""
-
-
-def _kernel(name: str):
-    import tritoncnn.kernels as kernels
-
-    fn = getattr(kernels, name, None)
-    if fn is None:
-        raise Missing(f"tritoncnn.kernels has no {name}")
-    return fn
-
-
-def _tritoncnn_conv_relu():
-    import tritoncnn.kernels as kernels
-
-    if getattr(kernels, "conv2d_relu", None) is not None:
-        return kernels.conv2d_relu
-    if getattr(kernels, "conv2d", None) is not None:
-        conv2d = kernels.conv2d
-        return lambda x, w, b, *args: conv2d(x, w, b, *args, activation="relu")
-    raise Missing("tritoncnn.kernels has neither conv2d_relu nor conv2d")
+# Implementations
 
 
 def op_function(op: str, impl: str, shape) -> Callable:
@@ -272,55 +253,66 @@ def op_function(op: str, impl: str, shape) -> Callable:
     import torch
     import torch.nn.functional as F
 
+    import tritoncnn.kernels as kernels
+
     if op == "pool":
         k, s, p = shape.kernel, shape.stride, shape.pad
         if impl == "tritoncnn":
-            pool = _kernel("max_pool2d")
-            return lambda x: pool(x, k, s, p)
+            return lambda x: kernels.max_pool2d(x, k, s, p)
         fn = lambda x: F.max_pool2d(x, k, s, p)  # noqa: E731
     else:
         args = (shape.stride, shape.pad, shape.dilation, shape.groups)
         if impl == "tritoncnn" and op == "conv_relu":
-            conv_relu = _tritoncnn_conv_relu()
-            return lambda x, w, b: conv_relu(x, w, b, *args)
+            return lambda x, w, b: kernels.conv2d_relu(x, w, b, *args)
         if impl == "tritoncnn":
-            fused = _kernel("conv2d_relu_pool")
-            return lambda x, w, b: fused(x, w, b, *args, pool=shape.pool)
+            return lambda x, w, b: kernels.conv2d_relu_pool(x, w, b, *args, pool=shape.pool)
         if impl == "tritoncnn-unfused":
-            conv_relu, pool = _tritoncnn_conv_relu(), _kernel("max_pool2d")
-            return lambda x, w, b: pool(conv_relu(x, w, b, *args), shape.pool)
+            return lambda x, w, b: kernels.max_pool2d(kernels.conv2d_relu(x, w, b, *args),
+                                                      shape.pool)
         if op == "conv_relu":
             def fn(x, w, b):
                 return F.relu(F.conv2d(x, w, b, *args))
         else:
             def fn(x, w, b):
                 return F.max_pool2d(F.relu(F.conv2d(x, w, b, *args)), shape.pool)
-    if impl == "compile":
+    if impl in COMPILE_MODES:
         torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no stale graphs
-        return torch.compile(fn, mode="max-autotune", dynamic=False)
+        return torch.compile(fn, mode=COMPILE_MODES[impl], dynamic=False)
     return fn
+
+
+#: torch.compile's mode per implementation token (None: its default mode)
+COMPILE_MODES = {"compile": "max-autotune", "compile-default": None}
 
 
 def impl_name(impl: str, device) -> str:
     if impl == "cudnn":
         return "cudnn" if device.type == "cuda" else "torch"
-    return {"compile": "torch.compile"}.get(impl, impl)
+    return {"compile": "torch.compile", "compile-default": "torch.compile (default)"}.get(impl,
+                                                                                          impl)
 
 
-def make_inputs(case: Case, device, requires_grad: bool):
+#: the inputs (by position: x, w, b) whose gradients a direction computes
+GRAD_INPUTS = {"forward": (), "backward": (0, 1, 2), "backward-dx": (0,), "backward-dw": (1,),
+               "forward+backward": (0, 1, 2)}
+
+
+def make_inputs(case: Case, device):
+    """The case's inputs, those whose gradient its direction computes requiring grad."""
     import torch
 
     dtype = torch_dtype(case.dtype)
     fmt = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
     s = case.shape
     x = torch.randn(s.N, s.C, s.H, s.W, device=device, dtype=dtype).to(memory_format=fmt)
+    wanted = GRAD_INPUTS[case.direction]
     if case.op == "pool":
-        return [x.requires_grad_(requires_grad)]
+        return [x.requires_grad_(bool(wanted))]
     fan_in = (s.C // s.groups) * s.R * s.S
     w = torch.randn(s.K, s.C // s.groups, s.R, s.S, device=device, dtype=dtype) / math.sqrt(fan_in)
     w = w.to(memory_format=fmt)
     b = 0.1 * torch.randn(s.K, device=device, dtype=dtype)
-    return [t.requires_grad_(requires_grad) for t in (x, w, b)]
+    return [t.requires_grad_(i in wanted) for i, t in enumerate((x, w, b))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,12 +372,12 @@ def time_fn(fn: Callable[[], object], device, grads=(), warmup_ms=25.0, rep_ms=1
 
 def run_case(case: Case, device, opts, graph: bool = False) -> dict:
     """Measure one case (from a CUDA graph when ``graph``); returns the row's measured fields.
-    Raises Missing or any error."""
+    Raises whatever the case raises."""
     import torch
 
     fn = op_function(case.op, case.impl, case.shape)
     grad = case.direction != "forward"
-    inputs = make_inputs(case, device, requires_grad=grad)
+    inputs = make_inputs(case, device)
     ours = case.impl.startswith("tritoncnn")
     recording = contextlib.nullcontext([])
     if ours:
@@ -430,25 +422,44 @@ def run_case(case: Case, device, opts, graph: bool = False) -> dict:
 
 def config_source(launches) -> str:
     """``tuned``, ``heuristic`` or ``k/n tuned``: how many of a case's distinct kernel launches
-    (cache entries) found a tuned entry in the autotune cache (none do under the interpreter,
-    which never looks)."""
+    found a winner tuned for their own shape in the autotune cache (none do under the
+    interpreter, which never looks)."""
     from tritoncnn import autotune
 
     if not launches:
         return ""
     store = autotune.default_cache()
-    unique = {autotune.entry_key(k.kernel, k.shape, k.dtype, k.layout): k for k in launches}
-    hits = 0 if autotune.INTERPRET else sum(
-        store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None for k in unique.values())
+    unique = {_launch_id(k): k for k in launches}
+    hits = 0 if autotune.INTERPRET else sum(tuned_for(store, k) for k in unique.values())
     if hits == len(unique):
         return "tuned"
     return "heuristic" if hits == 0 else f"{hits}/{len(unique)} tuned"
 
 
+def _launch_id(launch) -> tuple:
+    return (launch.kernel, _plain(launch.shape), str(launch.dtype), launch.layout)
+
+
+def _plain(shape) -> str:
+    """A shape dict as the cache file stores it (tuples as lists), in one canonical text."""
+    import json
+
+    return json.dumps(json.loads(json.dumps(dict(shape), default=list)), sort_keys=True)
+
+
+def tuned_for(store, launch) -> bool:
+    """Whether ``store`` holds a winner tuned for this launch's own shape. The cache serves every
+    shape of a bucket from one entry; one tuned for a neighbour says nothing of this shape."""
+    from tritoncnn import autotune
+
+    entry = store.get(autotune.entry_key(launch.kernel, launch.shape, launch.dtype, launch.layout))
+    return bool(entry) and _plain(entry.get("shape") or {}) == _plain(launch.shape)
+
+
 def tune_launches(launches, case: Case, opts) -> float:
-    """Tune every recorded launch that the cache lacks (winners go to the cache, the tables to
-    ``opts.tune_tables``); the seconds it took, 0 when nothing needed tuning. Nothing is tuned
-    under the interpreter."""
+    """Tune every recorded launch whose own shape the cache lacks (winners go to the cache, the
+    tables to ``opts.tune_tables``); the seconds it took, 0 when nothing needed tuning. Nothing is
+    tuned under the interpreter."""
     from tritoncnn import autotune
     from tritoncnn.autotune import tuner
 
@@ -458,8 +469,8 @@ def tune_launches(launches, case: Case, opts) -> float:
     store = autotune.default_cache()
     seen = set()
     for k in launches:
-        key = autotune.entry_key(k.kernel, k.shape, k.dtype, k.layout)
-        if key in seen or store.lookup(k.kernel, k.shape, k.dtype, k.layout) is not None:
+        key = _launch_id(k)
+        if key in seen or tuned_for(store, k):
             continue
         seen.add(key)
         try:
@@ -477,16 +488,30 @@ def tune_launches(launches, case: Case, opts) -> float:
     return time.perf_counter() - start if seen else 0.0
 
 
-def write_tune_tables(tables, path: Path, info: dict) -> None:
-    """The tuning tables of ``--tune`` as one CSV (the columns of ``tritoncnn tune``'s), rewritten
-    whole after each tuned case: a run that is stopped keeps what it tuned."""
+def write_tune_tables(tables, path: Path, info: dict, earlier=None) -> None:
+    """The tuning tables of ``--tune`` as one CSV (the columns of ``tritoncnn tune``'s) after the
+    rows ``earlier`` (what the file held before this run: other runs' tables are kept),
+    rewritten whole after each tuned case: a run that is stopped keeps what it tuned."""
     import pandas as pd
 
     out = pd.concat(tables, ignore_index=True)
     for col in ("gpu", "torch", "triton", "git_sha"):
         out[col] = info.get(col, "")
     out["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out.to_csv(path, index=False)
+    if earlier is not None and len(earlier):
+        out = pd.concat([earlier, out], ignore_index=True)
+    tmp = path.with_name(path.name + ".tmp")
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_earlier_tables(path: Path):
+    """The rows a tuning-table file already holds (None when there is none to keep)."""
+    import pandas as pd
+
+    if not path.is_file() or not path.stat().st_size:
+        return None
+    return pd.read_csv(path)
 
 
 def relative_error(case: Case, out, inputs) -> float:
@@ -532,12 +557,10 @@ def case_row(case: Case, device, info: dict, opts) -> dict:
 
 @contextlib.contextmanager
 def recorded(row: dict, device):
-    """Run the block for ``row``: a :class:`Missing` leaves the row skipped, any other error an
-    error row (with the device reset), so that no failing case stops the run."""
+    """Run the block for ``row``: an error makes it an error row (with the device reset), so that
+    no failing case stops the run."""
     try:
         yield
-    except Missing as err:
-        row.update(status="skipped", note=str(err))
     except Exception as err:
         row.update(status="error", note=f"{type(err).__name__}: {_one_line(err)}")
         _recover(device)
@@ -664,20 +687,6 @@ def _train_pair(name: str, token: str, graph: bool, device, info: dict, opts):
         yield row
 
 
-def _get_model():
-    """``tritoncnn.models.get_model`` (or the zoo module's), resolved when the benchmark runs."""
-    import importlib
-
-    for module in ("tritoncnn.models", "tritoncnn.models.zoo"):
-        try:
-            fn = getattr(importlib.import_module(module), "get_model", None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    raise Missing("tritoncnn.models has no get_model")
-
-
 def _train_step(name: str, backend: str, token: str, device, opts, graph: bool = False) -> dict:
     """One model's training step on synthetic data, timed over ``opts.train_steps`` steps after
     three untimed ones. ``graph``: the step (forward, backward, SGD) is captured once in a CUDA
@@ -687,9 +696,10 @@ def _train_step(name: str, backend: str, token: str, device, opts, graph: bool =
     import torch
     import torch.nn.functional as F
 
-    get_model = _get_model()
+    from tritoncnn import models
+
     torch.manual_seed(0)
-    model = get_model(name, backend=backend)
+    model = models.get_model(name, backend=backend)
     cfg = getattr(model, "config", None)
     if hasattr(cfg, "in_channels") and hasattr(cfg, "input_size"):
         chw = (cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -847,6 +857,8 @@ def main(args) -> int:
     out = Path(args.out) if args.out else Path("reports/results") / slug(info["gpu"])
     writer = RowWriter(out / args.csv)
     args.tune_tables = []
+    tune_path = writer.path.with_name("tune.csv")
+    earlier_tables = read_earlier_tables(tune_path) if args.tune else None
     print(f"tritoncnn bench: {len(cases)} cases on {info['gpu']} -> {writer.path}")
     start = time.perf_counter()
 
@@ -866,7 +878,7 @@ def main(args) -> int:
             tables = len(args.tune_tables)
             writer.write(case_row(case, device, info, args))
             if len(args.tune_tables) > tables:
-                write_tune_tables(args.tune_tables, writer.path.with_name("tune.csv"), info)
+                write_tune_tables(args.tune_tables, tune_path, info, earlier_tables)
             done += 1
         bar.close()
         if done < len(cases):

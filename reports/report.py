@@ -2,13 +2,15 @@
 
 Reads every CSV under the results folders: rows of ``tritoncnn bench`` (recognised by their columns),
 tuning tables of ``tritoncnn tune`` (a file whose name has "tune" in it) and training metrics (a
-CSV with ``step`` and ``loss`` columns). Where a case was measured more than once, the newest row
-counts. Writes, per GPU: the measured ceilings; per suite and dtype the geometric-mean speedup over
-cuDNN; per layer the time, TFLOP/s, % of the measured matmul peak and the speedup; max-pool GB/s and
-% of the measured copy bandwidth; training step time, images/s and peak memory; the skipped and
-failed cases. Then the autotuning results and the training curves, when present. Figures (PNG):
-speedup per layer, a roofline with the measured ceilings, pool bandwidth against size, training
-curves.
+CSV with ``step`` and ``loss`` columns). A run is one commit on one GPU: rows are compared with
+their own run's baseline, and where a run measured a case more than once, its newest row counts.
+Writes a headline (per suite, op and direction, one run's geometric-mean speedup over cuDNN across
+every layer of the suite, missing layers named), then per GPU: the measured ceilings; per run,
+suite and dtype the geometric-mean speedup over cuDNN; per layer the time, TFLOP/s, % of the
+measured matmul peak and the speedup; max-pool GB/s and % of the measured copy bandwidth; training
+step time, images/s and peak memory; the failed cases. Then the autotuning results and the
+training curves, when present. Figures (PNG): speedup per layer and direction, a roofline with the
+measured ceilings, pool bandwidth against size, training curves.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import math
 import os
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -24,12 +27,13 @@ HELP = "write reports/REPORT.md and its figures from benchmark, tuning and train
 
 # one measured case; the last entry is the implementation, compared against a baseline row
 # that matches on all the others
-KEY = ["gpu", "suite", "layer", "op", "shape", "dtype", "precision", "layout", "direction",
-       "implementation"]
+KEY = ["gpu", "git_sha", "suite", "layer", "op", "shape", "dtype", "precision", "layout",
+       "direction", "implementation"]
 BENCH_REQUIRED = {"suite", "layer", "implementation", "median_ms", "direction", "status"}
 BASELINES = ("cudnn", "torch")  # F.conv2d & co: cuDNN on a GPU, PyTorch's own kernels on the CPU
 KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool")
-DIRECTION_ORDER = {"forward": 0, "backward": 1, "forward+backward": 2}
+DIRECTION_ORDER = {"forward": 0, "backward": 1, "backward-dx": 2, "backward-dw": 3,
+                   "forward+backward": 4}
 # the README's generated block: everything between these two lines belongs to the report
 HEADLINE_BEGIN = "<!-- headline: written by `tritoncnn report --readme`, from the CSVs -->"
 HEADLINE_END = "<!-- /headline -->"
@@ -39,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", action="append", default=None, metavar="PATH",
                         help="CSV file or folder searched for CSVs (repeatable; default "
                              "reports/results)")
-    parser.add_argument("--out", default="reports/REPORT.md", help="the report to write")
+    parser.add_argument("--out", default="reports/REPORT.md",
+                        help="the report to write: a .md file, or a folder that gets REPORT.md "
+                             "(default reports/REPORT.md)")
     parser.add_argument("--figures", default=None,
-                        help="folder for the PNG figures (default: figures/ beside --out)")
+                        help="folder for the PNG figures (default: figures/ beside the report)")
     parser.add_argument("--add", action="append", default=None, metavar="PATH",
                         help="first copy the bench and tuning CSVs of PATH (a file or a folder, "
                              "such as gpu_check.sh's OUTDIR) into <results>/<gpu-name>/, "
@@ -168,7 +174,55 @@ def load(paths):
         elif kind == "curves":
             curves.append((path, df))
     rows = pd.concat(bench, ignore_index=True) if bench else pd.DataFrame()
-    return prepare(rows), tune, curves
+    return check_tuned(prepare(rows), tune), tune, curves
+
+
+#: the directions whose cases tune the kernels a direction launches: every case launches the
+#: forward kernels; dX alone needs a case that launched dX, dW alone one that launched dW
+_TUNES_DX = {"backward", "backward-dx", "forward+backward"}
+_TUNES_DW = {"backward", "backward-dw", "forward+backward"}
+UNTABLED = "tuned (no table)"
+
+
+def _covered(direction: str, tuned_in: set[str]) -> bool:
+    """Whether cases of the directions ``tuned_in`` tuned every kernel ``direction`` launches."""
+    dx, dw = bool(tuned_in & _TUNES_DX), bool(tuned_in & _TUNES_DW)
+    need = {"forward": True, "backward-dx": dx, "backward-dw": dw}
+    return bool(tuned_in) and need.get(direction, dx and dw)
+
+
+def check_tuned(df, tune):
+    """Rows whose configs say tuned, checked against the tuning tables of their run (those of
+    ``tritoncnn bench --tune``, whose ``model`` is "suite/layer" and ``layers`` "op direction"):
+    a row stays ``tuned`` where its run's tables hold the tuning of a layer of the same suite, op
+    and shape, by a case whose direction launched the row's kernels (a ``k/n tuned`` row: by any
+    case); else it becomes :data:`UNTABLED`."""
+    if df.empty or "configs" not in df.columns:
+        return df
+    tuned = df["configs"].str.endswith("tuned") & df["implementation"].str.startswith("tritoncnn")
+    if not tuned.any():
+        return df
+    shapes = dict(zip(zip(df["gpu"], df["git_sha"], df["suite"], df["layer"], df["op"]),
+                      df["shape"]))
+    done: dict[tuple, set[str]] = {}
+    for _, t in tune:
+        if not {"model", "layers", "gpu", "git_sha"} <= set(t.columns):
+            continue
+        for gpu, sha, model, layers in t[["gpu", "git_sha", "model", "layers"]].drop_duplicates(
+                ).astype(str).itertuples(index=False):
+            suite, _, layer = model.partition("/")
+            op, _, direction = layers.partition(" ")
+            shape = shapes.get((gpu, sha, suite, layer, op))
+            done.setdefault((gpu, sha, suite, op, shape), set()).add(direction)
+    df = df.copy()
+    for i in df.index[tuned]:
+        r = df.loc[i]
+        # a partly tuned row needs some of its kernels tuned: the forward's, which every case has
+        direction = r["direction"] if r["configs"] == "tuned" else "forward"
+        if not _covered(direction, done.get((r["gpu"], r["git_sha"], r["suite"], r["op"],
+                                             r["shape"]), set())):
+            df.at[i, "configs"] = UNTABLED
+    return df
 
 
 TRAIN_RUN_FILES = ("config.json", "steps.csv", "epochs.csv", "summary.csv")
@@ -233,9 +287,10 @@ def add_results(sources, into: Path) -> list[Path]:
 
 
 def prepare(df):
-    """Numbers as numbers, the newest row per case, and each row's baseline time and speedup.
-    Rows whose launch configs were all tuned (``configs`` = ``tuned``) are reported as
-    implementation "<name> (tuned)", apart from the same kernels on heuristic configs."""
+    """Numbers as numbers, the newest row per case and run, and each row's baseline time and
+    speedup. A run is one GPU and one commit (``gpu``, ``git_sha``): a row is compared with its own
+    run's baseline only, and where a run measured a case more than once (say on heuristic configs,
+    then tuned) its newest row counts, whatever its configs."""
     import numpy as np
     import pandas as pd
 
@@ -249,13 +304,10 @@ def prepare(df):
     for col in ("median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "flop", "bytes", "setup_s",
                 "rel_err", "images_per_s", "peak_mem_mb", "batch"):
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
-    for col in ("note", "timestamp", "torch", "triton", "git_sha", "timing", "configs"):
+    for col in ("note", "timestamp", "torch", "triton", "timing", "configs"):
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
-    # a tuned tritoncnn run is its own implementation beside the heuristic-config one
-    tuned = df["configs"].eq("tuned")
-    df.loc[tuned, "implementation"] = df.loc[tuned, "implementation"] + " (tuned)"
     df = df.sort_values("timestamp", kind="stable").drop_duplicates(KEY, keep="last")
     ok = df[df["status"] == "ok"]
     base = ok[ok["implementation"].isin(BASELINES)]
@@ -268,12 +320,14 @@ def prepare(df):
 
 
 def ceilings(df) -> dict:
-    """Per GPU: {"matmul": {precision: TFLOP/s}, "copy": GB/s} from the Ceiling rows."""
+    """Per GPU: {"matmul": {precision: TFLOP/s}, "copy": GB/s} from the Ceiling rows (the newest
+    run's where several measured them)."""
     out: dict = {}
     if df.empty:
         return out
-    rows = df[(df["suite"] == "Ceiling") & (df["status"] == "ok")]
+    rows = df[(df["suite"] == "Ceiling") & (df["status"] == "ok")].sort_values("timestamp")
     for gpu, g in rows.groupby("gpu"):
+        g = g.drop_duplicates(["op", "precision", "layer"], keep="last")
         mm = g[g["op"] == "matmul"]
         cp = g[g["op"] == "copy"]
         out[gpu] = {"matmul": dict(zip(mm["precision"], mm["tflops"])),
@@ -301,102 +355,226 @@ def add_peaks(df, ceil: dict):
     return df
 
 
+def _direction_rank(direction: str) -> int:
+    return DIRECTION_ORDER.get(direction, len(DIRECTION_ORDER))
+
+
 def geomean_speedups(df):
-    """Per GPU, suite, op, dtype/precision, layout, direction and implementation: the geometric
-    mean over layers of (baseline time / implementation time)."""
+    """Per GPU, commit, suite, op, dtype/precision, layout, direction and implementation: the
+    geometric mean over the layers measured of (baseline time / implementation time)."""
     import numpy as np
     import pandas as pd
 
+    group = ["gpu", "git_sha", "suite", "op", "dtype", "precision", "layout", "direction",
+             "implementation"]
     rows = df[(df["status"] == "ok") & df["speedup"].notna()
               & ~df["implementation"].isin(BASELINES) & df["op"].isin(KERNEL_OPS + ("train_step",))]
     if rows.empty:
-        return pd.DataFrame(columns=["gpu", "suite", "op", "dtype", "precision", "layout",
-                                     "direction", "implementation", "layers", "geomean", "min",
-                                     "max"])
-    group = ["gpu", "suite", "op", "dtype", "precision", "layout", "direction", "implementation"]
+        return pd.DataFrame(columns=group + ["layers", "geomean", "min", "max"])
     out = rows.groupby(group, sort=False)["speedup"].agg(
         layers="count", geomean=lambda s: float(np.exp(np.log(s).mean())), min="min",
         max="max").reset_index()
-    out["_d"] = out["direction"].map(DIRECTION_ORDER)
-    return out.sort_values(["gpu", "suite", "op", "precision", "layout", "_d",
+    out["_d"] = out["direction"].map(_direction_rank)
+    return out.sort_values(["gpu", "git_sha", "suite", "op", "precision", "layout", "_d",
                             "implementation"]).drop(columns="_d").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The headline
+
+
+def suite_layers(df) -> dict[tuple[str, str], list[str]]:
+    """Every layer of each (suite, op), in order: the suite file's (reports/suites.py) for the
+    suites it lists, else every layer a row of ``df`` names. A headline row covers these."""
+    from .suites import PoolShape, all_shapes
+
+    layers: dict[tuple[str, str], list[str]] = {}
+    for sh in all_shapes():
+        ops = (["pool"] if isinstance(sh, PoolShape)
+               else ["conv_relu", "conv_relu_pool"] if sh.fused_pool else ["conv_relu"])
+        for op in ops:
+            layers.setdefault((sh.suite, op), []).append(sh.layer)
+    if not df.empty:
+        for (suite, op), g in df.groupby(["suite", "op"], sort=False):
+            if (suite, op) not in layers:
+                layers[(suite, op)] = list(dict.fromkeys(g["layer"]))
+    return layers
+
+
+def config_label(configs: str) -> str:
+    """A layer's configs as the headline counts them: ``tuned`` (every kernel launch ran a
+    winner the run tuned for its own shape), ``partly tuned``, :data:`UNTABLED` (the row says
+    tuned, and its run's tuning tables do not show it), or ``heuristic`` (also where the row does
+    not say)."""
+    configs = str(configs).strip()
+    if configs in ("tuned", UNTABLED):
+        return configs
+    return "partly tuned" if configs.endswith(" tuned") else "heuristic"
+
+
+def timing_label(timing: str) -> str:
+    """How a row was timed, with what that means for the L2 cache."""
+    timing = str(timing)
+    if timing.startswith("do_bench_cudagraph"):
+        return "cudagraph"
+    if timing.startswith("do_bench"):
+        return "do_bench"
+    return timing.split(" ")[0] if timing else ""
+
+
+HEADLINE_COLUMNS = ["gpu", "commit", "suite", "op", "case", "layers", "speedup", "range",
+                    "configs", "missing", "timing", "memory"]
+#: the case a headline row prefers: bf16, fp16, TF32, IEEE fp32, fp64; channels_last, then NCHW
+CASE_RANK = {"bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "fp64": 4, "channels_last": 0}
+
+
+def _gpu_rows(df):
+    if "device" in df.columns:
+        return df[df["device"].astype(str).eq("cuda")]
+    return df[~df["gpu"].astype(str).str.startswith("CPU")]
+
+
+def _pick_case(g):
+    """The rows of the one run and case that stand for a (gpu, suite, op, direction): the
+    preferred dtype and layout, then the newest run that measured it."""
+    measured = g[(g["status"] == "ok") & g["speedup"].notna()]
+    if measured.empty:
+        return None
+    cases = (measured.groupby(["git_sha", "precision", "layout"], sort=False)["timestamp"].max()
+             .reset_index())
+    cases["_r"] = [(CASE_RANK.get(p, 9), CASE_RANK.get(lay, 9)) for p, lay in
+                   zip(cases["precision"], cases["layout"])]
+    best = cases.sort_values("timestamp", ascending=False, kind="stable").sort_values(
+        "_r", kind="stable").iloc[0]
+    return g[(g["git_sha"] == best["git_sha"]) & (g["precision"] == best["precision"])
+             & (g["layout"] == best["layout"])]
+
+
+def _count_text(labels) -> str:
+    """"heuristic" when all agree, else "9 heuristic, 4 tuned"."""
+    counts = {k: labels.count(k) for k in dict.fromkeys(sorted(labels, key=labels.count,
+                                                               reverse=True))}
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def _memory_text(df, rows) -> str:
+    """The training step's peak memory against cuDNN's, from the same run."""
+    import numpy as np
+
+    r = rows.iloc[0]
+    base = df[(df["gpu"] == r["gpu"]) & (df["git_sha"] == r["git_sha"])
+              & (df["suite"] == r["suite"]) & (df["op"] == r["op"])
+              & (df["precision"] == r["precision"]) & (df["layout"] == r["layout"])
+              & (df["status"] == "ok") & df["implementation"].isin(BASELINES)]
+    pair = rows.merge(base, on="layer", suffixes=("", "_base"))
+    pair = pair[(pair["peak_mem_mb"] > 0) & (pair["peak_mem_mb_base"] > 0)]
+    if pair.empty:
+        return ""
+    ratio = float(np.exp(np.log(pair["peak_mem_mb"] / pair["peak_mem_mb_base"]).mean()))
+    return (f"{_times(ratio)} of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
+            f"{pair['peak_mem_mb_base'].sum():.0f} MiB)")
+
+
+def _headline_row(df, rows, every: list[str]) -> dict:
+    """One headline row from the rows of one run and case: the geometric mean over the layers
+    measured, the layers of the suite not measured named as missing."""
+    import numpy as np
+
+    r = rows.iloc[0]
+    ok = rows[(rows["status"] == "ok") & rows["speedup"].notna()]
+    ok = ok.set_index("layer")
+    every = every + [lay for lay in ok.index if lay not in every]
+    missing = [lay for lay in every if lay not in ok.index]
+    speedups = ok["speedup"]
+    train = r["op"] == "train_step"
+    case = (f"{r['precision']} {r['layout']} training step" if train
+            else f"{r['precision']} {r['layout']} {r['direction']}")
+    return dict(
+        gpu=r["gpu"], commit=r["git_sha"], suite=r["suite"], op=r["op"], case=case,
+        layers=f"{len(ok)} of {len(every)}",
+        speedup=_times(float(np.exp(np.log(speedups).mean()))),
+        range=f"{_times(speedups.min())}-{_times(speedups.max())}",
+        configs="" if train else _count_text([config_label(c) for c in ok["configs"]]),
+        missing=", ".join(missing),
+        timing="" if train else _count_text([timing_label(t) for t in ok["timing"]]),
+        memory=_memory_text(df, ok.reset_index()) if train else "",
+        _d=_direction_rank(r["direction"]))
 
 
 def headline(df):
     """The first numbers a reader asks for, per GPU (GPU runs only): for each suite, op and
-    direction (forward+backward, forward, backward), one geometric-mean speedup over cuDNN, of the
-    case preferred in this order: bf16, fp16, TF32, IEEE fp32, fp64; channels_last before NCHW;
-    then the configs (tuned or heuristic) measured on more layers, tuned ones on a tie, so that
-    a few tuned layers never stand for a suite. Training steps add their peak memory beside
-    cuDNN's."""
-    import numpy as np
+    direction, one geometric-mean speedup of tritoncnn over cuDNN, over every layer of the suite.
+
+    Each row comes from one run (one GPU, one commit) and one case: bf16 before fp16, TF32, IEEE
+    fp32 and fp64, channels_last before NCHW, then the newest run. Within it each layer counts
+    its newest measurement, on the configs that run gave it (tuned where the run tuned that
+    layer's own kernel shapes, the heuristic otherwise, as the row's ``configs`` says), and a
+    layer of the suite without a measurement is named as missing, never dropped. Training
+    steps add their peak memory beside cuDNN's."""
     import pandas as pd
 
-    cols = ["gpu", "suite", "op", "case", "layers", "speedup", "range", "memory"]
     if df.empty:
-        return pd.DataFrame(columns=cols)
-    gpu_rows = (df["device"].astype(str).eq("cuda") if "device" in df.columns
-                else ~df["gpu"].astype(str).str.startswith("CPU"))
-    gm = geomean_speedups(df[gpu_rows])
-    gm = gm[gm["implementation"].isin(("tritoncnn", "tritoncnn (tuned)"))]  # not -unfused
-    if gm.empty:
-        return pd.DataFrame(columns=cols)
-    rank = {"bf16": 0, "fp16": 1, "tf32": 2, "ieee": 3, "fp64": 4, "channels_last": 0}
-    gm = gm.assign(_r=[(rank.get(p, 9), rank.get(lay, 9), -n, 0 if "tuned" in i else 1)
-                       for p, lay, n, i in zip(gm["precision"], gm["layout"], gm["layers"],
-                                               gm["implementation"])])
-    best = gm.sort_values("_r", kind="stable").drop_duplicates(["gpu", "suite", "op", "direction"])
-    ops = {op: i for i, op in enumerate(KERNEL_OPS + ("train_step",))}
-    best = (best.assign(_o=best["op"].map(ops), _d=best["direction"].map(DIRECTION_ORDER))
-            .sort_values(["gpu", "_o", "suite", "_d"], kind="stable").drop(columns=["_o", "_d"]))
+        return pd.DataFrame(columns=HEADLINE_COLUMNS)
+    gpu = _gpu_rows(df)
+    ours = gpu[(gpu["implementation"] == "tritoncnn")
+               & gpu["op"].isin(KERNEL_OPS + ("train_step",))]
+    layers = suite_layers(gpu)
     rows = []
-    for r in best.itertuples(index=False):
-        memory = ""
-        if r.op == "train_step":
-            sel = df[(df["gpu"] == r.gpu) & (df["suite"] == r.suite) & (df["op"] == r.op)
-                     & (df["precision"] == r.precision) & (df["status"] == "ok")]
-            mine = sel[sel["implementation"] == r.implementation]
-            base = sel[sel["implementation"].isin(BASELINES)]
-            pair = mine.merge(base, on="layer", suffixes=("", "_base"))
-            pair = pair[(pair["peak_mem_mb"] > 0) & (pair["peak_mem_mb_base"] > 0)]
-            if len(pair):
-                ratio = float(np.exp(np.log(pair["peak_mem_mb"] / pair["peak_mem_mb_base"]).mean()))
-                memory = (f"{_times(ratio)} of cuDNN's ({pair['peak_mem_mb'].sum():.0f} vs "
-                          f"{pair['peak_mem_mb_base'].sum():.0f} MiB)")
-        if r.op == "train_step":  # whole steps: no single kernel's config to speak of
-            case = f"{r.precision} {r.layout} training step"
-        else:
-            tuned = ", tuned" if "tuned" in r.implementation else ", heuristic configs"
-            case = f"{r.precision} {r.layout} {r.direction}{tuned}"
-        rows.append(dict(gpu=r.gpu, suite=r.suite, op=r.op, case=case, layers=r.layers,
-                         speedup=_times(r.geomean), range=f"{_times(r.min)}-{_times(r.max)}",
-                         memory=memory))
-    return pd.DataFrame(rows, columns=cols)
+    for (_, suite, op, _), g in ours.groupby(["gpu", "suite", "op", "direction"], sort=False):
+        picked = _pick_case(g)
+        if picked is not None:
+            rows.append(_headline_row(df, picked, layers.get((suite, op), [])))
+    if not rows:
+        return pd.DataFrame(columns=HEADLINE_COLUMNS)
+    out = pd.DataFrame(rows, columns=HEADLINE_COLUMNS + ["_d"])
+    ops = {op: i for i, op in enumerate(KERNEL_OPS + ("train_step",))}
+    out = out.assign(_o=out["op"].map(ops))
+    return (out.sort_values(["gpu", "_o", "suite", "_d"], kind="stable")
+            .drop(columns=["_o", "_d"]).reset_index(drop=True))
+
+
+HEADLINE_METHOD = (
+    "Each row comes from one run (one commit on one GPU) and covers every layer of its suite: "
+    "*layers* counts those measured, *missing* names the rest. Each layer ran the configs a user "
+    "of that commit gets: *tuned* where the run tuned that layer's own kernel shapes, the "
+    "*heuristic* otherwise (*tuned (no table)*: the row says tuned, and the run's tuning tables "
+    "do not hold that tuning). *timing*, layers per method: *do_bench* "
+    "(`triton.testing.do_bench`) flushes the L2 cache before every call; *cudagraph* "
+    "(`do_bench_cudagraph`, for layers whose roofline time is under 0.1 ms) replays a CUDA graph "
+    "without flushing it between replays; both sides of a layer are timed the same way.")
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, 100, break_on_hyphens=False, break_long_words=False)
 
 
 def headline_markdown(df, report_link: str | None = None) -> str:
     """The headline as markdown: a sentence per GPU naming its run (and linking the report, for
-    the README), then the table."""
+    the README), the table, and how to read it."""
     h = headline(df)
     where = f" and into the [report]({report_link})" if report_link else ""
     if h.empty:
-        return textwrap.fill(
+        return _fill(
             "No GPU measurements are committed yet: `bash reports/gpu_check.sh OUTDIR` on a GPU "
             "machine makes them; `tritoncnn report --add OUTDIR --readme README.md` brings them "
-            f"here{where}.", 100, break_on_hyphens=False, break_long_words=False) + "\n"
+            f"here{where}.") + "\n"
     link = f"; [full report]({report_link})" if report_link else ""
     out = []
-    for gpu, h_gpu in h.groupby("gpu", sort=False):
-        g = df[df["gpu"] == gpu]
-        shas = ", ".join(sorted(set(g["git_sha"]) - {""})) or "unknown"
-        out += [textwrap.fill(f"{gpu}, commit {shas}: per suite, the geometric mean over its "
-                              f"layers of cuDNN's time over tritoncnn's (above 1x is faster){link}.",
-                              100, break_on_hyphens=False, break_long_words=False), ""]
-        t = h_gpu.drop(columns=["gpu"]).rename(columns={"speedup": "speedup over cuDNN",
-                                                         "range": "min-max"})
-        if not t["memory"].astype(bool).any():
-            t = t.drop(columns=["memory"])
-        out.append(markdown_table(t.rename(columns={"memory": "peak memory"})))
+    for gpu, t in h.groupby("gpu", sort=False):
+        commits = list(dict.fromkeys(t["commit"]))
+        run = f"commit {commits[0]}" if len(commits) == 1 else "the commits named per row"
+        out += [_fill(f"{gpu}, {run}: per suite, op and direction, the geometric mean over the "
+                      f"suite's layers of cuDNN's time over tritoncnn's (above 1x is "
+                      f"faster){link}."), ""]
+        t = t.drop(columns=["gpu"] + (["commit"] if len(commits) == 1 else []))
+        t = t.drop(columns=[c for c in ("configs", "missing", "timing", "memory")
+                            if not t[c].astype(bool).any()])
+        t = t.rename(columns={"speedup": "speedup over cuDNN", "range": "min-max",
+                              "memory": "peak memory"})
+        out.append(markdown_table(t))
+    out += [_fill(HEADLINE_METHOD), ""]
     return "\n".join(out)
 
 
@@ -441,9 +619,25 @@ def baseline_name(df) -> str:
     return "cuDNN" if (df["implementation"] == "cudnn").any() else "PyTorch"
 
 
+def _speedup_bars(rows):
+    """The figure's rows, top to bottom: one per layer (and op) and direction that has a
+    measurement, in the suite file's order, then the direction's."""
+    from .suites import all_shapes
+
+    order = {(sh.suite, sh.layer): i for i, sh in enumerate(all_shapes())}
+    rows = rows.assign(bar_label=[
+        f"{r.suite}/{r.layer}" + (" +pool" if r.op == "conv_relu_pool" else "") + f", {r.direction}"
+        for r in rows.itertuples()])
+    first = rows.drop_duplicates("bar_label")
+    labels = [r.bar_label for r in sorted(first.itertuples(), key=lambda r: (
+        order.get((r.suite, r.layer), len(order)), r.suite, r.layer, r.op != "conv_relu",
+        _direction_rank(r.direction)))]
+    return rows, labels
+
+
 def fig_speedup(df, gpu: str, precision: str, path: Path) -> Path | None:
-    """Horizontal bars of the speedup over cuDNN per layer (log scale), one panel per direction,
-    the layers down the side: readable however many layers the run measured."""
+    """Horizontal bars of the speedup over cuDNN (log scale): one row per layer and direction
+    measured, down the side, one bar per implementation; no row is left empty."""
     import numpy as np
 
     rows = df[(df["gpu"] == gpu) & (df["precision"] == precision) & (df["status"] == "ok")
@@ -452,56 +646,41 @@ def fig_speedup(df, gpu: str, precision: str, path: Path) -> Path | None:
     if rows.empty:
         return None
     layout = _pick_layout(rows)
-    rows = rows[rows["layout"] == layout]
-    rows = rows.assign(bar_label=[f"{r.suite}/{r.layer}" + (" +pool" if r.op == "conv_relu_pool"
-                                                          else "")
-                               for r in rows.itertuples()])
-    directions = sorted(rows["direction"].unique(), key=DIRECTION_ORDER.get)
+    # a layer measured by several runs: the newest run's bar
+    rows, labels = _speedup_bars(rows[rows["layout"] == layout].sort_values("timestamp"))
     impls = sorted(rows["implementation"].unique())
-    from .suites import all_shapes
-
-    order = {(sh.suite, sh.layer): i for i, sh in enumerate(all_shapes())}  # the suite file's
-    first = rows.drop_duplicates("bar_label")
-    labels = [r.bar_label for r in sorted(first.itertuples(), key=lambda r: (
-        order.get((r.suite, r.layer), len(order)), r.op != "conv_relu"))]
     plt = _plt()
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    fig, axes = plt.subplots(1, len(directions), squeeze=False, sharey=True,
-                             figsize=(4.5 * len(directions) + 2.5,
-                                      (0.12 * len(impls) + 0.12) * len(labels) + 1.8))
+    height = (0.1 * len(impls) + 0.14) * len(labels) + 2.0
+    fig, ax = plt.subplots(figsize=(9, height))
     base = baseline_name(df[df["gpu"] == gpu])
     width = 0.8 / len(impls)
     y = np.arange(len(labels))
-    colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
+    for i, impl in enumerate(impls):
+        mine = rows[rows["implementation"] == impl]
+        vals = dict(zip(mine["bar_label"], mine["speedup"]))
+        widths = np.array([vals.get(lb, np.nan) for lb in labels]) - 1.0
+        # bars start at 1 (cuDNN's time): right when faster, left when slower
+        ax.barh(y + (i - (len(impls) - 1) / 2) * width, widths, width, left=1.0,
+                color=f"C{i}", label=impl)
     lo, hi = rows["speedup"].min(), rows["speedup"].max()
-    for ax, direction in zip(axes[0], directions):
-        d = rows[rows["direction"] == direction]
-        for i, impl in enumerate(impls):
-            vals = dict(zip(d.loc[d["implementation"] == impl, "bar_label"],
-                            d.loc[d["implementation"] == impl, "speedup"]))
-            widths = np.array([vals.get(lb, np.nan) for lb in labels]) - 1.0
-            # bars start at 1 (cuDNN's time): right when faster, left when slower
-            ax.barh(y + (i - (len(impls) - 1) / 2) * width, widths, width, left=1.0,
-                    color=colors[impl], label=impl)
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlim(min(lo, 0.9) / 1.15, max(hi, 1.1) * 1.15)
-        ax.xaxis.set_major_locator(FixedLocator([2.0 ** k for k in range(-6, 7)]))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"speedup over {base} (log scale; right of 1x = faster)")
-        ax.set_title(direction, fontsize=10)
-        ax.grid(True, axis="x", which="both", alpha=0.3)
-    ax0 = axes[0, 0]
-    ax0.set_yticks(y)
-    ax0.set_yticklabels(labels, fontsize=8)
-    ax0.set_ylim(len(labels) - 0.5, -0.5)
-    handles, names = ax0.get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper right", fontsize=8, ncol=min(3, len(impls)))
-    fig.suptitle(f"Speedup over {base} per layer, {gpu}\n{precision}, {layout}", x=0.02,
-                 ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(min(lo, 0.9) / 1.15, max(hi, 1.1) * 1.15)
+    ax.xaxis.set_major_locator(FixedLocator([2.0 ** k for k in range(-6, 7)]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"speedup over {base} (log scale; right of 1x = faster)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper right", fontsize=8,
+               ncol=min(3, len(impls)))
+    fig.suptitle(f"Speedup over {base} per layer and direction, {gpu}\n{precision}, {layout}",
+                 x=0.02, ha="left", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))  # room for the title and the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -671,8 +850,17 @@ def _layer_table(rows):
         "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
                     rows["speedup"]],
         "rel. error": [_num(v, ".1e") for v in rows["rel_err"]],
+        "configs": rows["configs"],
+        "timing": [timing_label(t) for t in rows["timing"]],
     })
-    return out
+    return _with_commit(out, rows)
+
+
+def _with_commit(table, rows):
+    """A commit column first where the rows come from more than one run."""
+    if rows["git_sha"].nunique() > 1:
+        table.insert(0, "commit", rows["git_sha"].values)
+    return table
 
 
 def _pool_table(rows):
@@ -696,7 +884,8 @@ def _pool_table(rows):
         "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
                     rows["speedup"]],
         "rel. error": [_num(v, ".1e") for v in rows["rel_err"]],
-    })
+        "timing": [timing_label(t) for t in rows["timing"]],
+    }).pipe(_with_commit, rows)
 
 
 def _train_table(rows):
@@ -717,7 +906,7 @@ def _train_table(rows):
         "speedup": [(_num(v, ".2f") + "x") if not math.isnan(v) else "" for v in
                     rows["speedup"]],
         "note": rows["note"],
-    })
+    }).pipe(_with_commit, rows)
 
 
 def _tune_section(tune) -> list[str]:
@@ -773,10 +962,154 @@ def _run_devices(path: Path) -> list[str]:
     return [str(config[k]) for k in ("gpu", "device_name", "device") if config.get(k)][:1]
 
 
-def build(results, out: Path, figures: Path | None = None) -> Path:
-    """Write the report and its figures; returns the report's path."""
+READING_GUIDE = (
+    "How to read it: *speedup* is the cuDNN time (`F.conv2d` + `F.relu` (+ `F.max_pool2d`), "
+    "`torch.backends.cudnn.benchmark = True`, same dtype and memory format) over the "
+    "implementation's time, above 1 is faster, both measured in the same run (one commit on one "
+    "GPU); on a CPU run the baseline is PyTorch's own kernels. Where a run measured a case more "
+    "than once, its newest row counts. Times are medians (p20-p80 beside them) of "
+    "`triton.testing.do_bench` (*timing* `do_bench`: the L2 cache is flushed before every call), "
+    "or, for the small cases whose roofline time is under 0.1 ms, where eager timing would "
+    "measure the host's kernel launches, of CUDA graph replays (`do_bench_cudagraph`, *timing* "
+    "`cudagraph`: no L2 flush between replays), every implementation of the case alike but "
+    "torch.compile in max-autotune mode; the first call (compilation, autotuning, cuDNN's "
+    "algorithm search) is not timed. *configs*: `tuned` where every kernel launch ran a winner "
+    "tuned for its own shape, `heuristic` where none did. Directions: `backward` is dX, dW and db; "
+    "`backward-dx` and `backward-dw` are dX and dW alone. TFLOP/s counts "
+    "2·N·K·P·Q·(C/groups)·R·S per forward, dX or dW, twice that per backward; GB/s counts the "
+    "fewest bytes each op must move (reports/suites.py). *% of peak* is against the "
+    "bf16/fp16/TF32/fp32/fp64 matmul rate measured on the same card; *% of copy* against its "
+    "measured device-to-device copy bandwidth. dtype `tf32` is float32 with TF32 allowed on "
+    "both sides, `ieee` float32 without. *rel. error* is ‖out − ref‖ / ‖ref‖ of the "
+    "implementation's output against PyTorch's op in IEEE float32 (float64 for fp64 cases) on "
+    "the same inputs.")
+
+
+def _intro(df, results) -> list[str]:
+    src = ", ".join(f"`{p}`" for p in results)
+    lines = ["# tritoncnn performance report", "",
+             f"Generated by `tritoncnn report` from {len(df)} benchmark rows found under {src}. "
+             "Regenerate with `tritoncnn report`; the CSVs hold every number below.", "",
+             READING_GUIDE, ""]
+    if df.empty:
+        return lines + ["No benchmark rows found: run `tritoncnn bench` on a GPU first "
+                        "(or `bash reports/gpu_check.sh OUTDIR`).", ""]
+    return lines + ["## Headline", "", headline_markdown(df)]
+
+
+def _run_table(g) -> list[str]:
     import pandas as pd
 
+    meta = {
+        "torch": ", ".join(sorted(set(g["torch"]) - {""})),
+        "triton": ", ".join(sorted(set(g["triton"]) - {""})),
+        "git sha": ", ".join(sorted(set(g["git_sha"]) - {"", "-"})),
+        "measured": f"{g['timestamp'].min()} to {g['timestamp'].max()}",
+        "rows": ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()),
+    }
+    return [markdown_table(pd.DataFrame({"": list(meta), "value": list(meta.values())}))]
+
+
+def _ceiling_lines(c: dict | None) -> list[str]:
+    import pandas as pd
+
+    lines = ["### Measured ceilings", ""]
+    if not c:
+        return lines + ["_No ceiling rows: % of peak is left blank._", ""]
+    crow = [(f"matmul {p}", f"{_sig(v)} TFLOP/s") for p, v in c["matmul"].items()]
+    crow.append(("device-to-device copy (read + write)", f"{_sig(c['copy'])} GB/s"))
+    return lines + [markdown_table(pd.DataFrame(crow, columns=["ceiling", "measured"]))]
+
+
+def _geomean_lines(g) -> list[str]:
+    base = baseline_name(g)
+    lines = [f"### Geometric-mean speedup over {base}", "",
+             f"Per run, suite, op, dtype, layout and direction: the geometric mean over the layers "
+             f"measured of the {base} time over the implementation's time.", ""]
+    gm = geomean_speedups(g)
+    if gm.empty:
+        return lines + ["_No implementation was timed beside its baseline._", ""]
+    t = gm.drop(columns=["gpu", "dtype"]).assign(
+        geomean=gm["geomean"].map(_times), min=gm["min"].map(_times), max=gm["max"].map(_times))
+    t = t.rename(columns={"precision": "dtype (precision)", "git_sha": "commit"})
+    if gm["git_sha"].nunique() == 1:
+        t = t.drop(columns=["commit"])
+    return lines + [markdown_table(t)]
+
+
+def _figure_lines(g, gpu: str, ceil: dict, figures: Path, link) -> list[str]:
+    lines = []
+    for prec in g["precision"].unique():
+        p = fig_speedup(g, gpu, prec, figures / f"speedup_{_slug(gpu)}_{_slug(prec)}.png")
+        if p:
+            lines += [f"![speedup, {gpu}, {prec}]({link(p)})", ""]
+        p = fig_roofline(g, gpu, prec, ceil, figures / f"roofline_{_slug(gpu)}_{_slug(prec)}.png")
+        if p:
+            lines += [f"![roofline, {gpu}, {prec}]({link(p)})", ""]
+    return lines
+
+
+TRAIN_GUIDE = (
+    "Synthetic data, SGD with momentum, autocast for bf16/fp16; the first steps (compilation, "
+    "autotuning) are not timed. *steps*: run eagerly from Python (the host's launch overhead "
+    "included), or captured once in a CUDA graph and replayed (the GPU's time alone). *speedup* "
+    "is the torch backend's step time over this backend's, in the same mode.")
+
+
+def _table_sections(g, gpu: str, ceil: dict, figures: Path, link) -> list[str]:
+    """Per-layer conv tables per suite, the max-pool table and figure, the training steps, and
+    the cases that did not run."""
+    lines = []
+    conv = g[g["op"].isin(("conv_relu", "conv_relu_pool"))]
+    for suite, s in conv.groupby("suite", sort=False):
+        lines += [f"### {suite}: time, TFLOP/s, % of peak, speedup per layer", "",
+                  markdown_table(_layer_table(s))]
+    pool = g[g["op"] == "pool"]
+    if len(pool):
+        lines += ["### Max-pool: GB/s and % of copy bandwidth", "",
+                  markdown_table(_pool_table(pool))]
+        p = fig_pool(g, gpu, ceil, figures / f"pool_bandwidth_{_slug(gpu)}.png")
+        if p:
+            lines += [f"![max-pool bandwidth, {gpu}]({link(p)})", ""]
+    train = g[g["op"] == "train_step"]
+    if len(train):
+        lines += ["### Training step: time, images/s, peak memory", "", TRAIN_GUIDE, "",
+                  markdown_table(_train_table(train))]
+    bad = g[g["status"] != "ok"]
+    if len(bad):
+        summary = (bad.groupby(["status", "implementation", "op", "note"], sort=False)
+                   .size().reset_index(name="cases"))
+        lines += ["### Skipped and failed cases", "",
+                  markdown_table(summary[["status", "implementation", "op", "cases", "note"]])]
+    return lines
+
+
+def _gpu_section(g, gpu: str, ceil: dict, figures: Path, link) -> list[str]:
+    return [f"## {gpu}", "", *_run_table(g), *_ceiling_lines(ceil.get(gpu)), *_geomean_lines(g),
+            *_figure_lines(g, gpu, ceil, figures, link),
+            *_table_sections(g, gpu, ceil, figures, link)]
+
+
+def _curves_section(curves, figures: Path, link) -> list[str]:
+    lines = ["## Training runs", ""]
+    for path, df in curves:
+        if "epoch" in df.columns and "step" not in df.columns:
+            last = df.groupby("backend").tail(1) if "backend" in df.columns else df.tail(1)
+            last = last.apply(lambda c: c.map(_sig) if c.dtype.kind == "f" else c)
+            on = ", ".join(_run_devices(path))
+            lines += [f"Last epoch of `{path}`{f' ({on})' if on else ''}:", "",
+                      markdown_table(last)]
+    devices = sorted({d for path, _ in curves for d in _run_devices(path)})
+    p = fig_curves(curves, figures / "training_curves.png",
+                   "Training curves, tritoncnn and torch backends, "
+                   + (", ".join(devices) if devices else "device not recorded"))
+    if p:
+        lines += [f"![training curves]({link(p)})", ""]
+    return lines
+
+
+def build(results, out: Path, figures: Path | None = None) -> Path:
+    """Write the report and its figures; returns the report's path."""
     out = Path(out)
     figures = Path(figures) if figures else out.parent / "figures"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -788,157 +1121,67 @@ def build(results, out: Path, figures: Path | None = None) -> Path:
     def link(path: Path) -> str:
         return os.path.relpath(path, out.parent).replace(os.sep, "/")
 
-    src = ", ".join(f"`{p}`" for p in results)
-    lines = [
-        "# tritoncnn performance report",
-        "",
-        f"Generated by `tritoncnn report` from {len(df)} benchmark rows found under {src}. "
-        "Regenerate with `tritoncnn report`; the CSVs hold every number below.",
-        "",
-        "How to read it: *speedup* is the cuDNN time (`F.conv2d` + `F.relu` (+ `F.max_pool2d`), "
-        "`torch.backends.cudnn.benchmark = True`, same dtype and memory format) over the "
-        "implementation's time, above 1 is faster; on a CPU run the baseline is PyTorch's own "
-        "kernels. Times are medians of `triton.testing.do_bench` (p20-p80 beside them), from "
-        "CUDA graphs (`do_bench_cudagraph`, every implementation of the case alike but "
-        "torch.compile) for the small cases whose roofline time is under 0.1 ms, where eager "
-        "timing would measure the host's kernel launches; the first "
-        "call (compilation, autotuning, cuDNN's algorithm search) is not timed. TFLOP/s counts "
-        "2·N·K·P·Q·(C/groups)·R·S per forward and twice that per backward; GB/s counts the fewest "
-        "bytes each op must move (reports/suites.py). *% of peak* is against the bf16/fp16/TF32/"
-        "fp32/fp64 matmul rate measured on the same card in the same run; *% of copy* against its "
-        "measured device-to-device copy bandwidth. dtype `tf32` is float32 with TF32 allowed on "
-        "both sides, `ieee` float32 without. *rel. error* is ‖out − ref‖ / ‖ref‖ of the "
-        "implementation's output against PyTorch's op in IEEE float32 (float64 for fp64 cases) on "
-        "the same inputs.",
-        "",
-    ]
-    if df.empty:
-        lines += ["No benchmark rows found: run `tritoncnn bench` on a GPU first "
-                  "(or `bash reports/gpu_check.sh OUTDIR`).", ""]
-    else:
-        lines += ["## Headline", "", headline_markdown(df)]
+    lines = _intro(df, results)
     for gpu, g in df.groupby("gpu", sort=False) if not df.empty else []:
-        gs = _slug(gpu)
-        lines += [f"## {gpu}", ""]
-        meta = {
-            "torch": ", ".join(sorted(set(g["torch"]) - {""})),
-            "triton": ", ".join(sorted(set(g["triton"]) - {""})),
-            "git sha": ", ".join(sorted(set(g["git_sha"]) - {""})),
-            "measured": f"{g['timestamp'].min()} to {g['timestamp'].max()}",
-            "rows": ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()),
-        }
-        lines += [markdown_table(pd.DataFrame({"": list(meta), "value": list(meta.values())}))]
-        c = ceil.get(gpu)
-        lines += ["### Measured ceilings", ""]
-        if c:
-            crow = [(f"matmul {p}", f"{_sig(v)} TFLOP/s") for p, v in c["matmul"].items()]
-            crow.append(("device-to-device copy (read + write)", f"{_sig(c['copy'])} GB/s"))
-            lines += [markdown_table(pd.DataFrame(crow, columns=["ceiling", "measured"]))]
-        else:
-            lines += ["_No ceiling rows: % of peak is left blank._", ""]
-
-        base = baseline_name(g)
-        lines += [f"### Geometric-mean speedup over {base}", "",
-                  f"Per suite, op, dtype, layout and direction: the geometric mean over layers of "
-                  f"the {base} time over the implementation's time.", ""]
-        gm = geomean_speedups(g)
-        if len(gm):
-            t = gm.drop(columns=["gpu"]).assign(
-                geomean=gm["geomean"].map(_times), min=gm["min"].map(_times),
-                max=gm["max"].map(_times))
-            lines += [markdown_table(t.rename(columns={"precision": "dtype (precision)"})
-                                     .drop(columns=["dtype"]))]
-        else:
-            lines += ["_No implementation was timed beside its baseline._", ""]
-
-        for prec in g["precision"].unique():
-            for kind, fn in (("speedup", fig_speedup), ("roofline", fig_roofline)):
-                p = figures / f"{kind}_{gs}_{_slug(prec)}.png"
-                made = fn(g, gpu, prec, p) if kind == "speedup" else fn(g, gpu, prec, ceil, p)
-                if made:
-                    lines += [f"![{kind}, {gpu}, {prec}]({link(made)})", ""]
-
-        conv = g[g["op"].isin(("conv_relu", "conv_relu_pool"))]
-        for suite, s in conv.groupby("suite", sort=False):
-            lines += [f"### {suite}: time, TFLOP/s, % of peak, speedup per layer", "",
-                      markdown_table(_layer_table(s))]
-
-        pool = g[g["op"] == "pool"]
-        if len(pool):
-            lines += ["### Max-pool: GB/s and % of copy bandwidth", "",
-                      markdown_table(_pool_table(pool))]
-            p = fig_pool(g, gpu, ceil, figures / f"pool_bandwidth_{gs}.png")
-            if p:
-                lines += [f"![max-pool bandwidth, {gpu}]({link(p)})", ""]
-
-        train = g[g["op"] == "train_step"]
-        if len(train):
-            lines += ["### Training step: time, images/s, peak memory", "",
-                      "Synthetic data, SGD with momentum, autocast for bf16/fp16; the first "
-                      "steps (compilation, autotuning) are not timed. *steps*: run eagerly from "
-                      "Python (the host's launch overhead included), or captured once in a CUDA "
-                      "graph and replayed (the GPU's time alone). *speedup* is the torch "
-                      "backend's step time over this backend's, in the same mode.", "",
-                      markdown_table(_train_table(train))]
-
-        bad = g[g["status"] != "ok"]
-        if len(bad):
-            lines += ["### Skipped and failed cases", ""]
-            summary = (bad.groupby(["status", "implementation", "op", "note"], sort=False)
-                       .size().reset_index(name="cases"))
-            lines += [markdown_table(summary[["status", "implementation", "op", "cases",
-                                              "note"]])]
-
+        lines += _gpu_section(g, gpu, ceil, figures, link)
     if tune:
         lines += _tune_section(tune)
     if curves:
-        lines += ["## Training runs", ""]
-        for path, df in curves:
-            if "epoch" in df.columns and "step" not in df.columns:
-                last = df.groupby("backend").tail(1) if "backend" in df.columns else df.tail(1)
-                last = last.apply(lambda c: c.map(_sig) if c.dtype.kind == "f" else c)
-                on = ", ".join(_run_devices(path))
-                lines += [f"Last epoch of `{path}`{f' ({on})' if on else ''}:", "",
-                          markdown_table(last)]
-        devices = sorted({d for path, _ in curves for d in _run_devices(path)})
-        p = fig_curves(curves, figures / "training_curves.png",
-                       "Training curves, tritoncnn and torch backends, "
-                       + (", ".join(devices) if devices else "device not recorded"))
-        if p:
-            lines += [f"![training curves]({link(p)})", ""]
-
+        lines += _curves_section(curves, figures, link)
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out
 
 
-def main(args) -> int:
-    results = args.results or ["reports/results"]
-    added = args.add or []
+def report_path(out: str | Path) -> Path:
+    """``--out`` as the report's path: a folder (one that exists, or a name without a suffix)
+    gets REPORT.md inside it."""
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return out / "REPORT.md"
+    return out
+
+
+def _fail(message: str) -> int:
+    print(f"tritoncnn report: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_arguments(args, results: list[str]) -> None:
+    """Raise ValueError, naming the argument, for what would stop the report half-way."""
     if args.readme:
         try:
             _headline_span(Path(args.readme))
         except (OSError, ValueError) as err:
-            print(f"tritoncnn report: --readme: {err}")
-            return 2
-    missing = [r for r in added if not Path(r).exists()]
+            raise ValueError(f"--readme: {err}") from None
+    missing = [r for r in args.add or [] if not Path(r).exists()]
     if missing:
-        print(f"tritoncnn report: --add: no such path: {', '.join(missing)}")
-        return 2
-    if added:
-        into = Path(results[0])
-        if into.suffix == ".csv":
-            print(f"tritoncnn report: --add copies into a results folder, and --results names a "
-                  f"file: {into}")
-            return 2
-        for dest in add_results(added, into):
-            print(f"tritoncnn report: added {dest}")
-    # the default folder may not exist yet (no results committed): an empty report says so
+        raise ValueError(f"--add: no such path: {', '.join(missing)}")
+    if args.add and Path(results[0]).suffix == ".csv":
+        raise ValueError(f"--add copies into a results folder, and --results names a file: "
+                         f"{results[0]}")
+    # the default folder may be missing (nothing committed yet): the CSV check below says so
     missing = [r for r in args.results or [] if not Path(r).exists()]
     if missing:
-        print(f"tritoncnn report: no such path: {', '.join(missing)} (run `tritoncnn bench` "
-              "first, or name the results with --results)")
-        return 2
-    path = build(results, Path(args.out), Path(args.figures) if args.figures else None)
+        raise ValueError(f"--results: no such path: {', '.join(missing)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() and out.suffix.lower() != ".md":
+        raise ValueError(f"--out: {out} is neither a folder nor a .md file")
+
+
+def main(args) -> int:
+    results = args.results or ["reports/results"]
+    try:
+        _check_arguments(args, results)
+    except ValueError as err:
+        return _fail(str(err))
+    if args.add:
+        for dest in add_results(args.add, Path(results[0])):
+            print(f"tritoncnn report: added {dest}")
+    if not find_csvs(results):
+        return _fail(f"--results: no CSV files under {', '.join(map(str, results))}: run "
+                     "`tritoncnn bench` (or `bash reports/gpu_check.sh OUTDIR` and "
+                     "`tritoncnn report --add OUTDIR`) first")
+    path = build(results, report_path(args.out), Path(args.figures) if args.figures else None)
     print(f"tritoncnn report: wrote {path}")
     if args.readme:
         readme = Path(args.readme)

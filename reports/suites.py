@@ -4,10 +4,12 @@ The conv shapes come from ``bench_suite.csv`` beside this file (VGG-16 at 224, R
 ResNet-9, airbench94, LeNet-5); the pool-only shapes are listed here. Counting rules:
 
 * conv FLOPs = 2 * N * K * P * Q * (C / groups) * R * S (a multiply and an add per MAC);
-  backward does two such products (dX and dW), forward+backward three;
+  backward does two such products (dX and dW), ``backward-dx`` and ``backward-dw`` one each,
+  forward+backward three;
 * minimum bytes: every tensor the op must read once plus every tensor it must write once, at the
   benchmark's element size. Forward conv reads X, W, b and writes Y (the pooled Y when a 2x2 pool is
   fused). Backward reads X, W, dY and the saved output Y (the ReLU mask) and writes dX, dW, db;
+  dX alone reads W, dY, Y and writes dX; dW alone reads X, dY, Y and writes dW;
 * pool: forward reads X and writes Y; backward reads dY and writes dX. Whatever an implementation
   keeps for its backward (tritoncnn's int8 offsets, PyTorch's int64 indices) is its own overhead and
   not counted.
@@ -21,7 +23,10 @@ from pathlib import Path
 
 SUITE_CSV = Path(__file__).with_name("bench_suite.csv")
 
-DIRECTIONS = ("forward", "backward", "forward+backward")
+#: forward; backward (dX, dW and db); dX alone; dW alone; forward and backward together
+DIRECTIONS = ("forward", "backward", "backward-dx", "backward-dw", "forward+backward")
+#: a max-pool has no weight: its backward is dX alone
+POOL_DIRECTIONS = ("forward", "backward", "forward+backward")
 
 #: bytes per element of each benchmark dtype name
 ELEMENT_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
@@ -101,11 +106,12 @@ class PoolShape:
 def conv_flops(N: int, C: int, H: int, W: int, K: int, R: int, S: int, stride: int = 1,
                pad: int = 0, dilation: int = 1, groups: int = 1,
                direction: str = "forward") -> int:
-    """FLOPs of a conv layer: 2*N*K*P*Q*(C/groups)*R*S forward; twice that backward (dX, dW)."""
+    """FLOPs of a conv layer: 2*N*K*P*Q*(C/groups)*R*S forward, dX alone or dW alone; twice that
+    backward (dX and dW)."""
     P = conv_out_size(H, R, stride, pad, dilation)
     Q = conv_out_size(W, S, stride, pad, dilation)
     forward = 2 * N * K * P * Q * (C // groups) * R * S
-    return forward * _passes(direction, 1, 2)
+    return forward * _passes(direction)
 
 
 def conv_min_bytes(N: int, C: int, H: int, W: int, K: int, R: int, S: int, stride: int = 1,
@@ -113,7 +119,8 @@ def conv_min_bytes(N: int, C: int, H: int, W: int, K: int, R: int, S: int, strid
                    fused_pool: int = 0, bias: bool = True, direction: str = "forward") -> int:
     """Fewest bytes a conv (+ bias + ReLU, + an F x F pool when ``fused_pool`` = F) moves.
 
-    Forward: read X, W, b; write Y (pooled when fused). Backward: read X, W, dY, Y; write dX, dW, db.
+    Forward: read X, W, b; write Y (pooled when fused). Backward: read X, W, dY, Y; write dX, dW,
+    db. dX alone: read W, dY, Y; write dX. dW alone: read X, dY, Y; write dW.
     """
     P = conv_out_size(H, R, stride, pad, dilation)
     Q = conv_out_size(W, S, stride, pad, dilation)
@@ -125,7 +132,8 @@ def conv_min_bytes(N: int, C: int, H: int, W: int, K: int, R: int, S: int, strid
     y = N * K * P * Q
     fwd = x + w + b + y
     bwd = (x + w + y + y) + (x + w + b)
-    return element_size * {"forward": fwd, "backward": bwd, "forward+backward": fwd + bwd}[
+    return element_size * {"forward": fwd, "backward": bwd, "backward-dx": w + y + y + x,
+                           "backward-dw": x + y + y + w, "forward+backward": fwd + bwd}[
         _check_direction(direction)]
 
 
@@ -137,7 +145,7 @@ def pool_min_bytes(N: int, C: int, H: int, W: int, kernel: int = 2, stride: int 
     Q = conv_out_size(W, kernel, stride, pad)
     x, y = N * C * H * W, N * C * P * Q
     return element_size * {"forward": x + y, "backward": y + x, "forward+backward": 2 * (x + y)}[
-        _check_direction(direction)]
+        _check_direction(direction, POOL_DIRECTIONS)]
 
 
 def matmul_flops(M: int, N: int, K: int) -> int:
@@ -149,15 +157,20 @@ def copy_bytes(numel: int, element_size: int) -> int:
     return 2 * numel * element_size
 
 
-def _check_direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+def _check_direction(direction: str, known: tuple[str, ...] = DIRECTIONS) -> str:
+    if direction not in known:
+        raise ValueError(f"direction must be one of {known}, got {direction!r}")
     return direction
 
 
-def _passes(direction: str, forward: int, backward: int) -> int:
-    return {"forward": forward, "backward": backward, "forward+backward": forward + backward}[
-        _check_direction(direction)]
+def _passes(direction: str) -> int:
+    """Forward-sized GEMMs a conv direction computes."""
+    return {"forward": 1, "backward": 2, "backward-dx": 1, "backward-dw": 1,
+            "forward+backward": 3}[_check_direction(direction)]
+
+
+def directions_for(shape: ConvShape | PoolShape) -> tuple[str, ...]:
+    return POOL_DIRECTIONS if isinstance(shape, PoolShape) else DIRECTIONS
 
 
 def shape_flops(shape: ConvShape | PoolShape, direction: str) -> int:

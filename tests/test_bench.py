@@ -4,10 +4,10 @@ file, and ``tritoncnn bench`` on tiny shapes with the torch implementation (and 
 from __future__ import annotations
 
 import argparse
-
 import csv
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,9 +34,11 @@ def test_conv_flops_by_hand():
     assert S.conv_flops(2, 8, 5, 5, 4, 3, 3, 1, 1, groups=2) == 2 * 2 * 4 * 5 * 5 * 4 * 3 * 3
     # dilation 2: effective 5x5 window, 9 -> 5 without padding
     assert S.conv_flops(1, 1, 9, 9, 1, 3, 3, dilation=2) == 2 * 5 * 5 * 9
-    # backward is dX and dW: two forward-sized products
+    # backward is dX and dW: two forward-sized products; each alone is one
     fwd = S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1)
     assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward") == 2 * fwd
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward-dx") == fwd
+    assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="backward-dw") == fwd
     assert S.conv_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, direction="forward+backward") == 3 * fwd
     with pytest.raises(ValueError, match="direction"):
         S.conv_flops(1, 1, 3, 3, 1, 1, 1, direction="sideways")
@@ -56,6 +58,11 @@ def test_conv_bytes_by_hand():
     assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward") == \
         4 * (32 + 6 + 48 + 48 + 32 + 6 + 3)
     assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, bias=False) == 4 * (32 + 6 + 48)
+    # dX alone reads W, dY, Y and writes dX; dW alone reads X, dY, Y and writes dW
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward-dx") == \
+        4 * (6 + 48 + 48 + 32)
+    assert S.conv_min_bytes(1, 2, 4, 4, 3, 1, 1, element_size=4, direction="backward-dw") == \
+        4 * (32 + 48 + 48 + 6)
 
 
 def test_pool_bytes_by_hand():
@@ -68,6 +75,9 @@ def test_pool_bytes_by_hand():
                             direction="forward+backward") == 2 * 513_802_240
     # overlapping 3x3 stride 2 padding 1 on 112: (112 + 2 - 3) // 2 + 1 = 56
     assert S.pool_min_bytes(1, 1, 112, 112, 3, 2, 1, element_size=4) == 4 * (112 * 112 + 56 * 56)
+    # a max-pool has no weight: no dW, and its backward is already dX alone
+    with pytest.raises(ValueError, match="direction"):
+        S.pool_min_bytes(1, 1, 4, 4, 2, element_size=4, direction="backward-dw")
     assert S.copy_bytes(1000, 2) == 4000
     assert S.matmul_flops(2, 3, 4) == 48
 
@@ -120,7 +130,8 @@ def test_bench_float64_cases(tmp_path):
     """--dtype fp64 benchmarks float64 (precision fp64, 8-byte elements in the byte counts), and
     its relative error is taken against a float64 reference: float64 rounding, not float32's."""
     from conftest import DEVICE  # the kernels run where this process runs them
-    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn", "--dtype", "fp64",
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,tritoncnn-unfused",
+                     "--dtype", "fp64",
                      "--ops", "conv_relu_pool", "--direction", "forward", "--layout", "nchw",
                      "--no-ceilings", "--device", DEVICE)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
@@ -140,8 +151,9 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
     ceil = [r for r in rows if r["suite"] == "Ceiling"]
     assert {r["op"] for r in ceil} == {"matmul", "copy"}
     cases = [r for r in rows if r["suite"] == "Tiny"]
-    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2, pool2: 4 ops x 2 layouts x 3 directions
-    assert len(cases) == 4 * 2 * 3
+    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2: 3 conv ops x 5 directions; pool2: 3
+    # directions (no dW, and its backward is dX alone); 2 layouts
+    assert len(cases) == (3 * 5 + 3) * 2
     assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows if r["note"]]
     assert {r["implementation"] for r in cases} == {"torch"}
     assert {r["direction"] for r in cases} == set(S.DIRECTIONS)
@@ -163,17 +175,20 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
     assert conv["shape"] == "2x3x8x8 k4 3x3 s1 p1 -> 8x8"
 
 
-def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypatch):
-    """Stand-in kernels: one works, one raises, one is missing; every case still gets its row."""
+def test_bench_calls_the_public_kernels_and_survives_failures(tmp_path, monkeypatch):
+    """Stand-in kernels: one works, two raise; every case still gets its row."""
     def broken_conv2d_relu(*args, **kwargs):
         raise RuntimeError("stand-in failure")
 
-    monkeypatch.setattr(kernels, "conv2d_relu", broken_conv2d_relu, raising=False)
-    monkeypatch.setattr(kernels, "conv2d_relu_pool", None, raising=False)
-    monkeypatch.setattr(kernels, "max_pool2d", lambda x, k, s=None, p=0: F.max_pool2d(x, k, s, p),
-                        raising=False)
-    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,cudnn", "--layout", "nchw",
-                     "--direction", "forward,forward+backward", "--no-ceilings")
+    def broken_conv2d_relu_pool(*args, **kwargs):
+        raise ValueError("stand-in pool failure")
+
+    monkeypatch.setattr(kernels, "conv2d_relu", broken_conv2d_relu)
+    monkeypatch.setattr(kernels, "conv2d_relu_pool", broken_conv2d_relu_pool)
+    monkeypatch.setattr(kernels, "max_pool2d", lambda x, k, s=None, p=0: F.max_pool2d(x, k, s, p))
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--impl", "tritoncnn,tritoncnn-unfused,cudnn",
+                     "--layout", "nchw", "--direction", "forward,forward+backward",
+                     "--no-ceilings")
     # per direction: conv3x3 conv_relu (tritoncnn, torch), conv3x3 conv_relu_pool (tritoncnn,
     # tritoncnn-unfused, torch), conv1x1_s2 conv_relu (2), pool2 (2)
     assert len(rows) == 2 * (2 + 3 + 2 + 2)
@@ -187,11 +202,13 @@ def test_bench_resolves_kernels_by_name_and_survives_failures(tmp_path, monkeypa
     assert {r["rel_err"] for r in rows if r["implementation"] == "torch"} == {""}
     assert by[("conv_relu", "tritoncnn")] == {"error"}
     assert by[("conv_relu_pool", "tritoncnn-unfused")] == {"error"}
-    assert by[("conv_relu_pool", "tritoncnn")] == {"skipped"}
+    assert by[("conv_relu_pool", "tritoncnn")] == {"error"}
     assert by[("conv_relu", "torch")] == by[("conv_relu_pool", "torch")] == {"ok"}
     notes = {r["note"] for r in rows if r["status"] != "ok"}
-    assert "RuntimeError: stand-in failure" in notes
-    assert "tritoncnn.kernels has no conv2d_relu_pool" in notes
+    assert notes == {"RuntimeError: stand-in failure", "ValueError: stand-in pool failure"}
+    # the unfused composition exists for the fused op alone
+    assert {r["op"] for r in rows if r["implementation"] == "tritoncnn-unfused"} == {
+        "conv_relu_pool"}
     assert all(r["median_ms"] == "" for r in rows if r["status"] != "ok")
 
 
@@ -230,6 +247,10 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
 
         monkeypatch.setattr(autotune, "INTERPRET", False)  # lookups as on a GPU
         monkeypatch.setattr(tuner, "tune_and_store", fake_tune_and_store)
+        # another run's tables in the same file are kept: every tuning a row relies on stays
+        (tmp_path / "tuned").mkdir()
+        pd.DataFrame([dict(model="Earlier/layer", kernel="max_pool_fwd", status="ok",
+                           ms=2.0)]).to_csv(tmp_path / "tuned" / "tune.csv", index=False)
         _, rows = _bench(tmp_path / "tuned", *args, "--tune")
         ours = next(r for r in rows if r["implementation"] == "tritoncnn")
         assert ours["status"] == "ok", ours["note"]
@@ -237,8 +258,9 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         assert ours["configs"] == "tuned" and float(ours["tune_s"]) >= 0.03
         assert float(ours["setup_s"]) >= float(ours["tune_s"])
         table = pd.read_csv(tmp_path / "tuned" / "tune.csv")
+        assert list(table["model"]) == ["Earlier/layer"] + ["Tiny/conv3x3"] * 3
+        table = table.iloc[1:]
         assert sorted(table["kernel"]) == ["conv_dw", "conv_dx", "conv_fwd"]
-        assert set(table["model"]) == {"Tiny/conv3x3"}
         assert set(table["layers"]) == {"conv_relu forward+backward"}
         assert table["gpu"].str.startswith("CPU").all()
 
@@ -261,6 +283,63 @@ def test_bench_tune_tunes_each_missing_launch_once_and_says_where_configs_came_f
         assert ours["status"] == "ok" and ours["configs"] == "2/3 tuned"
     finally:
         autotune.set_default_cache(None)
+
+
+def test_a_bucket_neighbours_winner_does_not_make_a_launch_tuned(tmp_path):
+    """The cache serves a whole shape bucket from one entry: a launch counts as tuned only where
+    the winner was tuned for its own shape."""
+    from tritoncnn import autotune
+
+    store = autotune.ConfigCache(tmp_path / "cache.json")
+    own = {"N": 5, "C": 16, "stride": (1, 1)}
+    neighbour = {"N": 6, "C": 16, "stride": (1, 1)}  # N buckets to 8 for both
+    assert autotune.entry_key("conv_fwd", own, torch.float16, "nhwc") == \
+        autotune.entry_key("conv_fwd", neighbour, torch.float16, "nhwc")
+    store.put("conv_fwd", own, torch.float16, "nhwc", {"BLOCK_M": 64})
+
+    def launch(shape):
+        return autotune.Launch("conv_fwd", shape, torch.float16, "nhwc", {}, {})
+
+    assert bench.tuned_for(store, launch(own))
+    assert not bench.tuned_for(store, launch(neighbour))
+    assert not bench.tuned_for(store, launch({"N": 5, "C": 32, "stride": (1, 1)}))
+
+
+@pytest.mark.parametrize("direction, grads", [
+    ("forward", [False, False, False]), ("backward", [True, True, True]),
+    ("backward-dx", [True, False, False]), ("backward-dw", [False, True, False]),
+    ("forward+backward", [True, True, True])])
+def test_each_direction_asks_for_its_own_gradients(direction, grads):
+    conv = bench.Case(S.TINY_SHAPES[0], "conv_relu", "fp32", "nchw", direction, "cudnn")
+    assert [t.requires_grad for t in bench.make_inputs(conv, torch.device("cpu"))] == grads
+    pool = bench.Case(S.TINY_SHAPES[2], "pool", "fp32", "nchw", direction, "cudnn")
+    if direction in S.POOL_DIRECTIONS:
+        assert [t.requires_grad for t in bench.make_inputs(pool, torch.device("cpu"))] == [
+            direction != "forward"]
+
+
+def test_backward_directions_launch_only_their_kernels(tmp_path, monkeypatch):
+    """dX alone launches the forward and dX kernels, dW alone the forward and dW kernels, the
+    backward both; their rows count one, one and two forward-sized products."""
+    from conftest import DEVICE
+
+    launched = {}
+
+    def spy(launches):
+        launched.setdefault(len(launched), sorted({k.kernel for k in launches}))
+        return "heuristic"
+
+    monkeypatch.setattr(bench, "config_source", spy)
+    _, rows = _bench(tmp_path, "--suite", "Tiny", "--layers", "conv3x3", "--ops", "conv_relu",
+                     "--impl", "tritoncnn", "--layout", "nchw", "--direction",
+                     "backward,backward-dx,backward-dw", "--no-ceilings", "--cpu-reps", "1",
+                     "--device", DEVICE)
+    assert [r["direction"] for r in rows] == ["backward", "backward-dx", "backward-dw"]
+    assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows]
+    assert list(launched.values()) == [["conv_dw", "conv_dx", "conv_fwd"],
+                                       ["conv_dx", "conv_fwd"], ["conv_dw", "conv_fwd"]]
+    fwd = S.shape_flops(S.TINY_SHAPES[0], "forward")
+    assert [int(r["flop"]) for r in rows] == [2 * fwd, fwd, fwd]
 
 
 def test_bench_appends_and_keeps_one_header(tmp_path):
@@ -425,69 +504,164 @@ def test_default_output_folder_names_the_gpu():
     assert bench.slug("CPU x86_64 (2 cores)") == "cpu-x86-64-2-cores"
 
 
+GPU_CHECK = str(Path(bench.__file__).with_name("gpu_check.sh"))
+
+
 def _gpu_check_bench_lines():
-    """The argument lists of the ``bench NAME LIMIT ARGS...`` parts of reports/gpu_check.sh."""
-    import pathlib
+    """The argument lists of the ``bench NAME LIMIT_S ESTIMATE_S ARGS...`` parts of
+    reports/gpu_check.sh."""
     import shlex
 
-    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh").read_text()
-    text = script.replace("\\\n", " ")
+    text = Path(GPU_CHECK).read_text().replace("\\\n", " ")
     parts = []
     for line in text.splitlines():
+        if not line.startswith("bench "):
+            continue
         words = shlex.split(line, comments=True)
-        if len(words) > 2 and words[0] == "bench" and words[1].isdigit():
-            parts.append((words[2], words[3:]))
+        if len(words) > 3 and words[0] == "bench" and words[2].isdigit() and words[3].isdigit():
+            parts.append((words[1], words[4:]))
     return parts
 
 
 def test_gpu_check_script_parses_and_its_bench_parts_select_cases(capsys):
     """The GPU run has one try: its shell must parse and every bench part's arguments must be
     accepted and select something (checked with --list, which needs no GPU)."""
-    import pathlib
     import subprocess
 
-    script = pathlib.Path(bench.__file__).with_name("gpu_check.sh")
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert subprocess.run(["bash", "-n", GPU_CHECK]).returncode == 0
+    usage = subprocess.run(["bash", GPU_CHECK], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
     parts = _gpu_check_bench_lines()
-    assert {name for name, _ in parts} >= {"bench-quick", "bench-tuned", "bench-bwd",
-                                           "bench-conv", "bench-pool", "bench-train"}
+    assert {name for name, _ in parts} >= {"headline-conv", "headline-compile", "headline-pool",
+                                           "headline-train", "bench-quick", "bench-tuned",
+                                           "bench-bwd", "bench-conv", "bench-pool"}
     for name, args in parts:
         capsys.readouterr()
         assert cli.main(["bench", *args, "--list"]) == 0, name
         assert capsys.readouterr().out.strip(), f"{name} selects no case"
 
 
-def test_gpu_check_runs_only_the_parts_named(tmp_path):
-    """PARTS picks the parts a rerun needs (install and env always run first); DRY_RUN says what
-    each would run; a name that is no part is refused before anything runs."""
+def test_gpu_check_headline_measures_every_vgg16_layer_in_every_direction(capsys):
+    """The headline part's cases: VGG-16's 13 conv layers and 5 fused-pool layers in every
+    direction on both sides, torch.compile's default mode forward on the 13, every Pool size."""
+    parts = dict(_gpu_check_bench_lines())
+    capsys.readouterr()
+    assert cli.main(["bench", *parts["headline-conv"], "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    for direction in S.DIRECTIONS:
+        for op, layers in (("conv_relu", 13), ("conv_relu_pool", 5)):
+            for impl in ("tritoncnn", "cudnn"):
+                mine = [ln for ln in listed if f" {op} bf16 channels_last {direction} {impl} " in ln]
+                assert len(mine) == layers, (op, direction, impl)
+    assert cli.main(["bench", *parts["headline-compile"], "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 13 and all(" forward compile-default " in ln for ln in listed)
+    assert cli.main(["bench", *parts["headline-pool"], "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(S.POOL_SHAPES) * 3 * 2
+
+
+def _dry_run(outdir, **env):
     import os
-    import pathlib
-    import re
     import subprocess
 
-    script = str(pathlib.Path(bench.__file__).with_name("gpu_check.sh"))
-    env = dict(os.environ, DRY_RUN="1", PARTS="bench-pool,train")
-    run = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True,
-                         text=True)
+    env = dict(os.environ, DRY_RUN="1", **env)
+    return subprocess.run(["bash", GPU_CHECK, str(outdir)], env=env, capture_output=True,
+                          text=True)
+
+
+def test_gpu_check_runs_only_the_parts_named(tmp_path):
+    """PARTS picks the parts a rerun needs (install and env always run first); DRY_RUN says what
+    each would run and about how long it takes; a name that is no part is refused before
+    anything runs."""
+    import re
+
+    run = _dry_run(tmp_path / "out", PARTS="bench-pool,train")
     assert run.returncode == 0, run.stderr
     ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
     assert ran == ["install", "env", "train", "bench-pool"]  # the script's order, not PARTS'
-    assert "--suite Pool" in run.stdout and not (tmp_path / "out" / "bench.csv").exists()
+    assert "--suite Pool" in run.stdout and not (tmp_path / "out").exists()
 
-    # all parts by default, what the report needs first: should time run short, the tuning, the
-    # fuller suites, the CPU tests compiled and torch.compile are what it loses
-    del env["PARTS"]
-    run = subprocess.run(["bash", script, str(tmp_path / "all")], env=env, capture_output=True,
-                         text=True)
-    ran = re.findall(r"\] ([\w-]+): would run", run.stdout)
-    assert ran == ["install", "env", "tests-gpu", "bench-quick", "bench-train", "train",
-                   "bench-tuned", "bench-bwd", "bench-conv", "bench-pool", "tests-rest",
+    # all parts by default, the headline first: should time run short, the tuning, the fuller
+    # suites, the CPU tests compiled and torch.compile's max-autotune are what it loses
+    run = _dry_run(tmp_path / "all")
+    ran = re.findall(r"\] ([\w-]+): (?:would run|not run)", run.stdout)
+    assert ran == ["install", "env", "headline-conv", "headline-compile", "headline-pool",
+                   "headline-train", "tests-gpu", "bench-quick", "train", "bench-tuned",
+                   "bench-bwd", "bench-conv", "bench-tf32", "bench-pool", "tests-rest",
                    "bench-compile"]
 
-    env["PARTS"] = "bench-pool tests-all"
-    bad = subprocess.run(["bash", script, str(tmp_path / "bad")], env=env, capture_output=True,
-                         text=True)
+    # PARTS=headline: its parts alone, planned at about four minutes, install and env included
+    run = _dry_run(tmp_path / "h", PARTS="headline")
+    ran = re.findall(r"\] ([\w-]+): would run \(about (\d+)s", run.stdout)
+    assert [name for name, _ in ran] == ["install", "env", "headline-conv", "headline-compile",
+                                         "headline-pool", "headline-train"]
+    planned = int(re.search(r"planned about (\d+)s in all", run.stdout).group(1))
+    assert planned == sum(int(s) for _, s in ran) and 180 <= planned <= 270
+
+    bad = _dry_run(tmp_path / "bad", PARTS="bench-pool tests-all")
     assert bad.returncode == 2 and "unknown part 'tests-all'" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def _pwned(tmp_path) -> list:
+    """Files the hostile names' commands would make: the script runs from the repository root."""
+    places = [Path(GPU_CHECK).resolve().parent.parent, Path.cwd()]
+    return list(tmp_path.rglob("PWNED")) + [p / "PWNED" for p in places if (p / "PWNED").exists()]
+
+
+HOSTILE = ["out dir with spaces", "$(touch PWNED)", "x'; touch PWNED; echo '", 'a"b `touch PWNED`',
+           "-leading dash"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_gpu_check_dry_run_writes_nothing_into_outdir(tmp_path, name):
+    """DRY_RUN leaves an earlier run's files as they are and runs nothing from the path."""
+    outdir = tmp_path / name
+    outdir.mkdir()
+    (outdir / "run.log").write_text("earlier run\n")
+    (outdir / "env.txt").write_text("earlier env\n")
+    run = _dry_run(outdir, PARTS="headline,train,tests-gpu")
+    assert run.returncode == 0, run.stderr
+    assert (outdir / "run.log").read_text() == "earlier run\n"
+    assert (outdir / "env.txt").read_text() == "earlier env\n"
+    assert sorted(p.name for p in outdir.iterdir()) == ["env.txt", "run.log"]
+    assert not _pwned(tmp_path)
+    assert f"output in {outdir}," in run.stdout
+
+
+STUB = """#!/bin/sh
+# a stand-in for python: records its arguments, one a line, and a blank line after each call
+for a in "$@"; do printf '%s\\n' "$a"; done >> "$STUB_LOG"
+echo >> "$STUB_LOG"
+"""
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_gpu_check_passes_a_hostile_outdir_as_data(tmp_path, name):
+    """A real run with a stand-in PYTHON: every part gets OUTDIR as one argument (bench's --out,
+    train's --out OUTDIR/train), tests.log and run.log land inside it, and no shell code in the
+    name runs."""
+    import os
+    import subprocess
+
+    stub = tmp_path / "stub-python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.txt"
+    outdir = tmp_path / "runs" / name
+    env = dict(os.environ, PYTHON=str(stub), STUB_LOG=str(log), TOTAL_S="200",
+               PARTS="headline-pool,train,tests-gpu")
+    env.pop("DRY_RUN", None)
+    run = subprocess.run(["bash", GPU_CHECK, str(outdir)], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    calls = [c.split("\n") for c in log.read_text().strip("\n").split("\n\n")]
+    bench_call = next(c for c in calls if "bench" in c)
+    assert bench_call[bench_call.index("--out") + 1] == str(outdir)
+    train_calls = [c for c in calls if "train" in c]
+    assert train_calls and all(c[c.index("--out") + 1] == str(outdir / "train")
+                               for c in train_calls)
+    assert any("pytest" in c and "gpu" in c for c in calls)
+    assert {"run.log", "tests.log"} <= {p.name for p in outdir.iterdir()}
+    assert "headline-pool: exit 0" in (outdir / "run.log").read_text()
+    assert not _pwned(tmp_path)

@@ -56,13 +56,14 @@ def results(tmp_path):
         _conv("L1", "tritoncnn", 1.0, 400.0),
         _conv("L2", "cudnn", 1.0, 100.0),
         _conv("L2", "tritoncnn", 0.25, 400.0),
-        # L1 again on tuned configs: 0.5 ms, its own implementation "tritoncnn (tuned)", 4x
-        _conv("L1", "tritoncnn", 0.5, 800.0, configs="tuned"),
-        # an older measurement of the same case: the newer row counts
+        # older measurements of the same case in the same run: the newest row counts, whatever
+        # its configs (tuned rows are no implementation of their own)
+        _conv("L1", "tritoncnn", 0.5, 800.0, configs="tuned",
+              timestamp="2026-11-25T12:00:00+00:00"),
         _conv("L1", "tritoncnn", 10.0, 40.0, timestamp="2026-11-25T00:00:00+00:00"),
         # a case that could not run
-        _conv("L2", "tritoncnn-unfused", 1.0, 1.0, status="skipped",
-              note="tritoncnn.kernels has no conv2d_relu_pool", median_ms=""),
+        _conv("L2", "tritoncnn-unfused", 1.0, 1.0, status="error",
+              note="OutOfMemoryError: stand-in", median_ms=""),
         # pool: PyTorch at 1500 GB/s (50% of copy), tritoncnn at 3000 GB/s (100%, 2x)
         _row(suite="Pool", layer="vgg_pool1", op="pool", implementation="cudnn", median_ms=0.4,
              gbps=1500.0, flop=0, bytes=6e8, shape="64x64x224x224 k2 s2 p0 -> 112x112"),
@@ -117,9 +118,8 @@ def test_geomean_speedup_by_hand(results):
     train = gm[gm["op"] == "train_step"]
     assert train["geomean"].iloc[0] == pytest.approx(1.25)
     assert len(tune) == 1 and len(curves) == 2
-    tuned = gm[gm["implementation"] == "tritoncnn (tuned)"]
-    assert len(tuned) == 1 and tuned["geomean"].iloc[0] == pytest.approx(4.0)
-    # the older, slower L1 row was dropped
+    assert set(gm["implementation"]) == {"tritoncnn"}
+    # the older L1 rows, the tuned one too, were dropped
     l1 = df[(df["layer"] == "L1") & (df["implementation"] == "tritoncnn")]
     assert list(l1["median_ms"]) == [1.0]
 
@@ -153,12 +153,12 @@ def test_report_tables_and_figures(results, tmp_path):
     # pool: 3000 GB/s, 100% of copy, 2x
     line = next(ln for ln in text.splitlines() if ln.startswith("| vgg_pool1 |")
                 and "| tritoncnn |" in ln)
-    assert [c.strip() for c in line.strip("|").split("|")][-4:-1] == ["3000.0", "100", "2.00x"]
+    assert [c.strip() for c in line.strip("|").split("|")][-5:-2] == ["3000.0", "100", "2.00x"]
     # training: images/s, peak memory, speedup
     line = next(ln for ln in text.splitlines() if ln.startswith("| vgg11 |") and "tritoncnn" in ln)
     assert "| 16000 | 700 | 1.25x |" in line
-    # skipped cases are listed with their reason
-    assert "tritoncnn.kernels has no conv2d_relu_pool" in text
+    # failed cases are listed with their reason
+    assert "OutOfMemoryError: stand-in" in text
     # autotuning: 3 configs, 1 failed, best 0.5 ms against the heuristic's 1 ms
     line = next(ln for ln in text.splitlines() if "| conv_fwd |" in ln)
     # ... tuned in 2.5 s, 1.5 s of it compiling
@@ -174,12 +174,35 @@ def test_report_tables_and_figures(results, tmp_path):
 
 
 def test_report_without_results(tmp_path, capsys):
+    """No CSV at all is an error that says where it looked; CSVs without bench rows (training
+    curves alone) still make a report that says so."""
     empty = tmp_path / "none"
     empty.mkdir()
     out = tmp_path / "REPORT.md"
+    assert cli.main(["report", "--results", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tritoncnn report: --results: no CSV files under") and str(empty) in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert cli.main(["report", "--results", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "--results: no such path" in capsys.readouterr().err
+    pd.DataFrame({"step": [1, 2], "loss": [2.0, 1.0]}).to_csv(empty / "steps.csv", index=False)
     assert cli.main(["report", "--results", str(empty), "--out", str(out)]) == 0
     assert "No benchmark rows found" in out.read_text()
-    assert cli.main(["report", "--results", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_report_out_may_name_a_folder(results, tmp_path, capsys):
+    """--out DIR writes DIR/REPORT.md and DIR/figures/, whether DIR exists or not."""
+    for folder in (tmp_path / "existing", tmp_path / "new" / "site"):
+        if folder.name == "existing":
+            folder.mkdir()
+        assert cli.main(["report", "--results", str(results), "--out", str(folder)]) == 0
+        assert (folder / "REPORT.md").is_file()
+        assert (folder / "figures" / "training_curves.png").is_file()
+        assert "](figures/training_curves.png)" in (folder / "REPORT.md").read_text()
+    bad = tmp_path / "notes.txt"
+    bad.write_text("keep")
+    assert cli.main(["report", "--results", str(results), "--out", str(bad)]) == 2
+    assert "--out:" in capsys.readouterr().err and bad.read_text() == "keep"
 
 
 def test_markdown_table():
@@ -217,10 +240,18 @@ rest
 """
 
 
+def _table_rows(text):
+    """The cells of every markdown table row in ``text``, headers and rules left out."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return [r for i, r in enumerate(rows) if not set(rows[i][0]) <= {"-", ":"}
+            and not (i + 1 < len(rows) and set(rows[i + 1][0]) <= {"-", ":"})]
+
+
 def test_headline_into_readme(results, tmp_path):
-    """The README's generated block: per suite and direction the preferred case's geometric mean
-    (the configs measured on more layers: one tuned layer does not stand for two), the training
-    step's memory beside cuDNN's, and a link to the report."""
+    """The README's generated block: per suite, op and direction the geometric mean over the
+    suite's layers, the training step's memory beside cuDNN's, how it was timed, and a link to
+    the report."""
     readme = tmp_path / "README.md"
     readme.write_text(README)
     # the unfused composition of tritoncnn's own ops: in the tables, never in the headline
@@ -238,19 +269,24 @@ def test_headline_into_readme(results, tmp_path):
     assert text.endswith(report.HEADLINE_END + "\n\nrest\n")
     assert "old numbers" not in text
     assert "[full report](doc/REPORT.md)" in text and "commit abc1234" in text
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
-            if ln.startswith("| ")][2:]  # the table's rows, under its header and rule
-    assert rows == [
-        # S1: both layers on heuristic configs (L1 alone was tuned, to 4x)
-        ["S1", "conv_relu", "bf16 channels_last forward, heuristic configs", "2", "2.83x",
-         "2.00x-4.00x", ""],
-        ["S1", "conv_relu", "bf16 channels_last forward+backward, heuristic configs", "1",
-         "0.50x", "0.50x-0.50x", ""],
-        ["Pool", "pool", "bf16 channels_last forward, heuristic configs", "1", "2.00x",
-         "2.00x-2.00x", ""],
-        ["Train", "train_step", "bf16 channels_last training step", "1",
-         "1.25x", "1.25x-1.25x", "0.70x of cuDNN's (700 vs 1000 MiB)"],
+    assert "flushes the L2 cache" in text  # how the numbers were timed, beside them
+    assert _table_rows(text) == [
+        # S1 forward: both layers; forward+backward: L2 was not measured, and says so
+        ["S1", "conv_relu", "bf16 channels_last forward", "2 of 2", "2.83x", "2.00x-4.00x",
+         "heuristic", "", ""],
+        ["S1", "conv_relu", "bf16 channels_last forward+backward", "1 of 2", "0.50x",
+         "0.50x-0.50x", "heuristic", "L2", ""],
+        # the Pool suite is the suite file's: its other seven sizes were not measured
+        ["Pool", "pool", "bf16 channels_last forward", "1 of 8", "2.00x", "2.00x-2.00x",
+         "heuristic", "vgg_pool2, vgg_pool3, vgg_pool4, vgg_pool5, resnet_stem_3x3s2, "
+         "resnet9_pool1, resnet9_pool3", ""],
+        ["Train", "train_step", "bf16 channels_last training step", "1 of 1", "1.25x",
+         "1.25x-1.25x", "", "", "0.70x of cuDNN's (700 vs 1000 MiB)"],
     ]
+    header = next(ln for ln in text.splitlines() if ln.startswith("| suite |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "suite", "op", "case", "layers", "speedup over cuDNN", "min-max", "configs", "missing",
+        "peak memory"]
     # the report carries the same table, under its own heading
     assert "## Headline" in out.read_text()
     # CPU rows never make a headline
@@ -263,13 +299,112 @@ def test_headline_into_readme(results, tmp_path):
     assert "No GPU measurements are committed yet" in readme.read_text()
 
 
+def _tune_rows(model, layers, sha="abc1234"):
+    return [dict(model=model, layers=layers, kernel="conv_fwd", config='{"BLOCK_M": 64}',
+                 status="ok", ms=1.0, heuristic=True, gpu=GPU, git_sha=sha)]
+
+
+def _headline(tmp_path, rows, tune=()):
+    d = tmp_path / "run"
+    d.mkdir(exist_ok=True)
+    _write(d / "bench.csv", rows)
+    if tune:
+        pd.DataFrame([r for t in tune for r in t]).to_csv(d / "tune.csv", index=False)
+    df = report.load([d])[0]
+    return df, report.headline(df)
+
+
+def test_headline_covers_every_layer_missing_ones_named_configs_per_layer(tmp_path):
+    """One row for the suite's forward: a heuristic layer and a tuned one together (tuning is no
+    implementation of its own), and a layer without a tritoncnn measurement named as missing,
+    not dropped."""
+    df, h = _headline(tmp_path, [
+        _conv("L1", "cudnn", 2.0, 200.0), _conv("L1", "tritoncnn", 1.0, 400.0,
+                                                configs="heuristic"),
+        _conv("L2", "cudnn", 1.0, 100.0, shape="s2"),
+        _conv("L2", "tritoncnn", 0.25, 400.0, configs="tuned", shape="s2"),
+        _conv("L3", "cudnn", 1.0, 100.0),
+        _conv("L3", "tritoncnn", 1.0, 1.0, status="error", note="RuntimeError: x", median_ms="")],
+        tune=[_tune_rows("S1/L2", "conv_relu forward")])
+    assert len(h) == 1
+    row = h.iloc[0]
+    assert (row["layers"], row["speedup"], row["range"]) == ("2 of 3", "2.83x", "2.00x-4.00x")
+    assert (row["configs"], row["missing"]) == ("1 heuristic, 1 tuned", "L3")
+    # the suite file's layers count for the suites it lists: VGG-16 has 13, measured or not
+    df, h = _headline(tmp_path, [
+        _conv("conv1_1", "cudnn", 2.0, 200.0, suite="VGG16_224_N64"),
+        _conv("conv1_1", "tritoncnn", 1.0, 400.0, suite="VGG16_224_N64")])
+    assert h.iloc[0]["layers"] == "1 of 13"
+    assert h.iloc[0]["missing"].split(", ")[:2] == ["conv1_2", "conv2_1"]
+
+
+def test_tuned_needs_the_runs_own_tuning_tables(tmp_path):
+    """A row says tuned; the report believes it where the same run's tables hold the tuning of a
+    layer of that shape by a case that launched the row's kernels."""
+    rows = [_conv(lay, impl, ms, 100.0, direction=d, configs="tuned" if impl == "tritoncnn"
+                  else "", shape="same")
+            for lay in ("L1", "L2") for d in ("forward", "backward-dx", "forward+backward")
+            for impl, ms in (("cudnn", 2.0), ("tritoncnn", 1.0))]
+    # L1 tuned by a forward case; L2 has L1's shape, so L1's tuning is its own too
+    df, h = _headline(tmp_path, rows, tune=[_tune_rows("S1/L1", "conv_relu forward")])
+    configs = dict(zip(h["case"].str.split(" ").str[-1], h["configs"]))
+    assert configs == {"forward": "tuned", "backward-dx": report.UNTABLED,
+                       "forward+backward": report.UNTABLED}
+    # a dX-alone case tuned the dX kernels: dX alone is tuned, forward+backward (dW) is not
+    df, h = _headline(tmp_path, rows, tune=[_tune_rows("S1/L1", "conv_relu backward-dx")])
+    configs = dict(zip(h["case"].str.split(" ").str[-1], h["configs"]))
+    assert configs["backward-dx"] == "tuned" and configs["forward+backward"].endswith("(no table)")
+    # another run's tables do not count
+    df, h = _headline(tmp_path, rows, tune=[_tune_rows("S1/L1", "conv_relu forward+backward",
+                                                       sha="0ther00")])
+    assert set(h["configs"]) == {report.UNTABLED}
+
+
+def test_headline_rows_never_mix_runs(tmp_path):
+    """Two runs (commits) on one GPU: a row's speedup is against its own run's cuDNN, a headline
+    row comes from one run (the newest that measured the case), and the table names the commit
+    of each row."""
+    later = dict(git_sha="def5678", timestamp="2026-11-27T00:00:00+00:00")
+    df, h = _headline(tmp_path, [
+        _conv("L1", "cudnn", 2.0, 200.0), _conv("L1", "tritoncnn", 1.0, 400.0),
+        _conv("L2", "cudnn", 1.0, 100.0), _conv("L2", "tritoncnn", 0.5, 400.0),
+        _row(suite="Pool", layer="p1", op="pool", implementation="cudnn", median_ms=0.4),
+        _row(suite="Pool", layer="p1", op="pool", implementation="tritoncnn", median_ms=0.2),
+        # the later run: L1 at 4x; L2 without a cuDNN row of its own
+        _conv("L1", "cudnn", 2.0, 200.0, **later), _conv("L1", "tritoncnn", 0.5, 400.0, **later),
+        _conv("L2", "tritoncnn", 0.1, 400.0, **later)])
+    l2 = df[(df["layer"] == "L2") & (df["implementation"] == "tritoncnn")].set_index("git_sha")
+    assert l2.loc["abc1234", "speedup"] == pytest.approx(2.0)
+    assert math.isnan(l2.loc["def5678", "speedup"])  # never the other run's cuDNN time
+    rows = {(r.suite, r.commit): r for r in h.itertuples()}
+    assert set(rows) == {("S1", "def5678"), ("Pool", "abc1234")}
+    s1 = rows[("S1", "def5678")]
+    assert (s1.layers, s1.speedup, s1.missing) == ("1 of 2", "4.00x", "L2")
+    text = report.headline_markdown(df)
+    assert "the commits named per row" in text
+    assert "| commit | suite |" in text and "| def5678 | S1 |" in text
+
+
+def test_speedup_figure_has_a_row_per_layer_and_direction_measured():
+    """No empty rows: a layer gets a row for each direction it was measured in, and only those."""
+    df = report.prepare(pd.DataFrame([
+        _conv("L1", "cudnn", 2.0, 1.0), _conv("L1", "tritoncnn", 1.0, 1.0),
+        _conv("L1", "cudnn", 2.0, 1.0, direction="forward+backward"),
+        _conv("L1", "tritoncnn", 4.0, 1.0, direction="forward+backward"),
+        _conv("L2", "cudnn", 2.0, 1.0, direction="backward-dx"),
+        _conv("L2", "tritoncnn", 1.0, 1.0, direction="backward-dx")]))
+    ours = df[df["implementation"] == "tritoncnn"]
+    _, labels = report._speedup_bars(ours)
+    assert labels == ["S1/L1, forward", "S1/L1, forward+backward", "S1/L2, backward-dx"]
+
+
 def test_readme_without_markers_is_refused(results, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# project\n")
     out = tmp_path / "REPORT.md"
     assert cli.main(["report", "--results", str(results), "--out", str(out),
                      "--readme", str(readme)]) == 2
-    assert report.HEADLINE_BEGIN in capsys.readouterr().out
+    assert report.HEADLINE_BEGIN in capsys.readouterr().err
     assert readme.read_text() == "# project\n" and not out.exists()
     assert cli.main(["report", "--results", str(results), "--out", str(out),
                      "--readme", str(tmp_path / "missing.md")]) == 2
