@@ -259,23 +259,6 @@ def test_rng_state_restores_from_a_checkpoint_on_the_device(tmp_path):
         assert torch.equal(torch.rand(3, device=device), expect[1])
 
 
-def test_tune_defaults_are_train_defaults():
-    """What `tritoncnn tune` tunes with no options is what `tritoncnn train` looks up on a GPU."""
-    from tritoncnn.autotune import tune
-
-    parser = argparse.ArgumentParser()
-    tune.add_arguments(parser)
-    args = parser.parse_args([])
-    tune.resolve_defaults(args)
-    train = TrainConfig()
-    assert args.batch_size == train.batch_size and args.dtype == train.dtype
-    assert args.layout == "nhwc" and train_mod._channels_last(train, torch.device("cuda"))
-    assert args.spec == train_mod.DEFAULT_SPEC and args.input_shape == "1x8x8"
-    args = parser.parse_args(["--no-channels-last", "--model", "vgg11"])
-    tune.resolve_defaults(args)
-    assert args.layout == "nchw" and args.spec is None
-
-
 def test_default_model_uses_the_fused_block():
     from tritoncnn.models.zoo import to_backend
 
