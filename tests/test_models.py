@@ -834,6 +834,11 @@ def test_zoo_shapes_and_errors():
         get_model("lenet5", depth=3)
     with pytest.raises(ValueError, match="input_size"):
         get_model("vgg11", input_size=16)
+    for name in ("in_channels", "num_classes", "input_size"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive int, got 0"):
+            get_model("lenet5", backend="torch", **{name: 0})
+    with pytest.raises(ValueError, match="input_size must be a positive int, got -3"):
+        get_model("vgg11", backend="torch", input_size=-3)
 
 
 # --------------------------------------------------------------------------------------------
