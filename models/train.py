@@ -396,6 +396,17 @@ def _one_line(err: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _load_error(err: BaseException) -> str:
+    """The gist of torch.load's error, in one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # the first line is PyTorch's advice to load with weights_only=False: never here
+        detail = next((line for line in lines[1:]
+                       if not line.startswith("Check the documentation")), "")
+        return f"it needs code to load, which is refused: {_one_line(detail)}"
+    return f"{type(err).__name__}: {_one_line(lines[0].split('. ')[0] if lines else '')}"
+
+
 def load_checkpoint(path: Path, backend: str) -> dict:
     """``backend``'s checkpoint at ``path``, loaded with ``weights_only=True``; a ValueError of
     one line, naming the file, when it is missing, corrupt, truncated or not such a checkpoint."""
@@ -405,7 +416,7 @@ def load_checkpoint(path: Path, backend: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (zip, pickle and refused-global errors alike)
         raise ValueError(f"--resume: {path} is not a readable checkpoint "
-                         f"({type(err).__name__}: {_one_line(err)})") from None
+                         f"({_load_error(err)})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"--resume: {path} is not a tritoncnn train checkpoint (no "
@@ -631,7 +642,7 @@ class _BackendRun:
 
     def __init__(self, name: str, model: nn.Module, data, cfg: TrainConfig,
                  device: torch.device, dist: _Dist, out: Path, stop: _StopFlag,
-                 resume: bool) -> None:
+                 checkpoint: dict | None) -> None:
         self.name, self.data, self.cfg, self.device, self.dist, self.stop = (
             name, data, cfg, device, dist, stop)
         self.ckpt_path = out / name / "checkpoint.pt"
@@ -644,8 +655,8 @@ class _BackendRun:
                                          weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
         self.progress = _Progress()
-        if resume:
-            self._restore()
+        if checkpoint is not None:
+            self._restore(checkpoint)
         else:
             if cfg.resume and dist.main:  # rows of a start that never reached a checkpoint
                 _truncate_rows(self.steps_csv, name, "global_step", 0)
@@ -677,8 +688,7 @@ class _BackendRun:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _restore(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_path, self.name)
+    def _restore(self, ckpt: dict) -> None:
         try:
             # on the CPU: load_state_dict copies weights and optimizer state to the model's
             # device, and the RNG states must stay CPU tensors
@@ -926,21 +936,37 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
             (out / b / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def _resumable(cfg: TrainConfig, out: Path) -> dict[str, bool]:
-    """Per backend, whether --resume continues it from its checkpoint (False: it starts fresh).
+def _checkpoints(cfg: TrainConfig, out: Path) -> dict[str, dict | None]:
+    """Per backend, the checkpoint --resume continues it from (None: it starts fresh).
 
     Backends train one after another and each checkpoints when it stops, so a run holds the
     checkpoints of its first backends: a later backend without one had not started. A missing
     first checkpoint, or a gap, means files were lost: resuming would silently start over."""
     backends = _backends(cfg)
     if not cfg.resume:
-        return dict.fromkeys(backends, False)
+        return dict.fromkeys(backends)
     found = {b: (out / b / "checkpoint.pt").is_file() for b in backends}
     for i, b in enumerate(backends):
         if not found[b] and (i == 0 or any(found[c] for c in backends[i + 1:])):
             raise ValueError(f"--resume: {out / b / 'checkpoint.pt'} not found; the run in "
                              f"{out} cannot continue without it (start afresh without --resume)")
-    return found
+    return {b: load_checkpoint(out / b / "checkpoint.pt", b) if found[b] else None
+            for b in backends}
+
+
+def _check_fits(checkpoints: dict[str, dict | None], model: nn.Module, out: Path) -> None:
+    """A ValueError naming the checkpoint whose weights are not ``model``'s."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, ckpt in checkpoints.items():
+        if ckpt is None:
+            continue
+        got = ckpt["model"]
+        have = {k: tuple(v.shape) for k, v in got.items() if isinstance(v, torch.Tensor)} \
+            if isinstance(got, dict) else {}
+        if have != want:
+            odd = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+            raise ValueError(f"--resume: {out / name / 'checkpoint.pt'} does not fit this run's "
+                             f"model (weights differ at {', '.join(odd[:3])})")
 
 
 def _base_model(cfg: TrainConfig, data) -> nn.Module:
@@ -1005,7 +1031,7 @@ def run(cfg: TrainConfig) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the cuDNN twin at its best, as benchmarks run it
     out = Path(cfg.out)
-    resume = _resumable(cfg, out)
+    checkpoints = _checkpoints(cfg, out)
     if dist.main:
         _prepare_out(cfg, out)
     if "triton" in backends:
@@ -1017,6 +1043,7 @@ def run(cfg: TrainConfig) -> dict:
 
     data = load_data(cfg.data, input_size=_model_input_size(cfg), seed=cfg.seed)
     base = _base_model(cfg, data)
+    _check_fits(checkpoints, base, out)
     if dist.main:
         _write_config(cfg, out, device, data)
         graphs = ", CUDA graphs" if cfg.cuda_graphs else ""
@@ -1033,7 +1060,7 @@ def run(cfg: TrainConfig) -> dict:
         for name in backends:
             model = to_backend(copy.deepcopy(base), name)
             results[name] = _BackendRun(name, model, data, cfg, device, dist, out, stop,
-                                        resume[name]).train()
+                                        checkpoints.pop(name)).train()
             if results[name]["stopped"]:
                 stopped = True
                 break
@@ -1141,7 +1168,7 @@ def curves_figure(out: Path):
         ax_acc.plot(g["epoch"], 100 * g["train_acc"], marker=".", label=f"{backend} train",
                     **{**st, "ls": ":"})
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax_acc.yaxis.set_major_formatter(PercentFormatter(100))
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     ax_acc.xaxis.get_major_locator().set_params(integer=True)
     if len(epochs):
         ax_acc.legend()
