@@ -46,7 +46,7 @@ os.environ["TRITON_INTERPRET"] = "1" if INTERPRET else "0"
 class InterpreterWarning(UserWarning):
     """Kernels run on Triton's interpreter because no CUDA device was found. Silence it with
     ``warnings.filterwarnings("ignore", category=tritoncnn.InterpreterWarning)``, with
-    ``python -W "ignore:tritoncnn: no CUDA device"``, or by choosing the mode:
+    ``python -W "ignore:no CUDA device"`` (or ``PYTHONWARNINGS``), or by choosing the mode:
     ``TRITONCNN_MODE=interpret``."""
 
 
@@ -62,7 +62,7 @@ def notice() -> None:
         return
     _noticed = True
     warnings.warn(
-        "tritoncnn: no CUDA device, so Triton kernels run interpreted on the CPU (slowly); "
+        "no CUDA device, so tritoncnn's Triton kernels run interpreted on the CPU (slowly); "
         f"set {ENV_VAR}=compiled or interpret to choose",
         InterpreterWarning, stacklevel=3,
     )

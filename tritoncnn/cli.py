@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     def show(message, category, filename, lineno, file=None, line=None):
         """The interpreter notice as its one line of text; other warnings as Python shows them."""
         if issubclass(category, InterpreterWarning):
-            print(message, file=sys.stderr if file is None else file)
+            print(f"tritoncnn: {message}", file=sys.stderr if file is None else file)
         else:
             shown(message, category, filename, lineno, file, line)
 
