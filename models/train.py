@@ -22,25 +22,33 @@ then one step is captured; images/s leaves those steps out too. A last, smaller 
 runs eagerly. The optimizer step and the fp16 loss scaler stay eager, so the learning-rate
 schedule and skipped fp16 steps behave exactly as without graphs. Not under torchrun.
 
-``--channels-last`` (the default on CUDA; ``--no-channels-last`` turns it off) keeps the weights
-and images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the
-CPU the default is NCHW.
+``--layout channels_last`` (the default on CUDA; also ``--channels-last``) keeps the weights and
+images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the CPU
+the default is ``nchw``. ``--dtype`` takes the names every command takes (:mod:`tritoncnn.defaults`):
+``fp32`` trains in IEEE float32 (TF32 off on both backends), ``tf32`` in float32 on TF32 tensor
+cores, ``fp64`` in float64, ``bf16`` and ``fp16`` under ``torch.autocast``.
 
 What ``--out DIR`` receives:
 
-    config.json                   the run's settings (``--resume`` reads them back) and the
-                                  device's name
+    config.json                   the run's settings (``--resume`` reads them back), the spec
+                                  (the default one too) and the model's input, from which
+                                  :func:`model_from_config` rebuilds the model, and the device's
+                                  name
     steps.csv                     backend, epoch, step, global_step, loss, lr, seconds
     epochs.csv                    backend, epoch, train/test loss and accuracy, images/s (after
                                   the warm-up step), seconds, memory
     summary.csv                   the side-by-side table
-    curves.png                    loss and accuracy curves of both backends
-    <backend>/checkpoint.pt       model, optimizer, grad scaler, RNG and data-order state
+    curves.png                    loss and accuracy (%) of both backends, titled with the model,
+                                  device and dtype
+    <backend>/checkpoint.pt       model, optimizer, grad scaler, RNG and data-order state: tensors
+                                  and plain values, read back with ``weights_only=True``
 
 A checkpoint is written at the end of every epoch, every ``--save-every`` steps, and when the run
 is stopped with Ctrl-C (at the next step boundary; a second Ctrl-C stops at once). ``--resume``
 restores the weights, the optimizer, the random number generators and the position in the epoch's
 batch order, so an interrupted and resumed run ends with the weights of an uninterrupted one.
+A checkpoint that is missing, corrupt, truncated, not a checkpoint of this command or not of this
+run's model stops ``--resume`` with one line naming the file; nothing in it can run code.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of each batch
 (``DistributedSampler``; ``--batch-size`` is the global batch, split evenly) and
