@@ -24,8 +24,8 @@ schedule and skipped fp16 steps behave exactly as without graphs. Not under torc
 
 ``--layout channels_last`` (the default on CUDA; also ``--channels-last``) keeps the weights and
 images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the CPU
-the default is ``nchw``. ``--dtype`` takes the names every command takes (:mod:`tritoncnn.defaults`):
-``fp32`` trains in IEEE float32 (TF32 off on both backends), ``tf32`` in float32 on TF32 tensor
+the default is ``nchw``. ``--dtype`` takes the names every command takes
+(:mod:`tritoncnn.defaults`): ``fp32`` trains in IEEE float32 (TF32 off on both backends), ``tf32`` in float32 on TF32 tensor
 cores, ``fp64`` in float64, ``bf16`` and ``fp16`` under ``torch.autocast``.
 
 What ``--out DIR`` receives:
