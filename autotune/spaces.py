@@ -7,9 +7,9 @@ timing:
 * **no tile larger than the problem needs**: a block size is clamped to the next power of two of the
   GEMM dimension it tiles (never below 16, since ``tl.dot`` needs at least 16 per dimension), and
   configs that become identical are merged;
-* **warp cap**: a flattened (r, s, c) reduction loop miscompiles with 8 warps (DESIGN.md §5), so
-  the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their ``num_warps``
-  capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
+* **warp cap**: a flattened (r, s, c) reduction loop miscompiles with 8 warps (pytorch issue
+  173068), so the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their
+  ``num_warps`` capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
   ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
 * **IEEE float32 and float64** (``ieee`` in the shape): tiles capped by :data:`IEEE_CAPS` and
   :data:`FP64_CAPS`;

@@ -7,7 +7,9 @@ standardised with the training set's mean and standard deviation, labels ``(N,)`
   handwritten digits shipped inside the scikit-learn package, resized (bilinear) or zero-padded to
   the model's input size, with a fixed stratified 80/20 train/test split (1,437 / 360 images).
 * ``mnist:DIR``: the four MNIST IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) in ``DIR``.
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) in ``DIR``, or
+  where torchvision's download puts them (``DIR/MNIST/raw``; ``FashionMNIST`` and ``KMNIST``
+  too; ``DIR/raw``).
 * ``cifar10:DIR``: the CIFAR-10 python batches (``data_batch_1`` ... ``data_batch_5``,
   ``test_batch``) in ``DIR`` or in ``DIR/cifar-10-batches-py``. They are pickles; they are read
   with an unpickler that accepts only the dicts, lists and NumPy arrays those files hold.
@@ -214,12 +216,28 @@ def _find_mnist_file(folder: Path, stem: str) -> Path:
     )
 
 
+# where torchvision's MNIST, FashionMNIST and KMNIST(root, download=True) put the files
+_TORCHVISION_MNIST = ("raw", "MNIST/raw", "FashionMNIST/raw", "KMNIST/raw")
+
+
+def _mnist_folder(folder: Path) -> Path:
+    """``folder``, or the first of torchvision's layouts under it that holds the training
+    images."""
+    stem = _MNIST_FILES["x_train"]
+    for candidate in (folder, *(folder / sub for sub in _TORCHVISION_MNIST)):
+        if any((candidate / name).is_file() for name in (stem, stem + ".gz")):
+            return candidate
+    return folder
+
+
 def load_mnist(folder: str | os.PathLike, input_size: int | None = None, in_channels: int = 1,
                mode: str = "pad") -> DataSplit:
-    """MNIST (or Fashion-MNIST) from its four IDX files in ``folder``; 28x28 padded by default."""
+    """MNIST (or Fashion-MNIST) from its four IDX files in ``folder`` (or torchvision's
+    ``folder/MNIST/raw``); 28x28 padded by default."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MNIST folder not found: {folder}")
+    folder = _mnist_folder(folder)
     arrays = {key: read_idx(_find_mnist_file(folder, stem)) for key, stem in _MNIST_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]

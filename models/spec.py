@@ -27,6 +27,7 @@ are an error: ``CONV3-8``, not ``CONV3 -8`` or ``CONV3- 8``; numbers are ASCII d
                                     triton backend; CONV-RELU-POOLk with stride k is one
                                     fused layer there, Conv2dReLUPool)
     k, n, stride, count := a positive integer;   pad := a non-negative integer
+    (each at most 2**31 - 1)
 
 ``INPUT`` and ``SOFTMAX`` are accepted for fidelity to the lecture and add nothing: the model
 returns logits, and the softmax belongs to the loss (``F.cross_entropy``).
@@ -42,16 +43,28 @@ under the mistake::
               ^
 
 Layers that do not fit the input (a pool that shrinks 1x1 to 0x0, a CONV after an FC) are
-reported the same way, at the layer that fails.
+reported the same way, at the layer that fails, and so are specs that would exhaust the machine:
+one that expands to more than :data:`MAX_LAYERS` layers (refused before the repeats are
+expanded), groups nested more than :data:`MAX_DEPTH` deep, and a layer whose weight would hold
+more than 2**31 elements. ``build`` refuses an ``in_channels`` or ``input_size`` that is not a
+positive int with a ``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["build", "parse", "LayerSpec", "SpecError"]
+__all__ = ["build", "parse", "LayerSpec", "SpecError", "MAX_LAYERS", "MAX_DEPTH", "MAX_NUMBER"]
+
+# Bounds that keep a hostile or mistyped spec from exhausting memory, time or the stack: a
+# repeated group is refused before it is expanded past MAX_LAYERS layers.
+MAX_LAYERS = 10_000  # layers a spec may expand to (VGG-16 has 37)
+MAX_DEPTH = 100  # groups nested inside one another
+MAX_NUMBER = 2**31 - 1  # any size, count, stride or padding
+MAX_WEIGHT = 2**31  # elements of one layer's weight
 
 
 class SpecError(ValueError):
@@ -87,6 +100,7 @@ class _Parser:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.pos = 0
+        self.depth = 0  # groups open at pos
 
     # -- characters ---------------------------------------------------------------------------
 
@@ -130,7 +144,12 @@ class _Parser:
             else:
                 found = _show(self.spec[self.pos])
             raise self.error(f"expected {what} after {after!r}, found {found}", start)
-        value = int(self.spec[start:self.pos])
+        digits = self.spec[start:self.pos]
+        # the length first: int() of thousands of digits is slow, and refused past 4300
+        if len(digits) > len(str(MAX_NUMBER)) or int(digits) > MAX_NUMBER:
+            shown = digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise self.error(f"{what} must be at most {MAX_NUMBER}, got {shown}", start)
+        value = int(digits)
         if value < minimum:
             raise self.error(f"{what} must be at least {minimum}, got {value}", start)
         return value
@@ -161,7 +180,11 @@ class _Parser:
     def sequence(self, closer: str | None) -> list[LayerSpec]:
         layers: list[LayerSpec] = []
         while True:
-            layers += self.item(closer)
+            start = self.pos
+            more = self.item(closer)
+            if len(layers) + len(more) > MAX_LAYERS:
+                raise self.error(f"the spec expands to more than {MAX_LAYERS} layers", start)
+            layers += more
             ch = self.peek()
             if ch == "-":
                 self.pos += 1
@@ -176,10 +199,14 @@ class _Parser:
                              "of the spec")
         if ch in "([":
             close = ")" if ch == "(" else "]"
+            if self.depth >= MAX_DEPTH:
+                raise self.error(f"groups nested more than {MAX_DEPTH} deep")
             self.pos += 1
             if self.peek() == close:
                 raise self.error(f"empty group {ch}{close}")
+            self.depth += 1
             inner = self.sequence(closer=close)
+            self.depth -= 1
             got = self.peek()
             if got != close:
                 if got and got in ")]":
@@ -195,7 +222,11 @@ class _Parser:
             if self.peek() == "*":
                 self.pos += 1
                 self.skip_space()
+                count_at = self.pos
                 count = self.number("a repeat count", f"{ch}...{close}*")
+                if len(inner) * count > MAX_LAYERS:
+                    raise self.error(f"{ch}...{close}*{count} repeats {len(inner)} layers "
+                                     f"{count} times: more than {MAX_LAYERS} layers", count_at)
             return inner * count
         if ch.isalpha():
             return self.layer()
@@ -273,11 +304,17 @@ def parse(spec: str) -> list[LayerSpec]:
     return _Parser(spec).parse()
 
 
+def _positive_int(value) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and 1 <= value <= MAX_NUMBER)
+
+
 def _size_pair(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int):
-        return input_size, input_size
-    h, w = input_size
-    return int(h), int(w)
+    pair = (input_size, input_size) if not isinstance(input_size, (tuple, list)) else input_size
+    if len(pair) != 2 or not all(_positive_int(v) for v in pair):
+        raise ValueError(f"input_size must be a positive int or a pair (H, W) of them, got "
+                         f"{input_size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def build(spec: str, backend: str = "triton", in_channels: int = 3, input_size=32) -> nn.Module:
@@ -288,9 +325,11 @@ def build(spec: str, backend: str = "triton", in_channels: int = 3, input_size=3
     """
     from .zoo import to_backend
 
-    layers = parse(spec)
+    if not _positive_int(in_channels):
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
     h, w = _size_pair(input_size)
-    c = in_channels
+    layers = parse(spec)
+    c = int(in_channels)
     flat: int | None = None  # features once flattened
     modules: list[nn.Module] = []
     for layer in layers:
@@ -302,6 +341,9 @@ def build(spec: str, backend: str = "triton", in_channels: int = 3, input_size=3
             w2 = (w + 2 * layer.pad - layer.size) // layer.stride + 1
             if h2 < 1 or w2 < 1:
                 raise err(f"CONV{layer.size} with pad {layer.pad} does not fit a {h}x{w} input")
+            if layer.channels * c * layer.size ** 2 > MAX_WEIGHT:
+                raise err(f"CONV{layer.size}-{layer.channels} over {c} channels has a weight of "
+                          f"more than {MAX_WEIGHT} elements")
             modules.append(nn.Conv2d(c, layer.channels, layer.size, layer.stride, layer.pad))
             c, h, w = layer.channels, h2, w2  # (N, n, H2, W2)
         elif layer.kind == "pool":
@@ -317,6 +359,9 @@ def build(spec: str, backend: str = "triton", in_channels: int = 3, input_size=3
             if flat is None:
                 modules.append(nn.Flatten())  # (N, C*H*W)
                 flat = c * h * w
+            if flat * layer.size > MAX_WEIGHT:
+                raise err(f"FC{layer.size} over {flat} features has a weight of more than "
+                          f"{MAX_WEIGHT} elements")
             modules.append(nn.Linear(flat, layer.size))
             flat = layer.size  # (N, n)
         else:

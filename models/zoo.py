@@ -16,6 +16,7 @@ and consumes no random numbers: under one seed both backends start from the same
 from __future__ import annotations
 
 import math
+import numbers
 
 from dataclasses import dataclass, fields
 
@@ -201,6 +202,10 @@ def _make(cls, config_cls, backend: str, kw: dict, **fixed) -> nn.Module:
             f"unknown option(s) {', '.join(sorted(unknown))} for {cls.__name__}; "
             f"it takes {', '.join(sorted(names))}"
         )
+    for name in ("in_channels", "num_classes", "input_size"):
+        value = kw.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     return to_backend(cls(config_cls(**fixed, **kw)), backend)
 
 

@@ -1,7 +1,6 @@
 """tritoncnn.autotune on the CPU: config spaces and pruning, the tuner with fake kernels and a fake
 timer, the cache file (round trip, corrupt and stale files, concurrent writers), the lookup
-launchers use, and ``tritoncnn tune --dry-run`` on a plain torch model. Nothing here launches a
-kernel."""
+launchers use. The ``tritoncnn tune`` command is tested in test_tune.py."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from torch import nn
 from tritoncnn import _runtime, autotune, cli
 from tritoncnn.autotune import cache as cache_mod
 from tritoncnn.autotune import spaces, tuner
-from tritoncnn.autotune import tune as tune_cmd
 
 INTERPRET_MODE = _runtime.INTERPRET
 HEURISTIC = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
@@ -157,7 +155,8 @@ def test_float64_space_is_capped_and_tuned_as_ieee():
     """float64 (``ieee`` in its shapes too) gets the FP64_CAPS tiles, which ptxas compiles without
     spilling, in the tuner's space and on the launchers' configs; `tune --dtype fp64` marks its
     conv shapes ``ieee`` as the launches do."""
-    from tritoncnn.autotune import heuristics, tune
+    from tritoncnn import tune
+    from tritoncnn.autotune import heuristics
     kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
     shape = dict(conv(n=8, c=128, h=16, w=16, k=128), ieee=1)
     for kernel, sh, caps in (("conv_fwd", shape, spaces.FP64_DEFAULT_CAPS),
@@ -637,115 +636,6 @@ def test_register_problem_as_decorator(monkeypatch):
     p = autotune.make_problem("max_pool_fwd", dict(N=2), torch.float16, "nhwc", dict(BLOCK=64))
     assert (p.kernel, p.shape, p.dtype, p.layout, p.heuristic) == (
         "max_pool_fwd", dict(N=2), torch.float16, "nhwc", dict(BLOCK=64))
-
-
-# tritoncnn tune ----------------------------------------------------------------------------------
-
-def small_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # (N, 16, 16, 16)
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 8, 8)
-        nn.Flatten(), nn.Linear(32 * 8 * 8, 10),
-    )
-
-
-def test_collect_layers_on_the_meta_device():
-    layers = tune_cmd.collect_layers(small_cnn(), (3, 32, 32), batch_size=8)
-    assert [r["type"] for r in layers] == ["conv", "pool", "conv", "conv", "pool", "linear"]
-    assert layers[0]["first"] and not layers[2]["first"]
-    assert layers[3]["input"] == (8, 32, 16, 16) and layers[4]["input"] == (8, 32, 16, 16)
-    kernels = tune_cmd.layer_kernels(layers, torch.bfloat16, "nhwc")
-    names = [k["kernel"] for k in kernels]
-    # the stem needs no dX; the two 16x16 convs differ in C; the two pools in H, W and C;
-    # the Linear layer runs on the conv kernels as a 1x1 conv (all conv kernels: nhwc)
-    assert names.count("conv_fwd") == 4 and names.count("conv_dx") == 3
-    assert names.count("conv_dw") == 4 and names.count("max_pool_fwd") == 2
-    assert all(k["configs"] > 0 for k in kernels)
-    fc = [k for k in kernels if k["layers"] == ["9"]]
-    assert len(fc) == 3 and {k["layout"] for k in kernels if k["kernel"].startswith("conv")} == {
-        "nhwc"}
-    assert fc[0]["shape"] == spaces.conv_shape((8, 2048, 1, 1), (10, 2048, 1, 1))
-
-
-def test_tune_plans_ieee_float32_entries_when_tf32_is_off(monkeypatch):
-    """With TF32 off, float32 conv launches are IEEE ones: tune plans their own entries."""
-    layers = tune_cmd.collect_layers(small_cnn(), (3, 32, 32), batch_size=8)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert not any("ieee" in k["shape"] for k in tune_cmd.layer_kernels(layers, torch.float32,
-                                                                          "nhwc"))
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    kernels = tune_cmd.layer_kernels(layers, torch.float32, "nhwc")
-    assert all(bool(k["shape"].get("ieee")) == k["kernel"].startswith("conv") for k in kernels)
-    assert not any("ieee" in k["shape"] for k in tune_cmd.layer_kernels(layers, torch.bfloat16,
-                                                                          "nhwc"))
-
-
-def test_collect_layers_deduplicates_shared_shapes():
-    model = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
-    kernels = tune_cmd.layer_kernels(tune_cmd.collect_layers(model, (8, 8, 8), 2),
-                                     torch.float16, "nchw")
-    assert [k["kernel"] for k in kernels] == ["conv_fwd", "conv_dw", "conv_dx"]
-    assert kernels[2]["layers"] == ["1", "2", "3"]
-
-
-def test_tune_dry_run_cli(monkeypatch, capsys):
-    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
-    rc = cli.main(["tune", "--model", "small", "--batch-size", "4", "--dtype", "fp16",
-                   "--input-shape", "3x32x32", "--dry-run"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "conv_fwd" in out and "max_pool_bwd" in out and "configs to time" in out
-    assert "from 6 layers" in out
-
-
-@pytest.mark.parametrize("argv,match", [
-    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["--input-shape", "3x0x5"], "CxHxW of positive sizes.*3x0x5"),
-    (["--spec", "CONV3-"], "tritoncnn tune: .*index 6"),
-    (["--input-shape", "1x2x2"], "tritoncnn tune: POOL2 does not fit a 1x1 input"),
-])
-def test_tune_bad_arguments_are_one_line_errors(argv, match):
-    with pytest.raises(SystemExit, match=match):
-        cli.main(["tune", "--dry-run", *argv])
-
-
-def test_tune_without_a_gpu_says_it_needs_one(monkeypatch, capsys):
-    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
-    monkeypatch.setattr(_runtime, "INTERPRET", True)
-    rc = cli.main(["tune", "--model", "small", "--input-shape", "3x32x32"])
-    assert rc == 1 and "needs a CUDA GPU" in capsys.readouterr().err
-
-
-def test_tune_cli_tunes_writes_the_cache_and_the_table(store, monkeypatch, tmp_path, capsys):
-    made = []
-
-    def factory(shape, dtype, layout):
-        made.append(shape)
-        ref = torch.ones(3)
-        return autotune.Problem(run=lambda cfg: ref.clone(), reference=ref)
-
-    monkeypatch.setattr(tuner, "_FACTORIES", {"conv_fwd": factory, "max_pool_fwd": factory})
-    monkeypatch.setattr(tuner, "_ensure_kernels_imported", lambda: None)
-    monkeypatch.setattr(tuner, "default_timer", FakeConstantTimer)
-    monkeypatch.setattr(_runtime, "INTERPRET", False)
-    monkeypatch.setattr(tune_cmd, "build_model", lambda args, backend: small_cnn())
-    monkeypatch.setattr(tune_cmd, "_shapes_from_run", lambda args, dtype: [])  # no GPU here
-    out = tmp_path / "results.csv"
-    rc = cli.main(["tune", "--model", "small", "--batch-size", "4", "--input-shape", "3x32x32",
-                   "--dtype", "fp16", "--out", str(out)])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    assert "no problem factory registered for conv_dw, conv_dx, max_pool_bwd" in captured.err
-    assert len(made) == 6  # 3 conv + 1 linear conv_fwd shapes, 2 max_pool_fwd shapes
-    import pandas as pd
-
-    table = pd.read_csv(out)
-    assert set(table["kernel"]) == {"conv_fwd", "max_pool_fwd"} and table["best"].sum() == 6
-    assert {"layers", "gpu", "triton", "ms", "status", "config"} <= set(table)
-    store.reload()
-    assert len(store.entries) == 6
-    assert autotune.get_config("conv_fwd", made[0], torch.float16, "nhwc", HEURISTIC) != HEURISTIC
 
 
 # A real (tiny) Triton kernel through the tuner ---------------------------------------------------

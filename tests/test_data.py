@@ -211,3 +211,26 @@ def test_synthetic_any_shape_deterministic():
 def test_load_data_names(spec, match):
     with pytest.raises(ValueError, match=match):
         load_data(spec)
+
+
+@pytest.mark.parametrize("layout", ["MNIST/raw", "FashionMNIST/raw", "raw"])
+def test_mnist_in_torchvisions_download_layout(tmp_path, layout):
+    """torchvision.datasets.MNIST(ROOT, download=True) leaves ROOT/MNIST/raw/*-ubyte(.gz):
+    --data mnist:ROOT reads them there."""
+    raw = tmp_path / layout
+    raw.mkdir(parents=True)
+    arrays = _mnist_folder(raw, gz=layout == "MNIST/raw")
+    (tmp_path / "MNIST" / "processed").mkdir(parents=True, exist_ok=True)  # torchvision's too
+    d = load_data(f"mnist:{tmp_path}")
+    assert d.x_train.shape == (6, 1, 28, 28) and d.y_test.tolist() == [0, 1, 2, 3]
+    assert d.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+
+
+def test_cifar10_in_torchvisions_download_layout(tmp_path):
+    """torchvision.datasets.CIFAR10(ROOT, download=True) leaves ROOT/cifar-10-batches-py and the
+    archive beside it: --data cifar10:ROOT reads the batches."""
+    batches = _cifar_folder(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    d = load_data(f"cifar10:{tmp_path}")
+    assert d.y_test.tolist() == batches["test_batch"][b"labels"]
+    assert d.x_train.shape == (20, 3, 32, 32)

@@ -834,6 +834,11 @@ def test_zoo_shapes_and_errors():
         get_model("lenet5", depth=3)
     with pytest.raises(ValueError, match="input_size"):
         get_model("vgg11", input_size=16)
+    for name in ("in_channels", "num_classes", "input_size"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive int, got 0"):
+            get_model("lenet5", backend="torch", **{name: 0})
+    with pytest.raises(ValueError, match="input_size must be a positive int, got -3"):
+        get_model("vgg11", backend="torch", input_size=-3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -921,3 +926,48 @@ def test_spec_same_seed_same_weights():
     assert type(tri[1]) is nn.Identity and type(tri[2]) is nn.Identity
     x = torch.randn(3, 2, 6, 6, device=DEVICE)
     torch.testing.assert_close(tri(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+# (spec, words the message must contain): specs that would exhaust memory, time or the stack
+SPEC_BOMBS = [
+    ("(((FC10)*1000)*1000)*1000", "more than 10000 layers"),
+    ("(FC10)*99999", "more than 10000 layers"),
+    ("(FC10)*5000-(FC10)*5000-FC10", "more than 10000 layers"),
+    ("CONV3-99999999999999999999", "at most 2147483647"),
+    ("(FC3)*" + "9" * 5000, "5000 digits"),
+    ("(" * 2000 + "FC10" + ")" * 2000, "nested more than 100 deep"),
+    ("CONV3-2147483647", "more than 2147483648 elements"),
+    ("FC2147483647", "more than 2147483648 elements"),
+]
+
+
+@pytest.mark.parametrize("spec,words", SPEC_BOMBS)
+def test_spec_bombs_are_refused_quickly(spec, words):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        build(spec, backend="torch", in_channels=3, input_size=8)
+    assert time.perf_counter() - start < 1.0
+    assert words in info.value.message, info.value.message
+    assert len(str(info.value).splitlines()[0]) < 200  # one readable line
+
+
+def test_spec_at_the_layer_cap_still_parses():
+    from tritoncnn.models.spec import MAX_LAYERS
+
+    assert len(parse(f"(FC10)*{MAX_LAYERS}")) == MAX_LAYERS
+    assert len(parse("(" * 100 + "FC10" + ")" * 100)) == 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(input_size=-3), r"input_size must be .*got -3"),
+    (dict(input_size=0), r"input_size must be .*got 0"),
+    (dict(input_size=(8, 0)), r"input_size must be .*got \(8, 0\)"),
+    (dict(input_size=8.5), r"input_size must be .*got 8.5"),
+    (dict(in_channels=0), r"in_channels must be a positive int, got 0"),
+    (dict(in_channels=True), r"in_channels must be a positive int, got True"),
+])
+def test_build_refuses_sizes_that_are_not_positive(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build("CONV3-4-FC10", backend="torch", **kw)

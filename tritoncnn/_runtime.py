@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import sys
+import warnings
 
 import torch
 
@@ -40,16 +40,32 @@ def _choose_mode() -> tuple[str, str]:
 MODE, REASON = _choose_mode()
 INTERPRET = MODE == "interpret"
 
-if INTERPRET:
-    os.environ["TRITON_INTERPRET"] = "1"
-    if REASON == "no CUDA device":
-        print(
-            "tritoncnn: no CUDA device, so Triton kernels run interpreted on the CPU (slowly); "
-            f"set {ENV_VAR}=compiled or interpret to choose",
-            file=sys.stderr,
-        )
-else:
-    os.environ["TRITON_INTERPRET"] = "0"
+os.environ["TRITON_INTERPRET"] = "1" if INTERPRET else "0"
+
+
+class InterpreterWarning(UserWarning):
+    """Kernels run on Triton's interpreter because no CUDA device was found. Silence it with
+    ``warnings.filterwarnings("ignore", category=tritoncnn.InterpreterWarning)``, with
+    ``python -W "ignore:no CUDA device"`` (or ``PYTHONWARNINGS``), or by choosing the mode:
+    ``TRITONCNN_MODE=interpret``."""
+
+
+_noticed = not (INTERPRET and REASON == "no CUDA device")
+
+
+def notice() -> None:
+    """Say once per process, as an :class:`InterpreterWarning`, that kernels run interpreted
+    because there is no CUDA device. Called at the first kernel launch and when a command
+    starts work, not at import: ``import tritoncnn`` and ``tritoncnn --help`` stay quiet."""
+    global _noticed
+    if _noticed:
+        return
+    _noticed = True
+    warnings.warn(
+        "no CUDA device, so tritoncnn's Triton kernels run interpreted on the CPU (slowly); "
+        f"set {ENV_VAR}=compiled or interpret to choose",
+        InterpreterWarning, stacklevel=3,
+    )
 
 
 def device_type() -> str:
@@ -96,6 +112,8 @@ def launch(kernel, grid, *args, **kwargs):
     Triton launches on the current CUDA device: when the tensors live on another one (a model on
     ``cuda:1`` with ``cuda:0`` current), their device is made current for the launch, as
     PyTorch's own ops do."""
+    if not _noticed:
+        notice()
     if _COMPILE_ONLY.get():
         return kernel.warmup(*args, grid=grid, **kwargs)
     device = getattr(args[0], "device", None) if args else None

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "env": "tritoncnn.env",
     "demo": "tritoncnn.demo",
     "train": "tritoncnn.models.train",
-    "tune": "tritoncnn.autotune.tune",
+    "tune": "tritoncnn.tune",
     "bench": "tritoncnn.reports.bench",
     "report": "tritoncnn.reports.report",
 }
@@ -25,7 +26,10 @@ def _load(name: str):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    from tritoncnn import __version__
+
     parser = argparse.ArgumentParser(prog="tritoncnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tritoncnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         # Importing every subcommand for --help would pull in all of torch's and Triton's kernels;
@@ -47,7 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(_load(args.command).main(args) or 0)
+    from tritoncnn import InterpreterWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        """The interpreter notice as its one line of text; other warnings as Python shows them."""
+        if issubclass(category, InterpreterWarning):
+            print(f"tritoncnn: {message}", file=sys.stderr if file is None else file)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        return int(_load(args.command).main(args) or 0)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

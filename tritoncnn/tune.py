@@ -13,13 +13,17 @@ On a GPU, the model is also run once forward and backward on tritoncnn's kernels
 ``get_config`` call recorded; when that works, the recorded launches (fused kernels included) are
 what gets tuned. ``--dry-run`` lists the shapes and how many configs each would try, on any machine.
 
-The defaults are ``tritoncnn train``'s on a GPU, so that what is tuned is what training looks up
-(cache entries are keyed by kernel, dtype, layout and the shape with the batch bucketed): batch
-32, fp32, channels_last, and, with neither ``--model`` nor ``--spec``, train's default model on
-its default data (the digits, 1x8x8). For another run pass the same ``--model``/``--spec``,
-``--batch-size`` (per process under torchrun: the global batch over the number of processes),
-``--dtype``, ``--channels-last``/``--no-channels-last`` and, for a spec, the data's image shape
-as ``--input-shape``.
+The defaults are ``tritoncnn train``'s on a GPU (:mod:`tritoncnn.defaults`), so that what is tuned
+is what training looks up (cache entries are keyed by kernel, dtype, layout and the shape with the
+batch bucketed): batch 32, fp32, channels_last, and, with neither ``--model`` nor ``--spec``,
+train's default model on its default data (the digits, 1x8x8). For another run pass the same
+``--model``/``--spec``, ``--batch-size`` (per process under torchrun: the global batch over the
+number of processes), ``--dtype``, ``--layout`` and, for a spec, the data's image shape as
+``--input-shape``. ``fp32`` tunes IEEE float32 launches, ``tf32`` the TF32 ones: each has cache
+entries of its own.
+
+This command lives beside the other commands rather than in ``tritoncnn.autotune``: it builds
+models (``tritoncnn.models``), and the tuner, its spaces and its cache import nothing from them.
 """
 
 from __future__ import annotations
@@ -35,60 +39,63 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from tritoncnn import _runtime
-
-from . import cache as _cache
-from . import spaces, tuner
+from tritoncnn import _runtime, defaults
+from tritoncnn.autotune import cache as _cache
+from tritoncnn.autotune import spaces, tuner
 
 HELP = "autotune every kernel of a model for this GPU and store the winners in the tuning cache"
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp64": torch.float64}
+DTYPES = defaults.DTYPES
 DEFAULT_INPUT = (3, 224, 224)  # a model that does not say
 SPEC_INPUT = (3, 32, 32)  # tritoncnn.models.build's default
-TRAIN_DEFAULT_INPUT = (1, 8, 8)  # tritoncnn train's default data: the 8x8 digits
+TRAIN_DEFAULT_INPUT = defaults.DATA_INPUT_SHAPE
+# --layout names -> the tuning cache's layout keys
+_CACHE_LAYOUT = {"channels_last": "nhwc", "nhwc": "nhwc", "nchw": "nchw"}
 
 
 def _shape_text(shape) -> str:
     return "x".join(str(v) for v in shape)
 
 
+def layout_name(cache_layout: str) -> str:
+    """The command-line name of a cache layout key."""
+    return "channels_last" if cache_layout == "nhwc" else cache_layout
+
+
 def resolve_defaults(args) -> None:
-    """Fill in what the command line left open: the layout, and tritoncnn train's default model
-    when neither --model nor --spec is given."""
+    """Fill in what the command line left open: the layout (as the cache's key, nhwc or nchw),
+    and tritoncnn train's default model when neither --model nor --spec is given."""
     if args.layout is True or args.layout is None:
         args.layout = "nhwc"
     elif args.layout is False:
         args.layout = "nchw"
+    else:
+        args.layout = _CACHE_LAYOUT[args.layout]
     if not args.model and not args.spec:
-        from tritoncnn.models.train import DEFAULT_SPEC
-
-        args.spec = DEFAULT_SPEC
+        args.spec = defaults.SPEC
         if not args.input_shape:
             args.input_shape = _shape_text(TRAIN_DEFAULT_INPUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tritoncnn.models.train import DEFAULT_SPEC, TrainConfig
-
-    train = TrainConfig()
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="a model of the zoo (tritoncnn.models), e.g. vgg16")
     which.add_argument("--spec", help="a model spec string (tritoncnn.models.build); with neither "
                                       f"--model nor --spec: tritoncnn train's default "
-                                      f"{DEFAULT_SPEC!r} at {_shape_text(TRAIN_DEFAULT_INPUT)}")
-    parser.add_argument("--batch-size", type=int, default=train.batch_size,
-                        help=f"batch size per process (default {train.batch_size}, as "
+                                      f"{defaults.SPEC!r} at {_shape_text(TRAIN_DEFAULT_INPUT)}")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                        help=f"batch size per process (default {defaults.BATCH_SIZE}, as "
                              "tritoncnn train)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=train.dtype,
-                        help=f"default {train.dtype}, as tritoncnn train (its --dtype)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.DTYPE,
+                        help=f"{defaults.DTYPE_HELP}; default {defaults.DTYPE}, as tritoncnn "
+                             "train")
     layout = parser.add_mutually_exclusive_group()
-    layout.add_argument("--channels-last", dest="layout", action=argparse.BooleanOptionalAction,
-                        default=None,
-                        help="activations in channels_last (nhwc) or not (nchw); default on, as "
+    layout.add_argument("--layout", choices=("channels_last", "nchw", "nhwc"), default=None,
+                        metavar="{channels_last,nchw}",
+                        help="activations in channels_last or nchw; default channels_last, as "
                              "tritoncnn train on a GPU")
-    layout.add_argument("--layout", choices=("nhwc", "nchw"), default=None,
-                        help="the same as --channels-last (nhwc) / --no-channels-last (nchw)")
+    layout.add_argument("--channels-last", dest="layout", action=argparse.BooleanOptionalAction,
+                        default=None, help="the same as --layout channels_last / nchw")
     parser.add_argument("--input-shape", default=None, metavar="CxHxW",
                         help="one input image, e.g. 3x224x224 (default: the model's own; "
                              "3x32x32 for a spec)")
@@ -97,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="CSV",
                         help="where to write every measurement "
                              "(default tune_<model>_<dtype>_<layout>_b<batch>.csv)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
 
 
 # Shapes ------------------------------------------------------------------------------------------
@@ -233,20 +242,14 @@ def build_model(args, backend: str) -> nn.Module:
 
     ``backend`` is "torch" (plain torch.nn layers) or "triton" (tritoncnn's kernels). An
     ``--input-shape`` goes to the model as ``in_channels`` and ``input_size``."""
-    try:
-        from tritoncnn import models
-    except ImportError as err:
-        raise SystemExit(f"tritoncnn tune: tritoncnn.models cannot be imported ({err})")
+    from tritoncnn import models
+
     kw = {}
     if args.input_shape:
         c, h, w = _parse_input_shape(args.input_shape)
         kw = dict(in_channels=c, input_size=h if h == w or not args.spec else (h, w))
     if args.spec:
-        if not hasattr(models, "build"):
-            raise SystemExit("tritoncnn tune: tritoncnn.models has no build() yet")
         return models.build(args.spec, backend=backend, **kw)
-    if not hasattr(models, "get_model"):
-        raise SystemExit("tritoncnn tune: tritoncnn.models has no get_model() yet")
     return models.get_model(args.model, backend=backend, **kw)
 
 
@@ -311,6 +314,11 @@ def main(args) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"tritoncnn tune: --batch-size must be at least 1, got {args.batch_size}")
     resolve_defaults(args)
+    with defaults.precision(args.dtype):  # fp32: IEEE launches and entries; tf32: TF32 ones
+        return _plan_and_tune(args)
+
+
+def _plan_and_tune(args) -> int:
     dtype = DTYPES[args.dtype]
     name = args.model or "spec"
     try:
@@ -318,8 +326,8 @@ def main(args) -> int:
     except ValueError as err:  # a spec that does not parse or fit the input (SpecError)
         raise SystemExit(f"tritoncnn tune: {err}") from None
     c, h, w = args.input_shape_used
-    print(f"{name}: batch {args.batch_size}, input {c}x{h}x{w}, {args.dtype}, {args.layout}, "
-          f"{len(layers)} layers")
+    print(f"{name}: batch {args.batch_size}, input {c}x{h}x{w}, {args.dtype}, "
+          f"{layout_name(args.layout)}, {len(layers)} layers")
     if args.dry_run:
         _print_plan(kernels, layers)
         return 0
@@ -345,7 +353,8 @@ def _tune_all(args, name: str, kernels: list[dict]) -> int:
     from tqdm.auto import tqdm
 
     store = _cache.default_cache()
-    out = args.out or f"tune_{name}_{args.dtype}_{args.layout}_b{args.batch_size}.csv"
+    out = args.out or (f"tune_{name}_{args.dtype}_{layout_name(args.layout)}"
+                       f"_b{args.batch_size}.csv")
 
     def write(tables) -> "pd.DataFrame":
         # rewritten after every kernel shape: a run that is stopped keeps what it measured
@@ -360,7 +369,8 @@ def _tune_all(args, name: str, kernels: list[dict]) -> int:
         return results
 
     tables, missing, start = [], set(), time.perf_counter()
-    with tqdm(total=sum(k["configs"] + 1 for k in kernels), unit="cfg", desc="tuning") as bar:
+    with tqdm(total=sum(k["configs"] + 1 for k in kernels), unit="cfg", desc="tuning",
+              disable=not getattr(args, "progress", True)) as bar:
         for k in kernels:
             bar.set_postfix_str(f"{k['kernel']} {','.join(dict.fromkeys(k['layers']))[:40]}")
             problem = tuner.make_problem(k["kernel"], k["shape"], k["dtype"], k["layout"],
