@@ -168,3 +168,12 @@ def launch_opts(cfg: dict) -> dict:
 def resolve_tf32(allow_tf32: Optional[bool]) -> bool:
     """Fix the float32 dot precision at forward time, so backward uses the same one."""
     return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else bool(allow_tf32)
+
+
+def bias_operand(bias, weight: torch.Tensor) -> torch.Tensor:
+    """The bias as the kernels read it, one value per output channel at stride 1: a strided or
+    expanded view (``b[::2]``, ``b.expand(K)``, a vmapped ensemble's slice) becomes a contiguous
+    copy; with no bias, any tensor of the op stands in (``HAS_BIAS`` off: never read)."""
+    if bias is None:
+        return weight
+    return bias if bias.stride(0) == 1 or bias.shape[0] <= 1 else bias.contiguous()

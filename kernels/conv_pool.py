@@ -43,8 +43,8 @@ import triton.language as tl
 from tritoncnn._shapes import window_rows
 from tritoncnn.autotune import heuristics
 
-from ._checks import (autocast_enabled, cdiv, channel_strides, channel_vector, channels_inner,
-                      check_float, dot_args, kernel_strides, launch, launch_opts,
+from ._checks import (autocast_enabled, bias_operand, cdiv, channel_strides, channel_vector,
+                      channels_inner, check_float, dot_args, kernel_strides, launch, launch_opts,
                       memory_format_of, pixel_vector, register_tiles, resolve_tf32)
 from ._gemm import acc_type, bias_relu, conv_mainloop, pooled_pixel, tile_ids, times, window_max
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
@@ -216,7 +216,7 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     sxn, sxc, sxh, sxw = channel_strides(xs, cv)
     swk, swc, swr, sws = channel_strides(ws, cv)
     launch(_conv_pool_fwd_kernel, grid,
-           x_ptr=input, w_ptr=weight, b_ptr=bias if bias is not None else weight, y_ptr=y,
+           x_ptr=input, w_ptr=weight, b_ptr=bias_operand(bias, weight), y_ptr=y,
            off_ptr=offsets, N=N, H=H, W=W, PP=PP, pq_v=PQ // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
            sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
            syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,

@@ -140,7 +140,7 @@ def _provably(condition) -> bool:
 def _check_fit(geometry: ConvGeometry, input_shape: tuple, weight_shape: tuple) -> None:
     """The dilated kernel fits the padded input; pixel counts stay below 2**31."""
     N, C, H, W = input_shape
-    K, _, R, S = weight_shape
+    K, CG, R, S = weight_shape
     (dh, dw), pads = geometry.dilation, geometry.padding
     extent_h, extent_w = dh * (R - 1) + 1, dw * (S - 1) + 1
     padded_h, padded_w = H + pads[0] + pads[1], W + pads[2] + pads[3]
@@ -154,6 +154,10 @@ def _check_fit(geometry: ConvGeometry, input_shape: tuple, weight_shape: tuple) 
     # Symbolic sizes (torch.compile, torch.export) pass unless provably too large, with no guard
     # on them (max() would compare them and guard a dynamic batch to its example value, and a
     # bound would need declaring): the custom op checks its concrete sizes before it launches.
+    if _provably(K * CG * R * S >= 2**31):  # the kernels index the weight in int32
+        raise ValueError(
+            f"weight {weight_shape} has {K * CG * R * S} elements, more than the 2**31 - 1 the "
+            "kernels index; split the layer's filters over several convolutions")
     counts = (N * H * W, N * P * Q, C * H * W, K * P * Q)
     if any(_provably(count >= 2**31) for count in counts):
         raise ValueError(

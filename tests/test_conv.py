@@ -743,3 +743,71 @@ def test_linear_with_no_in_features():
     x, w, b = torch.randn(3, 0), torch.randn(4, 0), torch.randn(4)
     y = linear(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE))
     torch.testing.assert_close(y.cpu(), F.linear(x, w, b))
+
+
+# Biases that are views with other strides, made from a base tensor: (base size, view of it).
+BIAS_VIEWS = {"expanded": (lambda K: 1, lambda base, K: base.expand(K)),          # stride 0
+              "strided": (lambda K: 2 * K, lambda base, K: base[::2])}           # stride 2
+
+
+@pytest.mark.parametrize("view", list(BIAS_VIEWS))
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_relu", "conv2d_relu_pool", "linear"])
+def test_strided_and_expanded_views_match_pytorch(op, view):
+    """A bias, input or weight that is a view with other strides (expanded, every other
+    element, a channel slice) gives PyTorch's values and gradients: the kernels read each
+    tensor through its strides or a contiguous copy, never past its storage."""
+    from tritoncnn.kernels import conv2d_relu_pool
+
+    gen = torch.Generator().manual_seed(1)
+    K = 6
+    size, make_view = BIAS_VIEWS[view]
+    if op == "linear":
+        bases = (torch.randn(5, 14, generator=gen), torch.randn(K, 7, generator=gen))
+        views = (lambda t: t[:, ::2], lambda t: t)                      # input (5, 7), strided
+        ours, ref, reduce_len = linear, F.linear, 7
+    else:
+        bases = (torch.randn(2, 8, 7, 6, generator=gen), torch.randn(2 * K, 3, 3, 3, generator=gen))
+        views = (lambda t: t[:, 1:4], lambda t: t[::2])     # a channel slice, every other filter
+        reduce_len = 27
+        ops = {"conv2d": (conv2d, lambda *t: F.conv2d(*t, padding=1)),
+               "conv2d_relu": (conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
+               "conv2d_relu_pool": (conv2d_relu_pool,
+                                    lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2))}
+        kernel, ref = ops[op]
+        ours = lambda *t: kernel(*t, padding=1, allow_tf32=False)  # noqa: E731
+    bases = (*bases, torch.randn(size(K), generator=gen))
+    theirs = [t.double().requires_grad_() for t in bases]
+    mine = [t.to(DEVICE).requires_grad_() for t in bases]
+    y = ours(views[0](mine[0]), views[1](mine[1]), make_view(mine[2], K))
+    want = ref(views[0](theirs[0]), views[1](theirs[1]), make_view(theirs[2], K))
+    compare("y", y, want, *TOL[torch.float32], reduce_len)
+    grad = torch.randn(want.shape, generator=gen).double()
+    want.backward(grad)
+    y.backward(grad.float().to(DEVICE))
+    lengths = (K * reduce_len, grad.numel(), grad.numel())
+    for name, got, expect, n in zip(("dx", "dw", "db"), mine, theirs, lengths):
+        compare(name, got.grad, expect.grad, *TOL[torch.float32], n)
+
+
+def test_vmap_over_an_ensemble_with_its_bias_on_dim_1():
+    """torch.func.vmap over an ensemble whose biases are stacked along dimension 1 (each member's
+    bias a strided view) gives each member's F.conv2d."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 6, 6, generator=gen)
+    ws = torch.randn(4, 5, 3, 3, 3, generator=gen)     # 4 members of 5 filters
+    bs = torch.randn(5, 4, generator=gen)              # biases along dim 1
+    got = torch.func.vmap(lambda w, b: conv2d_relu(x.to(DEVICE), w, b, padding=1,
+                                                   allow_tf32=False),
+                          in_dims=(0, 1))(ws.to(DEVICE), bs.to(DEVICE))
+    for i in range(4):
+        want = F.relu(F.conv2d(x.double(), ws[i].double(), bs[:, i].double(), padding=1))
+        compare(f"member {i}", got[i], want, *TOL[torch.float32], 27)
+
+
+def test_weight_past_int32_indexing_is_a_clear_error():
+    """A weight of 2**32 elements (meta tensors: nothing allocated) is refused with an error that
+    names it, not indexed past int32."""
+    x = torch.empty(1, 2**16, 4, 4, device="meta")
+    w = torch.empty(2**16, 2**16, 1, 1, device="meta")
+    with pytest.raises(ValueError, match=r"weight \(65536, 65536, 1, 1\) has 4294967296 elements"):
+        conv2d(x, w)
