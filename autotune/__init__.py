@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Mapping, NamedTuple
 
 import torch
@@ -105,10 +106,12 @@ def get_config(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout
             found = _missing(kernel, shape, dtype, layout, heuristic)
         if found is None:
             config = dict(heuristic)
-        elif found.keys() == heuristic.keys():
-            config = dict(found)
         else:  # keys the launcher no longer takes are dropped, keys an entry lacks kept
             config = {k: found.get(k, v) for k, v in heuristic.items()}
+            problem = _checked_problem(kernel, found, config)
+            if problem is not None:
+                _warn_bad_entry(entry_key(kernel, shape, dtype, layout), problem)
+                config = dict(heuristic)
     if _records is not None:
         _records.append(Launch(kernel, dict(shape), dtype, layout, dict(heuristic), dict(config)))
     return config
@@ -124,3 +127,51 @@ def _missing(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: 
         return None
     _tried.add(key)
     return tuner.tune_on_first_use(kernel, shape, dtype, layout, heuristic, default_cache())
+
+
+_MAX_STAGES = 8
+_warned: set[tuple] = set()  # (entry, problem) already reported in this process
+_checked: dict[tuple, tuple] = {}  # (kernel, id of a cached config) -> (that config, problem)
+
+
+def _checked_problem(kernel: str, found: dict, config: dict) -> str | None:
+    """:func:`config_problem` of a cached entry, once per entry object (the cache hands back the
+    same dict for every launch of a shape: a dict hit on the per-launch path)."""
+    key = (kernel, id(found))
+    hit = _checked.get(key)
+    if hit is None or hit[0] is not found:
+        hit = _checked[key] = (found, config_problem(kernel, config))
+    return hit[1]
+
+
+def config_problem(kernel: str, config: Mapping[str, object]) -> str | None:
+    """What makes ``config`` unusable for a launch of ``kernel``, or None: every value an int;
+    block sizes powers of two (at least 16 for the conv kernels, whose ``tl.dot`` needs it);
+    ``num_warps`` a power of two from 1 to 32; ``num_stages`` 1 to 8; counts at least 1. A
+    cache file edited by hand or written by another version can hold anything."""
+    for key, value in config.items():
+        if type(value) is not int:
+            return f"{key}={value!r} is not an int"
+        if key.startswith("BLOCK"):
+            least = spaces.MIN_DOT if kernel.startswith("conv") else 1
+            if value < least or value & (value - 1):
+                return f"{key}={value} is not a power of two >= {least}"
+        elif key == "num_warps":
+            if not 1 <= value <= 32 or value & (value - 1):
+                return f"num_warps={value} is not a power of two from 1 to 32"
+        elif key == "num_stages":
+            if not 1 <= value <= _MAX_STAGES:
+                return f"num_stages={value} is not from 1 to {_MAX_STAGES}"
+        elif value < 1:
+            return f"{key}={value} is below 1"
+    return None
+
+
+def _warn_bad_entry(key: str, problem: str) -> None:
+    """One warning per invalid cache entry and process; the launch uses the heuristic."""
+    if (key, problem) in _warned:
+        return
+    _warned.add((key, problem))
+    warnings.warn(f"tritoncnn autotune cache {default_cache().path}: entry {key} has an invalid "
+                  f"config ({problem}); using the default config instead (re-tune with "
+                  "`tritoncnn tune` to replace it)", RuntimeWarning, stacklevel=3)

@@ -741,3 +741,29 @@ def test_shared_memory_counts_the_weight_gradient_scratch():
     assert all(spaces.conv_smem_bytes(c, torch.float32, "conv_dw") <= 232448 for c in kept)
     assert not any((c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_stages"], c["num_warps"])
                    == (128, 128, 64, 3, 8) for c in kept)
+
+
+@pytest.mark.parametrize("bad", [dict(BLOCK_M=24), dict(BLOCK_M="64"), dict(BLOCK_M=None),
+                                 dict(num_warps=0), dict(num_warps=3), dict(num_stages=0),
+                                 dict(GROUP_M=-1), dict(BLOCK_K=8), dict(num_warps=True)])
+def test_invalid_cache_entry_falls_back_to_the_heuristic_with_one_warning(store, bad):
+    """A well-formed cache entry whose config no launch can use (edited by hand, another
+    version) is replaced by the heuristic, with one warning naming the entry and the value."""
+    shape = conv()
+    store.put("conv_fwd", shape, torch.float16, "nhwc", dict(HEURISTIC, **bad))
+    key, value = next(iter(bad.items()))
+    with pytest.warns(RuntimeWarning, match=rf"invalid config \({key}="):
+        got = autotune.get_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC)
+    assert got == HEURISTIC
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per entry and process
+        assert autotune.get_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC) == HEURISTIC
+    from tritoncnn.autotune import heuristics
+    assert heuristics.conv_config("conv_fwd", shape, torch.float16, "nhwc", HEURISTIC,
+                                  None) == HEURISTIC
+
+
+def test_valid_pool_entries_pass_the_config_check():
+    assert autotune.config_problem("max_pool_fwd", dict(BLOCK=256, num_warps=4)) is None
+    assert autotune.config_problem("conv_dw", dict(HEURISTIC, SPLIT=8)) is None
+    assert "BLOCK=300" in autotune.config_problem("max_pool_bwd", dict(BLOCK=300, num_warps=4))
