@@ -323,6 +323,22 @@ def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, ceil_mode: bool)
     return oh, ow
 
 
+def _check_backward_args(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
+                         divisor_override) -> tuple[Pair, Pair, Pair]:
+    """The backward's checks (launcher and fake kernel): the arguments, and a grad_output of the
+    pooled input's output shape. Returns the arguments as pairs."""
+    _check_divisor(divisor_override)
+    k, s, p = _pool_params(kernel_size, stride, padding)
+    oh, ow = _output_hw(tuple(input_size), k, s, p, ceil_mode)
+    expected = (*input_size[:-2], oh, ow)
+    if tuple(grad_output.shape) != tuple(expected):
+        raise RuntimeError(
+            f"avg_pool2d backward: grad_output has shape {list(grad_output.shape)}, but the "
+            f"pooled input {list(input_size)} has output shape {list(expected)}"
+        )
+    return k, s, p
+
+
 def _empty(shape, dtype, device, channels_last: bool) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
@@ -438,15 +454,9 @@ def avg_pool2d_backward(grad_output: torch.Tensor, input_size: Sequence[int], ke
     """
     check_float("grad_output", grad_output)
     check_device("grad_output", grad_output)
-    _check_divisor(divisor_override)
-    k, s, p = _pool_params(kernel_size, stride, padding)
-    oh, ow = _output_hw(tuple(input_size), k, s, p, ceil_mode)
-    expected = (*input_size[:-2], oh, ow)
-    if tuple(grad_output.shape) != tuple(expected):
-        raise RuntimeError(
-            f"avg_pool2d backward: grad_output has shape {list(grad_output.shape)}, but the "
-            f"pooled input {list(input_size)} has output shape {list(expected)}"
-        )
+    k, s, p = _check_backward_args(grad_output, input_size, kernel_size, stride, padding,
+                                   ceil_mode, divisor_override)
+    oh, ow = grad_output.shape[-2:]
     nhwc = channels_last and len(input_size) == 4
     grad_input = _empty(tuple(input_size), grad_output.dtype, grad_output.device, nhwc)
     if grad_input.numel() == 0:
@@ -506,6 +516,8 @@ def _avg_pool2d_bwd_op(grad_output: torch.Tensor, input_size: list[int], kernel_
 @_avg_pool2d_bwd_op.register_fake
 def _avg_pool2d_bwd_fake(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
                          count_include_pad, divisor_override, channels_last):
+    _check_backward_args(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
+                         divisor_override)
     return _empty(tuple(input_size), grad_output.dtype, grad_output.device,
                   channels_last and len(input_size) == 4)
 
@@ -604,8 +616,9 @@ class AvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, input_t, *_):
-        # linear: the tangent of the output is the pool of the input's tangent
-        return avg_pool2d_forward(input_t, *ctx.args)
+        # linear: the output's tangent is the pool of the input's, taken with PyTorch's op
+        # (the tangent is a torch.func wrapper, which a kernel launch cannot read)
+        return torch.nn.functional.avg_pool2d(input_t, *ctx.args)
 
     @staticmethod
     def vmap(info, in_dims, *args):
