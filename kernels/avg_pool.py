@@ -1,4 +1,4 @@
-"""2-D average pooling: Triton kernels, launchers, autograd Function and ``torch.library`` custom op.
+"""2-D average pooling: Triton kernels, launchers, autograd Function and custom ops.
 
 The lecture's other pooling: each output is the mean of its window instead of the maximum. The
 arguments and results are ``F.avg_pool2d``'s: kernel_size, stride, padding, ceil_mode,

@@ -1,11 +1,14 @@
 """avg_pool2d against torch.nn.functional.avg_pool2d (float64 on the CPU as the reference):
-values, output shapes and memory formats, gradients, precisions, errors, determinism, and the
-custom ops."""
+values, output shapes and memory formats, gradients, precisions, errors, determinism, the custom
+ops; and the AvgPool2d / AdaptiveAvgPool2d layers, convert() and AVGPOOL in the spec."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from tritoncnn.kernels import AvgPool2dFunction, avg_pool2d
@@ -364,3 +367,90 @@ def test_compiled_many_programs_against_torch_cuda(dtype, channels_last, k, s, p
     out.backward(upstream)
     ref.backward(upstream.double())
     torch.testing.assert_close(ours_in.grad.double(), x64.grad, rtol=eps, atol=eps)
+
+
+# --------------------------------------------------------------------------------------------
+# the layers, convert() and the spec
+
+
+def test_layers_match_torch_nn():
+    from tritoncnn.models import AdaptiveAvgPool2d, AvgPool2d
+
+    x = torch.randn(2, 3, 8, 6, device=DEVICE)
+    for ours, theirs in [(AvgPool2d(3, 2, 1, True, False), nn.AvgPool2d(3, 2, 1, True, False)),
+                         (AvgPool2d(2, divisor_override=3), nn.AvgPool2d(2, divisor_override=3)),
+                         (AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d(1)),
+                         (AdaptiveAvgPool2d((4, None)), nn.AdaptiveAvgPool2d((4, None))),
+                         (AdaptiveAvgPool2d((3, 4)), nn.AdaptiveAvgPool2d((3, 4)))]:
+        torch.testing.assert_close(ours(x).cpu().double(), theirs(x.cpu().double()), rtol=1e-6,
+                                   atol=1e-6, msg=repr(ours))
+
+
+def test_adaptive_layer_uses_the_kernel_where_sizes_divide(monkeypatch):
+    from tritoncnn import kernels
+    from tritoncnn.models import AdaptiveAvgPool2d
+
+    calls = []
+    real = kernels.avg_pool2d
+    monkeypatch.setattr(kernels, "avg_pool2d", lambda *a: calls.append(a[1:]) or real(*a))
+    x = torch.randn(1, 2, 8, 6, device=DEVICE)
+    AdaptiveAvgPool2d((2, 3))(x)
+    assert calls == [((4, 2), (4, 2))]
+    AdaptiveAvgPool2d((3, 4))(x)  # 8 / 3: windows of different sizes, PyTorch's op
+    assert len(calls) == 1
+
+
+def test_layer_rejects_bad_arguments_at_construction():
+    from tritoncnn.models import AvgPool2d
+
+    with pytest.raises(ValueError, match="padding"):
+        AvgPool2d(2, padding=2)
+    with pytest.raises(ValueError, match="divisor_override"):
+        AvgPool2d(2, divisor_override=0)
+
+
+class _AvgNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                      nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                                      nn.AvgPool2d(3, 2, 1, ceil_mode=True,
+                                                   count_include_pad=False))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):  # (N, 3, 9, 9)
+        return self.fc(torch.flatten(self.gap(self.features(x)), 1))
+
+
+def test_convert_replaces_average_pools_and_keeps_outputs():
+    from tritoncnn.models import AdaptiveAvgPool2d, AvgPool2d, convert
+
+    model = _AvgNet().to(DEVICE)
+    x = torch.randn(2, 3, 9, 9, device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left behind
+        conv = convert(model)
+    assert type(conv.features[2]) is AvgPool2d and type(conv.features[5]) is AvgPool2d
+    assert conv.features[5].ceil_mode and not conv.features[5].count_include_pad
+    assert type(conv.gap) is AdaptiveAvgPool2d
+    assert not conv.convert_report.kept
+    ref = model.double().cpu()(x.cpu().double())
+    torch.testing.assert_close(conv(x).cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_spec_avgpool():
+    from tritoncnn.models import AvgPool2d, SpecError, build, parse
+
+    layers = parse("CONV3-4-RELU-AVGPOOL2-avgpool3S2-FC10")
+    assert [(l.kind, l.size, l.stride) for l in layers if "pool" in l.kind] == [
+        ("avgpool", 2, 2), ("avgpool", 3, 2)]
+    torch.manual_seed(0)
+    ref = build("CONV3-4-RELU-AVGPOOL2-FC10", backend="torch", in_channels=1, input_size=8)
+    torch.manual_seed(0)
+    net = build("CONV3-4-RELU-AVGPOOL2-FC10", backend="triton", in_channels=1, input_size=8)
+    assert type(ref[2]) is nn.AvgPool2d and type(net[2]) is AvgPool2d  # never fused
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(net.to(DEVICE)(x.to(DEVICE)).cpu(), ref(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(SpecError, match="AVGPOOL4 does not fit a 2x2 input"):
+        build("AVGPOOL4-FC10", in_channels=1, input_size=2)
