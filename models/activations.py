@@ -223,7 +223,9 @@ def plot_activation_maps(maps: "OrderedDict[str, torch.Tensor]", image: torch.Te
            + (f" (true: {labels[label]})" if label is not None and 0 <= label < n else ""))
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.06, top=0.86 if title else 0.9)
+    width, height = fig.get_size_inches()  # margins in inches: room for the class labels
+    fig.subplots_adjust(left=0.1 / width, right=1 - 0.7 / width, bottom=0.45 / height,
+                        top=1 - (0.9 if title else 0.6) / height)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
