@@ -370,14 +370,16 @@ def _window_args(k: Pair, s: Pair, p: Pair, count_include_pad: bool, divisor_ove
                 UNROLL=k[0] * k[1] <= _MAX_UNROLLED_WINDOW)
 
 
-def _config(layout: str, non_overlap: bool, config: dict | None) -> dict:
+def _config(layout: str, non_overlap: bool, dtype: torch.dtype, config: dict | None) -> dict:
     """Launch configuration: max-pool's heuristic (8 elements per lane on 4 warps; 4 per lane for
-    NCHW overlapping windows, which read scalars), overridden by ``config``. The interpreter pays
-    per program instance, so it gets the largest tile."""
+    NCHW overlapping windows, which read scalars), half of it in float64, whose per-window
+    divisions take twice the registers; overridden by ``config``. The interpreter pays per
+    program instance, so it gets the largest tile."""
     if INTERPRET:
         heuristic = {"BLOCK": 4096, "num_warps": 4}
     else:
-        heuristic = {"BLOCK": 1024 if layout == "nhwc" or non_overlap else 512, "num_warps": 4}
+        block = 1024 if layout == "nhwc" or non_overlap else 512
+        heuristic = {"BLOCK": block // 2 if dtype == torch.float64 else block, "num_warps": 4}
     return {**heuristic, **(config or {})}
 
 
@@ -409,7 +411,7 @@ def avg_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     x4 = _as_4d(input)
     N, C, H, W = x4.shape
     non_overlap = _non_overlapping(k, s, p)
-    cfg = _config("nhwc" if nhwc else "nchw", non_overlap, config)
+    cfg = _config("nhwc" if nhwc else "nchw", non_overlap, input.dtype, config)
     total = out.numel()
     block = cfg["BLOCK"]
     divisor = 1 if divisor_override is None else int(divisor_override)
@@ -465,7 +467,7 @@ def avg_pool2d_backward(grad_output: torch.Tensor, input_size: Sequence[int], ke
     g4 = _as_4d(grad_output)
     N, C, H, W = _as_4d(grad_input).shape
     non_overlap = _non_overlapping(k, s, p)
-    cfg = _config("nhwc" if nhwc else "nchw", non_overlap, config)
+    cfg = _config("nhwc" if nhwc else "nchw", non_overlap, grad_output.dtype, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
     launch(_avg_pool_bwd_kernel, (cdiv(total, block),),
