@@ -156,3 +156,14 @@ def pool_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, non_o
     chosen = config if config is not None else get_config(
         kernel, shape, dtype, layout, heuristic)
     return {**heuristic, **chosen}
+
+
+def avg_pool_config(layout: str, non_overlap: bool, dtype: torch.dtype,
+                    config: Optional[dict]) -> dict:
+    """The average pool's launch configuration: max-pool's heuristic (:func:`pool_heuristic`),
+    half of it in float64, whose per-window divisions take twice the registers; overridden by
+    ``config``."""
+    heuristic = pool_heuristic(layout, non_overlap)
+    if dtype == torch.float64 and not INTERPRET:
+        heuristic["BLOCK"] //= 2
+    return {**heuristic, **(config or {})}

@@ -12,5 +12,6 @@ from tritoncnn import _runtime  # noqa: F401  (fixes the runtime mode before any
 
 from .conv import *  # noqa: F401,F403
 from .max_pool import *  # noqa: F401,F403
+from .avg_pool import *  # noqa: F401,F403
 from .conv_pool import *  # noqa: F401,F403
 from . import problems  # noqa: F401  (registers the tuning problems)

@@ -40,6 +40,8 @@ from ._gemm import acc_type, window_max
 from ._op import (apply_function, eager_ok, op_function, register_op_autograd, route_backward,
                   traced_checks_quiet)
 
+from ._pool import as_4d, block_indices, empty, needs_int64, unflatten
+
 __all__ = [
     "max_pool2d",
     "MaxPool2dFunction",
@@ -54,41 +56,11 @@ Pair = tuple[int, int]
 # 5x5 to 8x8 window's loads are all hoisted and spill on sm_90 (NCHW backward, 8 outputs per
 # lane: 1.1 to 1.8 KB); looped they take 72 to 99 registers.
 _MAX_UNROLLED_WINDOW = 16
-_INT32_LIMIT = 2**31
 
 
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _block_indices(BLOCK: tl.constexpr, INT64: tl.constexpr):
-    """This program's BLOCK flat element indices (int64 when offsets can pass 2**31)."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    return pid * BLOCK + tl.arange(0, BLOCK)
-
-
-@triton.jit
-def _unflatten(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(n, c, h, w) of flat positions in a contiguous (N, C, H, W) tensor, NCHW or NHWC order."""
-    if CHANNELS_LAST:
-        c = idx % C
-        t = idx // C
-        w = t % W
-        t = t // W
-        h = t % H
-        n = t // H
-    else:
-        w = idx % W
-        t = idx // W
-        h = t % H
-        t = t // H
-        c = t % C
-        n = t // C
-    return n, c, h, w
 
 
 @triton.jit
@@ -120,9 +92,9 @@ def _max_pool_fwd_kernel(
 
     The input is read through its strides; out and off are contiguous in the output's format.
     """
-    idx = _block_indices(BLOCK, INT64)
+    idx = block_indices(BLOCK, INT64)
     mask = idx < total
-    n, c, oh, ow = _unflatten(idx, C, OH, OW, CHANNELS_LAST)
+    n, c, oh, ow = unflatten(idx, C, OH, OW, CHANNELS_LAST)
     base = n * sxn + c * sxc
     h0 = oh * SH - PH
     w0 = ow * SW - PW
@@ -232,9 +204,9 @@ def _max_pool_bwd_kernel(
     input's format. Windows are visited in a fixed order and summed in float32 (float64 for
     float64).
     """
-    idx = _block_indices(BLOCK, INT64)
+    idx = block_indices(BLOCK, INT64)
     mask = idx < total
-    n, c, ih, iw = _unflatten(idx, C, H, W, CHANNELS_LAST)
+    n, c, ih, iw = unflatten(idx, C, H, W, CHANNELS_LAST)
     gbase = n * sgn + c * sgc
     obase = n * son + c * soc
     if NON_OVERLAP:
@@ -331,25 +303,6 @@ def offset_dtype(window: int) -> torch.dtype:
     return torch.int32
 
 
-def _empty(shape, dtype, device, channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
-
-
-def _as_4d(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dim() == 4 else t.unsqueeze(0)
-
-
-def _max_address(t: torch.Tensor) -> int:
-    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
-
-
-def _needs_int64(total: int, block: int, *tensors: torch.Tensor) -> bool:
-    """Whether flat indices or element offsets of the tensors can reach 2**31."""
-    return total + block >= _INT32_LIMIT or any(
-        _max_address(t) >= _INT32_LIMIT for t in tensors)
-
-
 def _window_args(k: Pair, s: Pair, p: Pair, d: Pair) -> dict:
     """The window constexprs both kernels take: size, stride, padding, dilation, and UNROLL."""
     return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
@@ -399,12 +352,12 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
-    out = _empty(out_shape, input.dtype, input.device, nhwc)
-    offsets = _empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc)
+    out = empty(out_shape, input.dtype, input.device, nhwc)
+    offsets = empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc)
     if out.numel() == 0:
         return out, offsets
 
-    x4 = _as_4d(input)
+    x4 = as_4d(input)
     N, C, H, W = x4.shape
     layout = "nhwc" if nhwc else "nchw"
     cfg = heuristics.pool_config("max_pool_fwd",
@@ -429,7 +382,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
             x4, out, offsets,
             rows, C, H, oh, ow, w_in // vec,
             sxn // vec, sxc // vec, sxh // vec, sxw,
-            KH=k[0], KW=k[1], VEC=vec, INT64=_needs_int64(total, block, x4, out),
+            KH=k[0], KW=k[1], VEC=vec, INT64=needs_int64(total, block, x4, out),
             BLOCK_R=block_r, BLOCK_OW=block_ow, num_warps=cfg["num_warps"],
         )
         return out, offsets
@@ -439,7 +392,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
         total, C, H, W, oh, ow,
         *x4.stride(),
         **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
-        INT64=_needs_int64(total, block, x4, out),
+        INT64=needs_int64(total, block, x4, out),
         BLOCK=block, num_warps=cfg["num_warps"],
     )
     return out, offsets
@@ -464,13 +417,13 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
             f"{list(offsets.shape)} and input_size {list(input_size)} do not match"
         )
     nhwc = channels_last and len(input_size) == 4
-    grad_input = _empty(tuple(input_size), grad_output.dtype, grad_output.device, nhwc)
+    grad_input = empty(tuple(input_size), grad_output.dtype, grad_output.device, nhwc)
     if grad_input.numel() == 0:
         return grad_input
 
-    g4 = _as_4d(grad_output)
-    o4 = _as_4d(offsets)
-    N, C, H, W = _as_4d(grad_input).shape
+    g4 = as_4d(grad_output)
+    o4 = as_4d(offsets)
+    N, C, H, W = as_4d(grad_input).shape
     oh, ow = g4.shape[-2:]
     layout = "nhwc" if nhwc else "nchw"
     ceil_mode = _ceil_mode_of((H, W), (oh, ow), k, s, p, d)
@@ -488,7 +441,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
         *o4.stride(),
         **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
         NON_OVERLAP=non_overlap,
-        INT64=_needs_int64(total, block, g4, o4, grad_input),
+        INT64=needs_int64(total, block, g4, o4, grad_input),
         BLOCK=block, num_warps=cfg["num_warps"],
     )
     return grad_input
@@ -529,8 +482,8 @@ def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mod
     oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
-    return (_empty(out_shape, input.dtype, input.device, nhwc),
-            _empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc))
+    return (empty(out_shape, input.dtype, input.device, nhwc),
+            empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc))
 
 
 @torch.library.custom_op("tritoncnn::max_pool2d_bwd", mutates_args=())
@@ -544,7 +497,7 @@ def _max_pool2d_bwd_op(grad_output: torch.Tensor, offsets: torch.Tensor, input_s
 @_max_pool2d_bwd_op.register_fake
 def _max_pool2d_bwd_fake(grad_output, offsets, input_size, kernel_size, stride, padding, dilation,
                          channels_last):
-    return _empty(tuple(input_size), grad_output.dtype, grad_output.device,
+    return empty(tuple(input_size), grad_output.dtype, grad_output.device,
                   channels_last and len(input_size) == 4)
 
 

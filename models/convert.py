@@ -8,7 +8,9 @@ What is replaced, searched through every nested container:
 * ``nn.Conv2d`` -> ``nn.ReLU`` -> ``Conv2dReLU`` (one kernel, ReLU in the epilogue);
 * ``nn.Linear`` -> ``nn.ReLU`` -> ``LinearReLU``, the same way;
 * a lone ``nn.Conv2d`` -> ``Conv2d``, ``nn.MaxPool2d`` -> ``MaxPool2d``,
-  ``nn.Linear`` -> ``Linear``.
+  ``nn.Linear`` -> ``Linear``, ``nn.AvgPool2d`` -> ``AvgPool2d``, ``nn.AdaptiveAvgPool2d`` ->
+  ``AdaptiveAvgPool2d`` (on the kernel where the output size divides the input's, on
+  ``F.adaptive_avg_pool2d`` elsewhere).
 
 Converting only swaps modules; it never replaces a ``forward``. Fusion is found in two places:
 
@@ -46,7 +48,7 @@ converted model gives the same outputs within the kernels' rounding, and convert
 random numbers: a model built and converted under one seed has the weights of the unconverted one.
 
 What is left alone is reported: layers of the conv, pool or linear families that the kernels do
-not serve (integer dtypes, ``nn.Conv1d``, ``nn.AvgPool2d``, a subclass of
+not serve (integer dtypes, ``nn.Conv1d``, ``nn.AvgPool1d``, a subclass of
 ``nn.Conv2d`` with a ``forward`` of its own, ...) and any other layer holding parameters. The
 report is returned on the model as ``model.convert_report`` (a :class:`ConvertReport`), logged,
 and, when something was kept, issued as a ``UserWarning``.
@@ -68,7 +70,8 @@ import torch.nn.functional as F
 from tritoncnn._shapes import FLOAT_DTYPES
 
 from .layers import (
-    TRITON_LAYERS, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear, LinearReLU, MaxPool2d,
+    TRITON_LAYERS, AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dReLU, Conv2dReLUPool, Linear,
+    LinearReLU, MaxPool2d,
 )
 
 __all__ = ["convert", "ConvertReport"]
@@ -165,6 +168,16 @@ def _from_linear(m: nn.Linear, relu: bool) -> nn.Module:
 
 def _from_pool(m: nn.MaxPool2d) -> nn.Module:
     new = MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
+    new.train(m.training)
+    return _carry_hooks(new, m)
+
+
+def _from_avg_pool(m: nn.Module) -> nn.Module:
+    if type(m) is nn.AdaptiveAvgPool2d:
+        new = AdaptiveAvgPool2d(m.output_size)
+    else:
+        new = AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                        m.divisor_override)
     new.train(m.training)
     return _carry_hooks(new, m)
 
@@ -477,6 +490,8 @@ def _set_submodule(root: nn.Module, qualname: str, new: nn.Module) -> None:
 # pass 3: every remaining layer one by one
 
 _FAMILIES = ("Conv", "Pool", "Linear", "Bilinear")
+# the torch.nn classes a tritoncnn layer replaces (their subclasses are reported, not replaced)
+_SERVED = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
 def _replace_lone(model: nn.Module, report: ConvertReport) -> list[str]:
@@ -507,15 +522,16 @@ def _replace_lone(model: nn.Module, report: ConvertReport) -> list[str]:
                     report.kept.append((qual, "Linear", reason))
             elif type(child) is nn.MaxPool2d:
                 new = _from_pool(child)
+            elif type(child) in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
+                new = _from_avg_pool(child)
             elif isinstance(child, TRITON_LAYERS):
                 continue
             elif isinstance(child, nn.modules.lazy.LazyModuleMixin) and \
                     child.has_uninitialized_params():
                 report.kept.append((qual, type(child).__name__, "a lazy module not initialized "
                                     "yet: run one forward pass, then convert()"))
-            elif isinstance(child, (nn.Conv2d, nn.Linear, nn.MaxPool2d)):
-                base = next(c for c in (nn.Conv2d, nn.Linear, nn.MaxPool2d)
-                            if isinstance(child, c))
+            elif isinstance(child, _SERVED):
+                base = next(c for c in _SERVED if isinstance(child, c))
                 report.kept.append((qual, type(child).__name__,
                                     f"a subclass of nn.{base.__name__} (may have its own forward)"))
             elif not child._modules and (

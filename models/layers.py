@@ -14,6 +14,10 @@ construction, not on the first forward.
                                               -> kernels.conv2d_relu_pool (one kernel; only the
                                                  pooled output is written)
     MaxPool2d    nn.MaxPool2d                 -> kernels.max_pool2d
+    AvgPool2d    nn.AvgPool2d                 -> kernels.avg_pool2d
+    AdaptiveAvgPool2d  nn.AdaptiveAvgPool2d   -> kernels.avg_pool2d with window = stride =
+                                                 input size / output size, where it divides
+                                                 evenly; other sizes run F.adaptive_avg_pool2d
     Linear       nn.Linear                    -> kernels.linear
     LinearReLU   nn.Linear followed by ReLU   -> kernels.linear(..., activation="relu")
 
@@ -30,8 +34,8 @@ import torch.nn.functional as F
 
 from tritoncnn._shapes import FLOAT_DTYPES
 
-__all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "Linear", "LinearReLU",
-           "TRITON_LAYERS"]
+__all__ = ["Conv2d", "Conv2dReLU", "Conv2dReLUPool", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "Linear", "LinearReLU", "TRITON_LAYERS"]
 
 
 def _kernels():
@@ -181,6 +185,56 @@ class MaxPool2d(nn.MaxPool2d):
         )
 
 
+class AvgPool2d(nn.AvgPool2d):
+    """``torch.nn.AvgPool2d`` on tritoncnn's average-pool kernel (every option of
+    ``F.avg_pool2d``)."""
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override)
+        # PyTorch's own rules (checked only in forward there)
+        ks = _pair(self.kernel_size)
+        pad = _pair(self.padding)
+        if any(p * 2 > k for p, k in zip(pad, ks)):
+            raise ValueError(
+                f"AvgPool2d: padding={self.padding} must be at most half of "
+                f"kernel_size={self.kernel_size}"
+            )
+        if divisor_override == 0:
+            raise ValueError("AvgPool2d: divisor_override must not be zero")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H2, W2)
+        return _op("avg_pool2d")(
+            input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+            self.count_include_pad, self.divisor_override,
+        )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``torch.nn.AdaptiveAvgPool2d`` on tritoncnn's average-pool kernel where the output size
+    divides the input size (global average pooling, 8x8 -> 4x4, ...): then every adaptive window
+    is the same non-overlapping input/output window. Other sizes give windows of different
+    sizes, which the kernel does not take; they run ``F.adaptive_avg_pool2d``, so a converted
+    model works at every input size."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, *out)
+        h, w = input.shape[-2:]
+        out = _pair(self.output_size)
+        oh, ow = (h if out[0] is None else out[0]), (w if out[1] is None else out[1])
+        if input.dim() not in (3, 4) or not (0 < oh <= h and 0 < ow <= w) or h % oh or w % ow:
+            return F.adaptive_avg_pool2d(input, self.output_size)
+        window = (h // oh, w // ow)
+        return _op("avg_pool2d")(input, window, window)
+
+
 class _LinearBase(nn.Linear):
     _activation: str | None = None
 
@@ -215,4 +269,5 @@ def _pair(v) -> tuple[int, int]:
 
 
 # Every layer class this module defines; convert() and the fx tracer treat them as leaves.
-TRITON_LAYERS = (Conv2d, Conv2dReLU, Conv2dReLUPool, MaxPool2d, Linear, LinearReLU)
+TRITON_LAYERS = (Conv2d, Conv2dReLU, Conv2dReLUPool, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+                 Linear, LinearReLU)

@@ -21,6 +21,8 @@ are an error: ``CONV3-8``, not ``CONV3 -8`` or ``CONV3- 8``; numbers are ASCII d
                                     CONV3-32 keeps H and W; CONV5P0-16 shrinks them by 4
               |  "POOL" k [ "S" stride ]
                                     k x k max-pool, stride k unless given: POOL2 halves H and W
+              |  "AVGPOOL" k [ "S" stride ]
+                                    k x k average pool, the same way (never fused)
               |  "FC" n             fully connected layer with n outputs; the first FC after a
                                     conv or pool flattens (C, H, W) to C*H*W
               |  "RELU"             ReLU (after a CONV or FC it is fused into the layer on the
@@ -77,15 +79,15 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class LayerSpec:
-    kind: str  # "conv", "pool", "fc" or "relu"
-    size: int = 0  # conv and pool: kernel size k; fc: output features n
+    kind: str  # "conv", "pool", "avgpool", "fc" or "relu"
+    size: int = 0  # conv and pools: kernel size k; fc: output features n
     channels: int = 0  # conv: number of filters n
     stride: int = 1
     pad: int = 0
     position: int = 0  # index of the layer's keyword in the spec, for error messages
 
 
-_KEYWORDS = ("CONV", "POOL", "FC", "RELU", "INPUT", "SOFTMAX")
+_KEYWORDS = ("CONV", "POOL", "AVGPOOL", "FC", "RELU", "INPUT", "SOFTMAX")
 _DIGITS = "0123456789"  # str.isdigit() also takes '²' and other digits int() cannot read
 
 
@@ -260,10 +262,10 @@ class _Parser:
             self.pos += 1
             n = self.number("the number of filters", self.spec[start:self.pos])
             return [LayerSpec("conv", k, n, stride, pad, start)]
-        if kw == "POOL":
+        if kw in ("POOL", "AVGPOOL"):
             k = self.number("the window size", self.spec[start:self.pos])
             (stride,) = self.modifiers(start, {"S": k})
-            return [LayerSpec("pool", k, 0, stride, 0, start)]
+            return [LayerSpec(kw.lower(), k, 0, stride, 0, start)]
         if kw == "FC":
             n = self.number("the number of outputs", self.spec[start:self.pos])
             return [LayerSpec("fc", n, 0, 1, 0, start)]
@@ -346,14 +348,16 @@ def build(spec: str, backend: str = "triton", in_channels: int = 3, input_size=3
                           f"more than {MAX_WEIGHT} elements")
             modules.append(nn.Conv2d(c, layer.channels, layer.size, layer.stride, layer.pad))
             c, h, w = layer.channels, h2, w2  # (N, n, H2, W2)
-        elif layer.kind == "pool":
+        elif layer.kind in ("pool", "avgpool"):
+            name = layer.kind.upper()
             if flat is not None:
-                raise err("POOL after FC: pooling needs a (C, H, W) volume")
+                raise err(f"{name} after FC: pooling needs a (C, H, W) volume")
             h2 = (h - layer.size) // layer.stride + 1
             w2 = (w - layer.size) // layer.stride + 1
             if h2 < 1 or w2 < 1:
-                raise err(f"POOL{layer.size} does not fit a {h}x{w} input")
-            modules.append(nn.MaxPool2d(layer.size, layer.stride))
+                raise err(f"{name}{layer.size} does not fit a {h}x{w} input")
+            pool = nn.MaxPool2d if layer.kind == "pool" else nn.AvgPool2d
+            modules.append(pool(layer.size, layer.stride))
             h, w = h2, w2  # (N, C, H2, W2)
         elif layer.kind == "fc":
             if flat is None:

@@ -40,6 +40,8 @@ What ``--out DIR`` receives:
     summary.csv                   the side-by-side table
     curves.png                    loss and accuracy (%) of both backends, titled with the model,
                                   device and dtype
+    activations.png               the trained triton model's activation maps for one test
+                                  image, layer by layer, as the lecture draws them
     <backend>/checkpoint.pt       model, optimizer, grad scaler, RNG and data-order state: tensors
                                   and plain values, read back with ``weights_only=True``
 
@@ -163,7 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--backend", choices=(*BACKENDS, "both"), default=None,
       help="tritoncnn kernels, plain torch (cuDNN on a GPU), or both side by side (default)")
     a("--seed", type=int, default=None, help=f"default {d.seed}")
-    a("--out", default=None, help=f"output folder (default {d.out})")
+    a("--out", default=None,
+      help=f"output folder (default {d.out}): the CSVs, curves.png, checkpoints and, when the "
+           "triton backend trains, activations.png (its activation maps, layer by layer, for "
+           "one test image)")
     a("--resume", action="store_true", default=None,
       help="continue the run in --out from its checkpoints (its settings are read back)")
     a("--autotune", action="store_true", default=None,
@@ -938,7 +943,7 @@ def _prepare_out(cfg: TrainConfig, out: Path) -> None:
     except OSError as err:
         raise ValueError(f"--out {out}: cannot write there ({err.strerror or err})") from None
     if not cfg.resume:
-        for f in ("steps.csv", "epochs.csv", "summary.csv", "curves.png"):
+        for f in ("steps.csv", "epochs.csv", "summary.csv", "curves.png", "activations.png"):
             (out / f).unlink(missing_ok=True)
         for b in BACKENDS:
             (out / b / "checkpoint.pt").unlink(missing_ok=True)
@@ -1082,6 +1087,12 @@ def run(cfg: TrainConfig) -> dict:
             table = _summary(results, out, cfg.cuda_graphs)
             print(_show_table(table), flush=True)
         _figures(out)
+        if "triton" in results and not stopped:
+            from .activations import save_training_figure
+
+            save_training_figure(to_backend(copy.deepcopy(base), "triton"),
+                                 results["triton"]["state_dict"], data, out, device,
+                                 _channels_last(cfg, device))
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tritoncnn import _runtime, autotune
 from tritoncnn.kernels import MaxPool2dFunction, max_pool2d
 from tritoncnn.kernels import max_pool as mp
+from tritoncnn.kernels import _pool
 
 from conftest import DEVICE
 
@@ -280,7 +281,7 @@ def test_nchw_window_rows_path(monkeypatch, k, ceil_mode, block, col_tiles):
 
 def test_int64_indexing_path(monkeypatch):
     """The int64 offset arithmetic used for tensors past 2**31 elements, forced on a small one."""
-    monkeypatch.setattr(mp, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(_pool, "INT32_LIMIT", 0)
     x = torch.randn(2, 3, 9, 8, device=DEVICE)
     for k, s, p in [(2, 2, 0), (3, 2, 1)]:
         out, idx = max_pool2d(x, k, s, p, return_indices=True)

@@ -1,0 +1,58 @@
+"""Pieces shared by the pool kernels (max-pool, average pool): flat element indices, their
+(n, c, h, w) digits, output allocation in the input's format and the int64 switch."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+INT32_LIMIT = 2**31
+
+
+@triton.jit
+def block_indices(BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """This program's BLOCK flat element indices (int64 when offsets can pass 2**31)."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def unflatten(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
+    """(n, c, h, w) of flat positions in a contiguous (N, C, H, W) tensor, NCHW or NHWC order."""
+    if CHANNELS_LAST:
+        c = idx % C
+        t = idx // C
+        w = t % W
+        t = t // W
+        h = t % H
+        n = t // H
+    else:
+        w = idx % W
+        t = idx // W
+        h = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+    return n, c, h, w
+
+
+def empty(shape, dtype, device, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
+
+
+def as_4d(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 4 else t.unsqueeze(0)
+
+
+def max_address(t: torch.Tensor) -> int:
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def needs_int64(total: int, block: int, *tensors: torch.Tensor) -> bool:
+    """Whether flat indices or element offsets of the tensors can reach 2**31."""
+    return total + block >= INT32_LIMIT or any(
+        max_address(t) >= INT32_LIMIT for t in tensors)
