@@ -110,6 +110,9 @@ def exercise() -> None:
             kernels.max_pool2d(xs, 2).sum().backward()
             xs = x.clone().requires_grad_()
             kernels.max_pool2d(xs, 3, 2, 1).sum().backward()
+            for args, kw in (((2,), {}), ((3, 2, 1), dict(count_include_pad=False))):
+                xs = x.clone().requires_grad_()
+                kernels.avg_pool2d(xs, *args, **kw).sum().backward()
             if hasattr(kernels, "conv2d_relu_pool"):
                 for pool in (2, 3):
                     xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
@@ -579,11 +582,13 @@ def main() -> int:
     if not any("wgmma" in p for p in fast):
         print("no conv forward specialization uses wgmma")
         return 1
-    for name, switch in (("_conv_dw_kernel", "DW_STRIDED"), ("_conv_dw_kernel", "OFFSETS"),
-                         ("_conv_dx_kernel", "OFFSETS")):
+    for name, switch, values in (("_conv_dw_kernel", "DW_STRIDED", {False, True}),
+                                 ("_conv_dw_kernel", "DY", {"plain", "relu", "pool"}),
+                                 ("_conv_dx_kernel", "DY", {"plain", "relu", "pool"})):
         seen = {c.get(switch) for n, c, _ in COMPILED if n == name}
-        if seen != {False, True}:
-            print(f"{name} compiled with {switch} in {sorted(seen)} only, not both")
+        if seen != values:
+            print(f"{name} compiled with {switch} in {sorted(map(str, seen))}, not "
+                  f"{sorted(values)}")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
     for check in (check_registers, check_shared_memory, check_vector_loads, check_precompile):
