@@ -70,7 +70,8 @@ COLUMNS = [
 IMPLEMENTATIONS = ("tritoncnn", "tritoncnn-unfused", "cudnn", "compile", "compile-default")
 DTYPES = ("bf16", "fp16", "tf32", "fp32", "fp64")
 LAYOUTS = ("channels_last", "nchw")
-OPS = ("conv_relu", "conv_relu_pool", "pool")
+OPS = ("conv_relu", "conv_relu_pool", "pool", "avg_pool")
+POOL_OPS = ("pool", "avg_pool")  # max-pool, average pool: the pool shapes' ops
 TRAIN_MODELS = ("lenet5", "vgg11")
 QUICK_TRAIN_MODELS = ("vgg11",)
 
@@ -184,7 +185,7 @@ class Case:
 
 def ops_for(shape) -> list[str]:
     if isinstance(shape, S.PoolShape):
-        return ["pool"]
+        return list(POOL_OPS)
     return ["conv_relu", "conv_relu_pool"] if shape.fused_pool else ["conv_relu"]
 
 
@@ -255,11 +256,13 @@ def op_function(op: str, impl: str, shape) -> Callable:
 
     import tritoncnn.kernels as kernels
 
-    if op == "pool":
+    if op in POOL_OPS:
         k, s, p = shape.kernel, shape.stride, shape.pad
+        ours, theirs = ((kernels.max_pool2d, F.max_pool2d) if op == "pool"
+                        else (kernels.avg_pool2d, F.avg_pool2d))
         if impl == "tritoncnn":
-            return lambda x: kernels.max_pool2d(x, k, s, p)
-        fn = lambda x: F.max_pool2d(x, k, s, p)  # noqa: E731
+            return lambda x: ours(x, k, s, p)
+        fn = lambda x: theirs(x, k, s, p)  # noqa: E731
     else:
         args = (shape.stride, shape.pad, shape.dilation, shape.groups)
         if impl == "tritoncnn" and op == "conv_relu":
@@ -306,7 +309,7 @@ def make_inputs(case: Case, device):
     s = case.shape
     x = torch.randn(s.N, s.C, s.H, s.W, device=device, dtype=dtype).to(memory_format=fmt)
     wanted = GRAD_INPUTS[case.direction]
-    if case.op == "pool":
+    if case.op in POOL_OPS:
         return [x.requires_grad_(bool(wanted))]
     fan_in = (s.C // s.groups) * s.R * s.S
     w = torch.randn(s.K, s.C // s.groups, s.R, s.S, device=device, dtype=dtype) / math.sqrt(fan_in)

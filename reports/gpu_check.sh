@@ -148,7 +148,7 @@ bench headline-conv 170 115 --no-ceilings --no-train --suite VGG16_224_N64 \
     --impl tritoncnn,cudnn --warmup-ms 10 --rep-ms 50
 bench headline-compile 70 45 --no-ceilings --no-train --suite VGG16_224_N64 --ops conv_relu \
     --dtype bf16 --layout channels_last --direction forward --impl compile-default
-bench headline-pool 45 30 --no-ceilings --no-train --suite Pool --dtype bf16 \
+bench headline-pool 45 30 --no-ceilings --no-train --suite Pool --ops pool --dtype bf16 \
     --layout channels_last --direction forward,backward,forward+backward --impl tritoncnn,cudnn
 # vgg11 (32x32, batch 256, bf16 autocast) on both backends: time, images/s, memory; run eagerly
 # and replayed from a CUDA graph (the GPU's time without launch overhead)
@@ -203,8 +203,8 @@ bench bench-conv 60 45 --no-ceilings --no-train --suite ResNet9_CIFAR_N512 \
 bench bench-tf32 60 45 --no-ceilings --no-train --suite VGG16_224_N64,ResNet9_CIFAR_N512 \
     --ops conv_relu,conv_relu_pool --dtype tf32 --layout channels_last \
     --direction forward,forward+backward --impl tritoncnn,cudnn
-# Large max-pools: both layouts, bf16 and fp32, against F.max_pool2d.
-bench bench-pool 35 30 --no-ceilings --no-train --suite Pool --dtype bf16,fp32 \
+# Large max- and average pools: both layouts, bf16 and fp32, against F.max_pool2d and F.avg_pool2d.
+bench bench-pool 60 50 --no-ceilings --no-train --suite Pool --dtype bf16,fp32 \
     --direction forward,forward+backward --impl tritoncnn,cudnn
 # The rest of the test suite compiled (the CPU tests' algorithms on the real compiler), in the
 # time the benchmarks left: every benchmark row also records its error against a reference.

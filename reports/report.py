@@ -31,7 +31,7 @@ KEY = ["gpu", "git_sha", "suite", "layer", "op", "shape", "dtype", "precision", 
        "direction", "implementation"]
 BENCH_REQUIRED = {"suite", "layer", "implementation", "median_ms", "direction", "status"}
 BASELINES = ("cudnn", "torch")  # F.conv2d & co: cuDNN on a GPU, PyTorch's own kernels on the CPU
-KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool")
+KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool", "avg_pool")
 DIRECTION_ORDER = {"forward": 0, "backward": 1, "backward-dx": 2, "backward-dw": 3,
                    "forward+backward": 4}
 # the README's generated block: everything between these two lines belongs to the report
@@ -386,13 +386,12 @@ def geomean_speedups(df):
 def suite_layers(df) -> dict[tuple[str, str], list[str]]:
     """Every layer of each (suite, op), in order: the suite file's (reports/suites.py) for the
     suites it lists, else every layer a row of ``df`` names. A headline row covers these."""
-    from .suites import PoolShape, all_shapes
+    from .bench import ops_for
+    from .suites import all_shapes
 
     layers: dict[tuple[str, str], list[str]] = {}
     for sh in all_shapes():
-        ops = (["pool"] if isinstance(sh, PoolShape)
-               else ["conv_relu", "conv_relu_pool"] if sh.fused_pool else ["conv_relu"])
-        for op in ops:
+        for op in ops_for(sh):
             layers.setdefault((sh.suite, op), []).append(sh.layer)
     if not df.empty:
         for (suite, op), g in df.groupby(["suite", "op"], sort=False):

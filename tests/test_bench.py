@@ -151,9 +151,9 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
     ceil = [r for r in rows if r["suite"] == "Ceiling"]
     assert {r["op"] for r in ceil} == {"matmul", "copy"}
     cases = [r for r in rows if r["suite"] == "Tiny"]
-    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2: 3 conv ops x 5 directions; pool2: 3
-    # directions (no dW, and its backward is dX alone); 2 layouts
-    assert len(cases) == (3 * 5 + 3) * 2
+    # conv3x3 (conv_relu and conv_relu_pool), conv1x1_s2: 3 conv ops x 5 directions; pool2, max
+    # and average: 3 directions each (no dW, and its backward is dX alone); 2 layouts
+    assert len(cases) == (3 * 5 + 2 * 3) * 2
     assert {r["status"] for r in rows} == {"ok"}, [r["note"] for r in rows if r["note"]]
     assert {r["implementation"] for r in cases} == {"torch"}
     assert {r["direction"] for r in cases} == set(S.DIRECTIONS)
@@ -163,7 +163,7 @@ def test_bench_torch_on_tiny_shapes(tmp_path):
         ms = float(r["median_ms"])
         assert float(r["p20_ms"]) <= ms <= float(r["p80_ms"])
         assert float(r["gbps"]) == pytest.approx(int(r["bytes"]) / (ms * 1e-3) / 1e9, rel=1e-4)
-        if r["op"] == "pool":
+        if r["op"] in ("pool", "avg_pool"):
             assert r["tflops"] == "" and int(r["flop"]) == 0
         else:
             assert float(r["tflops"]) == pytest.approx(int(r["flop"]) / (ms * 1e-3) / 1e12,
@@ -190,12 +190,12 @@ def test_bench_calls_the_public_kernels_and_survives_failures(tmp_path, monkeypa
                      "--layout", "nchw", "--direction", "forward,forward+backward",
                      "--no-ceilings")
     # per direction: conv3x3 conv_relu (tritoncnn, torch), conv3x3 conv_relu_pool (tritoncnn,
-    # tritoncnn-unfused, torch), conv1x1_s2 conv_relu (2), pool2 (2)
-    assert len(rows) == 2 * (2 + 3 + 2 + 2)
+    # tritoncnn-unfused, torch), conv1x1_s2 conv_relu (2), pool2 max and average (2 each)
+    assert len(rows) == 2 * (2 + 3 + 2 + 2 + 2)
     by = {}
     for r in rows:
         by.setdefault((r["op"], r["implementation"]), set()).add(r["status"])
-    assert by[("pool", "tritoncnn")] == {"ok"}
+    assert by[("pool", "tritoncnn")] == by[("avg_pool", "tritoncnn")] == {"ok"}
     # the stand-in max-pool is PyTorch's own: no error against the reference
     assert {float(r["rel_err"]) for r in rows
             if r["op"] == "pool" and r["implementation"] == "tritoncnn"} == {0.0}
@@ -343,7 +343,8 @@ def test_backward_directions_launch_only_their_kernels(tmp_path, monkeypatch):
 
 
 def test_bench_appends_and_keeps_one_header(tmp_path):
-    args = ("--suite", "Tiny", "--layers", "pool2", "--impl", "cudnn", "--layout", "nchw",
+    args = ("--suite", "Tiny", "--layers", "pool2", "--ops", "pool", "--impl", "cudnn",
+            "--layout", "nchw",
             "--direction", "forward", "--no-ceilings")
     _bench(tmp_path, *args)
     header, rows = _bench(tmp_path, *args)
@@ -360,7 +361,7 @@ def test_bench_budget_and_list(tmp_path, capsys):
     assert cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--impl", "cudnn",
                      "--layout", "nchw", "--direction", "forward", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 4 and listed[0].startswith("Tiny/conv3x3 conv_relu fp32 nchw forward")
+    assert len(listed) == 5 and listed[0].startswith("Tiny/conv3x3 conv_relu fp32 nchw forward")
 
 
 def test_bench_rejects_unknown_choices(tmp_path):
