@@ -305,7 +305,10 @@ def check_registers(top: int = 2) -> str | None:
             if layout == "nhwc":
                 x = x.contiguous(memory_format=torch.channels_last)
             start = len(COMPILED)
-            kernels.max_pool2d(x.requires_grad_(), *args).sum().backward()
+            kernels.max_pool2d(x.clone().requires_grad_(), *args).sum().backward()
+            if len(args) <= 3:  # (average pooling has no dilation)
+                kernels.avg_pool2d(x.clone().requires_grad_(), *args,
+                                   count_include_pad=False).sum().backward()
             for name, consts, k in COMPILED[start:]:
                 regs, spills = ptxas_usage(_ptx(k))
                 tile = consts.get("BLOCK") or f"{consts['BLOCK_R']}x{consts['BLOCK_OW']}"
