@@ -56,3 +56,27 @@ def needs_int64(total: int, block: int, *tensors: torch.Tensor) -> bool:
     """Whether flat indices or element offsets of the tensors can reach 2**31."""
     return total + block >= INT32_LIMIT or any(
         max_address(t) >= INT32_LIMIT for t in tensors)
+
+
+@triton.jit
+def rows_tile(C, OH, w_in_v, sxn_v, sxc_v, sxh_v, KW: tl.constexpr, VEC: tl.constexpr,
+              INT64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_OW: tl.constexpr):
+    """The tile of the non-overlapping NCHW forwards ("rows" kernels): BLOCK_R output rows
+    (n, c, oh) by BLOCK_OW output columns, and the BLOCK_OW * KW input columns their windows
+    read. Returns (output rows, oh, ow, input columns, each row's (n, c) base offset, column mask,
+    the input's row stride). The row strides and the read width ``w_in_v`` (min(W, OW * KW), the
+    columns some window reads) come divided by VEC, which divides them all: multiplied back
+    here, they tell the compiler that runs of VEC elements are aligned, so it loads them as
+    vectors; one comparison against the width keeps the column mask constant over such runs."""
+    sxn = sxn_v * VEC
+    sxc = sxc_v * VEC
+    sxh = sxh_v * VEC
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if INT64:
+        r = r.to(tl.int64)
+    ow = tl.program_id(1) * BLOCK_OW + tl.arange(0, BLOCK_OW)
+    j = tl.program_id(1) * (BLOCK_OW * KW) + tl.arange(0, BLOCK_OW * KW)  # input columns
+    oh = r % OH
+    t = r // OH
+    base = (t // C) * sxn + (t % C) * sxc
+    return r, oh, ow, j, base, j < w_in_v * VEC, sxh

@@ -43,7 +43,7 @@ from ._gemm import acc_type
 from ._op import (apply_function, eager_ok, register_op_autograd, route_backward,
                   traced_checks_quiet, vmap_rule, with_eager_twin)
 
-from ._pool import as_4d, block_indices, empty, needs_int64, unflatten
+from ._pool import as_4d, block_indices, empty, needs_int64, rows_tile, unflatten
 
 __all__ = [
     "avg_pool2d",
@@ -140,21 +140,9 @@ def _avg_pool_fwd_rows_kernel(
     read width come divided by VEC, which divides them all: multiplied back here, they tell the
     compiler that runs of VEC elements are aligned, so it loads them as vectors.
     """
-    sxn = sxn_v * VEC
-    sxc = sxc_v * VEC
-    sxh = sxh_v * VEC
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if INT64:
-        r = r.to(tl.int64)
-    ow = tl.program_id(1) * BLOCK_OW + tl.arange(0, BLOCK_OW)
-    j = tl.program_id(1) * (BLOCK_OW * KW) + tl.arange(0, BLOCK_OW * KW)  # input columns
-    oh = r % OH
-    t = r // OH
-    base = (t // C) * sxn + (t % C) * sxc
+    r, oh, ow, j, base, col_ok, sxh = rows_tile(C, OH, w_in_v, sxn_v, sxc_v, sxh_v, KW, VEC,
+                                               INT64, BLOCK_R, BLOCK_OW)
     row_ok = r < rows
-    # w_in_v * VEC = min(W, OW * KW), the columns some window reads (a partial last window,
-    # ceil_mode, reads zeros past W); one comparison keeps the mask constant over runs of VEC
-    col_ok = j < w_in_v * VEC
     acc = tl.zeros([BLOCK_R, BLOCK_OW], acc_type(x_ptr.dtype.element_ty))
     for kh in range(KH):
         ih = oh * KH + kh
