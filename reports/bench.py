@@ -39,6 +39,9 @@ launch but does not make it tuned. ``--tune`` tunes, before timing, every launch
 case whose own shape the cache lacks (the tuner of ``tritoncnn.autotune``, winners stored in the
 cache); the tuning time is the row's ``tune_s`` (part of ``setup_s``) and the tuning tables are
 added to ``tune.csv`` beside the benchmark CSV.
+
+``tritoncnn bench --host`` runs the host-overhead suite of :mod:`.host` instead: microseconds of
+host time per op call, rows to ``host.csv``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from pathlib import Path
 from typing import Callable
 
 from tritoncnn import env
+from tritoncnn.reports import host
 from tritoncnn.reports import suites as S
 
 HELP = "benchmark tritoncnn against cuDNN and torch.compile on the suites; write long-format CSV"
@@ -100,11 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "IEEE), fp64; default bf16,tf32 on a GPU, fp32 on the CPU")
     parser.add_argument("--layout", type=_csv_list, default=None,
                         help="subset of channels_last, nchw (default both)")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--device", default=None,
+                        help="cuda (default) or cpu; with --host, the device kernels run on")
     parser.add_argument("--out", default=None,
                         help="output folder (default reports/results/<gpu-name>/)")
-    parser.add_argument("--csv", default="bench.csv",
-                        help="CSV file name inside --out; rows are appended (default bench.csv)")
+    parser.add_argument("--csv", default=None,
+                        help="CSV file name inside --out; rows are appended (default bench.csv, "
+                             "host.csv with --host)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no new case after this many seconds")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (ms)")
@@ -129,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tune the kernel launches of each tritoncnn case that the autotune "
                              "cache lacks before timing it (tables to tune.csv beside the CSV)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    host.add_arguments(parser)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,25 +774,26 @@ def _train_step(name: str, backend: str, token: str, device, opts, graph: bool =
 class RowWriter:
     """Appends rows to a CSV as they come; a file with other columns is not appended to."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, columns: list[str] = COLUMNS):
+        self.columns = columns
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and path.stat().st_size:
             with open(path, newline="") as f:
                 header = next(csv.reader(f), [])
-            if header != COLUMNS:
+            if header != columns:
                 stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 path = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
         self.path = path
         new = not path.exists() or not path.stat().st_size
         self._file = open(path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
         if new:
             self._writer.writeheader()
         self.counts: dict[str, int] = {}
 
     def write(self, row: dict) -> None:
         row = dict(row, timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        self._writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        self._writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
         self._file.flush()
         self.counts[row.get("status", "?")] = self.counts.get(row.get("status", "?"), 0) + 1
 
@@ -841,7 +849,10 @@ def main(args) -> int:
     import torch
     from tqdm import tqdm
 
-    device = torch.device(args.device)
+    if args.host:
+        return host.main(args)
+    host.reject_host_options(args)
+    device = torch.device(args.device or "cuda")
     shapes, ops, dtypes, layouts, directions, impls, train_models = _resolve_options(args, device)
     cases = build_cases(shapes, ops, dtypes, layouts, directions, impls)
     if args.list:
@@ -858,7 +869,7 @@ def main(args) -> int:
         torch.backends.cudnn.benchmark = True
     info = run_info(device)
     out = Path(args.out) if args.out else Path("reports/results") / slug(info["gpu"])
-    writer = RowWriter(out / args.csv)
+    writer = RowWriter(out / (args.csv or "bench.csv"))
     args.tune_tables = []
     tune_path = writer.path.with_name("tune.csv")
     earlier_tables = read_earlier_tables(tune_path) if args.tune else None

@@ -6,10 +6,11 @@
 #
 #   bash reports/gpu_check.sh OUTDIR
 #
-# Writes at most six files and a training run's folder into OUTDIR:
+# Writes at most seven files and a training run's folder into OUTDIR:
 #   env.txt    tritoncnn env
 #   tests.log  pytest output
 #   bench.csv  every benchmark row (the headline's, ceilings, the fuller suites, training steps)
+#   host.csv   host time per op call and per training step (bench --host)
 #   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
 #   run.log    everything else (install, bench and tune output, part timings and exit codes)
 #   summary.md the report's summary tables, built from bench.csv on the same machine
@@ -36,7 +37,7 @@
 set -u
 
 HEADLINE_PARTS="headline-conv headline-compile headline-pool headline-train"
-ALL_PARTS="$HEADLINE_PARTS tests-gpu bench-quick train bench-tuned bench-bwd bench-conv \
+ALL_PARTS="$HEADLINE_PARTS host tests-gpu bench-quick train bench-tuned bench-bwd bench-conv \
 bench-tf32 bench-pool tests-rest bench-compile"
 WANTED=$(echo "${PARTS:-$ALL_PARTS}" | tr ',' ' ')
 PARTS="install env"  # always first
@@ -154,6 +155,12 @@ bench headline-pool 45 30 --no-ceilings --no-train --suite Pool --ops pool --dty
 # and replayed from a CUDA graph (the GPU's time without launch overhead)
 bench headline-train 60 40 --no-ceilings --suite Train --train-models vgg11 --dtype bf16 \
     --train-steps 10 --train-graphs
+
+# Host time per op call on small shapes (bench --host): tritoncnn with real launches and with
+# launches stubbed (the difference is Triton's launch), cuDNN beside it, and the vgg11 training
+# step; bf16, whose vgg11 kernels headline-train has compiled already. Its own file, host.csv.
+part host 90 40 "${PY[@]}" -m tritoncnn.cli bench --host --out "$OUTDIR" --dtype bf16 \
+    --rounds 7 --round-ms 20 --budget-s 60 >> "$LOG" 2>&1
 
 # Compiling each kernel specialization dominates the compiled tests: spread them over a process
 # per CPU core (at most 16), with pytest-xdist or, where it is not installed, tests/shards.py (one

@@ -105,8 +105,46 @@ def compile_only():
         _COMPILE_ONLY.reset(token)
 
 
+class LaunchCount(dict):
+    """Launches counted by kernel name (a dict: name -> count); :attr:`total` sums them."""
+
+    def __init__(self, run: bool) -> None:
+        super().__init__()
+        self.run = run
+
+    @property
+    def total(self) -> int:
+        return sum(self.values())
+
+    def add(self, kernel) -> None:
+        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None),
+                                                            "__name__", repr(kernel))
+        self[name] = self.get(name, 0) + 1
+
+
+# A process-wide switch, not a context variable like compile_only's: autograd runs the backward
+# of CUDA tensors on its own device threads, which would not see a context variable set here.
+_counting: LaunchCount | None = None
+
+
+@contextlib.contextmanager
+def count_launches(run: bool = True):
+    """Inside this block every tritoncnn kernel launch is counted, by kernel name, in the
+    :class:`LaunchCount` it yields. With ``run=False`` the launches are stubbed: nothing is
+    compiled or run and outputs are left as allocated (unwritten), so what remains of an op call
+    is its host code alone — what ``tritoncnn bench --host`` times on the CPU, where the
+    interpreter would otherwise run the kernels. Blocks nest; the innermost one counts."""
+    global _counting
+    outer, _counting = _counting, LaunchCount(run)
+    try:
+        yield _counting
+    finally:
+        _counting = outer
+
+
 def launch(kernel, grid, *args, **kwargs):
-    """``kernel[grid](*args, **kwargs)``, or its compile-only warm-up inside :func:`compile_only`.
+    """``kernel[grid](*args, **kwargs)``, or its compile-only warm-up inside :func:`compile_only`,
+    counted (and possibly stubbed) inside :func:`count_launches`.
     Every tritoncnn launch goes through here; its first argument is a tensor of the op.
 
     Triton launches on the current CUDA device: when the tensors live on another one (a model on
@@ -114,6 +152,10 @@ def launch(kernel, grid, *args, **kwargs):
     PyTorch's own ops do."""
     if not _noticed:
         notice()
+    if _counting is not None:
+        _counting.add(kernel)
+        if not _counting.run:
+            return None
     if _COMPILE_ONLY.get():
         return kernel.warmup(*args, grid=grid, **kwargs)
     device = getattr(args[0], "device", None) if args else None

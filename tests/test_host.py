@@ -1,0 +1,251 @@
+"""``tritoncnn bench --host``: the launch stub, the launch counts, the CSV rows and the argument
+checks. Nothing here asserts a time: the numbers depend on the machine and what else runs on it."""
+
+from __future__ import annotations
+
+import csv
+import gc
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import tritoncnn.kernels as K
+from tritoncnn import _runtime, cli
+from tritoncnn.reports import bench, host
+
+from conftest import DEVICE
+
+STUB_ON_THIS_DEVICE = ["--launches", "stub"]
+
+
+@triton.jit
+def _fill_kernel(out_ptr, value, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, value, mask=offs < n)
+
+
+def test_stubbed_launch_leaves_its_output_untouched():
+    out = torch.zeros(8, device=DEVICE)
+    with _runtime.count_launches(run=False) as count:
+        assert _runtime.launch(_fill_kernel, (1,), out, 3.0, 8, BLOCK=8) is None
+    assert count.total == 1 and torch.equal(out, torch.zeros(8, device=DEVICE))
+    _runtime.launch(_fill_kernel, (1,), out, 3.0, 8, BLOCK=8)  # the same launch, run
+    assert torch.equal(out, torch.full((8,), 3.0, device=DEVICE))
+
+
+def test_counted_launch_with_run_still_runs():
+    out = torch.zeros(4, device=DEVICE)
+    with _runtime.count_launches(run=True) as count:
+        _runtime.launch(_fill_kernel, (1,), out, 2.0, 4, BLOCK=4)
+    assert dict(count) == {"_fill_kernel": 1}
+    assert torch.equal(out, torch.full((4,), 2.0, device=DEVICE))
+
+
+def test_stub_keeps_every_op_from_reaching_a_kernel(monkeypatch):
+    """Any kernel run raises here; the ops (forward and backward) called under the stub do not."""
+    kernel_type = type(K.conv._conv_fwd_kernel)
+
+    def refuse(self, grid):
+        raise AssertionError(f"kernel {self} ran under the stub")
+
+    monkeypatch.setattr(kernel_type, "__getitem__", refuse)
+    x = torch.randn(2, 4, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    with pytest.raises(AssertionError, match="ran under the stub"):
+        K.conv2d_relu(x, w, b, 1, 1)  # the patch is what a real launch reaches
+    xl = torch.randn(3, 8, device=DEVICE, requires_grad=True)
+    wl = torch.randn(4, 8, device=DEVICE, requires_grad=True)
+    with _runtime.count_launches(run=False) as count:
+        for y, inputs in ((K.conv2d_relu(x, w, b, 1, 1), (x, w, b)),
+                          (K.conv2d_relu_pool(x, w, b, 1, 1), (x, w, b)),
+                          (K.max_pool2d(x, 2), (x,)), (K.linear(xl, wl, b), (xl, wl, b))):
+            torch.autograd.grad(y, inputs, torch.ones_like(y))
+    # forward, dX and dW of each conv op and linear; forward and backward of the pool
+    assert count.total == 3 * 3 + 2 and count["_conv_dw_kernel"] == 3
+
+
+def test_count_launches_nests_and_restores():
+    out = torch.zeros(2, device=DEVICE)
+    with _runtime.count_launches(run=False) as outer:
+        _runtime.launch(_fill_kernel, (1,), out, 1.0, 2, BLOCK=2)
+        with _runtime.count_launches(run=False) as inner:
+            _runtime.launch(_fill_kernel, (1,), out, 1.0, 2, BLOCK=2)
+            _runtime.launch(_fill_kernel, (1,), out, 1.0, 2, BLOCK=2)
+        _runtime.launch(_fill_kernel, (1,), out, 1.0, 2, BLOCK=2)
+    assert (outer.total, inner.total) == (2, 2)
+    with pytest.raises(ValueError), _runtime.count_launches(run=False):
+        raise ValueError("the stub ends however the block ends")
+    assert _runtime._counting is None
+    assert torch.equal(out, torch.zeros(2, device=DEVICE))
+
+
+TINY = dict(rounds=2, round_s=1e-4, batch=2)
+
+
+def _row(op, direction, impl="tritoncnn", layer=None):
+    case = host.Case(op, direction, impl, "fp32", "nchw", "stub" if impl == "tritoncnn" else None,
+                     layer)
+    row = host.case_row(case, torch.device(DEVICE), {"gpu": "test"}, TINY)
+    assert row["status"] == "ok", row.get("note")
+    return row
+
+
+def _kernels(row) -> dict[str, int]:
+    return {k: int(v) for k, v in (p.split(":") for p in row["launch_kernels"].split(";"))}
+
+
+@pytest.mark.parametrize("op, direction, want", [
+    ("conv_relu", "forward", {"_conv_fwd_kernel": 1}),
+    ("conv_relu", "forward-autograd", {"_conv_fwd_kernel": 1}),
+    ("conv_relu_pool", "forward", {"_conv_pool_fwd_kernel": 1}),
+    ("linear", "forward", {"_conv_fwd_kernel": 1}),
+])
+def test_forward_launches_one_kernel(op, direction, want):
+    row = _row(op, direction)
+    assert row["launches"] == 1 and _kernels(row) == want and row["launch_mode"] == "stub"
+
+
+@pytest.mark.parametrize("op, forward", [("conv_relu", "_conv_fwd_kernel"),
+                                         ("conv_relu_pool", "_conv_pool_fwd_kernel"),
+                                         ("linear", "_conv_fwd_kernel")])
+def test_forward_backward_launches_the_dx_and_dw_kernels(op, forward):
+    kernels = _kernels(_row(op, "forward+backward"))
+    assert kernels[forward] == 1
+    assert kernels["_conv_dx_kernel"] >= 1 and kernels["_conv_dw_kernel"] >= 1
+    assert set(kernels) <= {forward, "_conv_dx_kernel", "_conv_dw_kernel", "_sum_splits_kernel"}
+
+
+def test_pool_forward_backward_launches_its_backward_kernel():
+    row = _row("pool", "forward+backward")
+    kernels = _kernels(row)
+    assert kernels.get("_max_pool_bwd_kernel") == 1 and row["launches"] == 2
+    assert sum(v for k, v in kernels.items() if k.startswith("_max_pool_fwd")) == 1
+
+
+def test_training_step_counts_its_launches():
+    row = _row("train_step", "forward+backward", layer="vgg11-w1/16")
+    kernels = _kernels(row)
+    # vgg11: 8 conv layers and 3 linear layers, each with a forward and a dX/dW in backward
+    forwards = sum(v for k, v in kernels.items() if "fwd" in k)
+    assert forwards >= 11 and kernels["_conv_dw_kernel"] >= 11 and kernels["_conv_dx_kernel"] >= 10
+    assert row["launches"] == sum(kernels.values()) and row["batch"] == 2
+
+
+def test_torch_rows_have_no_launch_count_and_say_they_compute():
+    row = _row("conv_relu", "forward", impl="cudnn")
+    assert row.get("launches") is None and row["implementation"] == bench.impl_name(
+        "cudnn", torch.device(DEVICE))
+    if DEVICE == "cpu":
+        assert "compute included" in row["compute"]
+
+
+def test_time_calls_runs_whole_rounds_and_turns_gc_back_on():
+    calls = []
+    per_call, n = host.time_calls(lambda: calls.append(1), rounds=3, round_s=1e-3)
+    assert len(per_call) == 3 and all(t > 0 for t in per_call) and n >= 1
+    assert len(calls) >= 3 * n + 1 and gc.isenabled()  # the sizing call, then the rounds
+
+
+def test_machine_name_names_the_cpu_model_and_cores():
+    name = host.machine_name(torch.device("cpu"))
+    assert name.startswith("CPU ") and name.endswith(" cores)") and "@" not in name
+    assert bench.slug(name).startswith("cpu-")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU run of the command (stubbed launches)")
+def test_command_writes_host_rows_with_every_column(tmp_path):
+    argv = ["bench", "--host", "--device", "cpu", "--ops", "pool,conv_relu", "--direction",
+            "forward,forward+backward", "--rounds", "2", "--round-ms", "0.2", "--out",
+            str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert cli.main(argv[:-2] + ["--ops", "pool", "--out", str(tmp_path)]) == 0  # appends
+    with open(tmp_path / "host.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == host.COLUMNS
+        rows = list(reader)
+    assert len(rows) == 8 + 4 and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        assert r["suite"] == "Host" and float(r["p20_us"]) <= float(r["median_us"]) <= float(
+            r["p80_us"])
+        assert int(r["rounds"]) == 2 and int(r["calls"]) >= 1 and r["timing"] and r["compute"]
+        assert r["gpu"] == host.machine_name(torch.device("cpu")) and r["device"] == "cpu"
+        assert r["torch"] and r["triton"] and r["git_sha"] and r["timestamp"]
+    ours = [r for r in rows if r["implementation"] == "tritoncnn"]
+    theirs = [r for r in rows if r["implementation"] == "torch"]
+    assert len(ours) == len(theirs) == 6
+    assert all(r["launch_mode"] == "stub" and int(r["launches"]) >= 1 for r in ours)
+    assert all(r["launches"] == "" and r["launch_mode"] == "" for r in theirs)
+    assert {(r["layer"], r["direction"], r["launches"]) for r in ours} >= {
+        ("max_pool2d", "forward", "1"), ("max_pool2d", "forward+backward", "2"),
+        ("conv2d_relu", "forward", "1"), ("conv2d_relu", "forward+backward", "3")}
+
+
+def test_list_names_every_case(capsys):
+    assert cli.main(["bench", "--host", "--device", "cpu", "--list", *STUB_ON_THIS_DEVICE]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # 4 ops x 3 directions + 2 training steps, each on both implementations
+    assert len(lines) == (4 * 3 + 2) * 2
+    assert any(line.startswith("Host/vgg11 ") for line in lines)
+    assert any(line.startswith("Host/vgg11-w1/16 ") for line in lines)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launches", "real", "--device", "cpu"], "--launches real needs a CUDA device"),
+    (["--launches", "fast"], "--launches fast is not one of stub, real"),
+    (["--ops", "conv"], "--ops conv is not one of"),
+    (["--direction", "backward"], "--direction backward is not one of"),
+    (["--impl", "compile"], "--impl compile is not one of"),
+    (["--dtype", "fp8"], "--dtype fp8 is not one of"),
+    (["--rounds", "0"], "--rounds must be a positive integer"),
+    (["--round-ms", "-1"], "--round-ms must be a positive number"),
+    (["--round-ms", "nan"], "--round-ms must be a positive number"),
+    (["--host-batch", "0"], "--host-batch must be a positive integer"),
+    (["--tune"], "--tune applies to the other suites, not to --host"),
+    (["--suite", "Tiny", "--quick"], "--suite, --quick apply to the other suites, not to --host"),
+    (["--device", "tpu"], "--device tpu is not cpu or cuda"),
+])
+def test_bad_host_arguments_are_clear_errors(args, message, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["bench", "--host", "--list", "--out", str(tmp_path), *args])
+    assert message in str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_host_options_without_host_are_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--rounds applies only with --host"):
+        cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--rounds", "3", "--out",
+                  str(tmp_path)])
+
+
+def test_report_files_host_rows_apart_from_the_bench_tables(tmp_path):
+    from tritoncnn.reports import report
+
+    writer = bench.RowWriter(tmp_path / "run" / "host.csv", host.COLUMNS)
+    writer.write(dict(suite="Host", layer="conv2d_relu", op="conv_relu", direction="forward",
+                      implementation="tritoncnn", status="ok", median_us=12.5, gpu="CPU Test (2 "
+                      "cores)", launches=1))
+    writer.close()
+    written = report.add_results([tmp_path / "run"], tmp_path / "results")
+    assert written == [tmp_path / "results" / "cpu-test-2-cores" / "host.csv"]
+    rows, _, _ = report.load([tmp_path / "results"])
+    assert rows.empty  # microseconds of host time are not kernel times of the bench tables
+
+
+def test_gpu_check_host_part_selects_the_host_cases(capsys):
+    """The GPU run's host part (reports/gpu_check.sh) takes arguments the command accepts."""
+    import shlex
+    from pathlib import Path
+
+    text = Path(bench.__file__).with_name("gpu_check.sh").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("part host "))
+    words = shlex.split(line.split(">>")[0])  # no expansion: "$OUTDIR" stays a word
+    args = words[words.index("bench"):]
+    out = args.index("--out")
+    del args[out:out + 2]
+    capsys.readouterr()
+    assert cli.main([*args, "--device", "cpu", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == (4 * 3 + 2) * 2 and all(" bf16 " in ln for ln in listed)
