@@ -811,3 +811,28 @@ def test_weight_past_int32_indexing_is_a_clear_error():
     w = torch.empty(2**16, 2**16, 1, 1, device="meta")
     with pytest.raises(ValueError, match=r"weight \(65536, 65536, 1, 1\) has 4294967296 elements"):
         conv2d(x, w)
+
+
+def test_launches_run_on_their_tensors_device(monkeypatch):
+    """A launch whose tensors live on another CUDA device than the current one makes theirs
+    current, as PyTorch's ops do, whether the kernel takes them by position or by keyword."""
+    import contextlib
+    import types
+
+    from tritoncnn import _runtime
+
+    entered = []
+
+    @contextlib.contextmanager
+    def device(d):
+        entered.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    ran = []
+    kernel = type("K", (), {"__getitem__": lambda self, grid: lambda *a, **kw: ran.append(grid)})()
+    on_1 = types.SimpleNamespace(device=torch.device("cuda", 1))
+    _runtime.launch(kernel, (1,), on_1, 3)
+    _runtime.launch(kernel, (2,), x_ptr=on_1, N=3)
+    assert ran == [(1,), (2,)] and entered == [torch.device("cuda", 1)] * 2

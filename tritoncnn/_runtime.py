@@ -145,7 +145,8 @@ def count_launches(run: bool = True):
 def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, or its compile-only warm-up inside :func:`compile_only`,
     counted (and possibly stubbed) inside :func:`count_launches`.
-    Every tritoncnn launch goes through here; its first argument is a tensor of the op.
+    Every tritoncnn launch goes through here; its first argument, positional or keyword, is a
+    tensor of the op.
 
     Triton launches on the current CUDA device: when the tensors live on another one (a model on
     ``cuda:1`` with ``cuda:0`` current), their device is made current for the launch, as
@@ -158,7 +159,8 @@ def launch(kernel, grid, *args, **kwargs):
             return None
     if _COMPILE_ONLY.get():
         return kernel.warmup(*args, grid=grid, **kwargs)
-    device = getattr(args[0], "device", None) if args else None
+    first = args[0] if args else next(iter(kwargs.values()), None)
+    device = getattr(first, "device", None)
     if device is not None and device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             return kernel[grid](*args, **kwargs)
