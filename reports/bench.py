@@ -104,8 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "IEEE), fp64; default bf16,tf32 on a GPU, fp32 on the CPU")
     parser.add_argument("--layout", type=_csv_list, default=None,
                         help="subset of channels_last, nchw (default both)")
-    parser.add_argument("--device", default=None,
-                        help="cuda (default) or cpu; with --host, the device kernels run on")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda when there is a GPU, else cpu, where the "
+                             "suite defaults to Tiny), cuda or cpu; with --host, the device "
+                             "kernels run on")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", default=None,
                         help="output folder (default reports/results/<gpu-name>/)")
     parser.add_argument("--csv", default=None,
@@ -845,6 +848,18 @@ def _resolve_options(args, device):
     return shapes, ops, dtypes, layouts, directions, impls, train_models
 
 
+def resolve_device(name: str | None):
+    """``--device``: auto (cuda when there is a GPU, else cpu), cuda or cpu."""
+    import torch
+
+    name = name or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cuda", "cpu"):
+        raise SystemExit(f"tritoncnn bench: --device {name} is not auto, cuda or cpu")
+    return torch.device(name)
+
+
 def main(args) -> int:
     import torch
     from tqdm import tqdm
@@ -852,7 +867,9 @@ def main(args) -> int:
     if args.host:
         return host.main(args)
     host.reject_host_options(args)
-    device = torch.device(args.device or "cuda")
+    device = resolve_device(args.device)
+    if device.type == "cpu" and args.device == "auto" and not args.suite:
+        args.suite = ["Tiny"]  # the full suites are GPU-sized: on the CPU, the harness itself
     shapes, ops, dtypes, layouts, directions, impls, train_models = _resolve_options(args, device)
     cases = build_cases(shapes, ops, dtypes, layouts, directions, impls)
     if args.list:
@@ -884,7 +901,7 @@ def main(args) -> int:
             for row in ceiling_rows(device, info, args):
                 writer.write(row)
         done = 0
-        bar = tqdm(cases, unit="case", dynamic_ncols=True)
+        bar = tqdm(cases, unit="case", dynamic_ncols=True, disable=args.no_progress)
         for case in bar:
             if over_budget():
                 break

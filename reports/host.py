@@ -469,7 +469,8 @@ def main(args) -> int:
     from tritoncnn.reports import bench
 
     try:
-        device = torch.device(args.device or _runtime.device_type())
+        device = torch.device(_runtime.device_type() if args.device in (None, "auto")
+                              else args.device)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):

@@ -666,3 +666,16 @@ def test_gpu_check_passes_a_hostile_outdir_as_data(tmp_path, name):
     assert {"run.log", "tests.log"} <= {p.name for p in outdir.iterdir()}
     assert "headline-pool: exit 0" in (outdir / "run.log").read_text()
     assert not _pwned(tmp_path)
+
+
+def test_bench_device_auto_and_no_progress(capsys):
+    """--device auto (the default) is the GPU where there is one, else the CPU, whose default
+    suite is Tiny (the full suites are GPU-sized); a device that is neither is a one-line error;
+    --no-progress is accepted as on every long-running command."""
+    assert bench.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert cli.main(["bench", "--list", "--no-progress", "--impl", "cudnn"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    if not torch.cuda.is_available():
+        assert listed and all(line.startswith(("Tiny/", "Train/")) for line in listed)
+    with pytest.raises(SystemExit, match="--device foo is not auto, cuda or cpu"):
+        cli.main(["bench", "--device", "foo", "--list"])
