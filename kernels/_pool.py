@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tritoncnn._shapes import pooled_len
+
 INT32_LIMIT = 2**31
 
 
@@ -80,3 +82,40 @@ def rows_tile(C, OH, w_in_v, sxn_v, sxc_v, sxh_v, KW: tl.constexpr, VEC: tl.cons
     t = r // OH
     base = (t // C) * sxn + (t % C) * sxc
     return r, oh, ow, j, base, j < w_in_v * VEC, sxh
+
+
+def output_hw(op: str, shape, k, s, p, d, ceil_mode: bool) -> tuple[int, int]:
+    """Check a (C, H, W) or (N, C, H, W) input shape and the pooling arguments of ``op``
+    ("max_pool2d", or "avg_pool2d", which has no dilation: ``d`` None); return (OH, OW).
+
+    Errors are RuntimeErrors, as PyTorch raises them, and name the offending argument.
+    """
+    if len(shape) not in (3, 4) or any(x == 0 for x in shape[-3:]):
+        raise RuntimeError(
+            f"{op}: input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
+            f"C, H and W (only N may be 0), got shape {list(shape)}"
+        )
+    if min(k) <= 0:
+        raise RuntimeError(f"{op}: kernel_size must be greater than zero, got {k}")
+    if min(s) <= 0:
+        raise RuntimeError(f"{op}: stride must be greater than zero, got {s}")
+    if min(p) < 0:
+        raise RuntimeError(f"{op}: padding must be non-negative, got {p}")
+    if d is not None and min(d) <= 0:
+        raise RuntimeError(f"{op}: dilation must be greater than zero, got {d}")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise RuntimeError(
+            f"{op}: padding must be at most half of kernel_size, got padding={p} and "
+            f"kernel_size={k}"
+        )
+    H, W = shape[-2], shape[-1]
+    dh, dw = d if d is not None else (1, 1)
+    oh = pooled_len(H, k[0], s[0], p[0], dh, ceil_mode)
+    ow = pooled_len(W, k[1], s[1], p[1], dw, ceil_mode)
+    if oh < 1 or ow < 1:
+        dilation = "" if d is None else f", dilation={d}"
+        raise RuntimeError(
+            f"{op}: input of spatial size {H}x{W} is too small for kernel_size={k}, "
+            f"stride={s}, padding={p}{dilation}: output size {oh}x{ow} is below 1"
+        )
+    return oh, ow

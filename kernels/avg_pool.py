@@ -33,7 +33,6 @@ import torch
 import triton
 import triton.language as tl
 
-from tritoncnn._shapes import pooled_len
 
 from tritoncnn.autotune import heuristics
 
@@ -43,7 +42,7 @@ from ._gemm import acc_type
 from ._op import (apply_function, eager_ok, register_op_autograd, route_backward,
                   traced_checks_quiet, vmap_rule, with_eager_twin)
 
-from ._pool import as_4d, block_indices, empty, needs_int64, rows_tile, unflatten
+from ._pool import as_4d, block_indices, empty, needs_int64, output_hw, rows_tile, unflatten
 
 __all__ = [
     "avg_pool2d",
@@ -249,45 +248,13 @@ def _check_divisor(divisor_override) -> None:
         raise RuntimeError("avg_pool2d: divisor_override must not be zero")
 
 
-def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Pair:
-    """Check a (C, H, W) or (N, C, H, W) input shape and pooling arguments; return (OH, OW).
-
-    Errors are RuntimeErrors, as PyTorch raises them, and name the offending argument.
-    """
-    if len(shape) not in (3, 4) or any(x == 0 for x in shape[-3:]):
-        raise RuntimeError(
-            "avg_pool2d: input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
-            f"C, H and W (only N may be 0), got shape {list(shape)}"
-        )
-    if min(k) <= 0:
-        raise RuntimeError(f"avg_pool2d: kernel_size must be greater than zero, got {k}")
-    if min(s) <= 0:
-        raise RuntimeError(f"avg_pool2d: stride must be greater than zero, got {s}")
-    if min(p) < 0:
-        raise RuntimeError(f"avg_pool2d: padding must be non-negative, got {p}")
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise RuntimeError(
-            f"avg_pool2d: padding must be at most half of kernel_size, got padding={p} and "
-            f"kernel_size={k}"
-        )
-    H, W = shape[-2], shape[-1]
-    oh = pooled_len(H, k[0], s[0], p[0], 1, ceil_mode)
-    ow = pooled_len(W, k[1], s[1], p[1], 1, ceil_mode)
-    if oh < 1 or ow < 1:
-        raise RuntimeError(
-            f"avg_pool2d: input of spatial size {H}x{W} is too small for kernel_size={k}, "
-            f"stride={s}, padding={p}: output size {oh}x{ow} is below 1"
-        )
-    return oh, ow
-
-
 def _check_backward_args(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
                          divisor_override) -> tuple[Pair, Pair, Pair]:
     """The backward's checks (launcher and fake kernel): the arguments, and a grad_output of the
     pooled input's output shape. Returns the arguments as pairs."""
     _check_divisor(divisor_override)
     k, s, p = _pool_params(kernel_size, stride, padding)
-    oh, ow = _output_hw(tuple(input_size), k, s, p, ceil_mode)
+    oh, ow = output_hw("avg_pool2d", tuple(input_size), k, s, p, None, ceil_mode)
     expected = (*input_size[:-2], oh, ow)
     if tuple(grad_output.shape) != tuple(expected):
         raise RuntimeError(
@@ -328,7 +295,7 @@ def avg_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     check_device("input", input)
     _check_divisor(divisor_override)
     k, s, p = _pool_params(kernel_size, stride, padding)
-    oh, ow = _output_hw(input.shape, k, s, p, ceil_mode)
+    oh, ow = output_hw("avg_pool2d", input.shape, k, s, p, None, ceil_mode)
     nhwc = is_channels_last(input)
     out = empty((*input.shape[:-2], oh, ow), input.dtype, input.device, nhwc)
     if out.numel() == 0:
@@ -429,7 +396,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     check_float("input", input)  # fake and meta tensors: the launcher's checks but the device
     _check_divisor(divisor_override)
     k, s, p = _pool_params(kernel_size, stride, padding)
-    oh, ow = _output_hw(input.shape, k, s, p, ceil_mode)
+    oh, ow = output_hw("avg_pool2d", input.shape, k, s, p, None, ceil_mode)
     return empty((*input.shape[:-2], oh, ow), input.dtype, input.device,
                   is_channels_last(input))
 

@@ -40,7 +40,7 @@ from ._gemm import acc_type, window_max
 from ._op import (apply_function, eager_ok, op_function, register_op_autograd, route_backward,
                   traced_checks_quiet)
 
-from ._pool import as_4d, block_indices, empty, needs_int64, rows_tile, unflatten
+from ._pool import as_4d, block_indices, empty, needs_int64, output_hw, rows_tile, unflatten
 
 __all__ = [
     "max_pool2d",
@@ -242,40 +242,6 @@ def _pool_params(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pa
     return k, s, pair(padding, "padding"), pair(dilation, "dilation")
 
 
-def _output_hw(shape: Sequence[int], k: Pair, s: Pair, p: Pair, d: Pair, ceil_mode: bool) -> Pair:
-    """Check a (C, H, W) or (N, C, H, W) input shape and pooling arguments; return (OH, OW).
-
-    Errors are RuntimeErrors, as PyTorch raises them, and name the offending argument.
-    """
-    if len(shape) not in (3, 4) or any(x == 0 for x in shape[-3:]):
-        raise RuntimeError(
-            "max_pool2d: input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
-            f"C, H and W (only N may be 0), got shape {list(shape)}"
-        )
-    if min(k) <= 0:
-        raise RuntimeError(f"max_pool2d: kernel_size must be greater than zero, got {k}")
-    if min(s) <= 0:
-        raise RuntimeError(f"max_pool2d: stride must be greater than zero, got {s}")
-    if min(p) < 0:
-        raise RuntimeError(f"max_pool2d: padding must be non-negative, got {p}")
-    if min(d) <= 0:
-        raise RuntimeError(f"max_pool2d: dilation must be greater than zero, got {d}")
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise RuntimeError(
-            f"max_pool2d: padding must be at most half of kernel_size, got padding={p} and "
-            f"kernel_size={k}"
-        )
-    H, W = shape[-2], shape[-1]
-    oh = pooled_len(H, k[0], s[0], p[0], d[0], ceil_mode)
-    ow = pooled_len(W, k[1], s[1], p[1], d[1], ceil_mode)
-    if oh < 1 or ow < 1:
-        raise RuntimeError(
-            f"max_pool2d: input of spatial size {H}x{W} is too small for kernel_size={k}, "
-            f"stride={s}, padding={p}, dilation={d}: output size {oh}x{ow} is below 1"
-        )
-    return oh, ow
-
-
 def _check_input(input: torch.Tensor) -> None:
     check_float("input", input)
     check_device("input", input)
@@ -336,7 +302,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     """
     _check_input(input)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
-    oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
+    oh, ow = output_hw("max_pool2d", input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     out = empty(out_shape, input.dtype, input.device, nhwc)
@@ -466,7 +432,7 @@ def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list
 def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     check_float("input", input)  # fake and meta tensors: the launcher's checks but the device
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
-    oh, ow = _output_hw(input.shape, k, s, p, d, ceil_mode)
+    oh, ow = output_hw("max_pool2d", input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
     return (empty(out_shape, input.dtype, input.device, nhwc),

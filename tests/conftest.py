@@ -71,3 +71,14 @@ def compare(name, got, want, base, rtol, reduce_len):
             f"(atol {atol:.3g}, rtol {rtol}); first at {where}: got {got[where]:.6g}, "
             f"want {want[where]:.6g}"
         )
+
+
+# The pool tests' channels_last inputs: plain, one channel (ambiguous strides), a sliced view.
+CHANNELS_LAST_INPUTS = [
+    pytest.param(lambda: torch.randn(2, 5, 7, 8).to(memory_format=torch.channels_last),
+                 id="nhwc"),
+    pytest.param(lambda: torch.randn(2, 1, 7, 8).to(memory_format=torch.channels_last),
+                 id="nhwc-one-channel"),
+    pytest.param(lambda: torch.randn(2, 9, 8, 10).to(memory_format=torch.channels_last)[
+        :, 1::2, 1:, :9], id="nhwc-sliced"),
+]

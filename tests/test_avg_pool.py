@@ -15,7 +15,7 @@ from tritoncnn.kernels import AvgPool2dFunction, avg_pool2d
 from tritoncnn.kernels import avg_pool as ap
 from tritoncnn.kernels import _pool
 
-from conftest import DEVICE
+from conftest import CHANNELS_LAST_INPUTS, DEVICE
 
 # An OpInfo-style sample set: (input shape, kernel_size, stride, padding, ceil_mode,
 # count_include_pad, divisor_override)
@@ -112,16 +112,6 @@ def test_autograd_function(shape, k, s, p, ceil_mode, count_pad, divisor):
     upstream = torch.randn(ref.shape, device=DEVICE)
     grad, ref_grad = _grads(x, upstream, *args, pool=AvgPool2dFunction.apply)
     torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=1e-6, atol=1e-6)
-
-
-CHANNELS_LAST_INPUTS = [
-    pytest.param(lambda: torch.randn(2, 5, 7, 8).to(memory_format=torch.channels_last),
-                 id="nhwc"),
-    pytest.param(lambda: torch.randn(2, 1, 7, 8).to(memory_format=torch.channels_last),
-                 id="nhwc-one-channel"),
-    pytest.param(lambda: torch.randn(2, 9, 8, 10).to(memory_format=torch.channels_last)[
-        :, 1::2, 1:, :9], id="nhwc-sliced"),
-]
 
 
 @pytest.mark.parametrize("make", CHANNELS_LAST_INPUTS)
