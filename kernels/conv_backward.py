@@ -23,7 +23,6 @@ are capped at 4 warps (``autotune.spaces.MAX_WARPS``). dW loops over pixels and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -370,8 +369,7 @@ def _sum_splits_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GradSource:
+class GradSource(NamedTuple):
     """Where the backward kernels read dZ, the gradient of the conv output (before ReLU):
 
     * ``GradSource(dy)``: dZ is ``dy`` (N, K, P, Q) itself (a conv without ReLU);
@@ -422,13 +420,14 @@ class GradSource:
 
 
 class _Operands(NamedTuple):
-    """What the dX and dW launches share: the operands with their channels at stride 1, the
-    pixels the kernels visit, the tuning shape, the precision and the channel vector widths."""
+    """What the dX and dW launches share, computed once per backward: the operands with their
+    channels at stride 1 (and their kernel strides), the pixels the kernels visit, the tuning
+    shape, the precision, the channel vector widths and the kernels' dZ-source arguments."""
 
-    dy: torch.Tensor
-    m: torch.Tensor            # the mask source (GradSource.mask_source)
     x: torch.Tensor
     w: torch.Tensor
+    xs: tuple                  # kernel_strides of x and w
+    ws: tuple
     P: int
     Q: int
     shape: dict
@@ -436,6 +435,7 @@ class _Operands(NamedTuple):
     dot: dict
     kv: int                    # vector width of the K channels (dY's, the mask source's)
     cv: int                    # vector width of the C channels (input's, weight's)
+    dz: dict                   # dy_ptr, m_ptr and their strides divided by KV, DY, POOL, KV
 
 
 def _operands(src: GradSource, input, weight, geometry: ConvGeometry, allow_tf32) -> _Operands:
@@ -444,19 +444,15 @@ def _operands(src: GradSource, input, weight, geometry: ConvGeometry, allow_tf32
     P, Q = src.check(*geometry.output_size(H, W, R, S))
     dy, m = channels_inner(src.grad), src.mask_source(input.dtype)
     x, w = channels_inner(input), channels_inner(weight)
-    kv = channel_vector(K // geometry.groups, kernel_strides(dy), kernel_strides(m))
-    cv = channel_vector(CG, kernel_strides(x), kernel_strides(w))
-    return _Operands(dy, m, x, w, P, Q, tuning_shape(x, w, geometry, src.pool),
+    ds, ms, xs, ws = kernel_strides(dy), kernel_strides(m), kernel_strides(x), kernel_strides(w)
+    kv = channel_vector(K // geometry.groups, ds, ms)
+    sdn, sdk, sdp, sdq = channel_strides(ds, kv)
+    smn, smk, smp, smq = channel_strides(ms, kv)
+    dz = dict(dy_ptr=dy, m_ptr=m, sdn_v=sdn, sdk=sdk, sdp_v=sdp, sdq_v=sdq,
+              smn_v=smn, smk=smk, smp_v=smp, smq_v=smq, DY=src.kind, POOL=src.pool, KV=kv)
+    return _Operands(x, w, xs, ws, P, Q, tuning_shape(x, w, geometry, src.pool),
                      register_tiles(input.dtype, allow_tf32), dot_args(input.dtype, allow_tf32),
-                     kv, cv)
-
-
-def _dz_args(ops: _Operands, src: GradSource) -> dict:
-    """The kernels' dY and mask-source arguments, their N, P, Q strides divided by KV."""
-    sdn, sdk, sdp, sdq = channel_strides(kernel_strides(ops.dy), ops.kv)
-    smn, smk, smp, smq = channel_strides(kernel_strides(ops.m), ops.kv)
-    return dict(dy_ptr=ops.dy, m_ptr=ops.m, sdn_v=sdn, sdk=sdk, sdp_v=sdp, sdq_v=sdq,
-                smn_v=smn, smk=smk, smp_v=smp, smq_v=smq, DY=src.kind, POOL=src.pool, KV=ops.kv)
+                     kv, channel_vector(CG, xs, ws), dz)
 
 
 def conv2d_input_grad(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
@@ -473,14 +469,15 @@ def conv2d_input_grad(src: GradSource, input: torch.Tensor, weight: torch.Tensor
     K, CG, R, S = weight.shape
     KG, groups = K // geometry.groups, geometry.groups
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    w_dx, cv = ops.w, ops.cv
+    w_dx, ws, cv = ops.w, ops.ws, ops.cv
     if (input.dtype == torch.float32 and not ops.ieee
             and 2 * N * ops.P * ops.Q * K * CG * R * S >= K_MAJOR_DX_MIN_FLOP):
         # TF32 tensor cores read a shared-memory operand only K-major: dX reduces over the
         # output channels k, so its weight goes in as a copy with k innermost (16-byte tile
         # loads instead of 4-byte ones; the copy is one more launch, which only layers with work
         # enough to hide it get)
-        w_dx, cv = ops.w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1), 1
+        w_dx = ops.w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+        ws, cv = kernel_strides(w_dx), 1
     HP, WP = cdiv(H, sh), cdiv(W, sw)
     rows = N * HP * WP
     cfg = heuristics.conv_config(
@@ -489,10 +486,10 @@ def conv2d_input_grad(src: GradSource, input: torch.Tensor, weight: torch.Tensor
         config, ops.ieee)
     sxn, sxc, sxh, sxw = kernel_strides(dx)
     xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
-    swk, swc, swr, sws = channel_strides(kernel_strides(w_dx), cv)
+    swk, swc, swr, sws = channel_strides(ws, cv)
     launch(_conv_dx_kernel, (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
                              sh * sw),
-           w_ptr=w_dx, dx_ptr=dx, **_dz_args(ops, src),
+           w_ptr=w_dx, dx_ptr=dx, **ops.dz,
            N=N, H=H, w_v=W // xv, P=ops.P, Q=ops.Q, R=R, S=S, cg_v=CG // cv, kg_v=KG // ops.kv,
            swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
            sxn_v=sxn // xv, sxc_v=sxc // xv, sxh_v=sxh // xv, sxw=sxw,
@@ -536,12 +533,12 @@ def conv2d_weight_grad(src: GradSource, input: torch.Tensor, weight: torch.Tenso
         dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
     dummy = dw_dst if need_dw else db_dst
     cg, cv = (CG, ops.cv) if need_dw else (max(CG, 1), 1)  # (db alone: taps unused)
-    sxn, sxc, sxh, sxw = channel_strides(kernel_strides(ops.x), cv)
+    sxn, sxc, sxh, sxw = channel_strides(ops.xs, cv)
     swk, swc, swr, sws = kernel_strides(dw_out) if need_dw else (0, 0, 0, 0)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     launch(_conv_dw_kernel, (heuristics.dw_tiles(cfg, KG, RSC, need_dw), geometry.groups, split),
            x_ptr=ops.x, dw_part_ptr=dw_dst if need_dw else dummy,
-           db_part_ptr=db_dst if need_db else dummy, **_dz_args(ops, src),
+           db_part_ptr=db_dst if need_db else dummy, **ops.dz,
            N=N, H=H, W=W, P=ops.P, Q=ops.Q, R=R, S=S, cg_v=cg // cv, kg_v=KG // ops.kv, K=K,
            CHUNK=chunk, ROW=row, sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw,
            swk=swk, swc=swc, swr=swr, sws=sws,
