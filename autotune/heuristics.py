@@ -49,7 +49,7 @@ def gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype, max_k: in
 
     The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
     tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory, and at most
-    ``max_k``: the dX kernel spills registers with 64, see ``spaces.MAX_BLOCK_K``).
+    ``max_k``: the stride-phase dX kernel spills registers with 64, see ``spaces.MAX_BLOCK_K``).
     Memoised: a fresh dict per call, built once per argument tuple.
     """
     return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype, int(max_k)))
@@ -62,37 +62,55 @@ def _num_sms(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _dw_heuristic_items(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool,
-                        dtype: torch.dtype, device: torch.device) -> tuple:
+def _dw_heuristic_items(KG: int, CG: int, RS: int, NPQ: int, groups: int, dtype: torch.dtype,
+                        device: torch.device) -> tuple:
     if INTERPRET:
-        return tuple(dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(RSC, 16, 128),
+        return tuple(dict(BLOCK_M=_pow2(KG, 16, 64), BLOCK_N=_pow2(CG, 16, 128),
                           BLOCK_K=_pow2(NPQ, 16, 1024), GROUP_M=8, num_warps=4, num_stages=1,
                           SPLIT=1).items())
     wide = 64 if KG % 16 or CG % 16 else 128  # unaligned channels: see _gemm_heuristic_items
-    cfg = dict(BLOCK_M=_pow2(KG, 16, wide), BLOCK_N=_pow2(RSC, 16, wide),
+    cfg = dict(BLOCK_M=_pow2(KG, 16, wide), BLOCK_N=_pow2(CG, 16, wide),
                BLOCK_K=32 if dtype == torch.float32 or wide < 128 else 64, GROUP_M=8,
                num_warps=4, num_stages=3)
-    if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:  # 128x128 on 4 warps spills (sm_90, ptxas)
-        cfg["num_warps"] = 8
-    tiles = dw_tiles(cfg, KG, RSC, need_dw) * groups
+    # (4 warps: on 8, ptxas serializes this kernel's wgmma at 128x128, C7515)
+    tiles = cdiv(KG, cfg["BLOCK_M"]) * RS * cdiv(CG, cfg["BLOCK_N"]) * groups
     steps = cdiv(NPQ, cfg["BLOCK_K"])
     cfg["SPLIT"] = max(1, min(cdiv(2 * _num_sms(device), tiles), cdiv(steps, 8), 64))
     return tuple(cfg.items())
 
 
-def dw_heuristic(KG: int, RSC: int, CG: int, NPQ: int, groups: int, need_dw: bool, dtype,
-                 device) -> dict:
-    """dW tiles: rows = output channels, columns = (r, s, c) taps of CG channels, reduction over
-    N*P*Q pixels, split so that the grid fills the GPU (one split under the interpreter).
-    Memoised per argument tuple, like :func:`gemm_heuristic`."""
-    return dict(_dw_heuristic_items(int(KG), int(RSC), int(CG), int(NPQ), int(groups),
-                                    bool(need_dw), dtype, torch.device(device)))
+def dw_heuristic(KG: int, CG: int, RS: int, NPQ: int, groups: int, dtype, device) -> dict:
+    """dW tiles: rows = output channels, a column tile = one filter tap by a block of the CG
+    input channels, reduction over N*P*Q pixels, split so that the grid fills the GPU (one split
+    under the interpreter). Memoised per argument tuple, like :func:`gemm_heuristic`."""
+    return dict(_dw_heuristic_items(int(KG), int(CG), int(RS), int(NPQ), int(groups), dtype,
+                                    torch.device(device)))
 
 
-def dw_tiles(cfg: dict, KG: int, RSC: int, need_dw: bool) -> int:
-    """Output tiles of one group of the dW grid (db alone: one column tile)."""
-    cols = cdiv(RSC, cfg["BLOCK_N"]) if need_dw else 1
-    return cdiv(KG, cfg["BLOCK_M"]) * cols
+@functools.lru_cache(maxsize=None)
+def _grad_z_items(rows: int, K: int, device: torch.device) -> tuple:
+    if INTERPRET:
+        block_c = _pow2(K, 16, 256)
+        block_r = _pow2(rows, 16, max(16, 16384 // block_c))
+        chunks = 1
+    else:
+        block_c = _pow2(K, 16, 64)
+        block_r = 4096 // block_c
+        chunks = min(cdiv(rows, block_r), cdiv(4 * _num_sms(device), cdiv(K, block_c)))
+    chunk = cdiv(cdiv(rows, chunks), block_r) * block_r
+    return tuple(dict(BLOCK_R=block_r, BLOCK_C=block_c, chunk=chunk, chunks=cdiv(rows, chunk),
+                      num_warps=4).items())
+
+
+def grad_z_config(rows: int, K: int, device) -> dict:
+    """The dZ pass's launch: BLOCK_R conv pixels by BLOCK_C channels a step, the pixels split
+    into ``chunks`` of ``chunk`` (db's partial sums: one per chunk), enough programs to keep a
+    memory-bound pass at the GPU's bandwidth (one chunk under the interpreter)."""
+    return dict(_grad_z_items(int(rows), int(K), torch.device(device)))
+
+
+# The stride-phase dX kernel spills with 64-deep steps (sm_90, ptxas -v: spaces.MAX_BLOCK_K)
+DX_MAX_BLOCK_K = spaces.MAX_BLOCK_K["conv_dx"]
 
 
 def conv_pool_heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:

@@ -21,7 +21,7 @@ timing:
   configs that the register count above lets through but that spill on sm_90;
 * **shared memory**: the pipelined operand tiles,
   ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements (``conv_dx`` and ``conv_dw`` keep
-  ``max(1, num_stages - 2)`` more BLOCK_M x BLOCK_K tiles and some scratch:
+  ``max(1, num_stages - 2)`` more BLOCK_M x BLOCK_K tiles:
   :data:`EXTRA_TILE_KERNELS`), must fit the device's per-block
   budget (queried from torch.cuda when a device is present, else :data:`DEFAULT_SMEM_BYTES`, the
   H100/H200 opt-in limit);
@@ -34,8 +34,8 @@ or tuned entries are never found: build them with :func:`conv_shape` and :func:`
 * conv kernels (``conv_fwd``, ``conv_dx``, ``conv_dw``, ``conv_pool_fwd``): ``N, C, H, W`` (input),
   ``K, R, S`` (filters), ``P, Q`` (conv output, before any fused pooling), ``stride_h, stride_w,
   pad_h, pad_w, dil_h, dil_w, groups``; plus ``pool`` (the window F = S) for ``conv_pool_fwd`` and
-  for the ``conv_dx`` / ``conv_dw`` launches of the fused conv + ReLU + max-pool's backward, whose
-  dY load differs from the plain conv's (a shape dict without ``pool`` is the plain conv); and
+  for the ``conv_dx`` / ``conv_dw`` launches of the fused conv + ReLU + max-pool's backward (tuned
+  apart from the plain conv's; a shape dict without ``pool`` is the plain conv); and
   ``ieee=1`` for float32 launches with TF32 off and float64 ones (tiles capped by
   :data:`IEEE_CAPS` / :data:`FP64_CAPS`, tuned apart from TF32's; absent for TF32, bf16 and
   fp16);
@@ -49,7 +49,8 @@ GEMM view of the conv kernels, used for the tile caps (a missing key only disabl
   windows, N*(P//pool)*(Q//pool)*pool**2, or with a pool whose pool**2 is no power of two the
   pooled pixels N*(P//pool)*(Q//pool); N = K/groups, reduction = C/groups*R*S;
 * ``conv_dx``: M = N*H*W, N = C/groups, reduction = K/groups*R*S;
-* ``conv_dw``: M = K/groups, N = C/groups*R*S, reduction = N*P*Q (split ``SPLIT`` ways).
+* ``conv_dw``: M = K/groups, N = C/groups (a column tile is one filter tap's channels: R*S
+  times as many tiles), reduction = N*P*Q (split ``SPLIT`` ways).
 """
 
 from __future__ import annotations
@@ -88,29 +89,20 @@ _CONV_TILES = [
     (64, 16, 64, 8, 2, 4),
 ]
 
-# conv_dx also tries one MMA deep per step: it masks its A operand in registers (ReLU, pool
-# offsets), and ptxas serializes the tensor-core MMAs of its 32-deep steps with 64 or fewer
-# columns (its warning C7515, seen compiling for sm_90), not those of 16-deep ones
-_CONV_DX_TILES = _CONV_TILES + [
-    (128, 64, 16, 8, 4, 4),
-    (64, 64, 16, 8, 4, 4),
-]
-
 # conv_dw: fewer tiles, each tried with several reduction splits.
 _CONV_DW_TILES = [
+    (128, 128, 64, 8, 4, 3),
+    (128, 128, 32, 8, 4, 4),
     (128, 128, 64, 8, 8, 3),
-    (128, 128, 32, 8, 8, 4),  # with 4 warps it spilled (220 B, bf16) storing dW in place
+    (128, 64, 64, 8, 4, 3),
     (128, 64, 32, 8, 4, 4),
+    (64, 128, 64, 8, 4, 3),
     (64, 128, 32, 8, 4, 4),
     (64, 64, 64, 8, 4, 3),
     (64, 64, 32, 8, 4, 4),
     (32, 64, 64, 8, 2, 4),
     (64, 32, 64, 8, 2, 4),
     (32, 32, 64, 8, 2, 4),
-    # 16 deep: the fused pool's dW (its dY masked by the offsets in registers) has its MMAs
-    # serialized by ptxas at every 32- and 64-deep tile (C7515, sm_90), at none of these
-    (128, 128, 16, 8, 8, 4),
-    (128, 64, 16, 8, 4, 4),
 ]
 SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -128,7 +120,7 @@ def _pool_space() -> list[dict]:
 
 SPACES: dict[str, list[dict]] = {
     "conv_fwd": _conv_space(_CONV_TILES),
-    "conv_dx": _conv_space(_CONV_DX_TILES),
+    "conv_dx": _conv_space(_CONV_TILES),
     "conv_dw": [dict(c, SPLIT=s) for c in _conv_space(_CONV_DW_TILES) for s in SPLITS],
     "conv_pool_fwd": _conv_space(_CONV_TILES),
     "max_pool_fwd": _pool_space(),
@@ -144,10 +136,15 @@ MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the 
 MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
 MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
 ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
-# Measured with ptxas -v for sm_90a over whole pruned spaces (tests/compile_sm90.py): conv_dx
-# loads dY (and the saved output, for ReLU's mask) through registers, and every BLOCK_K = 64
-# config of it spilled (12 to 588 B), every BLOCK_K = 32 one but fp32 128x128 (16 B) did not.
+# Measured with ptxas -v for sm_90a over whole pruned spaces (tests/compile_sm90.py): the
+# stride-phase dX kernel (strides above 1; stride 1 runs on the forward kernel) spilled at
+# BLOCK_K = 64.
 MAX_BLOCK_K = {"conv_dx": 32}
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) that spill in float32 (TF32) on sm_90, ptxas -v: dW's
+# dZ tile is M-major, which TF32's wgmma cannot read from shared memory, so it passes through
+# registers (188 B at 128x128x64 on 4 warps).
+FP32_SPILLS = {"conv_dw": {(128, 128, 64, 4)}}
 # conv_pool_fwd looping over window elements (pool 3) spilled in fp32 with 2 warps (36-72 B).
 MIN_WARPS_LOOPED_POOL = 4
 # The fused pool kernel with whole windows as rows: one accumulator, but its window reduction holds
@@ -156,18 +153,18 @@ MIN_WARPS_LOOPED_POOL = 4
 WINDOW_ROWS_TILES = 2
 # IEEE float32 (TF32 off) runs tl.dot on the FMA units, whose operand tiles live in registers:
 # the tensor-core tiles of the heuristics and of TF32 tuning spill there (sm_90, ptxas -v: a
-# 128x128 forward 208 B, dX 296 B, the fused pool's dW 2.7 KB). (BLOCK_M, BLOCK_N, BLOCK_K,
-# num_warps) caps measured not to spill over C = 3 to 512, K = 64 to 512 (the fused pool's dW
-# is erratic: 64x64x32 spills 1 KB where 64x32x16 takes 166-193 registers); key: kernel,
-# pooled (a fused pool's kernels). Shape dicts of such launches carry ``ieee=1``.
+# 128x128 forward 208 B, dX 296 B, dW 72 B). (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) caps
+# measured not to spill over C = 3 to 512, K = 64 to 512; key: kernel, pooled (a fused pool's
+# kernels). Shape dicts of such launches carry ``ieee=1``.
 IEEE_CAPS = {
     ("conv_fwd", False): (64, 64, 32, 4),
     ("conv_dx", False): (64, 64, 32, 4),
-    ("conv_dx", True): (64, 64, 32, 4),
+    ("conv_dx", True): (64, 64, 32, 4),       # (the fused pool's backward: the same kernels)
+    ("conv_dw", False): (64, 64, 32, 4),
+    ("conv_dw", True): (64, 64, 32, 4),
     ("conv_pool_fwd", False): (64, 64, 32, 4),    # pool 1
     ("conv_pool_fwd", True): (64, 64, 32, 4),     # whole windows as rows (pool 2, 4)
     ("conv_pool_fwd_loop", True): (64, 32, 32, 4),  # a running maximum per window element
-    ("conv_dw", True): (64, 32, 16, 4),
 }
 # float64 runs tl.dot on mma.sync's fp64 shapes with its operand tiles in registers, as IEEE
 # float32 does (its launches carry ``ieee=1`` too), and its accumulators take two registers a
@@ -180,11 +177,9 @@ DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per b
 DEFAULT_NUM_SMS = 132  # H100 SXM
 # Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
 # pipelined operands (measured in fp32: conv_dx 256x32x64 in 3 stages takes 280 KB, not the
-# operands' 216 KB; 128x64x32 in 4 stages 128 KB, not 96 KB). conv_dw adds a cross-warp scratch
-# of BLOCK_M x num_warps floats (its db row sums): fp32 128x128x64 in 3 stages on 8 warps takes
-# 233472 B, over the 232448 B limit (tests/compile_sm90.py compares model and compiler).
+# operands' 216 KB; 128x64x32 in 4 stages 128 KB, not 96 KB; tests/compile_sm90.py compares
+# model and compiler).
 EXTRA_TILE_KERNELS = frozenset({"conv_dx", "conv_dw"})
-SCRATCH_FLOATS_PER_ROW_WARP = {"conv_dw": 1}
 SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
 
 
@@ -228,6 +223,13 @@ def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> d
     q = conv_len(w, s, sw, pads[2] + pads[3], dw)
     return dict(N=n, C=c, H=h, W=w, K=k, R=r, S=s, P=p, Q=q, stride_h=sh, stride_w=sw,
                 pad_h=pads[0], pad_w=pads[2], dil_h=dh, dil_w=dw, groups=int(groups))
+
+def max_block_k(kernel: str, shape: Mapping[str, int], default: int) -> int:
+    """The deepest BLOCK_K a launch of ``kernel`` on ``shape`` compiles without spilling: a
+    stride-1 dX runs on the forward kernel, which takes 64."""
+    if kernel == "conv_dx" and shape.get("stride_h", 1) == 1 and shape.get("stride_w", 1) == 1:
+        return default
+    return MAX_BLOCK_K.get(kernel, default)
 
 
 def cap_ieee(kernel: str, shape: Mapping[str, int], config: dict, dtype=None) -> dict:
@@ -286,9 +288,9 @@ def gemm_dims(kernel: str, shape: Mapping[str, int]) -> tuple[int | None, int | 
         c = shape.get("C")
         krs = prod("K") * rs if ("K" in shape and rs) else None
         return prod("N", "H", "W"), (c // g if c else None), (krs // g if krs else None)
-    if kernel == "conv_dw":
-        k, crs = shape.get("K"), prod("C", "R", "S")
-        return (k // g if k else None), (crs // g if crs else None), prod("N", "P", "Q")
+    if kernel == "conv_dw":  # (a column tile holds one tap: N is a tap's channels)
+        k, c = shape.get("K"), shape.get("C")
+        return (k // g if k else None), (c // g if c else None), prod("N", "P", "Q")
     raise KeyError(f"{kernel!r} is not a conv kernel ({', '.join(CONV_KERNELS)})")
 
 
@@ -313,17 +315,15 @@ def element_size(dtype) -> int:
 
 def conv_smem_bytes(cfg: Mapping[str, int], dtype, kernel: str | None = None) -> int:
     """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles, and for
-    the kernels of :data:`EXTRA_TILE_KERNELS` ``max(1, num_stages - 2)`` more A tiles, and the
-    scratch of :data:`SCRATCH_FLOATS_PER_ROW_WARP`. An upper bound of what sm_90 builds take
-    (equal for the large tiles that come near the limit)."""
+    the kernels of :data:`EXTRA_TILE_KERNELS` ``max(1, num_stages - 2)`` more A tiles. An upper
+    bound of what sm_90 builds take (equal for the large tiles that come near the limit)."""
     a = cfg["BLOCK_M"] * cfg["BLOCK_K"]
     b = cfg["BLOCK_K"] * cfg["BLOCK_N"]
     stages = cfg.get("num_stages", 1)
     tiles = stages * (a + b)
     if kernel in EXTRA_TILE_KERNELS:
         tiles += max(1, stages - 2) * a
-    scratch = SCRATCH_FLOATS_PER_ROW_WARP.get(kernel, 0) * cfg["BLOCK_M"] * cfg.get("num_warps", 4)
-    return tiles * element_size(dtype) + 4 * scratch
+    return tiles * element_size(dtype)
 
 
 def _cap(block: int, dim: int | None, floor: int) -> int:
@@ -360,7 +360,10 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
         c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
         red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))
         c["BLOCK_K"] = _cap(c["BLOCK_K"], red_per_split, MIN_DOT)
-        if c["BLOCK_K"] > MAX_BLOCK_K.get(kernel, c["BLOCK_K"]):
+        if c["BLOCK_K"] > max_block_k(kernel, shape, c["BLOCK_K"]):
+            continue
+        if dtype == torch.float32 and tuple(c[k] for k in (
+                "BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")) in FP32_SPILLS.get(kernel, ()):
             continue
         if cap_warps is not None:
             c["num_warps"] = min(c["num_warps"], cap_warps)
@@ -379,11 +382,12 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
         out.append(c)
     out = _dedupe(out)
     if kernel == "conv_dw" and m is not None and n is not None:
-        out = _prune_splits(out, m, n, num_sms)
+        taps = int(shape.get("R", 1)) * int(shape.get("S", 1))
+        out = _prune_splits(out, m, n, taps, num_sms)
     return out
 
 
-def _prune_splits(configs: list[dict], m: int, n: int, num_sms: int) -> list[dict]:
+def _prune_splits(configs: list[dict], m: int, n: int, taps: int, num_sms: int) -> list[dict]:
     """Per tile, keep SPLIT=1 and the SPLITS_KEPT split counts whose grid is nearest one wave."""
     by_tile: dict[tuple, list[dict]] = {}
     for c in configs:
@@ -391,7 +395,7 @@ def _prune_splits(configs: list[dict], m: int, n: int, num_sms: int) -> list[dic
     out = []
     for group in by_tile.values():
         def grid(c):
-            return -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"]) * c["SPLIT"]
+            return -(-m // c["BLOCK_M"]) * taps * -(-n // c["BLOCK_N"]) * c["SPLIT"]
 
         keep = sorted((c for c in group if c["SPLIT"] > 1),
                       key=lambda c: (abs(grid(c) / num_sms - 1.0), c["SPLIT"]))[:SPLITS_KEPT]

@@ -107,12 +107,15 @@ def _conv_fwd_kernel(
 
 def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    geometry: ConvGeometry, relu: bool = False, allow_tf32: Optional[bool] = None,
-                   config: Optional[dict] = None) -> torch.Tensor:
+                   config: Optional[dict] = None, tuning: Optional[tuple] = None
+                   ) -> torch.Tensor:
     """Y = relu?(conv2d(input, weight) + bias): (N, C, H, W) -> (N, K, P, Q), in input's format.
 
     Tensors must already be checked (see :func:`resolve_geometry`); ``config`` overrides keys of
     the "conv_fwd" launch config. The kernel reads input and weight with their channels at stride
-    1 (:func:`channels_inner`: an NCHW tensor is copied to channels_last first).
+    1 (:func:`channels_inner`: an NCHW tensor is copied to channels_last first). ``tuning`` =
+    (kernel, shape dict) looks the config up under another key: the backward's dX, which runs on
+    this kernel, as ("conv_dx", the conv's own shape).
     """
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
@@ -124,8 +127,9 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         return y
     input, weight = channels_inner(input), channels_inner(weight)
     M = N * P * Q
+    kernel, shape = tuning or ("conv_fwd", tuning_shape(input, weight, geometry))
     cfg = heuristics.conv_config(
-        "conv_fwd", tuning_shape(input, weight, geometry), input.dtype, LAYOUT,
+        kernel, shape, input.dtype, LAYOUT,
         heuristics.gemm_heuristic(M, KG, CG, input.dtype), config,
         register_tiles(input.dtype, allow_tf32))
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)

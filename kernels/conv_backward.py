@@ -1,23 +1,26 @@
-"""Conv2d backward: the input gradient dX and the weight and bias gradients dW, db, on the
-implicit-GEMM core of ``_gemm``, for the plain conv (+ ReLU) and the fused conv + ReLU + pool.
+"""Conv2d backward: the input gradient dX and the weight and bias gradients dW, db, for the plain
+conv (+ ReLU) and the fused conv + ReLU + pool, in three steps:
 
-* input gradient ``_conv_dx_kernel``: the transposed GEMM, rows = input pixels (n, h, w), columns =
-  input channels, reduction over (r, s, k). Stride-phase form: each program serves one phase
-  ((h + pad) % stride) and visits only the taps that map its pixels onto output pixels (only the
-  image borders are masked) -- no zero-inserted dY, no multiply-adds wasted on stride holes.
-* weight gradient ``_conv_dw_kernel``: rows = output channels, columns = (r, s, c), reduction over
-  (n, p, q) split into SPLIT chunks; each chunk writes an fp32 partial and ``_sum_splits_kernel``
-  adds them in a fixed order (deterministic, no atomics); one split stores dW straight into the
-  weight (through its strides, ``DW_STRIDED``, unless they are the partials' (r, s, c) order).
-  db is the same sum of dZ.
+* **dZ**, the gradient of the conv output before ReLU, is formed once by a memory-bound pass,
+  ``_grad_z_kernel``, from its :class:`GradSource` (dY itself, dY masked by ReLU's saved output, or
+  the fused pool's pooled gradient routed through its window offsets). The same pass sums db, in a
+  fixed order (per-chunk partials, then ``_sum_splits_kernel``): deterministic, no atomics. A
+  plain source with no bias to differentiate skips the pass (dZ is dY).
+* **dX** of a stride-1 conv is a forward convolution of dZ with the flipped, transposed weight
+  (``_dx_weight_kernel`` writes it, per group (C, K/groups, R, S) channels_last) and padding
+  ``dil*(R-1) - pad``: it runs on the forward kernel (:func:`conv.conv2d_forward`), its main loop
+  and its tiles. Other strides run ``_conv_dx_kernel``, the transposed GEMM in stride-phase form
+  (each program serves one phase of input pixels and visits only the taps that reach an output
+  pixel: no zero-inserted dZ).
+* **dW** (``_conv_dw_kernel``): rows = output channels, columns = one filter tap (r, s) by a block
+  of input channels per column tile, so that a tile's X rows are whole pixels (one bounds test per
+  pixel, contiguous channel loads); reduction over (n, p, q), split SPLIT ways into fp32 partials
+  that ``_sum_splits_kernel`` adds in split order (the same launch sums db's partials).
 
-Both read the conv-output gradient dZ from an explicit :class:`GradSource`: dY itself, dY masked by
-ReLU (the saved output), or the fused pool's pooled gradient routed through its window offsets;
-dZ is rebuilt while the tiles load and never stored.
-
-The dX reduction is one flattened loop over (tap, channel block), so Triton pipelines it across
-taps; Triton miscompiles that loop form at num_warps >= 8 (pytorch/pytorch#173068), so its configs
-are capped at 4 warps (``autotune.spaces.MAX_WARPS``). dW loops over pixels and is not capped.
+The main loops read dZ straight from memory: no masks built from data, no row sums inside them.
+``_conv_dx_kernel``'s loop is one flattened loop over (tap, channel block), so Triton pipelines it
+across taps; Triton miscompiles that loop form at num_warps >= 8 (pytorch/pytorch#173068), so its
+configs are capped at 4 warps (``autotune.spaces.MAX_WARPS``).
 """
 
 from __future__ import annotations
@@ -29,22 +32,22 @@ import torch
 import triton
 import triton.language as tl
 
-from tritoncnn.autotune import heuristics, spaces
+from tritoncnn.autotune import heuristics
 
-from ._checks import (INTERPRET, cdiv, channel_strides, channel_vector, channels_inner, dot_args,
-                      kernel_strides, launch, launch_opts, memory_format_of, next_pow2,
-                      pixel_vector, register_tiles)
+from ._checks import (cdiv, channel_strides, channel_vector, channels_inner, kernel_strides,
+                      launch, launch_opts, memory_format_of, pixel_vector, register_tiles,
+                      dot_args)
 from ._gemm import acc_type, mma, tile_ids, times
 from .geometry import ConvGeometry, check_grad_shape, shape_of, tuning_shape
 
 __all__ = ["GradSource", "conv2d_backward", "conv2d_input_grad", "conv2d_weight_grad",
-           "differentiable_conv_grads"]
+           "conv_grads", "differentiable_conv_grads"]
 
 # The layout key of every conv launch (operands go in with their channels at stride 1).
 LAYOUT = "nhwc"
 
-# dX GEMMs of at least this many FLOPs (a few microseconds of TF32 tensor-core time) read a
-# k-innermost copy of the weight; smaller ones are launch-bound and skip the copy's launch
+# Stride-phase dX GEMMs of at least this many FLOPs (a few microseconds of TF32 tensor-core
+# time) read a k-innermost copy of the weight; smaller ones are launch-bound and skip the copy
 K_MAJOR_DX_MIN_FLOP = 2 ** 32
 
 
@@ -54,30 +57,83 @@ K_MAJOR_DX_MIN_FLOP = 2 ** 32
 
 
 @triton.jit
-def _load_dz(dy_ptr, dy_off, m_ptr, m_off, elem, mask, DY: tl.constexpr):
-    """dZ, the conv-output gradient, at conv-output pixels, from its source ``DY``:
+def _grad_z_kernel(
+    dy_ptr, m_ptr, dz_ptr, db_ptr,
+    P, Q, PP, PQ, K, ROWS, CHUNK, DB_ROW,
+    sdn, sdk, sdp, sdq,
+    smn, smk, smp, smq,
+    szn, szp, szq,
+    DY: tl.constexpr, POOL: tl.constexpr, STORE: tl.constexpr, NEED_DB: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dZ (N, K, P, Q), channels at stride 1, from its source ``DY``, and db's partial sums.
 
-    * "plain": dY itself (dy_off addresses the pixel);
-    * "relu": dY where the saved output (``m_ptr``, at ``m_off``: the same pixel) is > 0, else 0,
-      as PyTorch's threshold_backward (a NaN output passes its gradient);
-    * "pool" (the fused max-pool, any POOL): dy_off / m_off address the pooled gradient and the
-      window offsets (``m_ptr``) at the pixel's window (p // POOL, q // POOL), and ``elem`` is the
-      pixel's place in that window, (p % POOL) * POOL + q % POOL. The gradient reaches the pixel
-      only where the window's saved offset names it; windows whose pooled output is ReLU's 0 carry
-      offset -1, which names no pixel: the ReLU mask is in the offsets.
-    """
-    if DY == "pool":
-        # dY loaded under the bounds mask alone, then zeroed where the offset names another
-        # pixel: a mask that depends on loaded data would make every load a scalar one
-        off = tl.load(m_ptr + m_off, mask=mask, other=-1).to(tl.int32)
-        dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
-        dy = tl.where(off == elem, dy, tl.zeros_like(dy))
-    else:
-        dy = tl.load(dy_ptr + dy_off, mask=mask, other=0.0)
-        if DY == "relu":
-            y = tl.load(m_ptr + m_off, mask=mask, other=0.0)
-            dy = tl.where(y <= 0, tl.zeros_like(dy), dy)
-    return dy
+    Grid: (chunks, channel blocks). Program (chunk, cb) visits the conv pixels (n, p, q) of rows
+    [chunk * CHUNK, (chunk + 1) * CHUNK) for channels of block cb:
+
+    * "plain": dZ is dY (not stored: the caller reads dY itself; the pass sums db only);
+    * "relu": dZ = dY where the saved output (``m_ptr``) is > 0, else 0, as PyTorch's
+      threshold_backward (a NaN output passes its gradient);
+    * "pool": dY and ``m_ptr`` (the window offsets) are pooled (N, K, PP, PQ); a conv pixel gets
+      its window's gradient where the window's offset names it ((p % POOL) * POOL + q % POOL),
+      else 0; dead windows carry offset -1, which names no pixel, and pixels outside every
+      window (an odd conv output floored by the pool) get 0.
+
+    db's partial of the chunk goes to db_ptr + chunk * DB_ROW (fp32; fp64 for fp64), or, with one
+    chunk, straight into db (cast)."""
+    chunk = tl.program_id(0)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < K
+    db = tl.zeros((BLOCK_C,), dtype=acc_type(dy_ptr.dtype.element_ty))
+    begin = chunk * CHUNK
+    end = tl.minimum(begin + CHUNK, ROWS)
+    for t0 in range(begin, end, BLOCK_R):
+        t = t0 + tl.arange(0, BLOCK_R)
+        mask = (t < end)[:, None] & mask_c[None, :]
+        q = t % Q
+        p = (t // Q) % P
+        n = (t // (P * Q)).to(tl.int64)
+        if DY == "pool":
+            pp = p // POOL
+            pq = q // POOL
+            mask = mask & ((pp < PP) & (pq < PQ))[:, None]
+            elem = (p - pp * POOL) * POOL + (q - pq * POOL)
+            off = tl.load(m_ptr + (n * smn + pp * smp + pq * smq)[:, None]
+                          + (offs_c * smk)[None, :], mask=mask, other=-1).to(tl.int32)
+            dy = tl.load(dy_ptr + (n * sdn + pp * sdp + pq * sdq)[:, None]
+                         + (offs_c * sdk)[None, :], mask=mask, other=0.0)
+            dz = tl.where(off == elem[:, None], dy, tl.zeros_like(dy))
+        else:
+            dz = tl.load(dy_ptr + (n * sdn + p * sdp + q * sdq)[:, None] + (offs_c * sdk)[None, :],
+                         mask=mask, other=0.0)
+            if DY == "relu":
+                y = tl.load(m_ptr + (n * smn + p * smp + q * smq)[:, None]
+                            + (offs_c * smk)[None, :], mask=mask, other=0.0)
+                dz = tl.where(y <= 0, tl.zeros_like(dz), dz)
+        if STORE:
+            tl.store(dz_ptr + (n * szn + p * szp + q * szq)[:, None] + offs_c[None, :], dz,
+                     mask=(t < ROWS)[:, None] & mask_c[None, :])
+        if NEED_DB:
+            db += tl.sum(dz.to(db.dtype), axis=0)
+    if NEED_DB:
+        tl.store(db_ptr + chunk.to(tl.int64) * DB_ROW + offs_c, db.to(db_ptr.dtype.element_ty),
+                 mask=mask_c)
+
+
+@triton.jit
+def _dx_weight_kernel(w_ptr, wt_ptr, TOTAL, KG, CG, R, S, swk, swc, swr, sws,
+                      BLOCK: tl.constexpr):
+    """The weight of dX's forward convolution: wt[g*CG + c, k, r, s] = w[g*KG + k, c, R-1-r,
+    S-1-s], wt (C, KG, R, S) channels_last (k innermost) and contiguous, TOTAL elements."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < TOTAL
+    k = e % KG
+    s = (e // KG) % S
+    r = (e // (KG * S)) % R
+    co = e // (KG * S * R)                 # input channel, all groups
+    g = co // CG
+    src = (g * KG + k) * swk + (co - g * CG) * swc + (R - 1 - r) * swr + (S - 1 - s) * sws
+    tl.store(wt_ptr + e, tl.load(w_ptr + src, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -94,23 +150,18 @@ def _first_tap(a, stride, dil, STEP, NONE):
 
 @triton.jit
 def _conv_dx_kernel(
-    dy_ptr, m_ptr, w_ptr, dx_ptr,
+    dz_ptr, w_ptr, dx_ptr,
     N, H, w_v, P, Q, R, S, cg_v, kg_v,
-    sdn_v, sdk, sdp_v, sdq_v,
-    smn_v, smk, smp_v, smq_v,
+    szn_v, szk, szp_v, szq_v,
     swk_v, swc, swr_v, sws_v,
     sxn_v, sxc_v, sxh_v, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     STEP_R, STEP_S, HP, WP,
-    DY: tl.constexpr, POOL: tl.constexpr, XV: tl.constexpr,
-    CV: tl.constexpr, KV: tl.constexpr,
+    XV: tl.constexpr, CV: tl.constexpr, KV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dX = conv_transpose(dZ, Wt), stride-phase form; dZ is rebuilt from its source ``DY`` while
-    it is loaded (``_load_dz``; the mask source ``m_ptr`` has strides smn, smk, smp, smq). For the
-    fused pool's source the launcher passes P, Q = the conv pixels the pooling windows cover,
-    PP*POOL x PQ*POOL.
+    """dX = conv_transpose(dZ, Wt), stride-phase form.
 
     Grid: (row tiles * column tiles, groups, stride_h * stride_w phases). Phase (a_h, a_w) owns the
     input pixels with (h + pad_h) % stride_h == a_h and (w + pad_w) % stride_w == a_w; for them,
@@ -120,15 +171,14 @@ def _conv_dx_kernel(
 
     Vector hints (``_gemm``): W and dX's N, C, H strides come divided by XV (1 unless dX's
     pixels are at stride 1, an NCHW dX, and stride_w is 1), CG and Wt's K, R, S strides by CV,
-    KG and dY's and the mask source's N, P, Q strides by KV.
+    KG and dZ's N, P, Q strides by KV.
     """
     W = w_v * XV
     sxn, sxc, sxh = times(XV, sxn_v, sxc_v, sxh_v)
     CG = cg_v * CV
     swk, swr, sws = times(CV, swk_v, swr_v, sws_v)
     KG = kg_v * KV
-    sdn, sdp, sdq = times(KV, sdn_v, sdp_v, sdq_v)
-    smn, smp, smq = times(KV, smn_v, smp_v, smq_v)
+    szn, szp, szq = times(KV, szn_v, szp_v, szq_v)
     g = tl.program_id(1)
     phase = tl.program_id(2)
     a_h = phase // stride_w
@@ -160,8 +210,6 @@ def _conv_dx_kernel(
     n_r = tl.where(r0 < R, (R - r0 + STEP_R - 1) // STEP_R, 0)
     n_s = tl.where(s0 < S, (S - s0 + STEP_S - 1) // STEP_S, 0)
 
-    dy_row = n.to(tl.int64) * sdn
-    m_row = n.to(tl.int64) * smn
     # A tap r reaches output row p = (h + pad_h - r*dil_h) / stride_h. In this phase h + pad_h
     # and r*dil_h are both a_h plus a non-negative multiple of stride_h (a_h < stride_h), so
     # p = (h + pad_h) // stride_h - (r*dil_h) // stride_h exactly: a per-row part, divided once
@@ -170,11 +218,10 @@ def _conv_dx_kernel(
     q_row = (w + pad_w) // stride_w
     P_u = tl.cast(P, tl.uint32)
     Q_u = tl.cast(Q, tl.uint32)
-    dy_base = dy_row + p_row * sdp + q_row * sdq                # (BLOCK_M,): used when POOL is 1
-    m_base = m_row + p_row * smp + q_row * smq
+    dz_base = n.to(tl.int64) * szn + p_row * szp + q_row * szq  # (BLOCK_M,)
     offs_k = tl.arange(0, BLOCK_K)
     k_blocks = tl.cdiv(KG, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dy_ptr.dtype.element_ty))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dz_ptr.dtype.element_ty))
     for it in range(n_r * n_s * k_blocks):
         kb = it % k_blocks
         rs = it // k_blocks
@@ -182,28 +229,14 @@ def _conv_dx_kernel(
         s = s0 + (rs % n_s) * STEP_S
         dr = (r * dil_h) // stride_h                           # the tap's output-row step
         dc = (s * dil_w) // stride_w
-        p = p_row - dr
-        q = q_row - dc
         # 0 <= p < P as one unsigned compare (a negative p wraps to a huge unsigned value)
-        ok = (mask_m & (tl.cast(p, tl.uint32, bitcast=True) < P_u)
-              & (tl.cast(q, tl.uint32, bitcast=True) < Q_u))
+        ok = (mask_m & (tl.cast(p_row - dr, tl.uint32, bitcast=True) < P_u)
+              & (tl.cast(q_row - dc, tl.uint32, bitcast=True) < Q_u))
         k = kb * BLOCK_K + offs_k
         mask_k = k < KG
         chan = g * KG + k                                       # output channel
-        mask_a = ok[:, None] & mask_k[None, :]
-        if POOL == 1:  # dY's pixel is p itself: the per-row address less a per-tap scalar
-            dy_off = dy_base - (dr * sdp + dc * sdq)
-            m_off = m_base - (dr * smp + dc * smq)
-            elem = 0                                            # (a window of one pixel)
-        else:  # dY's pixel is p's window
-            pp = p // POOL
-            pq = q // POOL
-            elem = ((p - pp * POOL) * POOL + (q - pq * POOL))[:, None]
-            dy_off = dy_row + pp * sdp + pq * sdq
-            m_off = m_row + pp * smp + pq * smq
-        a = _load_dz(dy_ptr, dy_off[:, None] + (chan * sdk)[None, :],
-                     m_ptr, m_off[:, None] + (chan * smk)[None, :],
-                     elem, mask_a, DY)  # (BLOCK_M, BLOCK_K)
+        a = tl.load(dz_ptr + ((dz_base - (dr * szp + dc * szq))[:, None] + (chan * szk)[None, :]),
+                    mask=ok[:, None] & mask_k[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
         b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
         acc = mma(a, b, acc, DOT_FP32, PRECISION)
@@ -215,145 +248,128 @@ def _conv_dx_kernel(
 
 @triton.jit
 def _conv_dw_kernel(
-    dy_ptr, m_ptr, x_ptr, dw_part_ptr, db_part_ptr,
-    N, H, W, P, Q, R, S, cg_v, kg_v, K, CHUNK, ROW,
-    sdn_v, sdk, sdp_v, sdq_v,
-    smn_v, smk, smp_v, smq_v,
+    dz_ptr, x_ptr, dw_ptr,
+    N, H, W, P, Q, R, S, cg_v, kg_v, CHUNK, ROW,
+    szn_v, szk, szp_v, szq_v,
     sxn_v, sxc, sxh_v, sxw_v,
     swk, swc, swr, sws,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, DY: tl.constexpr, POOL: tl.constexpr,
-    DW_STRIDED: tl.constexpr, CV: tl.constexpr, KV: tl.constexpr,
+    LINEAR: tl.constexpr, CV: tl.constexpr, KV: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """Partial dW and db over one chunk of the (n, p, q) reduction.
+    """dW, or its partial over one chunk of the (n, p, q) reduction.
 
-    Grid: (row tiles * column tiles, groups, splits). Rows are output channels of the group,
-    columns the flattened (r, s, c) taps (c innermost), the reduction runs over pixels
-    [split * CHUNK, (split + 1) * CHUNK). Writes fp32 partials, split after split ROW elements
-    apart (one buffer holds both, summed by one ``_sum_splits_kernel``): dw_part (K, R*S*CG)
-    contiguous, db_part (K,) from the first column tile.
-    With one split (nothing to sum) dw_part / db_part are dW and db themselves, stored cast: db
-    (K,) contiguous, dW at the partials' offsets when its strides are (R*S*CG, 1, S*CG, CG) (a
-    channels_last weight), else (``DW_STRIDED``) through its strides (swk, swc, swr, sws).
-    dZ is rebuilt from its source ``DY`` while it is loaded (``_load_dz``); for the fused
-    pool's source the launcher passes P, Q = PP*POOL, PQ*POOL, so only pixels inside a window
-    are visited. Vector hints (``_gemm``): CG and X's N, H, W strides come divided by CV, KG and
-    dY's and the mask source's N, P, Q strides by KV.
-    """
+    Grid: (row tiles * column tiles, groups, splits). Rows are the output channels of the group;
+    a column tile is one filter tap (r, s) by BLOCK_N input channels (R*S*cdiv(CG, BLOCK_N)
+    column tiles), so the X tile of a step is BLOCK_K whole pixels shifted by the tap: one bounds
+    test per pixel, loads contiguous along the channels. The reduction runs over the pixels
+    [split * CHUNK, (split + 1) * CHUNK). The result goes through the strides (swk, swc, swr, sws)
+    at dw_ptr + split * ROW: dW's own (one split, cast) or the fp32 partials' (a buffer of
+    splits ROW elements apart, summed by ``_sum_splits_kernel``).
+
+    Vector hints (``_gemm``): CG and X's N, H, W strides come divided by CV, KG and dZ's N, P, Q
+    strides by KV."""
     CG = cg_v * CV
     sxn, sxh, sxw = times(CV, sxn_v, sxh_v, sxw_v)
     KG = kg_v * KV
-    sdn, sdp, sdq = times(KV, sdn_v, sdp_v, sdq_v)
-    smn, smp, smq = times(KV, smn_v, smp_v, smq_v)
+    szn, szp, szq = times(KV, szn_v, szp_v, szq_v)
     g = tl.program_id(1)
     split = tl.program_id(2)
-    RSC = R * S * CG
-    if NEED_DW:
-        pid_m, pid_n = tile_ids(tl.program_id(0), KG, RSC, BLOCK_M, BLOCK_N, GROUP_M)
-    else:  # db only: one column tile
-        pid_m, pid_n = tile_ids(tl.program_id(0), KG, 1, BLOCK_M, BLOCK_N, GROUP_M)
-
+    c_blocks = tl.cdiv(CG, BLOCK_N)
+    pid_m, pid_n = tile_ids(tl.program_id(0), KG, R * S * c_blocks * BLOCK_N,
+                            BLOCK_M, BLOCK_N, GROUP_M)
+    tap = pid_n // c_blocks
+    r = tap // S
+    s = tap % S
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # output channel within the group
     mask_m = offs_m < KG
     chan = g * KG + offs_m
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # tap (r, s, c)
-    mask_n = offs_n < RSC
-    c = offs_n % CG
-    s = (offs_n // CG) % S
-    r = offs_n // (CG * S)
-    col_h = r * dil_h - pad_h                              # (BLOCK_N,)
-    col_w = s * dil_w - pad_w
-    # X's address splits into a pixel part and a column part: h * sxh + w * sxw with h = p *
-    # stride_h + col_h, w likewise. The column part is fixed for the whole loop; the bounds test
-    # of h (and w) is one unsigned compare (a negative h wraps to a huge unsigned value).
-    col_x = (g * CG + c) * sxc + col_h * sxh + col_w * sxw  # (BLOCK_N,)
-    col_h_u = tl.cast(col_h, tl.uint32, bitcast=True)
-    col_w_u = tl.cast(col_w, tl.uint32, bitcast=True)
+    offs_n = (pid_n - tap * c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel
+    mask_n = offs_n < CG
+    # The tap's pixel offset, and X's channel columns: fixed for the whole loop. A pixel's X row
+    # is h = p * stride_h + r * dil_h - pad_h (w likewise); "0 <= h < H" is one unsigned compare
+    # (a negative h wraps to a huge unsigned value).
+    tap_h = r * dil_h - pad_h
+    tap_w = s * dil_w - pad_w
+    x_cols = ((g * CG + offs_n) * sxc)[None, :] + (tap_h * sxh + tap_w * sxw)  # (1, BLOCK_N)
     H_u = tl.cast(H, tl.uint32)
     W_u = tl.cast(W, tl.uint32)
 
     NPQ = N * P * Q
     t_begin = split * CHUNK
     t_end = tl.minimum(t_begin + CHUNK, NPQ)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dy_ptr.dtype.element_ty))
-    acc_b = tl.zeros((BLOCK_M,), dtype=acc.dtype)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dz_ptr.dtype.element_ty))
     # The pixels' (n, p, q) digits: divided out once, then advanced by BLOCK_K pixels a step as
     # a mixed-radix addition of the step's own digits (no division inside the loop)
-    t = t_begin + tl.arange(0, BLOCK_K)
+    offs_t = tl.arange(0, BLOCK_K)
+    t = t_begin + offs_t
     q = t % Q
     p = (t // Q) % P
     n = t // (P * Q)
     step_q = BLOCK_K % Q
     step_p = (BLOCK_K // Q) % P
     step_n = BLOCK_K // (P * Q)
+    # LINEAR: pixel t of dZ is at t * szq and of X (stride 1, P = H, Q = W) at t * sxw + the
+    # tap's offset: a step's addresses are one scalar base plus offsets fixed for the loop
+    a_off = (chan * szk)[:, None] + (offs_t * szq)[None, :]         # (BLOCK_M, BLOCK_K)
+    b_off = (offs_t * sxw)[:, None] + x_cols                        # (BLOCK_K, BLOCK_N)
+    t64 = t_begin.to(tl.int64)                                      # the step's first pixel
     for t0 in range(t_begin, t_end, BLOCK_K):
-        t = t0 + tl.arange(0, BLOCK_K)                     # output pixel (n, p, q)
-        mask_t = t < t_end
-        mask_a = mask_m[:, None] & mask_t[None, :]
-        pp = p // POOL                                     # dY's pixel: p itself, or its window
-        pq = q // POOL
-        elem = (p - pp * POOL) * POOL + (q - pq * POOL)
-        n64 = n.to(tl.int64)
-        a = _load_dz(dy_ptr, (chan * sdk)[:, None] + (n64 * sdn + pp * sdp + pq * sdq)[None, :],
-                     m_ptr, (chan * smk)[:, None] + (n64 * smn + pp * smp + pq * smq)[None, :],
-                     elem[None, :], mask_a, DY)  # dZ^T (BLOCK_M, BLOCK_K)
-        if NEED_DB:
-            acc_b += tl.sum(a.to(acc.dtype), axis=1)
-        if NEED_DW:
-            h0 = p * stride_h                              # (BLOCK_K,): the tap (0, 0) pixel
-            w0 = q * stride_w
-            ok = ((mask_t[:, None] & mask_n[None, :])
-                  & (tl.cast(h0, tl.uint32)[:, None] + col_h_u[None, :] < H_u)
-                  & (tl.cast(w0, tl.uint32)[:, None] + col_w_u[None, :] < W_u))
-            row_x = n64 * sxn + h0 * sxh + w0 * sxw         # (BLOCK_K,) int64
-            b = tl.load(x_ptr + (row_x[:, None] + col_x[None, :]),
-                        mask=ok, other=0.0)                # X patches (BLOCK_K, BLOCK_N)
-            acc = mma(a, b, acc, DOT_FP32, PRECISION)
+        mask_t = (t0 + offs_t) < t_end
+        if LINEAR:
+            a_ptrs = dz_ptr + t64 * szq + a_off
+            h = p
+            w = q
+            b_ptrs = x_ptr + t64 * sxw + b_off
+            t64 += BLOCK_K
+        else:
+            n64 = n.to(tl.int64)
+            a_ptrs = dz_ptr + ((chan * szk)[:, None] + (n64 * szn + p * szp + q * szq)[None, :])
+            h = p * stride_h
+            w = q * stride_w
+            b_ptrs = x_ptr + (x_cols + (n64 * sxn + h * sxh + w * sxw)[:, None])
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_t[None, :], other=0.0)  # dZ^T
+        ok = (mask_t & (tl.cast(h + tap_h, tl.uint32, bitcast=True) < H_u)
+              & (tl.cast(w + tap_w, tl.uint32, bitcast=True) < W_u))
+        b = tl.load(b_ptrs, mask=ok[:, None] & mask_n[None, :], other=0.0)  # X (BLOCK_K, BLOCK_N)
+        acc = mma(a, b, acc, DOT_FP32, PRECISION)
         q += step_q
         carry = q >= Q
         q = tl.where(carry, q - Q, q)
         p += step_p + carry.to(tl.int32)
         carry = p >= P
         p = tl.where(carry, p - P, p)
-        n += step_n + carry.to(tl.int32)
+        if not LINEAR:
+            n += step_n + carry.to(tl.int32)
 
-    if NEED_DW:
-        if DW_STRIDED:
-            part = (chan * swk)[:, None] + (c * swc + r * swr + s * sws)[None, :]
-        else:
-            # this split's (K, RSC) slab: an int64 step of the base, int32 offsets inside it
-            dw_part_ptr += split.to(tl.int64) * ROW
-            part = (chan * RSC)[:, None] + offs_n[None, :]
-        tl.store(dw_part_ptr + part, acc.to(dw_part_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
-    if NEED_DB:
-        tl.store(db_part_ptr + split.to(tl.int64) * ROW + chan,
-                 acc_b.to(db_part_ptr.dtype.element_ty), mask=mask_m & (pid_n == 0))
+    dw_off = (chan * swk)[:, None] + (offs_n * swc)[None, :] + (r * swr + s * sws)
+    tl.store(dw_ptr + split.to(tl.int64) * ROW + dw_off, acc.to(dw_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _sum_splits_kernel(
-    part_ptr, dw_ptr, db_ptr, SPLIT, ROW, L_DW, RSC, CG, S,
+    part_ptr, dw_ptr, db_ptr, ROW, L_DW, SPLIT, DB_SPLIT, RSC, CG, S,
     sw_k, sw_c, sw_r, sw_s, sb_k,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, SB: tl.constexpr,
 ):
-    """dW[k, c, r, s] and db[k]: the sums over splits, in split order, of the fp32 partials (fp64
-    for fp64 gradients).
+    """dW[k, c, r, s] and db[k] from fp32 partials (fp64 for fp64 gradients), summed in a fixed
+    order, cast to their dtypes and stored through their strides.
 
-    part is (SPLIT, ROW) contiguous, each row this split's dW partial, (K, R*S*CG) in (r, s, c)
-    order (its first L_DW = K*RSC elements; none when dW is not needed), then its db partial (K).
-    The sums are cast to dW's / db's dtype and stored through their strides.
-    """
+    part is (max(SPLIT, DB_SPLIT), ROW) contiguous: each row's first L_DW elements are one split's
+    dW partial, (K, R*S*CG) in (r, s, c) order (SPLIT rows of them), the K after them one chunk's
+    db partial (DB_SPLIT rows). SB rows are loaded at a time (their loads in flight together)."""
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = e < ROW
-    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)  # fp32 (fp64 for fp64 grads)
-    ptrs = part_ptr + e
-    for _ in range(SPLIT):
-        acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += ROW                                        # pointer steps: no int32 overflow
     in_dw = e < L_DW
+    rows = tl.where(in_dw, SPLIT, DB_SPLIT)
+    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)
+    for i0 in range(0, tl.maximum(SPLIT, DB_SPLIT), SB):
+        i = i0 + tl.arange(0, SB)
+        tile = tl.load(part_ptr + (i.to(tl.int64) * ROW)[:, None] + e[None, :],
+                       mask=(i[:, None] < rows[None, :]) & mask[None, :], other=0.0)
+        acc += tl.sum(tile, axis=0)
     k = e // RSC
     j = e % RSC
     c = j % CG
@@ -370,7 +386,7 @@ def _sum_splits_kernel(
 
 
 class GradSource(NamedTuple):
-    """Where the backward kernels read dZ, the gradient of the conv output (before ReLU):
+    """Where the backward reads dZ, the gradient of the conv output (before ReLU):
 
     * ``GradSource(dy)``: dZ is ``dy`` (N, K, P, Q) itself (a conv without ReLU);
     * ``GradSource(dy, output=y)``: dZ = dY where the saved output ``y`` > 0 (conv + ReLU);
@@ -387,200 +403,226 @@ class GradSource(NamedTuple):
 
     @property
     def kind(self) -> str:
-        """The kernels' ``DY`` constexpr: "plain", "relu" or "pool"."""
+        """The dZ pass's ``DY`` constexpr: "plain", "relu" or "pool"."""
         return "pool" if self.offsets is not None else "relu" if self.output is not None else \
             "plain"
 
-    def check(self, P: int, Q: int) -> Tuple[int, int]:
-        """Check the tensors against the conv output (P, Q); return the conv pixels the kernels
-        visit (for a pool, those its windows cover)."""
+    def check(self, P: int, Q: int) -> None:
+        """Check the tensors against the conv output (P, Q)."""
         N, K = self.grad.shape[:2]
         if self.offsets is None:
             check_grad_shape("grad_output", self.grad, (N, K, P, Q))
             check_grad_shape("output", self.output, (N, K, P, Q))
-            return P, Q
+            return
         pooled = (N, K, P // self.pool, Q // self.pool)
         if any(tuple(t.shape) != pooled for t in (self.grad, self.offsets)):
             raise ValueError(
                 f"pooled gradient {shape_of(self.grad)} and offsets {shape_of(self.offsets)} "
                 f"must both have the pooled shape {pooled}")
-        return pooled[2] * self.pool, pooled[3] * self.pool
-
-    def mask_source(self, dtype: torch.dtype) -> torch.Tensor:
-        """The tensor the kernels read beside dY (the saved output, or the offsets; dY itself,
-        unread, for a plain source), channels at stride 1."""
-        if self.offsets is None:
-            return channels_inner(self.output if self.output is not None else self.grad)
-        if dtype == torch.float64:
-            # Triton 3.6 sizes an fp64 dot's register operand by the narrowest load feeding it,
-            # and with int8 offsets picks a layout its fp64 MMA lowering rejects ("fp64 don't
-            # support largeK MMA"): int32 offsets (a pooled-size copy) keep it at fp64's own
-            return channels_inner(self.offsets.to(torch.int32))
-        return channels_inner(self.offsets)
 
 
-class _Operands(NamedTuple):
-    """What the dX and dW launches share, computed once per backward: the operands with their
-    channels at stride 1 (and their kernel strides), the pixels the kernels visit, the tuning
-    shape, the precision, the channel vector widths and the kernels' dZ-source arguments."""
+def _grad_z(src: GradSource, P: int, Q: int, store: bool, db_dst: Optional[torch.Tensor],
+            db_row: int, zc: dict) -> torch.Tensor:
+    """dZ (N, K, P, Q) with its channels at stride 1, and db's partials into ``db_dst`` (its
+    chunks ``db_row`` elements apart; db itself for one chunk). Only sums db (and returns dY) when
+    the source is plain or ``store`` is off."""
+    dy = channels_inner(src.grad)
+    kind = src.kind
+    store = store and kind != "plain"
+    if db_dst is None and not store:
+        return dy
+    N, K = dy.shape[:2]
+    dz = torch.empty((N, K, P, Q), device=dy.device, dtype=dy.dtype,
+                     memory_format=torch.channels_last) if store else dy
+    m = dy if kind == "plain" else channels_inner(src.output if kind == "relu" else src.offsets)
+    szn, _, szp, szq = kernel_strides(dz)  # (channels at stride 1)
+    launch(_grad_z_kernel, (zc["chunks"], cdiv(K, zc["BLOCK_C"])),
+           dy_ptr=dy, m_ptr=m, dz_ptr=dz, db_ptr=db_dst if db_dst is not None else dz,
+           P=P, Q=Q, PP=dy.shape[2], PQ=dy.shape[3], K=K, ROWS=N * P * Q, CHUNK=zc["chunk"],
+           DB_ROW=db_row, **dict(zip(("sdn", "sdk", "sdp", "sdq"), kernel_strides(dy))),
+           **dict(zip(("smn", "smk", "smp", "smq"), kernel_strides(m))),
+           szn=szn, szp=szp, szq=szq, DY=kind, POOL=src.pool, STORE=store,
+           NEED_DB=db_dst is not None, BLOCK_R=zc["BLOCK_R"], BLOCK_C=zc["BLOCK_C"],
+           num_warps=zc["num_warps"])
+    return dz
 
-    x: torch.Tensor
-    w: torch.Tensor
-    xs: tuple                  # kernel_strides of x and w
-    ws: tuple
-    P: int
-    Q: int
-    shape: dict
-    ieee: bool
-    dot: dict
-    kv: int                    # vector width of the K channels (dY's, the mask source's)
-    cv: int                    # vector width of the C channels (input's, weight's)
-    dz: dict                   # dy_ptr, m_ptr and their strides divided by KV, DY, POOL, KV
+
+def _flipped_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """dX's forward weight (C, K/groups, R, S), channels_last: each group's filters transposed
+    (input and output channels swapped) and turned 180 degrees."""
+    K, CG, R, S = w.shape
+    KG = K // groups
+    wt = torch.empty((CG * groups, KG, R, S), device=w.device, dtype=w.dtype,
+                     memory_format=torch.channels_last)
+    total = wt.numel()
+    block = 1024
+    launch(_dx_weight_kernel, (cdiv(total, block),), w_ptr=w, wt_ptr=wt, TOTAL=total, KG=KG,
+           CG=CG, R=R, S=S, **dict(zip(("swk", "swc", "swr", "sws"), kernel_strides(w))),
+           BLOCK=block)
+    return wt
 
 
-def _operands(src: GradSource, input, weight, geometry: ConvGeometry, allow_tf32) -> _Operands:
+def _dx_geometry(geometry: ConvGeometry, R: int, S: int) -> Optional[ConvGeometry]:
+    """The geometry of dX as a forward convolution of dZ (stride 1, padding dil*(R-1) - pad on
+    each side), or None where that padding would be negative or the stride is not 1."""
+    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
+    pads = (dh * (R - 1) - pt, dh * (R - 1) - pb, dw * (S - 1) - pl, dw * (S - 1) - pr)
+    if (sh, sw) != (1, 1) or min(pads) < 0:
+        return None
+    return ConvGeometry((1, 1), pads, geometry.dilation, geometry.groups)
+
+
+def _input_grad(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry,
+                shape: dict, ieee: bool, allow_tf32: Optional[bool],
+                config: Optional[dict]) -> torch.Tensor:
+    """dX in input's memory format, from dZ (channels at stride 1) and the channels-inner
+    weight ``w``."""
     N, C, H, W = input.shape
-    K, CG, R, S = weight.shape
-    P, Q = src.check(*geometry.output_size(H, W, R, S))
-    dy, m = channels_inner(src.grad), src.mask_source(input.dtype)
-    x, w = channels_inner(input), channels_inner(weight)
-    ds, ms, xs, ws = kernel_strides(dy), kernel_strides(m), kernel_strides(x), kernel_strides(w)
-    kv = channel_vector(K // geometry.groups, ds, ms)
-    sdn, sdk, sdp, sdq = channel_strides(ds, kv)
-    smn, smk, smp, smq = channel_strides(ms, kv)
-    dz = dict(dy_ptr=dy, m_ptr=m, sdn_v=sdn, sdk=sdk, sdp_v=sdp, sdq_v=sdq,
-              smn_v=smn, smk=smk, smp_v=smp, smq_v=smq, DY=src.kind, POOL=src.pool, KV=kv)
-    return _Operands(x, w, xs, ws, P, Q, tuning_shape(x, w, geometry, src.pool),
-                     register_tiles(input.dtype, allow_tf32), dot_args(input.dtype, allow_tf32),
-                     kv, channel_vector(CG, xs, ws), dz)
-
-
-def conv2d_input_grad(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
-                      geometry: ConvGeometry, allow_tf32: Optional[bool] = None,
-                      config: Optional[dict] = None, ops: Optional[_Operands] = None
-                      ) -> torch.Tensor:
-    """dX of the conv whose output gradient ``src`` describes, in input's memory format.
-    ``config`` overrides keys of the "conv_dx" launch config."""
-    ops = ops or _operands(src, input, weight, geometry, allow_tf32)
-    dx = torch.empty_like(input, memory_format=memory_format_of(input))
-    if dx.numel() == 0:
-        return dx
-    N, C, H, W = input.shape
-    K, CG, R, S = weight.shape
+    K, CG, R, S = w.shape
     KG, groups = K // geometry.groups, geometry.groups
+    fmt = memory_format_of(input)
+    fwd = _dx_geometry(geometry, R, S)
+    if fwd is not None:
+        from .conv import conv2d_forward  # (conv imports this module)
+
+        dx = conv2d_forward(dz, _flipped_weight(w, groups), None, fwd, allow_tf32=allow_tf32,
+                            config=config, tuning=("conv_dx", shape))
+        return dx.contiguous(memory_format=fmt)
+    dx = torch.empty_like(input, memory_format=fmt)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    w_dx, ws, cv = ops.w, ops.ws, ops.cv
-    if (input.dtype == torch.float32 and not ops.ieee
-            and 2 * N * ops.P * ops.Q * K * CG * R * S >= K_MAJOR_DX_MIN_FLOP):
+    HP, WP = cdiv(H, sh), cdiv(W, sw)
+    rows = N * HP * WP
+    cfg = heuristics.conv_config(
+        "conv_dx", shape, input.dtype, LAYOUT,
+        heuristics.gemm_heuristic(rows, CG, KG, input.dtype, heuristics.DX_MAX_BLOCK_K),
+        config, ieee)
+    if input.dtype == torch.float32 and not ieee and \
+            2 * dz[0].numel() * N * CG * R * S >= K_MAJOR_DX_MIN_FLOP:
         # TF32 tensor cores read a shared-memory operand only K-major: dX reduces over the
         # output channels k, so its weight goes in as a copy with k innermost (16-byte tile
         # loads instead of 4-byte ones; the copy is one more launch, which only layers with work
         # enough to hide it get)
-        w_dx = ops.w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
-        ws, cv = kernel_strides(w_dx), 1
-    HP, WP = cdiv(H, sh), cdiv(W, sw)
-    rows = N * HP * WP
-    cfg = heuristics.conv_config(
-        "conv_dx", ops.shape, input.dtype, LAYOUT,
-        heuristics.gemm_heuristic(rows, CG, KG, input.dtype, spaces.MAX_BLOCK_K["conv_dx"]),
-        config, ops.ieee)
+        w = w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+    zs, ws = kernel_strides(dz), kernel_strides(w)
+    kv, cv = channel_vector(KG, zs), channel_vector(CG, ws)
+    szn, szk, szp, szq = channel_strides(zs, kv)
+    swk, swc, swr, sws = channel_strides(ws, cv)
     sxn, sxc, sxh, sxw = kernel_strides(dx)
     xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
-    swk, swc, swr, sws = channel_strides(ws, cv)
     launch(_conv_dx_kernel, (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
                              sh * sw),
-           w_ptr=w_dx, dx_ptr=dx, **ops.dz,
-           N=N, H=H, w_v=W // xv, P=ops.P, Q=ops.Q, R=R, S=S, cg_v=CG // cv, kg_v=KG // ops.kv,
+           dz_ptr=dz, w_ptr=w, dx_ptr=dx,
+           N=N, H=H, w_v=W // xv, P=dz.shape[2], Q=dz.shape[3], R=R, S=S, cg_v=CG // cv,
+           kg_v=KG // kv, szn_v=szn, szk=szk, szp_v=szp, szq_v=szq,
            swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
            sxn_v=sxn // xv, sxc_v=sxc // xv, sxh_v=sxh // xv, sxw=sxw,
            stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
            STEP_R=sh // math.gcd(sh, dh), STEP_S=sw // math.gcd(sw, dw), HP=HP, WP=WP,
-           XV=xv, CV=cv, **ops.dot, **launch_opts(cfg))
+           XV=xv, CV=cv, KV=kv, **dot_args(input.dtype, allow_tf32), **launch_opts(cfg))
     return dx
 
 
-def conv2d_weight_grad(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
-                       geometry: ConvGeometry, need_dw: bool = True, need_db: bool = True,
-                       allow_tf32: Optional[bool] = None, config: Optional[dict] = None,
-                       ops: Optional[_Operands] = None
-                       ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(dW, db) of the conv whose output gradient ``src`` describes (None where not needed); dW
-    keeps weight's strides. ``config`` overrides keys of the "conv_dw" launch config."""
-    ops = ops or _operands(src, input, weight, geometry, allow_tf32)
-    N, C, H, W = input.shape
-    K, CG, R, S = weight.shape
-    KG, RSC, NPQ = K // geometry.groups, R * S * CG, N * ops.P * ops.Q
-    dw_out = torch.empty_like(weight) if need_dw else None
-    db = torch.empty((K,), device=weight.device, dtype=weight.dtype) if need_db else None
-    if NPQ == 0:
-        return (dw_out.zero_() if need_dw else None), (db.zero_() if need_db else None)
-    need_dw = need_dw and RSC > 0  # no input channels: dW is empty, db is all there is
-    if not (need_dw or need_db):
-        return dw_out, db
-    cfg = heuristics.conv_config(
-        "conv_dw", ops.shape, input.dtype, LAYOUT,
-        heuristics.dw_heuristic(KG, RSC, CG, NPQ, geometry.groups, need_dw, input.dtype,
-                                input.device), config, ops.ieee)
-    chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
-    split = cdiv(NPQ, chunk)
-    l_dw = K * RSC if need_dw else 0
-    row = l_dw + (K if need_db else 0)  # one split's partials: dW's (K, RSC), then db's (K)
-    if split == 1:  # the kernel casts and stores dW / db in place: no partials, no sum pass
-        dw_dst, db_dst = dw_out, db
-    else:
-        part = torch.empty((split, row), device=input.device, dtype=torch.float64
-                           if input.dtype == torch.float64 else torch.float32)
-        dw_dst, db_dst = part[:, :l_dw], part[:, l_dw:]
-    dummy = dw_dst if need_dw else db_dst
-    cg, cv = (CG, ops.cv) if need_dw else (max(CG, 1), 1)  # (db alone: taps unused)
-    sxn, sxc, sxh, sxw = channel_strides(ops.xs, cv)
-    swk, swc, swr, sws = kernel_strides(dw_out) if need_dw else (0, 0, 0, 0)
+def _weight_grad(dz: torch.Tensor, x: torch.Tensor, dst: torch.Tensor, dst_strides: tuple,
+                 row: int, cfg: dict, chunk: int, split: int, geometry: ConvGeometry,
+                 K: int, R: int, S: int, allow_tf32: Optional[bool]) -> None:
+    """dW (one split: into dW, through its strides) or its fp32 partials (``dst``: splits ``row``
+    elements apart, (K, R*S*CG) each)."""
+    N, C, H, W = x.shape
+    CG = C // geometry.groups
+    KG = K // geometry.groups
+    P, Q = dz.shape[2:]
+    zs, xs = kernel_strides(dz), kernel_strides(x)
+    kv, cv = channel_vector(KG, zs), channel_vector(CG, xs)
+    szn, szk, szp, szq = channel_strides(zs, kv)
+    sxn, sxc, sxh, sxw = channel_strides(xs, cv)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    launch(_conv_dw_kernel, (heuristics.dw_tiles(cfg, KG, RSC, need_dw), geometry.groups, split),
-           x_ptr=ops.x, dw_part_ptr=dw_dst if need_dw else dummy,
-           db_part_ptr=db_dst if need_db else dummy, **ops.dz,
-           N=N, H=H, W=W, P=ops.P, Q=ops.Q, R=R, S=S, cg_v=cg // cv, kg_v=KG // ops.kv, K=K,
-           CHUNK=chunk, ROW=row, sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw,
-           swk=swk, swc=swc, swr=swr, sws=sws,
+    tiles = cdiv(KG, cfg["BLOCK_M"]) * R * S * cdiv(CG, cfg["BLOCK_N"])
+    linear = (sh, sw) == (1, 1) and (H, W) == (P, Q) and zs[2] == Q * zs[3] and \
+        zs[0] == P * zs[2] and xs[2] == W * xs[3] and xs[0] == H * xs[2]
+    launch(_conv_dw_kernel, (tiles, geometry.groups, split),
+           dz_ptr=dz, x_ptr=x, dw_ptr=dst,
+           N=N, H=H, W=W, P=P, Q=Q, R=R, S=S, cg_v=CG // cv, kg_v=KG // kv, CHUNK=chunk, ROW=row,
+           szn_v=szn, szk=szk, szp_v=szp, szq_v=szq, sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw,
+           **dict(zip(("swk", "swc", "swr", "sws"), dst_strides)),
            stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
-           NEED_DW=need_dw, NEED_DB=need_db,
-           DW_STRIDED=need_dw and split == 1 and dw_out.stride() != (RSC, 1, S * CG, CG),
-           CV=cv, **ops.dot, **launch_opts(cfg))
-    if split > 1:
-        _sum_splits(part, dw_out, db, l_dw, RSC, CG, S)
-    return dw_out, db
+           LINEAR=linear, CV=cv, KV=kv, **dot_args(x.dtype, allow_tf32), **launch_opts(cfg))
 
 
 def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[torch.Tensor],
-                l_dw: int, RSC: int, CG: int, S: int) -> None:
-    """dW and db from the (split, row) fp32 partials, summed in split order and cast into their
-    layouts: one launch for both."""
-    split, row = part.shape
-    block = max(16, min(16384, next_pow2(row))) if INTERPRET else 1024
-    sw_k, sw_c, sw_r, sw_s = kernel_strides(dw) if dw is not None else (0, 0, 0, 0)
+                l_dw: int, split: int, db_split: int, CG: int, R: int, S: int) -> None:
+    """dW and db from their partials in ``part`` (see ``_sum_splits_kernel``): one launch for
+    both."""
+    row = part.shape[1]
+    block = max(16, min(16384, triton.next_power_of_2(row))) if heuristics.INTERPRET else 1024
+    sw = kernel_strides(dw) if dw is not None else (0, 0, 0, 0)
     launch(_sum_splits_kernel, (cdiv(row, block),),
            part_ptr=part, dw_ptr=dw if dw is not None else part,
-           db_ptr=db if db is not None else part, SPLIT=split, ROW=row, L_DW=l_dw,
-           RSC=max(RSC, 1), CG=max(CG, 1), S=S,  # (no dW when 0: no division by it)
-           sw_k=sw_k, sw_c=sw_c, sw_r=sw_r, sw_s=sw_s,
-           sb_k=db.stride(0) if db is not None else 0, BLOCK=block)
+           db_ptr=db if db is not None else part, ROW=row, L_DW=l_dw, SPLIT=split,
+           DB_SPLIT=db_split, RSC=max(R * S * CG, 1), CG=max(CG, 1), S=S,
+           **dict(zip(("sw_k", "sw_c", "sw_r", "sw_s"), sw)),
+           sb_k=db.stride(0) if db is not None else 0, BLOCK=block, SB=8)
 
 
 def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
                geometry: ConvGeometry, needs: Tuple[bool, bool, bool] = (True, True, True),
                allow_tf32: Optional[bool] = None, configs: Optional[dict] = None
                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(dX, dW, db) for the conv-output gradient ``src``, None where ``needs`` says not wanted;
-    ``configs`` maps "conv_dx" / "conv_dw" to config overrides."""
+    """(dX, dW, db) for the conv-output gradient ``src``, None where ``needs`` says not wanted.
+    dX keeps input's memory format, dW weight's strides. ``configs`` maps "conv_dx" /
+    "conv_dw" to launch-config overrides."""
     configs = configs or {}
     need_dx, need_dw, need_db = needs
-    ops = _operands(src, input, weight, geometry, allow_tf32)
-    dx = conv2d_input_grad(src, input, weight, geometry, allow_tf32, configs.get("conv_dx"),
-                           ops) if need_dx else None
-    dw = db = None
-    if need_dw or need_db:
-        dw, db = conv2d_weight_grad(src, input, weight, geometry, need_dw, need_db, allow_tf32,
-                                    configs.get("conv_dw"), ops)
+    N, C, H, W = input.shape
+    K, CG, R, S = weight.shape
+    P, Q = geometry.output_size(H, W, R, S)
+    src.check(P, Q)
+    dw = torch.empty_like(weight) if need_dw else None
+    db = torch.empty((K,), device=weight.device, dtype=weight.dtype) if need_db else None
+    NPQ, RSC = N * P * Q, R * S * CG
+    run_dx = need_dx and input.numel() > 0
+    run_dw = need_dw and RSC > 0
+    if NPQ == 0 or K == 0 or not (run_dx or run_dw or need_db):  # no gradient flows
+        dx = torch.zeros_like(input, memory_format=memory_format_of(input)) if need_dx else None
+        return dx, dw.zero_() if need_dw else None, db.zero_() if need_db else None
+    # (an empty dX needs no launch)
+    dx = torch.empty_like(input, memory_format=memory_format_of(input)) \
+        if need_dx and not run_dx else None
+    x, w = channels_inner(input), channels_inner(weight)
+    shape = tuning_shape(x, w, geometry, src.pool)
+    ieee = register_tiles(input.dtype, allow_tf32)
+    KG = K // geometry.groups
+    split = chunk = 1
+    if run_dw:
+        cfg = heuristics.conv_config(
+            "conv_dw", shape, input.dtype, LAYOUT,
+            heuristics.dw_heuristic(KG, CG, R * S, NPQ, geometry.groups, input.dtype,
+                                    input.device), configs.get("conv_dw"), ieee)
+        chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+        split = cdiv(NPQ, chunk)
+    zc = heuristics.grad_z_config(NPQ, K, input.device)
+    db_split = zc["chunks"] if need_db else 0
+    # fp32 partials (fp64 for fp64) of dW's splits, then of db's chunks, one row per split
+    l_dw = K * RSC if split > 1 else 0
+    l_db = K if db_split > 1 else 0
+    part = None
+    if l_dw or l_db:
+        part = torch.empty((max(split if l_dw else 0, db_split if l_db else 0), l_dw + l_db),
+                           device=input.device, dtype=torch.float64
+                           if input.dtype == torch.float64 else torch.float32)
+    row = part.shape[1] if part is not None else 0
+    dz = _grad_z(src, P, Q, run_dx or run_dw, (part[:, l_dw:] if l_db else db) if need_db
+                 else None, row, zc)
+    if run_dx:
+        dx = _input_grad(dz, input, w, geometry, shape, ieee, allow_tf32, configs.get("conv_dx"))
+    if run_dw:
+        if l_dw:
+            dst, strides = part, (RSC, 1, S * CG, CG)
+        else:
+            dst, strides = dw, kernel_strides(dw)
+        _weight_grad(dz, x, dst, strides, row, cfg, chunk, split, geometry, K, R, S, allow_tf32)
+    if part is not None:
+        _sum_splits(part, dw if l_dw else None, db if l_db else None, l_dw,
+                    split if l_dw else 0, db_split if l_db else 0, CG, R, S)
     return dx, dw, db
 
 
@@ -592,9 +634,9 @@ def conv2d_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: torc
                                Optional[torch.Tensor]]:
     """(dX, dW, db) of ``conv2d_forward``; each is None where ``needs`` says it is not wanted.
 
-    ``output`` is the saved forward output, needed only for ``relu`` (its mask is applied while
-    dY is loaded). ``configs`` maps "conv_dx" / "conv_dw" to config overrides. dX keeps input's
-    memory format, dW weight's strides.
+    ``output`` is the saved forward output, needed only for ``relu`` (its mask forms dZ).
+    ``configs`` maps "conv_dx" / "conv_dw" to config overrides. dX keeps input's memory format,
+    dW weight's strides.
     """
     if relu and output is None:
         raise ValueError("conv2d_backward with relu=True needs the saved forward output")

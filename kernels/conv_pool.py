@@ -16,10 +16,11 @@ conv output sizes as max_pool2d does.
   and the forward writes offset -1 there, a pixel no window has.
 * Saved for backward: input, weight and the offsets (1 byte per pooled pixel), never the conv
   output nor the pooled output: about 1/9 of the unfused version's bytes in bf16 with F = 2.
-* Backward: the conv's dX and dW/db kernels with ``POOL = F``; while they load dY they rebuild the
+* Backward: the conv backward's (``conv_backward``) with a pool source: its dZ pass rebuilds the
   conv-output gradient from the pooled gradient (non-zero only at the pixel a window's offset
-  names, so never in a dead window), so no full-size gradient is ever stored. Deterministic, as
-  the conv backward (fixed-order split sums, no atomics).
+  names, so never in a dead window) into a transient full-size buffer that the dX and dW main
+  loops read as the plain conv's. Deterministic, as the conv backward (fixed-order sums, no
+  atomics).
 
 Launch configs: "conv_pool_fwd" for the forward; the backward uses "conv_dx" / "conv_dw" with
 ``pool`` added to the conv's shape dict, so its tuned entries stay apart from the plain conv's.

@@ -63,6 +63,8 @@ class _Sm90Driver:
 
 
 COMPILED: list[tuple[str, dict, object]] = []  # (kernel name, constexprs, kernel or its future)
+# The conv backward's element-wise helpers (no GEMM: no wgmma, no tile loads to check)
+NOT_GEMM = frozenset({"_sum_splits_kernel", "_grad_z_kernel", "_dx_weight_kernel"})
 
 
 def _compile_only(self, *args, grid, warmup, **kwargs):
@@ -200,18 +202,21 @@ def scan_loops() -> int:
             y = kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool)
         else:
             y = kernels.conv2d_relu(xs, ws, bs, padding=1)
+        backward = len(COMPILED)
         y.backward(torch.empty_like(y))
-        for name, consts, k in COMPILED[start:]:
+        for i, (name, consts, k) in enumerate(COMPILED[start:], start):
             loops = main_loops(_ptx(k))
             if not loops:
                 continue
+            if i >= backward and name == "_conv_fwd_kernel":  # the stride-1 dX runs on it
+                name = "dx on _conv_fwd_kernel"
             body = max(loops, key=len)
             mma = sum("HGMMA" in line for line in body)
             ptxas_usage(_ptx(k))  # (fills SERIALIZED)
             tile = [consts[v] for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
             flop = 2 * tile[0] * tile[1] * tile[2]
             issue = consts["num_warps"] * len(body) / flop * 1000
-            print(f"pool={pool or 1} {name:22s} {'x'.join(map(str, tile))} w{consts['num_warps']}: "
+            print(f"pool={pool or 1} {name:24s} {'x'.join(map(str, tile))} w{consts['num_warps']}: "
                   f"{len(body)} SASS an iteration, {mma} HGMMA, {issue:.2f} warp-instructions "
                   f"per 1000 FLOPs{', wgmma serialized' if _ptx(k) in SERIALIZED else ''}")
     return 0
@@ -242,7 +247,7 @@ def check_registers(top: int = 2) -> str | None:
                 start = len(COMPILED)
                 problem.run(cfg)
                 for name, _, k in COMPILED[start:]:
-                    if name == "_sum_splits_kernel":
+                    if name in NOT_GEMM:
                         continue
                     regs, spills = ptxas_usage(_ptx(k))
                     tile = "x".join(str(cfg[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
@@ -279,7 +284,7 @@ def check_registers(top: int = 2) -> str | None:
                 kernels.conv2d_relu_pool(xs, ws, bs, padding=1, pool=pool,
                                          allow_tf32=tf32).sum().backward()
             for name, consts, k in COMPILED[start:]:
-                if name == "_sum_splits_kernel":
+                if name in NOT_GEMM:
                     continue
                 ptx = _ptx(k)
                 regs, spills = ptxas_usage(ptx)
@@ -353,7 +358,7 @@ def check_shared_memory(top: int = 3) -> str | None:
                 start = len(COMPILED)
                 problem.run(cfg)
                 for name, _, k in COMPILED[start:]:
-                    if name == "_sum_splits_kernel":
+                    if name in NOT_GEMM:
                         continue
                     tile = "x".join(str(cfg[x]) for x in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                     line = (f"{kernel} pool={shape.get('pool', 1)} {str(dtype)[6:]} {tile} "
@@ -406,7 +411,7 @@ def check_vector_loads() -> str | None:
         """The conv kernels compiled since ``start`` load their tiles with 16-byte cp.async
         only (or sizes in ``also``), and nothing with scalar loads."""
         for name, _, k in COMPILED[start:]:
-            if name == "_sum_splits_kernel":
+            if name in NOT_GEMM:
                 continue
             ptx = _ptx(k)
             sizes = re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*,\s*(0x[0-9a-f]+)", ptx)
@@ -466,20 +471,20 @@ def check_vector_loads() -> str | None:
     for width, fwd_store, pool_store in ((56, "v4.b32", "v2.b32"), (28, "v2.b32", "b32")):
         x = torch.randn(2, 64, width, width, dtype=torch.bfloat16, requires_grad=True)
         w = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16)
-        start = len(COMPILED)
+        forward = []  # (the stride-1 dX runs on the forward kernel, into a channels_last dX)
         for op in (kernels.conv2d_relu, kernels.conv2d_relu_pool):
+            start = len(COMPILED)
             y = op(x, w, None, padding=1)
+            forward += COMPILED[start:]
             y.backward(torch.ones_like(y))
-        for name, _, k in COMPILED[start:]:
-            if name in ("_conv_dw_kernel", "_sum_splits_kernel"):
-                continue
+        for name, _, k in forward:
             stores = set(re.findall(r"st\.global\.([.a-z0-9]+)", _ptx(k)))
             want = pool_store if name == "_conv_pool_fwd_kernel" else fwd_store
             # (the pooled kernel's int8 offsets: half the y store's width, b16 for 28)
             if want not in stores or name != "_conv_pool_fwd_kernel" and "b16" in stores:
                 bad.append(f"{name} NCHW {width}x{width}: stores {sorted(stores)}, not {want}")
     print("vector loads: " + ("; ".join(bad) if bad else "conv cp.async 16 B only, max-pool "
-                              "vector loads only (NCHW forward too), NCHW conv outputs and dX "
+                              "vector loads only (NCHW forward too), NCHW conv outputs "
                               "stored as vectors"))
     return f"scalar tile loads: {'; '.join(bad)}" if bad else None
 
@@ -585,9 +590,8 @@ def main() -> int:
     if not any("wgmma" in p for p in fast):
         print("no conv forward specialization uses wgmma")
         return 1
-    for name, switch, values in (("_conv_dw_kernel", "DW_STRIDED", {False, True}),
-                                 ("_conv_dw_kernel", "DY", {"plain", "relu", "pool"}),
-                                 ("_conv_dx_kernel", "DY", {"plain", "relu", "pool"})):
+    for name, switch, values in (("_grad_z_kernel", "DY", {"plain", "relu", "pool"}),
+                                 ("_grad_z_kernel", "STORE", {False, True})):
         seen = {c.get(switch) for n, c, _ in COMPILED if n == name}
         if seen != values:
             print(f"{name} compiled with {switch} in {sorted(map(str, seen))}, not "

@@ -620,11 +620,13 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
     w = exact(torch.randn(40, 24, 3, 3, device=DEVICE)).to(dtype, memory_format=torch.channels_last)
     b = torch.randn(40, device=DEVICE).to(dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    for op, ref in ((conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1))),
-                    (conv2d_relu_pool, lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2))):
+    for op, ref, stride in (
+            (conv2d_relu, lambda *t: F.relu(F.conv2d(*t, padding=1)), 1),
+            (conv2d_relu, lambda *t: F.relu(F.conv2d(*t, stride=2, padding=1)), 2),
+            (conv2d_relu_pool, lambda *t: F.max_pool2d(F.relu(F.conv2d(*t, padding=1)), 2), 1)):
         ins = [t.double().requires_grad_() for t in (x, w, b)]
         ours = [t.clone().requires_grad_() for t in (x, w, b)]
-        y = op(*ours, padding=1, allow_tf32=True)
+        y = op(*ours, stride=stride, padding=1, allow_tf32=True)
         z = ref(*ins)
         torch.testing.assert_close(y.double(), z, atol=tol * z.abs().max().item(), rtol=tol)
         g = exact(torch.randn_like(z).to(dtype)).double()
@@ -633,10 +635,11 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
         for a, e in zip(ours, ins):
             torch.testing.assert_close(a.grad.double(), e.grad, atol=tol * e.grad.abs().max().item(),
                                        rtol=tol)
-    vectors = {name: (kw.get("CV"), kw.get("KV")) for name, _, kw in launched}
+    vectors = {(name, kw.get("CV"), kw.get("KV")) for name, _, kw in launched if "CV" in kw}
     k_major = dtype == torch.float32 and k_major_from == 0
-    assert vectors == {"_conv_fwd_kernel": (8, None), "_conv_pool_fwd_kernel": (8, None),
-                       "_conv_dx_kernel": (1 if k_major else 8, 8), "_conv_dw_kernel": (8, 8)}
+    # (the stride-1 dX runs on the forward kernel: 40 reduced channels, 24 out, CV = 8 too)
+    assert vectors == {("_conv_fwd_kernel", 8, None), ("_conv_pool_fwd_kernel", 8, None),
+                       ("_conv_dx_kernel", 1 if k_major else 8, 8), ("_conv_dw_kernel", 8, 8)}
     dx_weight = next(kw["w_ptr"] for name, _, kw in launched if name == "_conv_dx_kernel")
     assert (dx_weight.stride(0) == 1) == k_major and torch.equal(dx_weight, w)
 
@@ -657,11 +660,21 @@ def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     configs = {"conv_fwd": tile, "conv_dx": tile, "conv_dw": dict(tile, SPLIT=2)}
     y = Conv2dFunction.apply(x, w, b, stride, padding, dilation, groups, "relu", False, configs)
     y.backward(torch.ones_like(y))
-    grids = {name: grid for name, grid, _ in launched}
+    grids = [(name, grid) for name, grid, _ in launched if name != "_grad_z_kernel"]
     KG, CG, P, Q = K // groups, C // groups, y.shape[2], y.shape[3]
-    assert grids["_conv_fwd_kernel"] == (-(-N * P * Q // 16) * -(-KG // 16), groups)
-    assert grids["_conv_dx_kernel"] == (-(-N * H * W // 16) * -(-CG // 16), groups, 1)
-    assert grids["_conv_dw_kernel"][:2] == (-(-KG // 16) * -(-R * S * CG // 16), groups)
+    assert grids[0] == ("_conv_fwd_kernel", (-(-N * P * Q // 16) * -(-KG // 16), groups))
+    # the stride-1 dX: the forward kernel on dZ and the flipped weight (_dx_weight_kernel)
+    assert [name for name, _ in grids[1:]] == ["_dx_weight_kernel", "_conv_fwd_kernel",
+                                               "_conv_dw_kernel", "_sum_splits_kernel"]
+    assert grids[2][1] == (-(-N * H * W // 16) * -(-CG // 16), groups)
+    assert grids[3][1][:2] == (-(-KG // 16) * R * S * -(-CG // 16), groups)
+    # and a stride-2 dX on its own kernel
+    launched.clear()
+    x2 = x.detach()[:, :, :5, :5].requires_grad_()
+    y = Conv2dFunction.apply(x2, w, b, 2, padding, dilation, groups, "relu", False, configs)
+    y.backward(torch.ones_like(y))
+    grids = {name: grid for name, grid, _ in launched}
+    assert grids["_conv_dx_kernel"] == (-(-N * 3 * 3 // 16) * -(-CG // 16), groups, 4)
 
 
 def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():

@@ -63,8 +63,9 @@ def test_stub_keeps_every_op_from_reaching_a_kernel(monkeypatch):
                           (K.conv2d_relu_pool(x, w, b, 1, 1), (x, w, b)),
                           (K.max_pool2d(x, 2), (x,)), (K.linear(xl, wl, b), (xl, wl, b))):
             torch.autograd.grad(y, inputs, torch.ones_like(y))
-    # forward, dX and dW of each conv op and linear; forward and backward of the pool
-    assert count.total == 3 * 3 + 2 and count["_conv_dw_kernel"] == 3
+    # each conv op and linear: forward, dZ (and db), the flipped weight, dX (on the forward
+    # kernel) and dW; forward and backward of the pool
+    assert count.total == 3 * 5 + 2 and count["_conv_dw_kernel"] == 3
 
 
 def test_count_launches_nests_and_restores():
@@ -113,9 +114,12 @@ def test_forward_launches_one_kernel(op, direction, want):
                                          ("linear", "_conv_fwd_kernel")])
 def test_forward_backward_launches_the_dx_and_dw_kernels(op, forward):
     kernels = _kernels(_row(op, "forward+backward"))
-    assert kernels[forward] == 1
-    assert kernels["_conv_dx_kernel"] >= 1 and kernels["_conv_dw_kernel"] >= 1
-    assert set(kernels) <= {forward, "_conv_dx_kernel", "_conv_dw_kernel", "_sum_splits_kernel"}
+    # the stride-1 dX: the forward kernel on the flipped weight (_dx_weight_kernel)
+    assert kernels[forward] == (2 if forward == "_conv_fwd_kernel" else 1)
+    assert kernels["_conv_fwd_kernel"] >= 1 and kernels["_dx_weight_kernel"] == 1
+    assert kernels["_conv_dw_kernel"] == 1
+    assert set(kernels) <= {forward, "_conv_fwd_kernel", "_dx_weight_kernel", "_grad_z_kernel",
+                            "_conv_dw_kernel", "_sum_splits_kernel"}
 
 
 def test_pool_forward_backward_launches_its_backward_kernel():
@@ -130,7 +134,8 @@ def test_training_step_counts_its_launches():
     kernels = _kernels(row)
     # vgg11: 8 conv layers and 3 linear layers, each with a forward and a dX/dW in backward
     forwards = sum(v for k, v in kernels.items() if "fwd" in k)
-    assert forwards >= 11 and kernels["_conv_dw_kernel"] >= 11 and kernels["_conv_dx_kernel"] >= 10
+    assert forwards >= 11 and kernels["_conv_dw_kernel"] >= 11 and \
+        kernels["_dx_weight_kernel"] >= 10
     assert row["launches"] == sum(kernels.values()) and row["batch"] == 2
 
 
@@ -180,7 +185,7 @@ def test_command_writes_host_rows_with_every_column(tmp_path):
     assert all(r["launches"] == "" and r["launch_mode"] == "" for r in theirs)
     assert {(r["layer"], r["direction"], r["launches"]) for r in ours} >= {
         ("max_pool2d", "forward", "1"), ("max_pool2d", "forward+backward", "2"),
-        ("conv2d_relu", "forward", "1"), ("conv2d_relu", "forward+backward", "3")}
+        ("conv2d_relu", "forward", "1"), ("conv2d_relu", "forward+backward", "5")}
 
 
 def test_list_names_every_case(capsys):
