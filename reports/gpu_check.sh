@@ -202,8 +202,9 @@ bench bench-tuned 70 60 --no-ceilings --no-train --quick --impl tritoncnn --tune
 bench bench-bwd 60 50 --no-ceilings --no-train --suite VGG16_224_N64 --layers conv3_2,conv4_3 \
     --ops conv_relu --dtype bf16 --layout channels_last \
     --direction backward,backward-dx,backward-dw --impl tritoncnn,cudnn --tune
-# The CIFAR ResNet-9 layers in every direction against cuDNN.
-bench bench-conv 60 45 --no-ceilings --no-train --suite ResNet9_CIFAR_N512 \
+# The CIFAR ResNet-9 layers and the vgg11 training step's (32x32, batch 256) in every direction
+# against cuDNN.
+bench bench-conv 80 60 --no-ceilings --no-train --suite ResNet9_CIFAR_N512,VGG11_CIFAR_N256 \
     --ops conv_relu,conv_relu_pool --dtype bf16 --layout channels_last \
     --direction forward,forward+backward,backward --impl tritoncnn,cudnn
 # VGG-16 and ResNet-9 in float32 with TF32 against cuDNN.

@@ -1,7 +1,8 @@
 """Benchmark shapes and their work: FLOPs and the fewest bytes each layer must move.
 
 The conv shapes come from ``bench_suite.csv`` beside this file (VGG-16 at 224, ResNet 56x56, a CIFAR
-ResNet-9, airbench94, LeNet-5); the pool-only shapes are listed here. Counting rules:
+ResNet-9, airbench94, LeNet-5, the 32x32 vgg11 of the training step at batch 256); the pool-only
+shapes are listed here. Counting rules:
 
 * conv FLOPs = 2 * N * K * P * Q * (C / groups) * R * S (a multiply and an add per MAC);
   backward does two such products (dX and dW), ``backward-dx`` and ``backward-dw`` one each,

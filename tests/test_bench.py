@@ -87,7 +87,7 @@ def test_suite_file_matches_its_own_derived_columns():
     shapes = S.load_conv_suite()
     with open(S.SUITE_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(shapes) == len(rows) == 37
+    assert len(shapes) == len(rows) == 45
     for shape, row in zip(shapes, rows):
         assert (shape.P, shape.Q) == (int(row["P"]), int(row["Q"])), shape.layer
         gflop = S.shape_flops(shape, "forward") / 1e9
@@ -99,7 +99,7 @@ def test_suite_file_matches_its_own_derived_columns():
 def test_select():
     assert {s.suite for s in S.select()} == {"VGG16_224_N64", "ResNet_56x56_N256",
                                              "ResNet9_CIFAR_N512", "airbench94_N1024",
-                                             "LeNet5_N1024", "Pool"}
+                                             "LeNet5_N1024", "VGG11_CIFAR_N256", "Pool"}
     quick = S.select(quick=True)
     assert [s.layer for s in quick if s.suite == "VGG16_224_N64"] == list(
         S.QUICK_LAYERS["VGG16_224_N64"])
