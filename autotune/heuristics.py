@@ -49,7 +49,7 @@ def gemm_heuristic(rows: int, cols: int, red: int, dtype: torch.dtype, max_k: in
 
     The interpreter runs programs one after another, so it gets the largest tiles; a GPU gets
     tensor-core tiles (BLOCK_K 32 for fp32, whose tiles take twice the shared memory, and at most
-    ``max_k``: the stride-phase dX kernel spills registers with 64, see ``spaces.MAX_BLOCK_K``).
+    ``max_k``).
     Memoised: a fresh dict per call, built once per argument tuple.
     """
     return dict(_gemm_heuristic_items(int(rows), int(cols), int(red), dtype, int(max_k)))
@@ -108,9 +108,6 @@ def grad_z_config(rows: int, K: int, device) -> dict:
     memory-bound pass at the GPU's bandwidth (one chunk under the interpreter)."""
     return dict(_grad_z_items(int(rows), int(K), torch.device(device)))
 
-
-# The stride-phase dX kernel spills with 64-deep steps (sm_90, ptxas -v: spaces.MAX_BLOCK_K)
-DX_MAX_BLOCK_K = spaces.MAX_BLOCK_K["conv_dx"]
 
 
 def conv_pool_heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:

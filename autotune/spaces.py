@@ -17,12 +17,10 @@ timing:
   every register tile of the epilogue (:func:`acc_tiles`: ``conv_pool_fwd`` with a pool whose
   windows are not whole rows of its tile keeps a running window maximum and its offset beside the
   accumulator, three tiles);
-* **spills** measured with ``ptxas -v`` (:data:`MAX_BLOCK_K`, :data:`MIN_WARPS_LOOPED_POOL`):
+* **spills** measured with ``ptxas -v`` (:data:`FP32_SPILLS`, :data:`MIN_WARPS_LOOPED_POOL`):
   configs that the register count above lets through but that spill on sm_90;
 * **shared memory**: the pipelined operand tiles,
-  ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements (``conv_dx`` and ``conv_dw`` keep
-  ``max(1, num_stages - 2)`` more BLOCK_M x BLOCK_K tiles:
-  :data:`EXTRA_TILE_KERNELS`), must fit the device's per-block
+  ``num_stages * (BLOCK_M*BLOCK_K + BLOCK_K*BLOCK_N)`` elements, must fit the device's per-block
   budget (queried from torch.cuda when a device is present, else :data:`DEFAULT_SMEM_BYTES`, the
   H100/H200 opt-in limit);
 * **split count** (``conv_dw``): each split keeps at least one BLOCK_K step of the reduction, and
@@ -136,10 +134,6 @@ MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the 
 MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
 MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
 ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
-# Measured with ptxas -v for sm_90a over whole pruned spaces (tests/compile_sm90.py): the
-# stride-phase dX kernel (strides above 1; stride 1 runs on the forward kernel) spilled at
-# BLOCK_K = 64.
-MAX_BLOCK_K = {"conv_dx": 32}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) that spill in float32 (TF32) on sm_90, ptxas -v: dW's
 # dZ tile is M-major, which TF32's wgmma cannot read from shared memory, so it passes through
@@ -175,11 +169,6 @@ FP64_DEFAULT_CAPS = (64, 64, 16, 4)
 FP64_CAPS = {("conv_pool_fwd_loop", True): (32, 32, 16, 4)}
 DEFAULT_SMEM_BYTES = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB opt-in per block
 DEFAULT_NUM_SMS = 132  # H100 SXM
-# Kernels whose sm_90 builds hold max(1, num_stages - 2) BLOCK_M x BLOCK_K tiles beyond the
-# pipelined operands (measured in fp32: conv_dx 256x32x64 in 3 stages takes 280 KB, not the
-# operands' 216 KB; 128x64x32 in 4 stages 128 KB, not 96 KB; tests/compile_sm90.py compares
-# model and compiler).
-EXTRA_TILE_KERNELS = frozenset({"conv_dx", "conv_dw"})
 SPLITS_KEPT = 2  # conv_dw: the split counts nearest a full GPU (plus SPLIT=1)
 
 
@@ -223,14 +212,6 @@ def conv_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> d
     q = conv_len(w, s, sw, pads[2] + pads[3], dw)
     return dict(N=n, C=c, H=h, W=w, K=k, R=r, S=s, P=p, Q=q, stride_h=sh, stride_w=sw,
                 pad_h=pads[0], pad_w=pads[2], dil_h=dh, dil_w=dw, groups=int(groups))
-
-def max_block_k(kernel: str, shape: Mapping[str, int], default: int) -> int:
-    """The deepest BLOCK_K a launch of ``kernel`` on ``shape`` compiles without spilling: a
-    stride-1 dX runs on the forward kernel, which takes 64."""
-    if kernel == "conv_dx" and shape.get("stride_h", 1) == 1 and shape.get("stride_w", 1) == 1:
-        return default
-    return MAX_BLOCK_K.get(kernel, default)
-
 
 def cap_ieee(kernel: str, shape: Mapping[str, int], config: dict, dtype=None) -> dict:
     """``config`` with its tiles capped when ``shape`` is an IEEE float32 launch (``ieee`` set) by
@@ -314,16 +295,12 @@ def element_size(dtype) -> int:
 
 
 def conv_smem_bytes(cfg: Mapping[str, int], dtype, kernel: str | None = None) -> int:
-    """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles, and for
-    the kernels of :data:`EXTRA_TILE_KERNELS` ``max(1, num_stages - 2)`` more A tiles. An upper
-    bound of what sm_90 builds take (equal for the large tiles that come near the limit)."""
+    """Shared memory of the software pipeline: ``num_stages`` copies of the A and B tiles (what
+    sm_90 builds of the conv kernels take; tests/compile_sm90.py compares model and compiler)."""
     a = cfg["BLOCK_M"] * cfg["BLOCK_K"]
     b = cfg["BLOCK_K"] * cfg["BLOCK_N"]
     stages = cfg.get("num_stages", 1)
-    tiles = stages * (a + b)
-    if kernel in EXTRA_TILE_KERNELS:
-        tiles += max(1, stages - 2) * a
-    return tiles * element_size(dtype)
+    return stages * (a + b) * element_size(dtype)
 
 
 def _cap(block: int, dim: int | None, floor: int) -> int:
@@ -360,8 +337,6 @@ def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]
         c["BLOCK_N"] = _cap(c["BLOCK_N"], n, MIN_DOT)
         red_per_split = None if red is None else -(-red // c.get("SPLIT", 1))
         c["BLOCK_K"] = _cap(c["BLOCK_K"], red_per_split, MIN_DOT)
-        if c["BLOCK_K"] > max_block_k(kernel, shape, c["BLOCK_K"]):
-            continue
         if dtype == torch.float32 and tuple(c[k] for k in (
                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")) in FP32_SPILLS.get(kernel, ()):
             continue

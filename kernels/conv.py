@@ -107,22 +107,24 @@ def _conv_fwd_kernel(
 
 def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    geometry: ConvGeometry, relu: bool = False, allow_tf32: Optional[bool] = None,
-                   config: Optional[dict] = None, tuning: Optional[tuple] = None
-                   ) -> torch.Tensor:
+                   config: Optional[dict] = None, tuning: Optional[tuple] = None,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Y = relu?(conv2d(input, weight) + bias): (N, C, H, W) -> (N, K, P, Q), in input's format.
 
     Tensors must already be checked (see :func:`resolve_geometry`); ``config`` overrides keys of
     the "conv_fwd" launch config. The kernel reads input and weight with their channels at stride
     1 (:func:`channels_inner`: an NCHW tensor is copied to channels_last first). ``tuning`` =
-    (kernel, shape dict) looks the config up under another key: the backward's dX, which runs on
-    this kernel, as ("conv_dx", the conv's own shape).
+    (kernel, shape dict) looks the config up under another key, and ``out`` is written (through
+    its strides) instead of a new tensor: the backward's dX, which runs on this kernel, as
+    ("conv_dx", the conv's own shape), into each stride phase of dX.
     """
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
     KG = K // geometry.groups
     P, Q = geometry.output_size(H, W, R, S)
-    y = torch.empty((N, K, P, Q), device=input.device, dtype=input.dtype,
-                    memory_format=memory_format_of(input))
+    y = out if out is not None else torch.empty(
+        (N, K, P, Q), device=input.device, dtype=input.dtype,
+        memory_format=memory_format_of(input))
     if y.numel() == 0:
         return y
     input, weight = channels_inner(input), channels_inner(weight)

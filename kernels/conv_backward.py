@@ -6,21 +6,18 @@ conv (+ ReLU) and the fused conv + ReLU + pool, in three steps:
   the fused pool's pooled gradient routed through its window offsets). The same pass sums db, in a
   fixed order (per-chunk partials, then ``_sum_splits_kernel``): deterministic, no atomics. A
   plain source with no bias to differentiate skips the pass (dZ is dY).
-* **dX** of a stride-1 conv is a forward convolution of dZ with the flipped, transposed weight
-  (``_dx_weight_kernel`` writes it, per group (C, K/groups, R, S) channels_last) and padding
-  ``dil*(R-1) - pad``: it runs on the forward kernel (:func:`conv.conv2d_forward`), its main loop
-  and its tiles. Other strides run ``_conv_dx_kernel``, the transposed GEMM in stride-phase form
-  (each program serves one phase of input pixels and visits only the taps that reach an output
-  pixel: no zero-inserted dZ).
+* **dX** is a forward convolution of dZ with the flipped, transposed weight: it runs on the forward
+  kernel (:func:`conv.conv2d_forward`), its main loop and its tiles. A stride-1 conv is one such
+  convolution (padding ``dil*(R-1) - pad``); a strided one is one per stride phase (the input
+  pixels with equal (h + pad) % stride, reached only by every stride-th tap: a smaller filter and
+  no zero-inserted dZ), each written into its rows and columns of dX. ``_dx_weight_kernel``
+  writes each phase's weight, per group (C, K/groups, taps) channels_last.
 * **dW** (``_conv_dw_kernel``): rows = output channels, columns = one filter tap (r, s) by a block
   of input channels per column tile, so that a tile's X rows are whole pixels (one bounds test per
   pixel, contiguous channel loads); reduction over (n, p, q), split SPLIT ways into fp32 partials
   that ``_sum_splits_kernel`` adds in split order (the same launch sums db's partials).
 
 The main loops read dZ straight from memory: no masks built from data, no row sums inside them.
-``_conv_dx_kernel``'s loop is one flattened loop over (tap, channel block), so Triton pipelines it
-across taps; Triton miscompiles that loop form at num_warps >= 8 (pytorch/pytorch#173068), so its
-configs are capped at 4 warps (``autotune.spaces.MAX_WARPS``).
 """
 
 from __future__ import annotations
@@ -34,9 +31,8 @@ import triton.language as tl
 
 from tritoncnn.autotune import heuristics
 
-from ._checks import (cdiv, channel_strides, channel_vector, channels_inner, kernel_strides,
-                      launch, launch_opts, memory_format_of, pixel_vector, register_tiles,
-                      dot_args)
+from ._checks import (cdiv, channel_strides, channel_vector, channels_inner, dot_args,
+                      kernel_strides, launch, launch_opts, memory_format_of, register_tiles)
 from ._gemm import acc_type, mma, tile_ids, times
 from .geometry import ConvGeometry, check_grad_shape, shape_of, tuning_shape
 
@@ -46,9 +42,6 @@ __all__ = ["GradSource", "conv2d_backward", "conv2d_input_grad", "conv2d_weight_
 # The layout key of every conv launch (operands go in with their channels at stride 1).
 LAYOUT = "nhwc"
 
-# Stride-phase dX GEMMs of at least this many FLOPs (a few microseconds of TF32 tensor-core
-# time) read a k-innermost copy of the weight; smaller ones are launch-bound and skip the copy
-K_MAJOR_DX_MIN_FLOP = 2 ** 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,129 +114,22 @@ def _grad_z_kernel(
 
 
 @triton.jit
-def _dx_weight_kernel(w_ptr, wt_ptr, TOTAL, KG, CG, R, S, swk, swc, swr, sws,
-                      BLOCK: tl.constexpr):
-    """The weight of dX's forward convolution: wt[g*CG + c, k, r, s] = w[g*KG + k, c, R-1-r,
-    S-1-s], wt (C, KG, R, S) channels_last (k innermost) and contiguous, TOTAL elements."""
+def _dx_weight_kernel(w_ptr, wt_ptr, TOTAL, KG, CG, R0, NR, STEP_R, S0, NS, STEP_S,
+                      swk, swc, swr, sws, BLOCK: tl.constexpr):
+    """The weight of one stride phase of dX as a forward convolution: the phase's taps r = R0 +
+    i*STEP_R (i < NR; s likewise), each group's filters transposed and turned 180 degrees,
+    wt[g*CG + c, k, i, j] = w[g*KG + k, c, R0 + (NR-1-i)*STEP_R, S0 + (NS-1-j)*STEP_S], with wt
+    (C, KG, NR, NS) channels_last (k innermost) and contiguous, TOTAL elements."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = e < TOTAL
     k = e % KG
-    s = (e // KG) % S
-    r = (e // (KG * S)) % R
-    co = e // (KG * S * R)                 # input channel, all groups
+    j = (e // KG) % NS
+    i = (e // (KG * NS)) % NR
+    co = e // (KG * NS * NR)               # input channel, all groups
     g = co // CG
-    src = (g * KG + k) * swk + (co - g * CG) * swc + (R - 1 - r) * swr + (S - 1 - s) * sws
+    src = ((g * KG + k) * swk + (co - g * CG) * swc + (R0 + (NR - 1 - i) * STEP_R) * swr
+           + (S0 + (NS - 1 - j) * STEP_S) * sws)
     tl.store(wt_ptr + e, tl.load(w_ptr + src, mask=mask), mask=mask)
-
-
-@triton.jit
-def _first_tap(a, stride, dil, STEP, NONE):
-    """Smallest tap index r with (a - r*dil) % stride == 0, where the phase a is (h + pad) % stride
-    of the input rows: the taps of this phase are r, r + STEP, ... with STEP = stride /
-    gcd(stride, dil). Returns NONE when no tap of the phase ever reaches an output pixel."""
-    first = a * 0 + STEP                                   # an int32 tensor: loop-carried
-    for t in range(STEP):
-        hit = ((a - t * dil) % stride == 0) & (first == STEP)
-        first = tl.where(hit, t, first)
-    return tl.where(first < STEP, first, NONE)
-
-
-@triton.jit
-def _conv_dx_kernel(
-    dz_ptr, w_ptr, dx_ptr,
-    N, H, w_v, P, Q, R, S, cg_v, kg_v,
-    szn_v, szk, szp_v, szq_v,
-    swk_v, swc, swr_v, sws_v,
-    sxn_v, sxc_v, sxh_v, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    STEP_R, STEP_S, HP, WP,
-    XV: tl.constexpr, CV: tl.constexpr, KV: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    """dX = conv_transpose(dZ, Wt), stride-phase form.
-
-    Grid: (row tiles * column tiles, groups, stride_h * stride_w phases). Phase (a_h, a_w) owns the
-    input pixels with (h + pad_h) % stride_h == a_h and (w + pad_w) % stride_w == a_w; for them,
-    only taps r = r0 + i*STEP_R (and s likewise) land on an output pixel, p = (h + pad_h - r*dil_h)
-    / stride_h exactly. HP, WP = ceil(H/stride_h), ceil(W/stride_w) bound the pixels of a phase.
-    Pixels that no output touches get zeros, so dX is written once, entirely.
-
-    Vector hints (``_gemm``): W and dX's N, C, H strides come divided by XV (1 unless dX's
-    pixels are at stride 1, an NCHW dX, and stride_w is 1), CG and Wt's K, R, S strides by CV,
-    KG and dZ's N, P, Q strides by KV.
-    """
-    W = w_v * XV
-    sxn, sxc, sxh = times(XV, sxn_v, sxc_v, sxh_v)
-    CG = cg_v * CV
-    swk, swr, sws = times(CV, swk_v, swr_v, sws_v)
-    KG = kg_v * KV
-    szn, szp, szq = times(KV, szn_v, szp_v, szq_v)
-    g = tl.program_id(1)
-    phase = tl.program_id(2)
-    a_h = phase // stride_w
-    a_w = phase % stride_w
-    h_first = ((a_h - pad_h) % stride_h + stride_h) % stride_h   # first input row of the phase
-    h_count = (H - h_first + stride_h - 1) // stride_h           # rows of the phase (maybe 0)
-    if XV > 1:  # stride_w 1: one column phase holding every column, w = offs_m % W
-        w_first = 0
-        w_count = W
-        wc = W
-    else:
-        w_first = ((a_w - pad_w) % stride_w + stride_w) % stride_w
-        w_count = (W - w_first + stride_w - 1) // stride_w
-        wc = tl.maximum(w_count, 1)
-    M = N * h_count * w_count
-    pid_m, pid_n = tile_ids(tl.program_id(0), N * HP * WP, CG, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)            # input pixel of this phase
-    mask_m = offs_m < M
-    hc = tl.maximum(h_count, 1)
-    n = offs_m // (hc * wc)  # (a product: keeps W's divisibility by XV, which a maximum loses)
-    h = h_first + ((offs_m // wc) % hc) * stride_h
-    w = w_first + (offs_m % wc) * stride_w
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)            # input channel within the group
-    mask_n = offs_n < CG
-
-    r0 = _first_tap(a_h, stride_h, dil_h, STEP_R, R)
-    s0 = _first_tap(a_w, stride_w, dil_w, STEP_S, S)
-    n_r = tl.where(r0 < R, (R - r0 + STEP_R - 1) // STEP_R, 0)
-    n_s = tl.where(s0 < S, (S - s0 + STEP_S - 1) // STEP_S, 0)
-
-    # A tap r reaches output row p = (h + pad_h - r*dil_h) / stride_h. In this phase h + pad_h
-    # and r*dil_h are both a_h plus a non-negative multiple of stride_h (a_h < stride_h), so
-    # p = (h + pad_h) // stride_h - (r*dil_h) // stride_h exactly: a per-row part, divided once
-    # here, and a per-tap scalar; no division per row in the loop.
-    p_row = (h + pad_h) // stride_h                             # (BLOCK_M,)
-    q_row = (w + pad_w) // stride_w
-    P_u = tl.cast(P, tl.uint32)
-    Q_u = tl.cast(Q, tl.uint32)
-    dz_base = n.to(tl.int64) * szn + p_row * szp + q_row * szq  # (BLOCK_M,)
-    offs_k = tl.arange(0, BLOCK_K)
-    k_blocks = tl.cdiv(KG, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(dz_ptr.dtype.element_ty))
-    for it in range(n_r * n_s * k_blocks):
-        kb = it % k_blocks
-        rs = it // k_blocks
-        r = r0 + (rs // n_s) * STEP_R
-        s = s0 + (rs % n_s) * STEP_S
-        dr = (r * dil_h) // stride_h                           # the tap's output-row step
-        dc = (s * dil_w) // stride_w
-        # 0 <= p < P as one unsigned compare (a negative p wraps to a huge unsigned value)
-        ok = (mask_m & (tl.cast(p_row - dr, tl.uint32, bitcast=True) < P_u)
-              & (tl.cast(q_row - dc, tl.uint32, bitcast=True) < Q_u))
-        k = kb * BLOCK_K + offs_k
-        mask_k = k < KG
-        chan = g * KG + k                                       # output channel
-        a = tl.load(dz_ptr + ((dz_base - (dr * szp + dc * szq))[:, None] + (chan * szk)[None, :]),
-                    mask=ok[:, None] & mask_k[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
-        b = tl.load(w_ptr + ((chan * swk)[:, None] + (offs_n * swc)[None, :] + r * swr + s * sws),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-        acc = mma(a, b, acc, DOT_FP32, PRECISION)
-
-    dx_off = (n.to(tl.int64) * sxn + h * sxh + w * sxw)[:, None] + ((g * CG + offs_n) * sxc)[None, :]
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -447,78 +333,62 @@ def _grad_z(src: GradSource, P: int, Q: int, store: bool, db_dst: Optional[torch
     return dz
 
 
-def _flipped_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
-    """dX's forward weight (C, K/groups, R, S), channels_last: each group's filters transposed
-    (input and output channels swapped) and turned 180 degrees."""
-    K, CG, R, S = w.shape
-    KG = K // groups
-    wt = torch.empty((CG * groups, KG, R, S), device=w.device, dtype=w.dtype,
-                     memory_format=torch.channels_last)
-    total = wt.numel()
-    block = 1024
-    launch(_dx_weight_kernel, (cdiv(total, block),), w_ptr=w, wt_ptr=wt, TOTAL=total, KG=KG,
-           CG=CG, R=R, S=S, **dict(zip(("swk", "swc", "swr", "sws"), kernel_strides(w))),
-           BLOCK=block)
-    return wt
-
-
-def _dx_geometry(geometry: ConvGeometry, R: int, S: int) -> Optional[ConvGeometry]:
-    """The geometry of dX as a forward convolution of dZ (stride 1, padding dil*(R-1) - pad on
-    each side), or None where that padding would be negative or the stride is not 1."""
-    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    pads = (dh * (R - 1) - pt, dh * (R - 1) - pb, dw * (S - 1) - pl, dw * (S - 1) - pr)
-    if (sh, sw) != (1, 1) or min(pads) < 0:
-        return None
-    return ConvGeometry((1, 1), pads, geometry.dilation, geometry.groups)
+def _phase(a: int, pad: int, stride: int, dil: int, size: int, taps: int, out: int):
+    """One axis of a stride phase of dX: the input rows h = first + j*stride (j < count) with
+    (h + pad) % stride == a, reached by the taps r = r0 + i*step (i < n, step = stride /
+    gcd(stride, dil)); a tap reaches output row p = (h + pad - r*dil) / stride = j + base - i*dil',
+    dil' = step*dil/stride. As a forward convolution of dZ (stride 1, dilation dil', the taps
+    reversed): padding (n-1)*dil' - base before, and after whatever makes its output ``count``
+    rows. Returns (first, count, r0, n, step, dil', pad before, pad after)."""
+    first = (a - pad) % stride
+    count = max(0, -(-(size - first) // stride))
+    step = stride // math.gcd(stride, dil)
+    r0 = next((r for r in range(step) if (r * dil - a) % stride == 0), None)
+    n = 0 if r0 is None else max(0, -(-(taps - r0) // step))
+    dil2 = step * dil // stride
+    if n == 0:
+        return first, count, 0, 0, step, dil2, 0, 0
+    before = (n - 1) * dil2 - (first + pad - r0 * dil) // stride
+    return first, count, r0, n, step, dil2, before, count - out - before + dil2 * (n - 1)
 
 
 def _input_grad(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry,
-                shape: dict, ieee: bool, allow_tf32: Optional[bool],
-                config: Optional[dict]) -> torch.Tensor:
-    """dX in input's memory format, from dZ (channels at stride 1) and the channels-inner
-    weight ``w``."""
+                shape: dict, allow_tf32: Optional[bool], config: Optional[dict]) -> torch.Tensor:
+    """dX in input's memory format, from dZ (channels at stride 1) and the channels-inner weight
+    ``w``: per stride phase (one for stride 1), a forward convolution of dZ with that phase's taps
+    of the weight, flipped and transposed (``_dx_weight_kernel``), written into the phase's rows
+    and columns of dX by the forward kernel (:func:`.conv.conv2d_forward`; its config is the
+    "conv_dx" cache entry of the conv's shape). Pixels no tap reaches get 0."""
+    from .conv import conv2d_forward  # (conv imports this module)
+
     N, C, H, W = input.shape
     K, CG, R, S = w.shape
     KG, groups = K // geometry.groups, geometry.groups
-    fmt = memory_format_of(input)
-    fwd = _dx_geometry(geometry, R, S)
-    if fwd is not None:
-        from .conv import conv2d_forward  # (conv imports this module)
-
-        dx = conv2d_forward(dz, _flipped_weight(w, groups), None, fwd, allow_tf32=allow_tf32,
-                            config=config, tuning=("conv_dx", shape))
-        return dx.contiguous(memory_format=fmt)
-    dx = torch.empty_like(input, memory_format=fmt)
+    P, Q = dz.shape[2:]
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    HP, WP = cdiv(H, sh), cdiv(W, sw)
-    rows = N * HP * WP
-    cfg = heuristics.conv_config(
-        "conv_dx", shape, input.dtype, LAYOUT,
-        heuristics.gemm_heuristic(rows, CG, KG, input.dtype, heuristics.DX_MAX_BLOCK_K),
-        config, ieee)
-    if input.dtype == torch.float32 and not ieee and \
-            2 * dz[0].numel() * N * CG * R * S >= K_MAJOR_DX_MIN_FLOP:
-        # TF32 tensor cores read a shared-memory operand only K-major: dX reduces over the
-        # output channels k, so its weight goes in as a copy with k innermost (16-byte tile
-        # loads instead of 4-byte ones; the copy is one more launch, which only layers with work
-        # enough to hide it get)
-        w = w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
-    zs, ws = kernel_strides(dz), kernel_strides(w)
-    kv, cv = channel_vector(KG, zs), channel_vector(CG, ws)
-    szn, szk, szp, szq = channel_strides(zs, kv)
-    swk, swc, swr, sws = channel_strides(ws, cv)
-    sxn, sxc, sxh, sxw = kernel_strides(dx)
-    xv = pixel_vector(W, (sxn, sxc, sxh), sxw) if sw == 1 else 1
-    launch(_conv_dx_kernel, (cdiv(rows, cfg["BLOCK_M"]) * cdiv(CG, cfg["BLOCK_N"]), groups,
-                             sh * sw),
-           dz_ptr=dz, w_ptr=w, dx_ptr=dx,
-           N=N, H=H, w_v=W // xv, P=dz.shape[2], Q=dz.shape[3], R=R, S=S, cg_v=CG // cv,
-           kg_v=KG // kv, szn_v=szn, szk=szk, szp_v=szp, szq_v=szq,
-           swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
-           sxn_v=sxn // xv, sxc_v=sxc // xv, sxh_v=sxh // xv, sxw=sxw,
-           stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
-           STEP_R=sh // math.gcd(sh, dh), STEP_S=sw // math.gcd(sw, dw), HP=HP, WP=WP,
-           XV=xv, CV=cv, KV=kv, **dot_args(input.dtype, allow_tf32), **launch_opts(cfg))
+    dx = torch.empty_like(input, memory_format=memory_format_of(input))
+    ws = kernel_strides(w)
+    for a_h in range(sh):
+        rows = _phase(a_h, pt, sh, dh, H, R, P)
+        for a_w in range(sw):
+            cols = _phase(a_w, pl, sw, dw, W, S, Q)
+            view = dx[:, :, rows[0]::sh, cols[0]::sw]
+            if view.numel() == 0:
+                continue
+            if rows[3] == 0 or cols[3] == 0:  # no tap reaches these pixels
+                view.zero_()
+                continue
+            wt = torch.empty((C, KG, rows[3], cols[3]), device=w.device, dtype=w.dtype,
+                             memory_format=torch.channels_last)
+            block = 1024
+            launch(_dx_weight_kernel, (cdiv(wt.numel(), block),), w_ptr=w, wt_ptr=wt,
+                   TOTAL=wt.numel(), KG=KG, CG=CG, R0=rows[2], NR=rows[3], STEP_R=rows[4],
+                   S0=cols[2], NS=cols[3], STEP_S=cols[4],
+                   **dict(zip(("swk", "swc", "swr", "sws"), ws)), BLOCK=block)
+            phase = ConvGeometry((1, 1), (rows[6], rows[7], cols[6], cols[7]),
+                                 (rows[5], cols[5]), groups)
+            conv2d_forward(dz, wt, None, phase, allow_tf32=allow_tf32, config=config,
+                           tuning=("conv_dx", shape), out=view)
     return dx
 
 
@@ -613,7 +483,7 @@ def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
     dz = _grad_z(src, P, Q, run_dx or run_dw, (part[:, l_dw:] if l_db else db) if need_db
                  else None, row, zc)
     if run_dx:
-        dx = _input_grad(dz, input, w, geometry, shape, ieee, allow_tf32, configs.get("conv_dx"))
+        dx = _input_grad(dz, input, w, geometry, shape, allow_tf32, configs.get("conv_dx"))
     if run_dw:
         if l_dw:
             dst, strides = part, (RSC, 1, S * CG, CG)

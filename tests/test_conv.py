@@ -595,19 +595,15 @@ def test_channel_vector_hint():
     assert channel_strides(_nhwc(8, 24, 31, 31), 8) == (31 * 31 * 3, 1, 31 * 3, 3)
 
 
-@pytest.mark.parametrize("dtype,k_major_from", [(torch.float32, 0), (torch.float32, None),
-                                                (torch.bfloat16, 0)])
-def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_launches_pass_channel_vectors(monkeypatch, dtype):
     """24 input and 40 output channels: every conv launch gets the channel count and strides
-    divided by its vector width (CV = 8 for the input side, KV = 8 for the output side), and the
-    results stay PyTorch's. TF32-capable float32 (always so under the interpreter, whose dot is
-    IEEE anyway) gives a large enough dX (K_MAJOR_DX_MIN_FLOP, lowered to 0 here to test that
-    path on a small layer) the weight with k innermost, K-major for the tensor cores: CV = 1."""
+    divided by its vector width (CV = 8 for the input side, KV = 8 for the output side: dZ's),
+    and the results stay PyTorch's. dX runs on the forward kernel, reducing over the 40 output
+    channels (CV = 8 there too) of the flipped weight, whose k is innermost (K-major for TF32)."""
     from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_backward
     from tritoncnn.kernels import conv_pool as pool_module
 
-    if k_major_from is not None:
-        monkeypatch.setattr(conv_backward, "K_MAJOR_DX_MIN_FLOP", k_major_from)
     launched = []
     for module in (conv_module, pool_module, conv_backward):
         real = module.launch
@@ -636,12 +632,10 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype, k_major_from):
             torch.testing.assert_close(a.grad.double(), e.grad, atol=tol * e.grad.abs().max().item(),
                                        rtol=tol)
     vectors = {(name, kw.get("CV"), kw.get("KV")) for name, _, kw in launched if "CV" in kw}
-    k_major = dtype == torch.float32 and k_major_from == 0
-    # (the stride-1 dX runs on the forward kernel: 40 reduced channels, 24 out, CV = 8 too)
     assert vectors == {("_conv_fwd_kernel", 8, None), ("_conv_pool_fwd_kernel", 8, None),
-                       ("_conv_dx_kernel", 1 if k_major else 8, 8), ("_conv_dw_kernel", 8, 8)}
-    dx_weight = next(kw["w_ptr"] for name, _, kw in launched if name == "_conv_dx_kernel")
-    assert (dx_weight.stride(0) == 1) == k_major and torch.equal(dx_weight, w)
+                       ("_conv_dw_kernel", 8, 8)}
+    flipped = [kw["wt_ptr"] for name, _, kw in launched if name == "_dx_weight_kernel"]
+    assert flipped and all(wt.stride(1) == 1 for wt in flipped)
 
 
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
@@ -663,18 +657,20 @@ def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     grids = [(name, grid) for name, grid, _ in launched if name != "_grad_z_kernel"]
     KG, CG, P, Q = K // groups, C // groups, y.shape[2], y.shape[3]
     assert grids[0] == ("_conv_fwd_kernel", (-(-N * P * Q // 16) * -(-KG // 16), groups))
-    # the stride-1 dX: the forward kernel on dZ and the flipped weight (_dx_weight_kernel)
+    # dX: the forward kernel on dZ and the flipped weight (_dx_weight_kernel)
     assert [name for name, _ in grids[1:]] == ["_dx_weight_kernel", "_conv_fwd_kernel",
                                                "_conv_dw_kernel", "_sum_splits_kernel"]
     assert grids[2][1] == (-(-N * H * W // 16) * -(-CG // 16), groups)
     assert grids[3][1][:2] == (-(-KG // 16) * R * S * -(-CG // 16), groups)
-    # and a stride-2 dX on its own kernel
+    # and a stride-2 dX: one forward launch per phase (5 x 5 input, padding 1: the odd rows (2)
+    # are phase 0, the even ones (3) phase 1; columns likewise)
     launched.clear()
     x2 = x.detach()[:, :, :5, :5].requires_grad_()
     y = Conv2dFunction.apply(x2, w, b, 2, padding, dilation, groups, "relu", False, configs)
     y.backward(torch.ones_like(y))
-    grids = {name: grid for name, grid, _ in launched}
-    assert grids["_conv_dx_kernel"] == (-(-N * 3 * 3 // 16) * -(-CG // 16), groups, 4)
+    grids = [grid for name, grid, _ in launched if name == "_conv_fwd_kernel"][1:]
+    assert grids == [(-(-N * h * v // 16) * -(-CG // 16), groups)
+                     for h in (2, 3) for v in (2, 3)]
 
 
 def test_plain_eager_calls_skip_the_dispatcher_and_modes_see_the_custom_ops():

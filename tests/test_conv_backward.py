@@ -19,13 +19,50 @@ from test_conv import CASES, SMALL_TILES, _check_case, _function_grads, _make
 
 @pytest.mark.parametrize("name", ["stride2", "groups2", "depthwise_x2", "nonsquare",
                                   "stride2_dilation2", "stride3_kernel2", "many_channels"])
-def test_tf32_dx_reads_a_k_innermost_weight(name, monkeypatch):
-    """TF32 float32 dX of a large enough layer reads the weight through a k-innermost copy (the
-    threshold lowered to 0 here): every geometry still gets PyTorch's gradients."""
-    from tritoncnn.kernels import conv_backward
+def test_dx_runs_on_the_forward_kernel_per_stride_phase(name, monkeypatch):
+    """dX is one forward convolution per stride phase (stride_h * stride_w of them, fewer where a
+    phase has no pixels), each reading its taps of the weight flipped, transposed and k-innermost
+    (K-major for TF32's tensor cores) and writing its pixels of dX in place: every geometry gets
+    PyTorch's gradients (TF32 float32)."""
+    from tritoncnn.kernels import conv as conv_module, conv_backward
 
-    monkeypatch.setattr(conv_backward, "K_MAJOR_DX_MIN_FLOP", 0)
+    launched = []
+    for module in (conv_module, conv_backward):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=module.launch, **kw: (
+            launched.append((kernel.__name__, kw)), _real(kernel, grid, *a, **kw))[1])
     _check_case(CASES[name], channels_last=name != "many_channels", tf32=True)
+    weights = [kw["wt_ptr"] for n, kw in launched if n == "_dx_weight_kernel"]
+    N, C, H, W, K, (R, S), stride, padding, dilation, groups = CASES[name]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    assert 1 <= len(weights) <= sh * sw
+    assert all(wt.stride(1) == 1 and wt.shape[:2] == (C, K // groups) for wt in weights)
+    assert sum(wt.shape[2] * wt.shape[3] for wt in weights) <= R * S
+    dx_launches = [kw for n, kw in launched
+                   if n == "_conv_fwd_kernel" and any(kw["w_ptr"] is wt for wt in weights)]
+    assert len(dx_launches) == len(weights)
+
+
+@pytest.mark.parametrize("stride, dilation, R, H", [(2, 1, 3, 7), (2, 2, 3, 9), (3, 1, 2, 8),
+                                                    (2, 1, 1, 6), (3, 2, 3, 10), (1, 1, 3, 5)])
+def test_stride_phases_cover_every_input_pixel_once(stride, dilation, R, H):
+    """The phases of one axis partition the input rows, their taps partition the filter's, and a
+    phase's forward convolution has exactly its row count as output."""
+    from tritoncnn.kernels.conv_backward import _phase
+    from tritoncnn._shapes import conv_len
+
+    for pad in range(0, dilation * (R - 1) + 2):
+        P = conv_len(H, R, stride, 2 * pad, dilation)
+        if P <= 0:
+            continue
+        rows, taps = [], []
+        for a in range(stride):
+            first, count, r0, n, step, dil2, before, after = _phase(a, pad, stride, dilation, H,
+                                                                     R, P)
+            rows += range(first, H, stride)[:count]
+            taps += [r0 + i * step for i in range(n)]
+            if n:
+                assert conv_len(P, n, 1, before + after, dil2) == count
+        assert sorted(rows) == list(range(H)) and sorted(taps) == list(range(R))
 
 
 def test_only_needed_gradients():
