@@ -6,11 +6,13 @@
 #
 #   bash reports/gpu_check.sh OUTDIR
 #
-# Writes at most seven files and a training run's folder into OUTDIR:
+# Writes at most nine files and a training run's folder into OUTDIR:
 #   env.txt    tritoncnn env
 #   tests.log  pytest output
 #   bench.csv  every benchmark row (the headline's, ceilings, the fuller suites, training steps)
 #   host.csv   host time per op call and per training step (bench --host)
+#   ncu.csv    hardware counters of one layer's forward and backward kernels (where ncu runs;
+#              ncu.log: its messages)
 #   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
 #   run.log    everything else (install, bench and tune output, part timings and exit codes)
 #   summary.md the report's summary tables, built from bench.csv on the same machine
@@ -37,7 +39,7 @@
 set -u
 
 HEADLINE_PARTS="headline-conv headline-compile headline-pool headline-train"
-ALL_PARTS="$HEADLINE_PARTS host tests-gpu bench-quick train bench-tuned bench-bwd bench-conv \
+ALL_PARTS="$HEADLINE_PARTS ncu host tests-gpu bench-quick train bench-tuned bench-bwd bench-conv \
 bench-tf32 bench-pool tests-rest bench-compile"
 WANTED=$(echo "${PARTS:-$ALL_PARTS}" | tr ',' ' ')
 PARTS="install env"  # always first
@@ -155,6 +157,17 @@ bench headline-pool 45 30 --no-ceilings --no-train --suite Pool --ops pool --dty
 # and replayed from a CUDA graph (the GPU's time without launch overhead)
 bench headline-train 60 40 --no-ceilings --suite Train --train-models vgg11 --dtype bf16 \
     --train-steps 10 --train-graphs
+
+# Hardware counters of one layer's forward and backward kernels (VGG-16 conv3_2, bf16): where
+# ncu can read them (--clock-control none), whether each kernel waits on memory, on issue or on
+# barriers. Its own file, ncu.csv.
+part ncu 60 30 bash -c 'out=$1; shift
+    command -v ncu > /dev/null || { echo "ncu: not installed"; exit 0; }
+    ncu --clock-control none --kernel-name "regex:^_(conv|grad_z|dx_weight|sum_splits)" \
+        --launch-skip 12 --launch-count 6 --section SpeedOfLight --section WarpStateStats \
+        --section Occupancy --csv --log-file "$out/ncu.log" "$@" reports/profile_layer.py \
+        > "$out/ncu.csv"' \
+    _ "$OUTDIR" "${PY[@]}" >> "$LOG" 2>&1
 
 # Host time per op call on small shapes (bench --host): tritoncnn with real launches and with
 # launches stubbed (the difference is Triton's launch), cuDNN beside it, and the vgg11 training

@@ -587,7 +587,7 @@ def test_gpu_check_runs_only_the_parts_named(tmp_path):
     run = _dry_run(tmp_path / "all")
     ran = re.findall(r"\] ([\w-]+): (?:would run|not run)", run.stdout)
     assert ran == ["install", "env", "headline-conv", "headline-compile", "headline-pool",
-                   "headline-train", "host", "tests-gpu", "bench-quick", "train", "bench-tuned",
+                   "headline-train", "ncu", "host", "tests-gpu", "bench-quick", "train", "bench-tuned",
                    "bench-bwd", "bench-conv", "bench-tf32", "bench-pool", "tests-rest",
                    "bench-compile"]
 
