@@ -333,13 +333,26 @@ def _grad_z(src: GradSource, P: int, Q: int, store: bool, db_dst: Optional[torch
     return dz
 
 
-def _phase(a: int, pad: int, stride: int, dil: int, size: int, taps: int, out: int):
+class _Phase(NamedTuple):
     """One axis of a stride phase of dX: the input rows h = first + j*stride (j < count) with
-    (h + pad) % stride == a, reached by the taps r = r0 + i*step (i < n, step = stride /
-    gcd(stride, dil)); a tap reaches output row p = (h + pad - r*dil) / stride = j + base - i*dil',
-    dil' = step*dil/stride. As a forward convolution of dZ (stride 1, dilation dil', the taps
-    reversed): padding (n-1)*dil' - base before, and after whatever makes its output ``count``
-    rows. Returns (first, count, r0, n, step, dil', pad before, pad after)."""
+    (h + pad) % stride == a, which only the taps r = r0 + i*step reach (i < taps), each at output
+    row p = (h + pad - r*dil) / stride = j + base - i*dilation. As a forward convolution of dZ
+    (stride 1, ``dilation``, the taps reversed): padding ``before`` = (taps-1)*dilation - base,
+    and ``after`` whatever makes its output ``count`` rows."""
+
+    first: int
+    count: int
+    r0: int
+    taps: int
+    step: int
+    dilation: int
+    before: int
+    after: int
+
+
+def _phase(a: int, pad: int, stride: int, dil: int, size: int, taps: int, out: int) -> _Phase:
+    """Phase ``a`` of an axis of ``size`` input rows, ``taps`` filter taps and ``out`` output
+    rows (see :class:`_Phase`); step = stride / gcd(stride, dil), dilation = step*dil/stride."""
     first = (a - pad) % stride
     count = max(0, -(-(size - first) // stride))
     step = stride // math.gcd(stride, dil)
@@ -347,9 +360,9 @@ def _phase(a: int, pad: int, stride: int, dil: int, size: int, taps: int, out: i
     n = 0 if r0 is None else max(0, -(-(taps - r0) // step))
     dil2 = step * dil // stride
     if n == 0:
-        return first, count, 0, 0, step, dil2, 0, 0
+        return _Phase(first, count, 0, 0, step, dil2, 0, 0)
     before = (n - 1) * dil2 - (first + pad - r0 * dil) // stride
-    return first, count, r0, n, step, dil2, before, count - out - before + dil2 * (n - 1)
+    return _Phase(first, count, r0, n, step, dil2, before, count - out - before + dil2 * (n - 1))
 
 
 def _input_grad(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry,
@@ -372,21 +385,21 @@ def _input_grad(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry
         rows = _phase(a_h, pt, sh, dh, H, R, P)
         for a_w in range(sw):
             cols = _phase(a_w, pl, sw, dw, W, S, Q)
-            view = dx[:, :, rows[0]::sh, cols[0]::sw]
+            view = dx[:, :, rows.first::sh, cols.first::sw]
             if view.numel() == 0:
                 continue
-            if rows[3] == 0 or cols[3] == 0:  # no tap reaches these pixels
+            if rows.taps == 0 or cols.taps == 0:  # no tap reaches these pixels
                 view.zero_()
                 continue
-            wt = torch.empty((C, KG, rows[3], cols[3]), device=w.device, dtype=w.dtype,
+            wt = torch.empty((C, KG, rows.taps, cols.taps), device=w.device, dtype=w.dtype,
                              memory_format=torch.channels_last)
             block = 1024
             launch(_dx_weight_kernel, (cdiv(wt.numel(), block),), w_ptr=w, wt_ptr=wt,
-                   TOTAL=wt.numel(), KG=KG, CG=CG, R0=rows[2], NR=rows[3], STEP_R=rows[4],
-                   S0=cols[2], NS=cols[3], STEP_S=cols[4],
+                   TOTAL=wt.numel(), KG=KG, CG=CG, R0=rows.r0, NR=rows.taps, STEP_R=rows.step,
+                   S0=cols.r0, NS=cols.taps, STEP_S=cols.step,
                    **dict(zip(("swk", "swc", "swr", "sws"), ws)), BLOCK=block)
-            phase = ConvGeometry((1, 1), (rows[6], rows[7], cols[6], cols[7]),
-                                 (rows[5], cols[5]), groups)
+            phase = ConvGeometry((1, 1), (rows.before, rows.after, cols.before, cols.after),
+                                 (rows.dilation, cols.dilation), groups)
             conv2d_forward(dz, wt, None, phase, allow_tf32=allow_tf32, config=config,
                            tuning=("conv_dx", shape), out=view)
     return dx

@@ -56,12 +56,11 @@ def test_stride_phases_cover_every_input_pixel_once(stride, dilation, R, H):
             continue
         rows, taps = [], []
         for a in range(stride):
-            first, count, r0, n, step, dil2, before, after = _phase(a, pad, stride, dilation, H,
-                                                                     R, P)
-            rows += range(first, H, stride)[:count]
-            taps += [r0 + i * step for i in range(n)]
-            if n:
-                assert conv_len(P, n, 1, before + after, dil2) == count
+            ph = _phase(a, pad, stride, dilation, H, R, P)
+            rows += range(ph.first, H, stride)[:ph.count]
+            taps += [ph.r0 + i * ph.step for i in range(ph.taps)]
+            if ph.taps:
+                assert conv_len(P, ph.taps, 1, ph.before + ph.after, ph.dilation) == ph.count
         assert sorted(rows) == list(range(H)) and sorted(taps) == list(range(R))
 
 
