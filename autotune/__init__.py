@@ -43,7 +43,7 @@ __all__ = [
     "register_problem", "make_problem", "Problem", "tune_problem", "tune_and_store", "best_config",
     "SPACES", "candidates", "conv_shape", "pool_shape",
     "ConfigCache", "default_cache", "set_default_cache", "cache_path", "entry_key", "shape_key",
-    "bucket_shape", "INTERPRET", "ENV_AUTOTUNE",
+    "bucket_shape", "INTERPRET", "ENV_AUTOTUNE", "plan_epoch",
 ]
 
 INTERPRET = _runtime.INTERPRET  # under the interpreter nothing is timed: the heuristic is used
@@ -58,6 +58,7 @@ def enable_autotune(on: bool = True) -> None:
     """Tune cache misses on first use (what ``TRITONCNN_AUTOTUNE=1`` does); ``train --autotune``."""
     global _autotune
     _autotune = bool(on)
+    cache.configs_changed()
 
 
 def autotune_enabled() -> bool:
@@ -87,6 +88,16 @@ def record_calls():
         yield _records
     finally:
         _records = outer
+
+
+def plan_epoch() -> tuple | None:
+    """What the launchers' per-shape prepared launches (``kernels._checks.PlanCache``) rest on:
+    they are valid while this stays the same (no entry stored or reloaded, the same cache, the
+    same autotune switch). None inside :func:`record_calls`, which must see every lookup: the
+    launchers then prepare nothing and look every config up."""
+    if _records is not None:
+        return None
+    return cache.config_epoch(), autotune_enabled()
 
 
 def get_config(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: str,

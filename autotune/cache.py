@@ -125,6 +125,25 @@ def entry_key(kernel: str, shape: Mapping[str, object], dtype, layout: str,
                      shape_key(shape)))
 
 
+# What the launchers' prepared launches rest on ---------------------------------------------------
+
+_epoch = 0
+
+
+def configs_changed() -> None:
+    """Say that a launch config may have changed (an entry stored or reloaded, another cache or
+    autotune switch chosen): the launchers drop the launches they prepared per shape
+    (``kernels._checks.PlanCache``) and look their configs up again."""
+    global _epoch
+    _epoch += 1
+
+
+def config_epoch() -> int:
+    """How many times :func:`configs_changed` has been called: a prepared launch is valid while
+    this is what it was when the launch was prepared."""
+    return _epoch
+
+
 # The file ----------------------------------------------------------------------------------------
 
 class ConfigCache:
@@ -179,6 +198,7 @@ class ConfigCache:
         with self._lock:
             self._entries = None
             self._memo = {}
+        configs_changed()
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
@@ -234,6 +254,7 @@ class ConfigCache:
                 raise
             self._entries = merged
             self._memo = {}
+        configs_changed()
 
     def put(self, kernel: str, shape: Mapping[str, object], dtype, layout: str, config: Mapping,
             **info) -> str:
@@ -265,3 +286,4 @@ def set_default_cache(cache: ConfigCache | str | os.PathLike | None) -> None:
         if cache is not None and not isinstance(cache, ConfigCache):
             cache = ConfigCache(cache)
         _default = cache
+    configs_changed()

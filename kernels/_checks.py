@@ -7,13 +7,45 @@ from typing import Optional
 
 import torch
 
-from tritoncnn import _runtime
+from tritoncnn import _runtime, autotune
 from tritoncnn._shapes import (  # noqa: F401 (re-exported)
     FLOAT_DTYPES, as_pair, cdiv, conv_len, next_pow2, pooled_len,
 )
 
 INTERPRET = _runtime.INTERPRET
 launch = _runtime.launch  # every kernel launch: kernel[grid](...) or its compile-only warm-up
+KernelLaunch = _runtime.KernelLaunch  # a launch prepared once per shape, made many times
+
+
+class PlanCache:
+    """A launcher's work prepared per call signature (the key: shapes, strides, dtype, device
+    and arguments of a call): configs looked up, strides and vector hints derived, launches
+    prepared (:class:`KernelLaunch`), so that a layer's later calls with the same signature
+    re-derive nothing. Emptied whenever a launch config may have changed
+    (``autotune.plan_epoch``); inside ``autotune.record_calls`` nothing is kept, so that every
+    lookup is seen."""
+
+    LIMIT = 4096  # signatures kept before starting over (a model has a few dozen)
+
+    def __init__(self) -> None:
+        self.plans: dict = {}
+        self.epoch = None
+
+    def get(self, key):
+        """The plan prepared for ``key``, or None."""
+        epoch = autotune.plan_epoch()
+        if epoch != self.epoch:
+            self.plans.clear()
+            self.epoch = epoch
+        return self.plans.get(key) if epoch is not None else None
+
+    def put(self, key, plan) -> None:
+        """Keep ``plan`` for ``key`` (unless inside ``autotune.record_calls``)."""
+        if self.epoch is None:
+            return
+        if len(self.plans) >= self.LIMIT:
+            self.plans.clear()
+        self.plans[key] = plan
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:

@@ -22,9 +22,10 @@ import triton.language as tl
 
 from tritoncnn.autotune import heuristics
 
-from ._checks import (autocast_enabled, bias_operand, cdiv, channel_strides, channel_vector,
-                      channels_inner, check_float, dot_args, kernel_strides, launch, launch_opts,
-                      memory_format_of, pixel_vector, register_tiles, resolve_tf32)
+from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, cdiv,
+                      channel_strides, channel_vector, channels_inner, check_float, dot_args,
+                      kernel_strides, launch_opts, memory_format_of, pixel_vector,
+                      register_tiles, resolve_tf32)
 from ._gemm import bias_relu, conv_mainloop, tile_ids, times
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads,
                   grad_mask, grads_or_empty, op_function, register_autocast,
@@ -116,41 +117,75 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     1 (:func:`channels_inner`: an NCHW tensor is copied to channels_last first). ``tuning`` =
     (kernel, shape dict) looks the config up under another key, and ``out`` is written (through
     its strides) instead of a new tensor: the backward's dX, which runs on this kernel, as
-    ("conv_dx", the conv's own shape), into each stride phase of dX.
+    ("conv_dx", the conv's own shape), into each stride phase of dX (the backward prepares
+    those launches itself: :func:`forward_launch`).
+
+    A call with neither looks its launch up by its signature (:data:`_PLANS`): the config,
+    strides and vector hints of a layer are derived on its first call only.
     """
-    N, C, H, W = input.shape
-    K, CG, R, S = weight.shape
-    KG = K // geometry.groups
-    P, Q = geometry.output_size(H, W, R, S)
-    y = out if out is not None else torch.empty(
-        (N, K, P, Q), device=input.device, dtype=input.dtype,
-        memory_format=memory_format_of(input))
+    plan = key = None
+    if config is None and tuning is None and out is None:
+        key = (input.shape, input.stride(), weight.shape, weight.stride(), input.dtype,
+               input.device, bias is None, geometry, relu,
+               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
+        plan = _PLANS.get(key)
+    if plan is None:
+        N, C, H, W = input.shape
+        K, _, R, S = weight.shape
+        y = out if out is not None else torch.empty(
+            (N, K, *geometry.output_size(H, W, R, S)), device=input.device, dtype=input.dtype,
+            memory_format=memory_format_of(input))
+        x, w = channels_inner(input), channels_inner(weight)
+        run = forward_launch(x, w, bias is not None, y, geometry, relu, allow_tf32, config, tuning)
+        if key is not None:
+            _PLANS.put(key, (tuple(y.shape), y.stride(), run))
+    else:
+        shape, strides, run = plan
+        y = torch.empty_strided(shape, strides, device=input.device, dtype=input.dtype)
+        x, w = channels_inner(input), channels_inner(weight)
+    if run is not None:
+        run(x_ptr=x, w_ptr=w, b_ptr=bias_operand(bias, w), y_ptr=y)
+    return y
+
+
+#: conv2d_forward's prepared launches, by call signature
+_PLANS = PlanCache()
+
+
+def forward_launch(x: torch.Tensor, w: torch.Tensor, has_bias: bool, y: torch.Tensor,
+                   geometry: ConvGeometry, relu: bool, allow_tf32: Optional[bool],
+                   config: Optional[dict] = None, tuning: Optional[tuple] = None
+                   ) -> Optional[KernelLaunch]:
+    """The forward kernel's launch for channels-inner ``x`` and ``w`` into ``y`` (any strides),
+    prepared (:class:`KernelLaunch`: called with x_ptr, w_ptr, b_ptr and y_ptr); None when ``y``
+    is empty. ``config`` and ``tuning`` as in :func:`conv2d_forward`."""
     if y.numel() == 0:
-        return y
-    input, weight = channels_inner(input), channels_inner(weight)
+        return None
+    N, C, H, W = x.shape
+    K, CG, R, S = w.shape
+    KG = K // geometry.groups
+    P, Q = y.shape[2:]
     M = N * P * Q
-    kernel, shape = tuning or ("conv_fwd", tuning_shape(input, weight, geometry))
+    kernel, shape = tuning or ("conv_fwd", tuning_shape(x, w, geometry))
     cfg = heuristics.conv_config(
-        kernel, shape, input.dtype, LAYOUT,
-        heuristics.gemm_heuristic(M, KG, CG, input.dtype), config,
-        register_tiles(input.dtype, allow_tf32))
+        kernel, shape, x.dtype, LAYOUT, heuristics.gemm_heuristic(M, KG, CG, x.dtype), config,
+        register_tiles(x.dtype, allow_tf32))
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     syn, syk, syp, syq = kernel_strides(y)
     yv = pixel_vector(Q, (syn, syk, syp), syq)
-    xs, ws = kernel_strides(input), kernel_strides(weight)
+    xs, ws = kernel_strides(x), kernel_strides(w)
     cv = channel_vector(CG, xs, ws)
     sxn, sxc, sxh, sxw = channel_strides(xs, cv)
     swk, swc, swr, sws = channel_strides(ws, cv)
-    launch(_conv_fwd_kernel, grid,
-           x_ptr=input, w_ptr=weight, b_ptr=bias_operand(bias, weight), y_ptr=y,
-           N=N, H=H, W=W, P=P, q_v=Q // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
-           sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
-           syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,
-           stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
-           HAS_BIAS=bias is not None, RELU=relu, YV=yv, CV=cv,
-           **dot_args(input.dtype, allow_tf32), **launch_opts(cfg))
-    return y
+    return KernelLaunch(
+        _conv_fwd_kernel, grid, ("x_ptr", "w_ptr", "b_ptr", "y_ptr"),
+        N=N, H=H, W=W, P=P, q_v=Q // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
+        sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
+        syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,
+        stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
+        HAS_BIAS=has_bias, RELU=relu, YV=yv, CV=cv,
+        **dot_args(x.dtype, allow_tf32), **launch_opts(cfg))
 
 
 def _parse_activation(activation) -> bool:

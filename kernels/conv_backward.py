@@ -31,13 +31,13 @@ import triton.language as tl
 
 from tritoncnn.autotune import heuristics
 
-from ._checks import (cdiv, channel_strides, channel_vector, channels_inner, dot_args,
-                      kernel_strides, launch, launch_opts, memory_format_of, register_tiles)
+from ._checks import (KernelLaunch, PlanCache, cdiv, channel_strides, channel_vector,
+                      channels_inner, dot_args, kernel_strides, launch_opts, memory_format_of,
+                      register_tiles)
 from ._gemm import acc_type, mma, tile_ids, times
 from .geometry import ConvGeometry, check_grad_shape, shape_of, tuning_shape
 
-__all__ = ["GradSource", "conv2d_backward", "conv2d_input_grad", "conv2d_weight_grad",
-           "conv_grads", "differentiable_conv_grads"]
+__all__ = ["GradSource", "conv2d_backward", "conv_grads", "differentiable_conv_grads"]
 
 # The layout key of every conv launch (operands go in with their channels at stride 1).
 LAYOUT = "nhwc"
@@ -307,32 +307,6 @@ class GradSource(NamedTuple):
                 f"must both have the pooled shape {pooled}")
 
 
-def _grad_z(src: GradSource, P: int, Q: int, store: bool, db_dst: Optional[torch.Tensor],
-            db_row: int, zc: dict) -> torch.Tensor:
-    """dZ (N, K, P, Q) with its channels at stride 1, and db's partials into ``db_dst`` (its
-    chunks ``db_row`` elements apart; db itself for one chunk). Only sums db (and returns dY) when
-    the source is plain or ``store`` is off."""
-    dy = channels_inner(src.grad)
-    kind = src.kind
-    store = store and kind != "plain"
-    if db_dst is None and not store:
-        return dy
-    N, K = dy.shape[:2]
-    dz = torch.empty((N, K, P, Q), device=dy.device, dtype=dy.dtype,
-                     memory_format=torch.channels_last) if store else dy
-    m = dy if kind == "plain" else channels_inner(src.output if kind == "relu" else src.offsets)
-    szn, _, szp, szq = kernel_strides(dz)  # (channels at stride 1)
-    launch(_grad_z_kernel, (zc["chunks"], cdiv(K, zc["BLOCK_C"])),
-           dy_ptr=dy, m_ptr=m, dz_ptr=dz, db_ptr=db_dst if db_dst is not None else dz,
-           P=P, Q=Q, PP=dy.shape[2], PQ=dy.shape[3], K=K, ROWS=N * P * Q, CHUNK=zc["chunk"],
-           DB_ROW=db_row, **dict(zip(("sdn", "sdk", "sdp", "sdq"), kernel_strides(dy))),
-           **dict(zip(("smn", "smk", "smp", "smq"), kernel_strides(m))),
-           szn=szn, szp=szp, szq=szq, DY=kind, POOL=src.pool, STORE=store,
-           NEED_DB=db_dst is not None, BLOCK_R=zc["BLOCK_R"], BLOCK_C=zc["BLOCK_C"],
-           num_warps=zc["num_warps"])
-    return dz
-
-
 class _Phase(NamedTuple):
     """One axis of a stride phase of dX: the input rows h = first + j*stride (j < count) with
     (h + pad) % stride == a, which only the taps r = r0 + i*step reach (i < taps), each at output
@@ -365,51 +339,106 @@ def _phase(a: int, pad: int, stride: int, dil: int, size: int, taps: int, out: i
     return _Phase(first, count, r0, n, step, dil2, before, count - out - before + dil2 * (n - 1))
 
 
-def _input_grad(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry,
-                shape: dict, allow_tf32: Optional[bool], config: Optional[dict]) -> torch.Tensor:
-    """dX in input's memory format, from dZ (channels at stride 1) and the channels-inner weight
-    ``w``: per stride phase (one for stride 1), a forward convolution of dZ with that phase's taps
-    of the weight, flipped and transposed (``_dx_weight_kernel``), written into the phase's rows
-    and columns of dX by the forward kernel (:func:`.conv.conv2d_forward`; its config is the
+class _DxPhase(NamedTuple):
+    """One stride phase of dX, prepared: where it sits in dX (the index of its view: every
+    stride-th row and column from its first; None for a stride-1 conv: all of dX), and its two
+    launches (None for pixels no tap reaches: zeros)."""
+
+    index: Optional[tuple]
+    weight_shape: Tuple[int, int, int, int]     # (C, K/groups, taps, taps), channels_last
+    weight: Optional[KernelLaunch]              # _dx_weight_kernel: w_ptr, wt_ptr
+    conv: Optional[KernelLaunch]                # the forward kernel: x_ptr (dZ), w_ptr, y_ptr
+
+
+class _Plan(NamedTuple):
+    """Everything a backward call derives from its signature (shapes, strides, dtype, device,
+    geometry, wanted gradients), prepared once (see :func:`_prepare`) and run by :func:`_run`."""
+
+    need: Tuple[bool, bool, bool]   # dX, dW, db returned
+    run_dx: bool                    # (an empty dX or dW needs no launch)
+    run_dw: bool
+    part: Optional[tuple]           # (rows, row, dtype) of the fp32 partials of dW and db
+    l_dw: int                       # dW's partials in each row of ``part`` (0: dW stored direct)
+    l_db: int                       # db's partials after them (0: db stored direct)
+    dz: Optional[tuple]             # (N, K, P, Q) of dZ when formed (None: dZ is dY)
+    grad_z: Optional[KernelLaunch]  # dy_ptr, m_ptr, dz_ptr, db_ptr
+    dx: Tuple[_DxPhase, ...]
+    dw: Optional[KernelLaunch]      # dz_ptr, x_ptr, dw_ptr
+    sum: Optional[KernelLaunch]     # part_ptr, dw_ptr, db_ptr
+
+
+#: conv_grads' prepared plans, by call signature
+_PLANS = PlanCache()
+
+
+def _grad_z_launch(kind: str, pool: int, dy: torch.Tensor, m: torch.Tensor, dz: torch.Tensor,
+                   P: int, Q: int, need_db: bool, db_row: int, zc: dict) -> KernelLaunch:
+    """The dZ pass (dY, its mask source ``m`` and dZ channels-inner), summing db's partials
+    (chunks ``db_row`` elements apart; db itself for one chunk) when ``need_db``."""
+    N, K = dz.shape[:2]
+    szn, _, szp, szq = kernel_strides(dz)  # (channels at stride 1)
+    return KernelLaunch(
+        _grad_z_kernel, (zc["chunks"], cdiv(K, zc["BLOCK_C"])),
+        ("dy_ptr", "m_ptr", "dz_ptr", "db_ptr"),
+        P=P, Q=Q, PP=dy.shape[2], PQ=dy.shape[3], K=K, ROWS=N * P * Q, CHUNK=zc["chunk"],
+        DB_ROW=db_row, **dict(zip(("sdn", "sdk", "sdp", "sdq"), kernel_strides(dy))),
+        **dict(zip(("smn", "smk", "smp", "smq"), kernel_strides(m))),
+        szn=szn, szp=szp, szq=szq, DY=kind, POOL=pool, STORE=dz is not dy, NEED_DB=need_db,
+        BLOCK_R=zc["BLOCK_R"], BLOCK_C=zc["BLOCK_C"], num_warps=zc["num_warps"])
+
+
+def _dx_phases(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry: ConvGeometry,
+               shape: dict, allow_tf32: Optional[bool], config: Optional[dict]
+               ) -> Tuple[_DxPhase, ...]:
+    """dX's stride phases (one for stride 1) from dZ (channels at stride 1) and the
+    channels-inner weight ``w``: each a forward convolution of dZ with that phase's taps of the
+    weight, flipped and transposed (``_dx_weight_kernel``), written into the phase's rows and
+    columns of dX by the forward kernel (:func:`.conv.forward_launch`; its config is the
     "conv_dx" cache entry of the conv's shape). Pixels no tap reaches get 0."""
-    from .conv import conv2d_forward  # (conv imports this module)
+    from .conv import forward_launch  # (conv imports this module)
 
     N, C, H, W = input.shape
     K, CG, R, S = w.shape
     KG, groups = K // geometry.groups, geometry.groups
     P, Q = dz.shape[2:]
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
-    dx = torch.empty_like(input, memory_format=memory_format_of(input))
+    dx = torch.empty_like(input, memory_format=memory_format_of(input), device="meta")
     ws = kernel_strides(w)
+    phases = []
     for a_h in range(sh):
         rows = _phase(a_h, pt, sh, dh, H, R, P)
         for a_w in range(sw):
             cols = _phase(a_w, pl, sw, dw, W, S, Q)
-            view = dx[:, :, rows.first::sh, cols.first::sw]
+            index = None if (sh, sw) == (1, 1) else (
+                slice(None), slice(None), slice(rows.first, None, sh), slice(cols.first, None, sw))
+            view = dx if index is None else dx[index]
             if view.numel() == 0:
                 continue
+            wt_shape = (C, KG, rows.taps, cols.taps)
             if rows.taps == 0 or cols.taps == 0:  # no tap reaches these pixels
-                view.zero_()
+                phases.append(_DxPhase(index, wt_shape, None, None))
                 continue
-            wt = torch.empty((C, KG, rows.taps, cols.taps), device=w.device, dtype=w.dtype,
+            wt = torch.empty(wt_shape, device="meta", dtype=w.dtype,
                              memory_format=torch.channels_last)
             block = 1024
-            launch(_dx_weight_kernel, (cdiv(wt.numel(), block),), w_ptr=w, wt_ptr=wt,
-                   TOTAL=wt.numel(), KG=KG, CG=CG, R0=rows.r0, NR=rows.taps, STEP_R=rows.step,
-                   S0=cols.r0, NS=cols.taps, STEP_S=cols.step,
-                   **dict(zip(("swk", "swc", "swr", "sws"), ws)), BLOCK=block)
+            flip = KernelLaunch(
+                _dx_weight_kernel, (cdiv(wt.numel(), block),), ("w_ptr", "wt_ptr"),
+                TOTAL=wt.numel(), KG=KG, CG=CG, R0=rows.r0, NR=rows.taps, STEP_R=rows.step,
+                S0=cols.r0, NS=cols.taps, STEP_S=cols.step,
+                **dict(zip(("swk", "swc", "swr", "sws"), ws)), BLOCK=block)
             phase = ConvGeometry((1, 1), (rows.before, rows.after, cols.before, cols.after),
                                  (rows.dilation, cols.dilation), groups)
-            conv2d_forward(dz, wt, None, phase, allow_tf32=allow_tf32, config=config,
-                           tuning=("conv_dx", shape), out=view)
-    return dx
+            conv = forward_launch(dz, wt, False, view, phase, False, allow_tf32, config,
+                                  ("conv_dx", shape))
+            phases.append(_DxPhase(index, wt_shape, flip, conv))
+    return tuple(phases)
 
 
-def _weight_grad(dz: torch.Tensor, x: torch.Tensor, dst: torch.Tensor, dst_strides: tuple,
-                 row: int, cfg: dict, chunk: int, split: int, geometry: ConvGeometry,
-                 K: int, R: int, S: int, allow_tf32: Optional[bool]) -> None:
-    """dW (one split: into dW, through its strides) or its fp32 partials (``dst``: splits ``row``
-    elements apart, (K, R*S*CG) each)."""
+def _dw_launch(dz: torch.Tensor, x: torch.Tensor, dst_strides: tuple, row: int, cfg: dict,
+               chunk: int, split: int, geometry: ConvGeometry, K: int, R: int, S: int,
+               allow_tf32: Optional[bool]) -> KernelLaunch:
+    """dW (one split: into dW, through its strides ``dst_strides``) or its fp32 partials
+    (splits ``row`` elements apart, (K, R*S*CG) each)."""
     N, C, H, W = x.shape
     CG = C // geometry.groups
     KG = K // geometry.groups
@@ -422,64 +451,50 @@ def _weight_grad(dz: torch.Tensor, x: torch.Tensor, dst: torch.Tensor, dst_strid
     tiles = cdiv(KG, cfg["BLOCK_M"]) * R * S * cdiv(CG, cfg["BLOCK_N"])
     linear = (sh, sw) == (1, 1) and (H, W) == (P, Q) and zs[2] == Q * zs[3] and \
         zs[0] == P * zs[2] and xs[2] == W * xs[3] and xs[0] == H * xs[2]
-    launch(_conv_dw_kernel, (tiles, geometry.groups, split),
-           dz_ptr=dz, x_ptr=x, dw_ptr=dst,
-           N=N, H=H, W=W, P=P, Q=Q, R=R, S=S, cg_v=CG // cv, kg_v=KG // kv, CHUNK=chunk, ROW=row,
-           szn_v=szn, szk=szk, szp_v=szp, szq_v=szq, sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw,
-           **dict(zip(("swk", "swc", "swr", "sws"), dst_strides)),
-           stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
-           LINEAR=linear, CV=cv, KV=kv, **dot_args(x.dtype, allow_tf32), **launch_opts(cfg))
+    return KernelLaunch(
+        _conv_dw_kernel, (tiles, geometry.groups, split), ("dz_ptr", "x_ptr", "dw_ptr"),
+        N=N, H=H, W=W, P=P, Q=Q, R=R, S=S, cg_v=CG // cv, kg_v=KG // kv, CHUNK=chunk, ROW=row,
+        szn_v=szn, szk=szk, szp_v=szp, szq_v=szq, sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw,
+        **dict(zip(("swk", "swc", "swr", "sws"), dst_strides)),
+        stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
+        LINEAR=linear, CV=cv, KV=kv, **dot_args(x.dtype, allow_tf32), **launch_opts(cfg))
 
 
-def _sum_splits(part: torch.Tensor, dw: Optional[torch.Tensor], db: Optional[torch.Tensor],
-                l_dw: int, split: int, db_split: int, CG: int, R: int, S: int) -> None:
-    """dW and db from their partials in ``part`` (see ``_sum_splits_kernel``): one launch for
-    both."""
-    row = part.shape[1]
+def _sum_launch(row: int, dw_strides: Optional[tuple], l_dw: int, split: int, db_split: int,
+                CG: int, R: int, S: int) -> KernelLaunch:
+    """dW and db from their partials (see ``_sum_splits_kernel``): one launch for both."""
     block = max(16, min(16384, triton.next_power_of_2(row))) if heuristics.INTERPRET else 1024
-    sw = kernel_strides(dw) if dw is not None else (0, 0, 0, 0)
-    launch(_sum_splits_kernel, (cdiv(row, block),),
-           part_ptr=part, dw_ptr=dw if dw is not None else part,
-           db_ptr=db if db is not None else part, ROW=row, L_DW=l_dw, SPLIT=split,
-           DB_SPLIT=db_split, RSC=max(R * S * CG, 1), CG=max(CG, 1), S=S,
-           **dict(zip(("sw_k", "sw_c", "sw_r", "sw_s"), sw)),
-           sb_k=db.stride(0) if db is not None else 0, BLOCK=block, SB=8)
+    return KernelLaunch(
+        _sum_splits_kernel, (cdiv(row, block),), ("part_ptr", "dw_ptr", "db_ptr"),
+        ROW=row, L_DW=l_dw, SPLIT=split, DB_SPLIT=db_split, RSC=max(R * S * CG, 1),
+        CG=max(CG, 1), S=S, **dict(zip(("sw_k", "sw_c", "sw_r", "sw_s"), dw_strides or (0,) * 4)),
+        sb_k=1, BLOCK=block, SB=8)
 
 
-def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
-               geometry: ConvGeometry, needs: Tuple[bool, bool, bool] = (True, True, True),
-               allow_tf32: Optional[bool] = None, configs: Optional[dict] = None
-               ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(dX, dW, db) for the conv-output gradient ``src``, None where ``needs`` says not wanted.
-    dX keeps input's memory format, dW weight's strides. ``configs`` maps "conv_dx" /
-    "conv_dw" to launch-config overrides."""
-    configs = configs or {}
+def _prepare(src: GradSource, input: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry,
+             needs: Tuple[bool, bool, bool], allow_tf32: Optional[bool], configs: dict
+             ) -> Optional[_Plan]:
+    """The plan of a backward call (None when no gradient flows: every wanted one is zeros).
+    Temporaries are meta tensors here: only their shapes and strides are read."""
     need_dx, need_dw, need_db = needs
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
     P, Q = geometry.output_size(H, W, R, S)
-    src.check(P, Q)
-    dw = torch.empty_like(weight) if need_dw else None
-    db = torch.empty((K,), device=weight.device, dtype=weight.dtype) if need_db else None
     NPQ, RSC = N * P * Q, R * S * CG
     run_dx = need_dx and input.numel() > 0
     run_dw = need_dw and RSC > 0
-    if NPQ == 0 or K == 0 or not (run_dx or run_dw or need_db):  # no gradient flows
-        dx = torch.zeros_like(input, memory_format=memory_format_of(input)) if need_dx else None
-        return dx, dw.zero_() if need_dw else None, db.zero_() if need_db else None
-    # (an empty dX needs no launch)
-    dx = torch.empty_like(input, memory_format=memory_format_of(input)) \
-        if need_dx and not run_dx else None
+    if NPQ == 0 or K == 0 or not (run_dx or run_dw or need_db):
+        return None
     x, w = channels_inner(input), channels_inner(weight)
     shape = tuning_shape(x, w, geometry, src.pool)
-    ieee = register_tiles(input.dtype, allow_tf32)
     KG = K // geometry.groups
     split = chunk = 1
     if run_dw:
         cfg = heuristics.conv_config(
             "conv_dw", shape, input.dtype, LAYOUT,
             heuristics.dw_heuristic(KG, CG, R * S, NPQ, geometry.groups, input.dtype,
-                                    input.device), configs.get("conv_dw"), ieee)
+                                    input.device), configs.get("conv_dw"),
+            register_tiles(input.dtype, allow_tf32))
         chunk = cdiv(cdiv(NPQ, max(1, cfg["SPLIT"])), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
         split = cdiv(NPQ, chunk)
     zc = heuristics.grad_z_config(NPQ, K, input.device)
@@ -489,24 +504,114 @@ def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
     l_db = K if db_split > 1 else 0
     part = None
     if l_dw or l_db:
-        part = torch.empty((max(split if l_dw else 0, db_split if l_db else 0), l_dw + l_db),
-                           device=input.device, dtype=torch.float64
-                           if input.dtype == torch.float64 else torch.float32)
-    row = part.shape[1] if part is not None else 0
-    dz = _grad_z(src, P, Q, run_dx or run_dw, (part[:, l_dw:] if l_db else db) if need_db
-                 else None, row, zc)
-    if run_dx:
-        dx = _input_grad(dz, input, w, geometry, shape, allow_tf32, configs.get("conv_dx"))
+        part = (max(split if l_dw else 0, db_split if l_db else 0), l_dw + l_db,
+                torch.float64 if input.dtype == torch.float64 else torch.float32)
+    row = part[1] if part is not None else 0
+    kind = src.kind
+    dy = channels_inner(src.grad)
+    store = (run_dx or run_dw) and kind != "plain"
+    grad_z = dz_shape = None
+    dz = dy
+    if need_db or store:
+        if store:
+            dz_shape = (N, K, P, Q)
+            dz = torch.empty(dz_shape, device="meta", dtype=dy.dtype,
+                             memory_format=torch.channels_last)
+        m = dy if kind == "plain" else \
+            channels_inner(src.output if kind == "relu" else src.offsets)
+        grad_z = _grad_z_launch(kind, src.pool, dy, m, dz, P, Q, need_db, row, zc)
+    dx = _dx_phases(dz, input, w, geometry, shape, allow_tf32, configs.get("conv_dx")) \
+        if run_dx else ()
+    dw = None
+    dw_strides = kernel_strides(torch.empty_like(weight, device="meta"))  # (as _run allocates)
     if run_dw:
-        if l_dw:
-            dst, strides = part, (RSC, 1, S * CG, CG)
-        else:
-            dst, strides = dw, kernel_strides(dw)
-        _weight_grad(dz, x, dst, strides, row, cfg, chunk, split, geometry, K, R, S, allow_tf32)
+        dst_strides = (RSC, 1, S * CG, CG) if l_dw else dw_strides
+        dw = _dw_launch(dz, x, dst_strides, row, cfg, chunk, split, geometry, K, R, S,
+                        allow_tf32)
+    total = None
     if part is not None:
-        _sum_splits(part, dw if l_dw else None, db if l_db else None, l_dw,
-                    split if l_dw else 0, db_split if l_db else 0, CG, R, S)
+        total = _sum_launch(row, dw_strides if l_dw else None, l_dw,
+                            split if l_dw else 0, db_split if l_db else 0, CG, R, S)
+    return _Plan(needs, run_dx, run_dw, part, l_dw, l_db, dz_shape, grad_z, dx, dw, total)
+
+
+def _run(plan: _Plan, src: GradSource, input: torch.Tensor, weight: torch.Tensor
+         ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dX, dW, db) by the prepared ``plan``."""
+    need_dx, need_dw, need_db = plan.need
+    dw = torch.empty_like(weight) if need_dw else None
+    db = torch.empty((weight.shape[0],), device=weight.device, dtype=weight.dtype) \
+        if need_db else None
+    part = None
+    if plan.part is not None:
+        rows, row, dtype = plan.part
+        part = torch.empty((rows, row), device=weight.device, dtype=dtype)
+    dy = channels_inner(src.grad)
+    dz = dy
+    if plan.grad_z is not None:
+        if plan.dz is not None:
+            dz = torch.empty(plan.dz, device=dy.device, dtype=dy.dtype,
+                             memory_format=torch.channels_last)
+        kind = src.kind
+        m = dy if kind == "plain" else \
+            channels_inner(src.output if kind == "relu" else src.offsets)
+        db_dst = (part[:, plan.l_dw:] if plan.l_db else db) if need_db else dz
+        plan.grad_z(dy_ptr=dy, m_ptr=m, dz_ptr=dz, db_ptr=db_dst)
+    dx = None
+    if need_dx:
+        dx = torch.empty_like(input, memory_format=memory_format_of(input))
+        if plan.dx:
+            w = channels_inner(weight)
+            for phase in plan.dx:
+                view = dx if phase.index is None else dx[phase.index]
+                if phase.conv is None:
+                    view.zero_()
+                    continue
+                wt = torch.empty(phase.weight_shape, device=w.device, dtype=w.dtype,
+                                 memory_format=torch.channels_last)
+                phase.weight(w_ptr=w, wt_ptr=wt)
+                phase.conv(x_ptr=dz, w_ptr=wt, b_ptr=wt, y_ptr=view)
+    if plan.dw is not None:
+        plan.dw(dz_ptr=dz, x_ptr=channels_inner(input), dw_ptr=part if plan.l_dw else dw)
+    if plan.sum is not None:
+        plan.sum(part_ptr=part, dw_ptr=dw if plan.l_dw else part,
+                 db_ptr=db if plan.l_db else part)
     return dx, dw, db
+
+
+def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
+               geometry: ConvGeometry, needs: Tuple[bool, bool, bool] = (True, True, True),
+               allow_tf32: Optional[bool] = None, configs: Optional[dict] = None
+               ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dX, dW, db) for the conv-output gradient ``src``, None where ``needs`` says not wanted.
+    dX keeps input's memory format, dW weight's strides. ``configs`` maps "conv_dx" /
+    "conv_dw" to launch-config overrides.
+
+    The work is planned once per call signature (:class:`_Plan`, kept in :data:`_PLANS` unless
+    ``configs`` overrides a config): configs, strides, vector hints and launches."""
+    plan = key = None
+    needs = tuple(needs)
+    if not configs:
+        m = src.output if src.offsets is None else src.offsets
+        key = (src.grad.shape, src.grad.stride(), None if m is None else (m.shape, m.stride()),
+               src.pool,
+               src.offsets is not None, input.shape, input.stride(), weight.shape,
+               weight.stride(), input.dtype, input.device, geometry, needs,
+               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
+        plan = _PLANS.get(key)
+    if plan is None:
+        N, C, H, W = input.shape
+        src.check(*geometry.output_size(H, W, *weight.shape[2:]))
+        plan = _prepare(src, input, weight, geometry, needs, allow_tf32, configs or {})
+        if plan is None:  # no gradient flows
+            need_dx, need_dw, need_db = needs
+            return (torch.zeros_like(input, memory_format=memory_format_of(input))
+                    if need_dx else None,
+                    torch.zeros_like(weight) if need_dw else None,
+                    weight.new_zeros((weight.shape[0],)) if need_db else None)
+        if key is not None:
+            _PLANS.put(key, plan)
+    return _run(plan, src, input, weight)
 
 
 def conv2d_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,

@@ -75,6 +75,27 @@ def _compile_only(self, *args, grid, warmup, **kwargs):
     return kernel
 
 
+PREPARED: dict[str, str | None] = {}  # kernel name -> a prepared launch's argument mismatch
+
+
+def _check_prepared(prepared, **tensors):
+    """A prepared launch (``KernelLaunch``) hands the compiled kernel its arguments itself, in
+    the kernel's order: they must be what Triton's own binder passes for the same call."""
+    result = _prepared_call(prepared, **tensors)
+    binder = prepared.kernel.device_caches[0][4]
+    bound, _, _ = binder(**prepared.fixed, **tensors)
+    ours = prepared.arguments(tensors)
+    theirs = list(bound.values())
+    same = len(ours) == len(theirs) and all(
+        a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(ours, theirs))
+    name = prepared.kernel.__name__
+    if not same:
+        PREPARED[name] = f"prepared {ours} vs Triton's {theirs}"
+    else:
+        PREPARED.setdefault(name, None)
+    return result
+
+
 def _ptx(kernel) -> str:
     return (kernel.result() if hasattr(kernel, "result") else kernel).asm["ptx"]
 
@@ -84,11 +105,14 @@ def install() -> None:
     global _jit_run
     _jit_run = JITFunction.run
     JITFunction.run = _compile_only
+    from tritoncnn import _runtime
+
+    global _prepared_call
+    _prepared_call = _runtime.KernelLaunch.__call__
+    _runtime.KernelLaunch.__call__ = _check_prepared
     # Launchers read the SM count for split heuristics; kernels need no real device otherwise.
     torch.cuda.get_device_properties = lambda *_: types.SimpleNamespace(
         multi_processor_count=SMS, name="sm90-compile-check")
-    from tritoncnn import _runtime
-
     _runtime.check_device = lambda name, tensor, meta_ok=False: None  # CPU tensors stand in for CUDA ones
 
 
@@ -598,6 +622,12 @@ def main() -> int:
                   f"{sorted(values)}")
             return 1
     print(f"{len(COMPILED)} kernels compiled for sm_90")
+    wrong = {name: why for name, why in PREPARED.items() if why is not None}
+    if wrong or not PREPARED:
+        print(f"prepared launches' arguments differ from Triton's binding: {wrong}" if wrong
+              else "no prepared launch was made")
+        return 1
+    print(f"prepared launches of {', '.join(sorted(PREPARED))}: arguments as Triton binds them")
     for check in (check_registers, check_shared_memory, check_vector_loads, check_precompile):
         problem = check()
         if problem is not None:

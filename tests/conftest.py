@@ -4,6 +4,7 @@ the same files, with ``DEVICE`` chosen by tritoncnn's runtime mode."""
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 import torch
@@ -30,6 +31,32 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Every test starts with no launches prepared from an earlier one (a test that patches a
+    heuristic must see its launches look their configs up again)."""
+    from tritoncnn.autotune import cache
+
+    cache.configs_changed()
+
+
+def spy_launches(monkeypatch) -> list:
+    """Record every tritoncnn kernel launch as (kernel name, grid, args, kwargs), and make it:
+    prepared launches (``KernelLaunch``) and direct ones alike."""
+    real = _runtime.launch
+    launched = []
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append((kernel.__name__, grid, args, kwargs))
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(_runtime, "launch", spy)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("tritoncnn.") and getattr(module, "launch", None) is real:
+            monkeypatch.setattr(module, "launch", spy)
+    return launched
 
 
 @contextlib.contextmanager

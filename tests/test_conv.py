@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu, linear
 from tritoncnn.kernels.conv import ConvGeometry, resolve_geometry
 
-from conftest import DEVICE, TOL, compare, ieee_fp32 as _ieee_fp32, tf32_exact
+from conftest import DEVICE, TOL, compare, ieee_fp32 as _ieee_fp32, spy_launches, tf32_exact
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups): each line one property, tiny sizes.
 CASES = {
@@ -601,14 +601,9 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype):
     divided by its vector width (CV = 8 for the input side, KV = 8 for the output side: dZ's),
     and the results stay PyTorch's. dX runs on the forward kernel, reducing over the 40 output
     channels (CV = 8 there too) of the flipped weight, whose k is innermost (K-major for TF32)."""
-    from tritoncnn.kernels import conv as conv_module, conv2d_relu_pool, conv_backward
-    from tritoncnn.kernels import conv_pool as pool_module
+    from tritoncnn.kernels import conv2d_relu_pool
 
-    launched = []
-    for module in (conv_module, pool_module, conv_backward):
-        real = module.launch
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=real, **kw: (
-            launched.append((kernel.__name__, a, kw)), _real(kernel, grid, *a, **kw))[1])
+    launched = spy_launches(monkeypatch)
     torch.manual_seed(0)
     # float32 inputs that TF32 reads exactly (allow_tf32=True): only the float32 sums differ
     exact = tf32_exact if dtype == torch.float32 else (lambda t: t)
@@ -631,22 +626,17 @@ def test_launches_pass_channel_vectors(monkeypatch, dtype):
         for a, e in zip(ours, ins):
             torch.testing.assert_close(a.grad.double(), e.grad, atol=tol * e.grad.abs().max().item(),
                                        rtol=tol)
-    vectors = {(name, kw.get("CV"), kw.get("KV")) for name, _, kw in launched if "CV" in kw}
+    vectors = {(name, kw.get("CV"), kw.get("KV")) for name, _, _, kw in launched if "CV" in kw}
     assert vectors == {("_conv_fwd_kernel", 8, None), ("_conv_pool_fwd_kernel", 8, None),
                        ("_conv_dw_kernel", 8, 8)}
-    flipped = [kw["wt_ptr"] for name, _, kw in launched if name == "_dx_weight_kernel"]
+    flipped = [kw["wt_ptr"] for name, _, _, kw in launched if name == "_dx_weight_kernel"]
     assert flipped and all(wt.stride(1) == 1 for wt in flipped)
 
 
 def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     """Every conv launch's grid is (one group's output tiles, groups, ...): a program id past the
     tiles would make tile_ids divide by zero on the GPU (the interpreter masks it out)."""
-    from tritoncnn.kernels import conv as conv_module, conv_backward
-
-    launched = []
-    for module in (conv_module, conv_backward):
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=module.launch, **kw: (
-            launched.append((kernel.__name__, grid, kw)), _real(kernel, grid, *a, **kw))[1])
+    launched = spy_launches(monkeypatch)
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = CASES["depthwise_x2"]
     x, w, b = (t.float().to(DEVICE).requires_grad_() for t in _make(CASES["depthwise_x2"],
                                                                    torch.float32, False))
@@ -654,7 +644,7 @@ def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     configs = {"conv_fwd": tile, "conv_dx": tile, "conv_dw": dict(tile, SPLIT=2)}
     y = Conv2dFunction.apply(x, w, b, stride, padding, dilation, groups, "relu", False, configs)
     y.backward(torch.ones_like(y))
-    grids = [(name, grid) for name, grid, _ in launched if name != "_grad_z_kernel"]
+    grids = [(name, grid) for name, grid, *_ in launched if name != "_grad_z_kernel"]
     KG, CG, P, Q = K // groups, C // groups, y.shape[2], y.shape[3]
     assert grids[0] == ("_conv_fwd_kernel", (-(-N * P * Q // 16) * -(-KG // 16), groups))
     # dX: the forward kernel on dZ and the flipped weight (_dx_weight_kernel)
@@ -668,7 +658,7 @@ def test_grids_hold_one_group_of_tiles_per_group(monkeypatch):
     x2 = x.detach()[:, :, :5, :5].requires_grad_()
     y = Conv2dFunction.apply(x2, w, b, 2, padding, dilation, groups, "relu", False, configs)
     y.backward(torch.ones_like(y))
-    grids = [grid for name, grid, _ in launched if name == "_conv_fwd_kernel"][1:]
+    grids = [grid for name, grid, *_ in launched if name == "_conv_fwd_kernel"][1:]
     assert grids == [(-(-N * h * v // 16) * -(-CG // 16), groups)
                      for h in (2, 3) for v in (2, 3)]
 

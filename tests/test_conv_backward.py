@@ -13,7 +13,7 @@ from tritoncnn.kernels import Conv2dFunction, conv2d, conv2d_relu
 from tritoncnn.kernels.conv_backward import conv2d_backward
 from tritoncnn.kernels.geometry import resolve_geometry
 
-from conftest import DEVICE
+from conftest import DEVICE, spy_launches
 from test_conv import CASES, SMALL_TILES, _check_case, _function_grads, _make
 
 
@@ -24,13 +24,9 @@ def test_dx_runs_on_the_forward_kernel_per_stride_phase(name, monkeypatch):
     phase has no pixels), each reading its taps of the weight flipped, transposed and k-innermost
     (K-major for TF32's tensor cores) and writing its pixels of dX in place: every geometry gets
     PyTorch's gradients (TF32 float32)."""
-    from tritoncnn.kernels import conv as conv_module, conv_backward
-
-    launched = []
-    for module in (conv_module, conv_backward):
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, _real=module.launch, **kw: (
-            launched.append((kernel.__name__, kw)), _real(kernel, grid, *a, **kw))[1])
+    spied = spy_launches(monkeypatch)
     _check_case(CASES[name], channels_last=name != "many_channels", tf32=True)
+    launched = [(kernel, kw) for kernel, _, _, kw in spied]
     weights = [kw["wt_ptr"] for n, kw in launched if n == "_dx_weight_kernel"]
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = CASES[name]
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
@@ -112,11 +108,7 @@ def test_backward_is_deterministic():
 def test_dw_single_split_stores_in_place(monkeypatch, split):
     """SPLIT = 1 casts dW and db straight into the weight's layout: no fp32 partials and no
     _sum_splits launch; more splits go through one launch for both. Both match the reference."""
-    from tritoncnn.kernels import conv_backward
-
-    summed = []
-    real = conv_backward._sum_splits
-    monkeypatch.setattr(conv_backward, "_sum_splits", lambda *a: summed.append(1) or real(*a))
+    launched = spy_launches(monkeypatch)
     case = (2, 5, 7, 6, 6, (3, 2), 1, 1, 1, 1)
     N, C, H, W, K, (R, S), stride, padding, dilation, groups = case
     x, w, b = _make(case, torch.float16, channels_last=True)
@@ -129,6 +121,7 @@ def test_dw_single_split_stores_in_place(monkeypatch, split):
     y.backward(grad.to(DEVICE))
     refs = [t.double().requires_grad_() for t in (x, w, b)]
     F.relu(F.conv2d(*refs, stride, padding, dilation, groups)).backward(grad.double())
+    summed = [name for name, *_ in launched if name == "_sum_splits_kernel"]
     assert len(summed) == (0 if split == 1 else 1)
     assert ws.grad.stride() == ws.stride() and ws.grad.dtype == torch.float16
     torch.testing.assert_close(ws.grad.double().cpu(), refs[1].grad, atol=2e-5 * N * H * W,

@@ -254,3 +254,120 @@ def test_gpu_check_host_part_selects_the_host_cases(capsys):
     assert cli.main([*args, "--device", "cpu", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == (4 * 3 + 2) * 2 and all(" bf16 " in ln for ln in listed)
+
+
+# Prepared launches ------------------------------------------------------------------------------
+
+
+def test_prepared_launch_runs_counts_and_stubs_like_a_launch():
+    out = torch.zeros(8, device=DEVICE)
+    fill = _runtime.KernelLaunch(_fill_kernel, (1,), ("out_ptr",), value=3.0, n=8, BLOCK=8)
+    with _runtime.count_launches(run=False) as count:
+        assert fill(out_ptr=out) is None
+    assert dict(count) == {"_fill_kernel": 1} and torch.equal(out, torch.zeros(8, device=DEVICE))
+    fill(out_ptr=out)
+    assert torch.equal(out, torch.full((8,), 3.0, device=DEVICE))
+
+
+def test_prepared_launch_names_what_it_lacks_or_does_not_know():
+    with pytest.raises(TypeError, match=r"missing \['n'\]"):
+        _runtime.KernelLaunch(_fill_kernel, (1,), ("out_ptr",), value=3.0, BLOCK=8)
+    with pytest.raises(TypeError, match=r"unknown arguments \['size'\]"):
+        _runtime.KernelLaunch(_fill_kernel, (1,), ("out_ptr",), value=3.0, n=8, size=8, BLOCK=8)
+    with pytest.raises(TypeError, match="tensors per call"):
+        _runtime.KernelLaunch(_fill_kernel, (1,), (), out_ptr=torch.zeros(1), value=3.0, n=8,
+                              BLOCK=8)
+
+
+class _Compiled:
+    """A compiled kernel as a Triton launch returns it: what a prepared launch calls directly."""
+
+    function, packed_metadata = "function", "packed"
+
+    def __init__(self):
+        self.runs = []
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, *args):
+        self.runs.append(args)
+
+
+class _FakeKernel:
+    """A kernel whose launch returns :class:`_Compiled` (or records a launch after the first)."""
+
+    def __init__(self, fn):
+        self.fn, self.__name__ = fn, fn.__name__
+        self.launches, self.compiled = 0, _Compiled()
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.launches += 1
+            return self.compiled
+        return run
+
+
+def _fake(out_ptr, x_ptr, n, scale, BLOCK, FLAG=7):
+    pass
+
+
+def test_prepared_launch_calls_the_compiled_kernel_with_every_argument_in_order(monkeypatch):
+    """After the first launch (through Triton) returned the compiled kernel, a call hands the
+    arguments to it directly: every parameter in the kernel's order, constexprs and defaults
+    included (what Triton's binder passes), on the current stream. A tensor that is not 16-byte
+    aligned, or a counted call, takes Triton's route again."""
+    aligned = {"ok": True}
+    monkeypatch.setattr(_runtime, "_fast_device",
+                        lambda tensors: 0 if aligned["ok"] else None)
+    monkeypatch.setattr(_runtime, "_stream", lambda device: "stream")
+    kernel = _FakeKernel(_fake)
+    prepared = _runtime.KernelLaunch(kernel, (5, 2), ("out_ptr", "x_ptr"), n=9, scale=0.5,
+                                     BLOCK=64, num_warps=4)
+    out, x = torch.zeros(4), torch.ones(4)
+    assert prepared(x_ptr=x, out_ptr=out) is kernel.compiled and kernel.launches == 1
+    prepared(x_ptr=x, out_ptr=out)
+    assert kernel.launches == 1
+    (run,) = kernel.compiled.runs
+    assert run[:9] == (5, 2, 1, "stream", "function", "packed", None, run[7], run[8])
+    assert run[9:11] == (out, x) and run[11:] == (9, 0.5, 64, 7)
+    aligned["ok"] = False
+    prepared(x_ptr=x, out_ptr=out)
+    with _runtime.count_launches(run=True):
+        aligned["ok"] = True
+        prepared(x_ptr=x, out_ptr=out)
+    assert kernel.launches == 3 and len(kernel.compiled.runs) == 1
+
+
+def test_layers_prepare_their_launches_once_per_signature_and_again_after_tuning(monkeypatch):
+    """A conv layer derives its configs on its first call with a signature only; storing a
+    tuned config (or any change of the autotune cache) makes the next call look them up
+    again, and inside record_calls (what `tritoncnn tune` plans with) every call looks up."""
+    from tritoncnn import autotune
+    from tritoncnn.autotune import heuristics
+
+    calls = []
+    real = heuristics.conv_config
+    monkeypatch.setattr(heuristics, "conv_config",
+                        lambda kernel, *a, **kw: calls.append(kernel) or real(kernel, *a, **kw))
+    x = torch.randn(2, 4, 6, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, device=DEVICE, requires_grad=True)
+
+    def step():
+        with _runtime.count_launches(run=False):
+            y = K.conv2d_relu(x, w, None, 1, 1)
+            torch.autograd.grad(y, (x, w), torch.ones_like(y))
+
+    step()
+    first = list(calls)
+    assert sorted(set(first)) == ["conv_dw", "conv_dx", "conv_fwd"]
+    step()
+    step()
+    assert calls == first  # prepared: nothing looked up again
+    autotune.cache.configs_changed()  # what storing a tuned config does
+    step()
+    assert calls == first * 2
+    with autotune.record_calls() as records:
+        step()
+        step()
+    assert calls == first * 4 and len(records) == 2 * len(first)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import os
 import warnings
 
@@ -165,3 +166,99 @@ def launch(kernel, grid, *args, **kwargs):
         with torch.cuda.device(device):
             return kernel[grid](*args, **kwargs)
     return kernel[grid](*args, **kwargs)
+
+
+class KernelLaunch:
+    """One kernel launch prepared once and made many times: its grid and every argument but its
+    tensors fixed (scalars, strides, constexprs, ``num_warps``...), the tensors given per call
+    by name. What a layer's launcher keeps per shape, so that a call re-derives nothing.
+
+    A call goes through :func:`launch` (so counting, stubbing, compile-only and the device switch
+    behave as for any launch) until a launch has returned the compiled kernel; from then on,
+    compiled, a call hands the arguments straight to that kernel (what ``JITFunction.run`` does
+    after binding, specializing and looking the kernel up, about 30 us a launch): with the
+    arguments in the kernel's order, on the current stream, with Triton's launch hooks. The
+    compiled kernel is only valid for the specialization it was compiled for: every integer
+    argument is fixed here, and tensors must be as aligned as they were (16-byte aligned, all of
+    them, or the call takes :func:`launch`'s route), on the device it ran on."""
+
+    __slots__ = ("kernel", "grid", "fixed", "slots", "compiled", "device")
+
+    def __init__(self, kernel, grid: tuple, tensors: tuple, **fixed) -> None:
+        self.kernel, self.grid, self.fixed = kernel, grid, fixed
+        if any(isinstance(v, torch.Tensor) for v in fixed.values()):
+            raise TypeError("a prepared launch takes its tensors per call, not fixed")
+        params = _parameters(kernel)
+        unknown = [n for n in (*tensors, *fixed) if n not in params and n not in _OPTIONS]
+        left = [n for n, p in params.items()
+                if n not in tensors and n not in fixed and p.default is inspect.Parameter.empty]
+        if unknown or left:
+            raise TypeError(f"prepared launch of {kernel.fn.__name__}: unknown arguments "
+                            f"{unknown}, missing {left}")
+        # every argument of the kernel in its order (as Triton's binder passes them to the
+        # compiled kernel): a tensor's name, or (its fixed or default value,)
+        self.slots = tuple(n if n in tensors else (fixed[n] if n in fixed else p.default,)
+                           for n, p in params.items())
+        self.compiled = None
+        self.device = None
+
+    def __call__(self, **tensors):
+        compiled = self.compiled
+        if compiled is not None and _counting is None and not _COMPILE_ONLY.get() and \
+                _fast_device(tensors) == self.device:
+            from triton import knobs
+
+            args = self.arguments(tensors)
+            stream = _stream(self.device)
+            grid = self.grid
+            compiled.run(grid[0], grid[1] if len(grid) > 1 else 1,
+                         grid[2] if len(grid) > 2 else 1, stream, compiled.function,
+                         compiled.packed_metadata, compiled.launch_metadata(grid, stream, *args),
+                         knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args)
+            return compiled
+        if _counting is not None and not _counting.run:  # stubbed: counted, nothing built
+            _counting.add(self.kernel)
+            return None
+        result = launch(self.kernel, self.grid, **self.fixed, **tensors)
+        if compiled is None and hasattr(result, "packed_metadata") and not _COMPILE_ONLY.get():
+            self.device = _fast_device(tensors)
+            if self.device is not None:
+                self.compiled = result
+        return result
+
+    def arguments(self, tensors: dict) -> list:
+        """Every argument of the kernel, in its order, for these tensors."""
+        return [tensors[s] if s.__class__ is str else s[0] for s in self.slots]
+
+
+def _fast_device(tensors: dict):
+    """The CUDA device index a prepared launch's compiled kernel (see :class:`KernelLaunch`) may
+    serve these tensors on, or None: all 16-byte aligned (as when it was compiled), on the
+    current CUDA device."""
+    first = next(iter(tensors.values()))
+    if first.device.type != "cuda" or any(t.data_ptr() % 16 for t in tensors.values()):
+        return None
+    index = torch.cuda.current_device()
+    return index if first.device.index == index else None
+
+
+def _stream(device: int):
+    """The current stream of ``device``, as Triton's launch takes it."""
+    from triton.runtime.driver import driver
+
+    return driver.active.get_current_stream(device)
+
+
+_PARAMETERS: dict = {}
+
+
+def _parameters(kernel):
+    """The kernel's parameters (name -> inspect.Parameter), once per kernel."""
+    params = _PARAMETERS.get(kernel)
+    if params is None:
+        params = _PARAMETERS[kernel] = inspect.signature(kernel.fn).parameters
+    return params
+
+
+#: launch options a prepared launch may fix beside the kernel's arguments
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
