@@ -64,7 +64,8 @@ def enable_autotune(on: bool = True) -> None:
 def autotune_enabled() -> bool:
     if _autotune is not None:
         return _autotune
-    return os.environ.get(ENV_AUTOTUNE, "0").strip().lower() not in ("", "0", "false", "no", "off")
+    value = os.environ.get(ENV_AUTOTUNE)  # (read per call: a launch asks, so keep it short)
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class Launch(NamedTuple):

@@ -345,8 +345,9 @@ class _DxPhase(NamedTuple):
     launches (None for pixels no tap reaches: zeros)."""
 
     index: Optional[tuple]
-    weight_shape: Tuple[int, int, int, int]     # (C, K/groups, taps, taps), channels_last
-    weight: Optional[KernelLaunch]              # _dx_weight_kernel: w_ptr, wt_ptr
+    weight: tuple                               # (shape, strides): (C, K/groups, taps, taps),
+                                                # channels_last
+    flip: Optional[KernelLaunch]                # _dx_weight_kernel: w_ptr, wt_ptr
     conv: Optional[KernelLaunch]                # the forward kernel: x_ptr (dZ), w_ptr, y_ptr
 
 
@@ -360,7 +361,7 @@ class _Plan(NamedTuple):
     part: Optional[tuple]           # (rows, row, dtype) of the fp32 partials of dW and db
     l_dw: int                       # dW's partials in each row of ``part`` (0: dW stored direct)
     l_db: int                       # db's partials after them (0: db stored direct)
-    dz: Optional[tuple]             # (N, K, P, Q) of dZ when formed (None: dZ is dY)
+    dz: Optional[tuple]             # (shape, strides) of dZ when formed (None: dZ is dY)
     grad_z: Optional[KernelLaunch]  # dy_ptr, m_ptr, dz_ptr, db_ptr
     dx: Tuple[_DxPhase, ...]
     dw: Optional[KernelLaunch]      # dz_ptr, x_ptr, dw_ptr
@@ -414,12 +415,11 @@ def _dx_phases(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry:
             view = dx if index is None else dx[index]
             if view.numel() == 0:
                 continue
-            wt_shape = (C, KG, rows.taps, cols.taps)
-            if rows.taps == 0 or cols.taps == 0:  # no tap reaches these pixels
-                phases.append(_DxPhase(index, wt_shape, None, None))
-                continue
-            wt = torch.empty(wt_shape, device="meta", dtype=w.dtype,
+            wt = torch.empty((C, KG, rows.taps, cols.taps), device="meta", dtype=w.dtype,
                              memory_format=torch.channels_last)
+            if rows.taps == 0 or cols.taps == 0:  # no tap reaches these pixels
+                phases.append(_DxPhase(index, (wt.shape, wt.stride()), None, None))
+                continue
             block = 1024
             flip = KernelLaunch(
                 _dx_weight_kernel, (cdiv(wt.numel(), block),), ("w_ptr", "wt_ptr"),
@@ -430,7 +430,7 @@ def _dx_phases(dz: torch.Tensor, input: torch.Tensor, w: torch.Tensor, geometry:
                                  (rows.dilation, cols.dilation), groups)
             conv = forward_launch(dz, wt, False, view, phase, False, allow_tf32, config,
                                   ("conv_dx", shape))
-            phases.append(_DxPhase(index, wt_shape, flip, conv))
+            phases.append(_DxPhase(index, (wt.shape, wt.stride()), flip, conv))
     return tuple(phases)
 
 
@@ -514,9 +514,9 @@ def _prepare(src: GradSource, input: torch.Tensor, weight: torch.Tensor, geometr
     dz = dy
     if need_db or store:
         if store:
-            dz_shape = (N, K, P, Q)
-            dz = torch.empty(dz_shape, device="meta", dtype=dy.dtype,
+            dz = torch.empty((N, K, P, Q), device="meta", dtype=dy.dtype,
                              memory_format=torch.channels_last)
+            dz_shape = (dz.shape, dz.stride())
         m = dy if kind == "plain" else \
             channels_inner(src.output if kind == "relu" else src.offsets)
         grad_z = _grad_z_launch(kind, src.pool, dy, m, dz, P, Q, need_db, row, zc)
@@ -550,8 +550,7 @@ def _run(plan: _Plan, src: GradSource, input: torch.Tensor, weight: torch.Tensor
     dz = dy
     if plan.grad_z is not None:
         if plan.dz is not None:
-            dz = torch.empty(plan.dz, device=dy.device, dtype=dy.dtype,
-                             memory_format=torch.channels_last)
+            dz = torch.empty_strided(*plan.dz, device=dy.device, dtype=dy.dtype)
         kind = src.kind
         m = dy if kind == "plain" else \
             channels_inner(src.output if kind == "relu" else src.offsets)
@@ -567,9 +566,8 @@ def _run(plan: _Plan, src: GradSource, input: torch.Tensor, weight: torch.Tensor
                 if phase.conv is None:
                     view.zero_()
                     continue
-                wt = torch.empty(phase.weight_shape, device=w.device, dtype=w.dtype,
-                                 memory_format=torch.channels_last)
-                phase.weight(w_ptr=w, wt_ptr=wt)
+                wt = torch.empty_strided(*phase.weight, device=w.device, dtype=w.dtype)
+                phase.flip(w_ptr=w, wt_ptr=wt)
                 phase.conv(x_ptr=dz, w_ptr=wt, b_ptr=wt, y_ptr=view)
     if plan.dw is not None:
         plan.dw(dz_ptr=dz, x_ptr=channels_inner(input), dw_ptr=part if plan.l_dw else dw)

@@ -77,11 +77,31 @@ def check_and_resolve(input, weight, bias, stride, padding, dilation, groups, *,
     """Check the tensors (types, devices, dtypes) and resolve the F.conv2d arguments against their
     shapes: the prologue every conv entry point shares (``meta_ok`` for the functional API, which
     sends meta tensors to the custom op)."""
-    check_tensors(input, weight, bias, same_dtype=same_dtype, meta_ok=meta_ok)
     memo = _plain_args(stride, padding, dilation, groups) and not torch.compiler.is_compiling()
+    key = None
+    if memo and isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and \
+            (bias is None or isinstance(bias, torch.Tensor)):
+        # a call like an earlier one passes the same checks: types, dtypes, devices and shapes
+        key = (input.__class__, input.shape, input.dtype, input.device, weight.__class__,
+               weight.shape, weight.dtype, weight.device,
+               None if bias is None else (bias.__class__, bias.shape, bias.dtype, bias.device),
+               stride, padding, dilation, groups, same_dtype, meta_ok)
+        geometry = _CHECKED.get(key)
+        if geometry is not None:
+            return geometry
+    check_tensors(input, weight, bias, same_dtype=same_dtype, meta_ok=meta_ok)
     resolve = _resolve_memo if memo else resolve_geometry  # dynamo traces the plain function
-    return resolve(shape_of(input), shape_of(weight), None if bias is None else shape_of(bias),
-                   stride, padding, dilation, groups)
+    geometry = resolve(shape_of(input), shape_of(weight), None if bias is None else shape_of(bias),
+                       stride, padding, dilation, groups)
+    if key is not None:
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = geometry
+    return geometry
+
+
+#: check_and_resolve's calls that passed, by their arguments' types, dtypes, devices and shapes
+_CHECKED: dict = {}
 
 
 def _plain_args(*args) -> bool:

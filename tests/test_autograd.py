@@ -264,8 +264,9 @@ def test_calls_with_nothing_to_record_skip_the_autograd_function(name, monkeypat
     module, cls = _CHECKED[name].split(".")
     twin = getattr(importlib.import_module(f"tritoncnn.kernels.{module}"), cls).eager_twin
     applied = []
-    real = twin.apply
-    monkeypatch.setattr(twin, "apply", lambda *args: applied.append(1) or real(*args))
+    for apply in ("apply", "raw_apply"):  # (raw_apply: autograd's C apply, in plain eager mode)
+        monkeypatch.setattr(twin, apply, lambda *args, _real=getattr(twin, apply):
+                            applied.append(1) or _real(*args))
     ours, torchs, shapes = OPS[name]
     tensors = [torch.randn(s, device=DEVICE) for s in shapes]
     with _ieee_fp32():  # float32 compared in IEEE on both sides (no TF32 on a GPU)

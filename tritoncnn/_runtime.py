@@ -118,9 +118,14 @@ class LaunchCount(dict):
         return sum(self.values())
 
     def add(self, kernel) -> None:
-        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None),
-                                                            "__name__", repr(kernel))
+        name = _names.get(kernel)
+        if name is None:
+            name = _names[kernel] = getattr(kernel, "__name__", None) or getattr(
+                getattr(kernel, "fn", None), "__name__", repr(kernel))
         self[name] = self.get(name, 0) + 1
+
+
+_names: dict = {}  # kernel -> its name, as LaunchCount counts it
 
 
 # A process-wide switch, not a context variable like compile_only's: autograd runs the backward
