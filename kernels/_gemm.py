@@ -73,7 +73,7 @@ def conv_mainloop(
     x_ptr, w_ptr,
     x_row, h0, w0, mask_m,      # per GEMM row: image base offset (int64), top-left tap, validity
     w_col, mask_n,              # per GEMM column: output channel base offset, validity
-    H, W, CG, R, S,
+    H, W, CG, R: tl.constexpr, S: tl.constexpr,
     sxc, sxh, sxw, swc, swr, sws,
     dil_h, dil_w,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -84,35 +84,40 @@ def conv_mainloop(
 
     The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
     row groupings (e.g. whole pooling windows) call this core with their own row mapping.
+
+    The taps are unrolled (R and S are constexprs) around a runtime loop over channel blocks: a
+    tap's row addresses and bounds test are computed once, outside the loop that loads, and the
+    flattened (tap, channel block) loop, which Triton miscompiles with 8 warps or more (pytorch
+    issue 173068), does not exist.
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(x_ptr.dtype.element_ty))
     offs_k = tl.arange(0, BLOCK_K)
     c_blocks = tl.cdiv(CG, BLOCK_K)
-    # Per row, outside the loop: the address of its top-left tap, and its (h0, w0) as unsigned
-    # offsets from the image's first row and column, so that inside the loop a tap costs one
-    # scalar offset added to every row, and "0 <= h < H" one unsigned compare (a negative h
+    # Per row: the address of its top-left tap, and its (h0, w0) as unsigned offsets from the
+    # image's first row and column, so that "0 <= h < H" is one unsigned compare (a negative h
     # wraps to a huge unsigned value).
     x_base = x_ptr + (x_row + h0 * sxh + w0 * sxw)           # (BLOCK_M,) pointers
+    w_base = w_ptr + w_col                                   # (BLOCK_N,) pointers
     h0_u = tl.cast(h0, tl.uint32, bitcast=True)
     w0_u = tl.cast(w0, tl.uint32, bitcast=True)
     H_u = tl.cast(H, tl.uint32)                              # (tl.cast: H may be a constexpr 1)
     W_u = tl.cast(W, tl.uint32)
-    for it in range(R * S * c_blocks):
-        cb = it % c_blocks
-        rs = it // c_blocks
-        r = rs // S
-        s = rs % S
-        dh = tl.cast(r * dil_h, tl.uint32)                   # the tap's offsets (scalars)
-        dw = tl.cast(s * dil_w, tl.uint32)
-        ok = mask_m & (h0_u + dh < H_u) & (w0_u + dw < W_u)  # (BLOCK_M,)
-        c = cb * BLOCK_K + offs_k                            # (BLOCK_K,)
-        mask_c = c < CG
-        tap = r * dil_h * sxh + s * dil_w * sxw              # scalar
-        a = tl.load((x_base + tap)[:, None] + c[None, :] * sxc,
-                    mask=ok[:, None] & mask_c[None, :], other=0.0)   # (BLOCK_M, BLOCK_K)
-        b = tl.load(w_ptr + (w_col[None, :] + c[:, None] * swc + r * swr + s * sws),
-                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-        acc = mma(a, b, acc, DOT_FP32, PRECISION)
+    for r in tl.static_range(R):
+        ok_h = mask_m & (h0_u + tl.cast(r * dil_h, tl.uint32) < H_u)
+        for s in tl.static_range(S):
+            ok = ok_h & (w0_u + tl.cast(s * dil_w, tl.uint32) < W_u)      # (BLOCK_M,)
+            x_tap = r * dil_h * sxh + s * dil_w * sxw                     # scalars
+            w_tap = r * swr + s * sws
+            for cb in range(c_blocks):
+                c = cb * BLOCK_K + offs_k                                 # (BLOCK_K,)
+                mask_c = c < CG
+                # (the tap's offset joins the channel offsets, not the row pointers: no second
+                # set of per-row pointers stays live beside the accumulator)
+                a = tl.load(x_base[:, None] + (x_tap + c * sxc)[None, :],
+                            mask=ok[:, None] & mask_c[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
+                b = tl.load(w_base[None, :] + (w_tap + c * swc)[:, None],
+                            mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+                acc = mma(a, b, acc, DOT_FP32, PRECISION)
     return acc
 
 

@@ -58,7 +58,7 @@ LAYOUT = "nhwc"
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    N, H, W, P, q_v, R, S, cg_v, KG,
+    N, H, W, P, q_v, R: tl.constexpr, S: tl.constexpr, cg_v, KG,
     sxn_v, sxc, sxh_v, sxw_v,
     swk_v, swc, swr_v, sws_v,
     syn_v, syk_v, syp_v, syq,

@@ -69,7 +69,7 @@ __all__ = ["Conv2dReLUPoolFunction", "conv2d_relu_pool", "conv2d_relu_pool_forwa
 @triton.jit
 def _conv_pool_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, off_ptr,
-    N, H, W, PP, pq_v, R, S, cg_v, KG,
+    N, H, W, PP, pq_v, R: tl.constexpr, S: tl.constexpr, cg_v, KG,
     sxn_v, sxc, sxh_v, sxw_v,
     swk_v, swc, swr_v, sws_v,
     syn_v, syk_v, syp_v, syq,
