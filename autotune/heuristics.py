@@ -3,7 +3,7 @@ entry for it), and the lookup that puts the cache's answer and the caps of :mod:
 
 A launcher asks :func:`conv_config` / :func:`pool_config` once per launch: the tuned winner for its
 shape when there is one, else the heuristic here, capped as the tuning spaces are
-(:data:`.spaces.MAX_WARPS`, :func:`.spaces.cap_ieee`), so that a default and a tuned config obey the
+(:func:`.spaces.max_warps`, :func:`.spaces.cap_ieee`), so that a default and a tuned config obey the
 same limits. The interpreter runs program instances one after another, so it always gets the
 largest tiles; a GPU gets tensor-core tiles.
 """
@@ -28,6 +28,11 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, next_pow2(max(1, int(n)))))
 
 
+#: Tiles of 128 x 256 on 8 warps: for layers with at least this many of them (two waves of an
+#: H100's 132 SMs), so that the wider tile does not leave SMs idle.
+WIDE_TILES_MIN = 264
+
+
 @functools.lru_cache(maxsize=None)
 def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
                           max_k: int) -> tuple:
@@ -41,6 +46,14 @@ def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
         wide = 64 if cols % 16 or red % 16 else 128
         cfg = dict(BLOCK_M=_pow2(rows, 16, wide), BLOCK_N=_pow2(cols, 16, wide), BLOCK_K=block_k,
                    GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
+        if wide == 128 and dtype in (torch.float16, torch.bfloat16) and \
+                cdiv(rows, 128) * cdiv(cols, 256) >= WIDE_TILES_MIN:
+            # large layers: 128 x 256 on two warpgroups, half the operand loads per MMA FLOP
+            # of 128 x 128 on one, at the same 128 accumulator values per thread
+            cfg.update(BLOCK_N=256, num_warps=8)
+        elif dtype == torch.float32 and cfg["BLOCK_M"] * cfg["BLOCK_N"] >= 128 * 128:
+            # TF32 128 x 128 on 4 warps spills in its epilogue (sm_90, ptxas -v): 8 warps
+            cfg["num_warps"] = 8
     return tuple(cfg.items())
 
 
@@ -147,8 +160,9 @@ def conv_config(kernel: str, shape: dict, dtype: torch.dtype, layout: str, heuri
         block = cfg[key]
         if block < 16 or block & (block - 1):
             raise ValueError(f"{kernel} config {key}={block} must be a power of two >= 16")
-    if kernel in spaces.MAX_WARPS:
-        cfg["num_warps"] = min(cfg["num_warps"], spaces.MAX_WARPS[kernel])
+    cap = spaces.max_warps(kernel, shape)
+    if cap is not None:
+        cfg["num_warps"] = min(cfg["num_warps"], cap)
     return cfg
 
 

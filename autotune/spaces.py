@@ -7,10 +7,13 @@ timing:
 * **no tile larger than the problem needs**: a block size is clamped to the next power of two of the
   GEMM dimension it tiles (never below 16, since ``tl.dot`` needs at least 16 per dimension), and
   configs that become identical are merged;
-* **warp cap**: a flattened (r, s, c) reduction loop miscompiles with 8 warps (pytorch issue
-  173068), so the kernels built on one (``conv_fwd``, ``conv_dx``, ``conv_pool_fwd``) have their
-  ``num_warps`` capped at :data:`MAX_WARPS` (lift it there once a kernel unrolls r and s with
-  ``tl.static_range``); ``conv_dw`` reduces over output pixels and is not capped;
+* **warp cap**: Triton miscompiles a flattened (r, s, c) reduction loop with 8 warps (pytorch
+  issue 173068); the conv main loop (``kernels._gemm.conv_mainloop``) has none: on tensor cores
+  its taps are unrolled with ``tl.static_range``, each around its own channel loop. Where the
+  taps stay runtime loops (MMAs on registers: IEEE float32 and float64, capped to 4 warps by
+  :data:`IEEE_CAPS` / :data:`FP64_CAPS`; the fused pool looping over window elements), the
+  kernel keeps at most :data:`MAX_WARPS_RUNTIME_TAPS` warps (:func:`max_warps`), as untested
+  ground;
 * **IEEE float32 and float64** (``ieee`` in the shape): tiles capped by :data:`IEEE_CAPS` and
   :data:`FP64_CAPS`;
 * **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
@@ -69,7 +72,9 @@ CONV_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stage
 # CUDA, plus narrow-N tiles for layers with few output channels and 64-deep tiles for Hopper.
 _CONV_TILES = [
     (128, 256, 64, 8, 8, 3),
+    (128, 256, 32, 8, 8, 4),
     (256, 128, 64, 8, 8, 3),
+    (128, 128, 64, 8, 8, 3),
     (128, 128, 64, 8, 4, 3),
     (128, 128, 32, 8, 4, 4),
     (128, 64, 64, 8, 4, 3),
@@ -130,15 +135,20 @@ POOL_KERNELS = ("max_pool_fwd", "max_pool_bwd")
 
 # Pruning limits ----------------------------------------------------------------------------------
 
-MAX_WARPS = {k: 4 for k in ("conv_fwd", "conv_dx", "conv_pool_fwd")}  # see the module docstring
+MAX_WARPS_RUNTIME_TAPS = 4  # see the module docstring and max_warps
 MIN_DOT = 16  # tl.dot needs at least 16 along each dimension
 MAX_ACC_PER_THREAD = 128  # fp32 accumulator values per thread before registers spill
 ACC_TILES = {"conv_pool_fwd": 3}  # register tiles of BLOCK_M x BLOCK_N per kernel (default 1)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) that spill in float32 (TF32) on sm_90, ptxas -v: dW's
 # dZ tile is M-major, which TF32's wgmma cannot read from shared memory, so it passes through
-# registers (188 B at 128x128x64 on 4 warps).
-FP32_SPILLS = {"conv_dw": {(128, 128, 64, 4)}}
+# registers (188 B at 128x128x64 on 4 warps); the forward kernels, whose unrolled taps each
+# pipeline their own loads, spill 128 accumulator values per thread of TF32 in the epilogue
+# (128x128 on 4 warps: 36-200 B; 128x256x32 on 8: 36 B), where the same tiles with 64 per thread
+# (8 warps) fit.
+_FP32_FWD_SPILLS = {(128, 128, 64, 4), (128, 128, 32, 4), (128, 256, 32, 8)}
+FP32_SPILLS = {"conv_dw": {(128, 128, 64, 4)}, "conv_fwd": _FP32_FWD_SPILLS,
+               "conv_dx": _FP32_FWD_SPILLS, "conv_pool_fwd": _FP32_FWD_SPILLS}
 # conv_pool_fwd looping over window elements (pool 3) spilled in fp32 with 2 warps (36-72 B).
 MIN_WARPS_LOOPED_POOL = 4
 # The fused pool kernel with whole windows as rows: one accumulator, but its window reduction holds
@@ -327,9 +337,17 @@ def acc_tiles(kernel: str, shape: Mapping[str, int]) -> int:
     return ACC_TILES.get(kernel, 1)
 
 
+def max_warps(kernel: str, shape: Mapping[str, int]) -> int | None:
+    """The most warps a launch of ``kernel`` on ``shape`` may take, or None: the fused pool
+    looping over window elements keeps its taps as runtime loops (see the module docstring)."""
+    if kernel == "conv_pool_fwd" and not window_rows(int(shape.get("pool", 1) or 1)):
+        return MAX_WARPS_RUNTIME_TAPS
+    return None
+
+
 def _prune_conv(kernel, space, shape, dtype, smem_budget, num_sms) -> list[dict]:
     m, n, red = gemm_dims(kernel, shape)
-    cap_warps = MAX_WARPS.get(kernel)
+    cap_warps = max_warps(kernel, shape)
     out = []
     for cfg in space:
         c = cap_ieee(kernel, shape, dict(cfg), dtype)

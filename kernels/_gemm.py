@@ -68,6 +68,32 @@ def times(V: tl.constexpr, a, b, c):
     return a * V, b * V, c * V
 
 
+@triton.constexpr_function
+def tensor_core_dot(element_ty, precision):
+    """Whether ``tl.dot`` of ``element_ty`` tiles runs on tensor cores reading shared memory
+    (wgmma on sm_90: fp16, bf16, fp32 as TF32), not on registers (IEEE fp32 on the FMA units,
+    fp64 on mma.sync)."""
+    return element_ty != tl.float64 and not (element_ty == tl.float32 and precision == "ieee")
+
+
+@triton.jit
+def _channel_loop(acc, x_base, w_base, ok, mask_n, x_tap, w_tap, CG, sxc, swc,
+                  BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += one filter tap's share of the implicit GEMM: its rows (``ok`` where in bounds) by
+    every block of BLOCK_K channels. The tap's offset joins the channel offsets, not the row
+    pointers, so that no second set of per-row pointers is live beside the accumulator."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for cb in range(tl.cdiv(CG, BLOCK_K)):
+        c = cb * BLOCK_K + offs_k                                        # (BLOCK_K,)
+        mask_c = c < CG
+        a = tl.load(x_base[:, None] + (x_tap + c * sxc)[None, :],
+                    mask=ok[:, None] & mask_c[None, :], other=0.0)       # (BLOCK_M, BLOCK_K)
+        b = tl.load(w_base[None, :] + (w_tap + c * swc)[:, None],
+                    mask=mask_c[:, None] & mask_n[None, :], other=0.0)   # (BLOCK_K, BLOCK_N)
+        acc = mma(a, b, acc, DOT_FP32, PRECISION)
+    return acc
+
+
 @triton.jit
 def conv_mainloop(
     x_ptr, w_ptr,
@@ -77,7 +103,7 @@ def conv_mainloop(
     sxc, sxh, sxw, swc, swr, sws,
     dil_h, dil_w,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, UNROLL_TAPS: tl.constexpr,
 ):
     """fp32 accumulator (BLOCK_M, BLOCK_N) of the implicit GEMM over taps (r, s) and channels c
     (fp64 for fp64 operands, as every accumulator here: :func:`acc_type`).
@@ -85,14 +111,16 @@ def conv_mainloop(
     The rows are arbitrary output pixels described by (x_row, h0, w0): epilogues that need other
     row groupings (e.g. whole pooling windows) call this core with their own row mapping.
 
-    The taps are unrolled (R and S are constexprs) around a runtime loop over channel blocks: a
-    tap's row addresses and bounds test are computed once, outside the loop that loads, and the
-    flattened (tap, channel block) loop, which Triton miscompiles with 8 warps or more (pytorch
-    issue 173068), does not exist.
+    Taps outside, channel blocks inside (the reduction order (r, s, c)): a tap's bounds test and
+    offsets are computed once per tap, never by a div/mod per step. UNROLL_TAPS unrolls the taps
+    (``tl.static_range``), each around its own pipelined channel loop: what lets these loops run
+    on 8 warps, where Triton miscompiles a flattened (tap, channel block) loop (pytorch issue
+    173068). Without it the taps are runtime loops, one copy of the channel loop: for MMAs on
+    registers (:func:`tensor_core_dot` false: a 9-fold unrolled FMA loop is ~10 k instructions and
+    spills) and for callers that run the core several times (the fused pool's window loop).
+    Those keep at most 4 warps (``autotune.spaces``).
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type(x_ptr.dtype.element_ty))
-    offs_k = tl.arange(0, BLOCK_K)
-    c_blocks = tl.cdiv(CG, BLOCK_K)
     # Per row: the address of its top-left tap, and its (h0, w0) as unsigned offsets from the
     # image's first row and column, so that "0 <= h < H" is one unsigned compare (a negative h
     # wraps to a huge unsigned value).
@@ -102,22 +130,22 @@ def conv_mainloop(
     w0_u = tl.cast(w0, tl.uint32, bitcast=True)
     H_u = tl.cast(H, tl.uint32)                              # (tl.cast: H may be a constexpr 1)
     W_u = tl.cast(W, tl.uint32)
-    for r in tl.static_range(R):
-        ok_h = mask_m & (h0_u + tl.cast(r * dil_h, tl.uint32) < H_u)
-        for s in tl.static_range(S):
-            ok = ok_h & (w0_u + tl.cast(s * dil_w, tl.uint32) < W_u)      # (BLOCK_M,)
-            x_tap = r * dil_h * sxh + s * dil_w * sxw                     # scalars
-            w_tap = r * swr + s * sws
-            for cb in range(c_blocks):
-                c = cb * BLOCK_K + offs_k                                 # (BLOCK_K,)
-                mask_c = c < CG
-                # (the tap's offset joins the channel offsets, not the row pointers: no second
-                # set of per-row pointers stays live beside the accumulator)
-                a = tl.load(x_base[:, None] + (x_tap + c * sxc)[None, :],
-                            mask=ok[:, None] & mask_c[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
-                b = tl.load(w_base[None, :] + (w_tap + c * swc)[:, None],
-                            mask=mask_c[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-                acc = mma(a, b, acc, DOT_FP32, PRECISION)
+    if UNROLL_TAPS:
+        for r in tl.static_range(R):
+            ok_h = mask_m & (h0_u + tl.cast(r * dil_h, tl.uint32) < H_u)
+            for s in tl.static_range(S):
+                acc = _channel_loop(
+                    acc, x_base, w_base, ok_h & (w0_u + tl.cast(s * dil_w, tl.uint32) < W_u),
+                    mask_n, r * dil_h * sxh + s * dil_w * sxw, r * swr + s * sws, CG, sxc, swc,
+                    BLOCK_K, DOT_FP32, PRECISION)
+    else:
+        for r in range(R):
+            ok_h = mask_m & (h0_u + tl.cast(r * dil_h, tl.uint32) < H_u)
+            for s in range(S):
+                acc = _channel_loop(
+                    acc, x_base, w_base, ok_h & (w0_u + tl.cast(s * dil_w, tl.uint32) < W_u),
+                    mask_n, r * dil_h * sxh + s * dil_w * sxw, r * swr + s * sws, CG, sxc, swc,
+                    BLOCK_K, DOT_FP32, PRECISION)
     return acc
 
 
@@ -155,3 +183,4 @@ def window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
     last_nan = tl.max(tl.where(nan, elem, -1), axis=AXIS)
     has_nan = last_nan >= 0
     return tl.where(has_nan, float("nan"), best), tl.where(has_nan, last_nan, first)
+

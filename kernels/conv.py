@@ -26,7 +26,7 @@ from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, c
                       channel_strides, channel_vector, channels_inner, check_float, dot_args,
                       kernel_strides, launch_opts, memory_format_of, pixel_vector,
                       register_tiles, resolve_tf32)
-from ._gemm import bias_relu, conv_mainloop, tile_ids, times
+from ._gemm import bias_relu, conv_mainloop, tensor_core_dot, tile_ids, times
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads,
                   grad_mask, grads_or_empty, op_function, register_autocast,
                   register_op_autograd, route_backward, traced_checks_quiet, wanted)
@@ -94,6 +94,7 @@ def _conv_fwd_kernel(
         x_ptr, w_ptr, x_row, p * stride_h - pad_h, q * stride_w - pad_w, mask_m,
         chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
         BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+        tensor_core_dot(x_ptr.dtype.element_ty, PRECISION),
     )
     acc = bias_relu(acc, b_ptr, chan, mask_n, HAS_BIAS, RELU)
 

@@ -47,7 +47,8 @@ from tritoncnn.autotune import heuristics
 from ._checks import (autocast_enabled, bias_operand, cdiv, channel_strides, channel_vector,
                       channels_inner, check_float, dot_args, kernel_strides, launch, launch_opts,
                       memory_format_of, pixel_vector, register_tiles, resolve_tf32)
-from ._gemm import acc_type, bias_relu, conv_mainloop, pooled_pixel, tile_ids, times, window_max
+from ._gemm import (acc_type, bias_relu, conv_mainloop, pooled_pixel, tensor_core_dot, tile_ids,
+                    times, window_max)
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
                   grads_or_empty, op_function, register_autocast, register_op_autograd,
                   route_backward, traced_checks_quiet, wanted)
@@ -120,6 +121,7 @@ def _conv_pool_fwd_kernel(
             (ph * POOL + e // POOL) * stride_h - pad_h, (pw * POOL + e % POOL) * stride_w - pad_w,
             rows // E < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
             dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+            tensor_core_dot(x_ptr.dtype.element_ty, PRECISION),
         )
         best, arg = window_max(tl.reshape(acc, (WIN, E, BLOCK_N)), E)
         offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
@@ -136,7 +138,7 @@ def _conv_pool_fwd_kernel(
                 x_ptr, w_ptr, x_row, h_win + (e // POOL) * stride_h,
                 w_win + (e % POOL) * stride_w, offs_m < MP,
                 chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws, dil_h, dil_w,
-                BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
+                BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION, False,
             )
             take = (acc > best) | (acc != acc)
             best = tl.where(take, acc, best)
