@@ -125,20 +125,21 @@ def grad_z_config(rows: int, K: int, device) -> dict:
 
 def conv_pool_heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
     """The fused conv + ReLU + pool forward's tiles. With whole windows as rows
-    (:func:`window_rows`): the conv pixels of ``pooled`` windows, at most 64 rows by the conv's
-    columns (up to 128) on a GPU, because the window reduction holds a second register tile and
-    128 x 128 spills (the tuning tables under reports/results/ compare the tiles that fit).
-    Otherwise the pooled pixels, at most 64 x 64: a running maximum and offset beside the
-    accumulator make three register tiles where the conv keeps one."""
+    (:func:`window_rows`): the conv's tiles over the conv pixels of ``pooled`` windows, at most
+    128 x 128 on 4 warps for 16-bit operands, where a window's rows lie in one thread of the
+    wgmma accumulator and its maximum is a reduction in registers (on 8 warps the window spans
+    two warpgroups and goes through shared memory). Otherwise the pooled pixels, at most 64 x 64:
+    a running maximum and offset beside the accumulator make three register tiles where the conv
+    keeps one."""
     if window_rows(pool):
         cfg = gemm_heuristic(pooled * pool * pool, cols, red, dtype)
-        if not INTERPRET:
-            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+        if not INTERPRET and dtype in (torch.float16, torch.bfloat16) and cfg["num_warps"] > 4:
+            cfg.update(BLOCK_M=min(cfg["BLOCK_M"], 128), BLOCK_N=min(cfg["BLOCK_N"], 128),
+                       num_warps=4)
         return cfg
     cfg = gemm_heuristic(pooled, cols, red, dtype)
     if not INTERPRET:
-        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
-        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 64)
+        cfg.update(BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4)
     return cfg
 
 

@@ -19,7 +19,7 @@ timing:
 * **registers**: at most :data:`MAX_ACC_PER_THREAD` fp32 accumulator values per thread, counting
   every register tile of the epilogue (:func:`acc_tiles`: ``conv_pool_fwd`` with a pool whose
   windows are not whole rows of its tile keeps a running window maximum and its offset beside the
-  accumulator, three tiles);
+  accumulator, three tiles; with whole windows as rows it reduces the accumulator in place, one);
 * **spills** measured with ``ptxas -v`` (:data:`FP32_SPILLS`, :data:`MIN_WARPS_LOOPED_POOL`):
   configs that the register count above lets through but that spill on sm_90;
 * **shared memory**: the pipelined operand tiles,
@@ -151,10 +151,6 @@ FP32_SPILLS = {"conv_dw": {(128, 128, 64, 4)}, "conv_fwd": _FP32_FWD_SPILLS,
                "conv_dx": _FP32_FWD_SPILLS, "conv_pool_fwd": _FP32_FWD_SPILLS}
 # conv_pool_fwd looping over window elements (pool 3) spilled in fp32 with 2 warps (36-72 B).
 MIN_WARPS_LOOPED_POOL = 4
-# The fused pool kernel with whole windows as rows: one accumulator, but its window reduction holds
-# the accumulator and the reshaped copy with its offsets at once (sm_90, 4 warps: 128x64 takes
-# 217-250 registers, 128x128 spills 172-288 B).
-WINDOW_ROWS_TILES = 2
 # IEEE float32 (TF32 off) runs tl.dot on the FMA units, whose operand tiles live in registers:
 # the tensor-core tiles of the heuristics and of TF32 tuning spill there (sm_90, ptxas -v: a
 # 128x128 forward 208 B, dX 296 B, dW 72 B). (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) caps
@@ -331,9 +327,10 @@ def _dedupe(configs: Iterable[dict]) -> list[dict]:
 
 def acc_tiles(kernel: str, shape: Mapping[str, int]) -> int:
     """BLOCK_M x BLOCK_N register tiles a conv kernel keeps: :data:`ACC_TILES`, except for the
-    fused pool kernel with whole windows as rows (:func:`window_rows`): :data:`WINDOW_ROWS_TILES`."""
+    fused pool kernel with whole windows as rows (:func:`window_rows`), which reduces its one
+    accumulator in place."""
     if kernel == "conv_pool_fwd" and window_rows(int(shape.get("pool", 1) or 1)):
-        return WINDOW_ROWS_TILES
+        return 1
     return ACC_TILES.get(kernel, 1)
 
 

@@ -184,3 +184,62 @@ def window_max(vals, E: tl.constexpr, AXIS: tl.constexpr = 1):
     has_nan = last_nan >= 0
     return tl.where(has_nan, float("nan"), best), tl.where(has_nan, last_nan, first)
 
+
+@triton.constexpr_function
+def window_lanes(block_m, elems):
+    """Windows side by side in one row group of :func:`window_order` (8, or fewer in a tile of
+    fewer than 8 windows)."""
+    return min(8, block_m // elems)
+
+
+@triton.constexpr_function
+def window_low(elems):
+    """Window elements in the low half of :func:`window_order`'s element split (2, or 1)."""
+    return min(2, elems)
+
+
+@triton.jit
+def window_order(BLOCK_M: tl.constexpr, E: tl.constexpr):
+    """(window, element) of the BLOCK_M rows of a tile of whole windows of E elements.
+
+    Row i = ((e_hi * WG + w_g) * E_LO + e_lo) * T + t holds element e = e_hi * E_LO + e_lo of
+    window w = w_g * T + t (T = :func:`window_lanes`, E_LO = :func:`window_low`, E_HI = E / E_LO,
+    WG = BLOCK_M / (E * T)). On sm_90 a thread of a 4-warp wgmma accumulator holds rows r, r + 8,
+    r + 64 and r + 72 (r = 16 * warp + lane / 4): with T = 8 and E_LO = 2 those are the 4
+    elements of one window, so :func:`accumulator_window_max` reduces each window inside one
+    thread's registers, where a window in 4 consecutive rows would spread over 4 lanes.
+    Correct for any layout (only the speed depends on it)."""
+    T: tl.constexpr = window_lanes(BLOCK_M, E)
+    E_LO: tl.constexpr = window_low(E)
+    WG: tl.constexpr = BLOCK_M // (E * T)
+    i = tl.arange(0, BLOCK_M)
+    window = ((i // (T * E_LO)) % WG) * T + i % T
+    elem = (i // (T * E_LO * WG)) * E_LO + (i // T) % E_LO
+    return window, elem
+
+
+@triton.jit
+def accumulator_window_max(acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, E: tl.constexpr):
+    """(maximum, offset) of every window of the (BLOCK_M, BLOCK_N) accumulator whose rows are in
+    :func:`window_order`: two (BLOCK_M / E, BLOCK_N) tiles, windows in order. Ties and NaN as
+    :func:`window_max` (the last NaN, else the first of equal maxima), from max/min reductions
+    over the accumulator reshaped to (E_HI, WG, E_LO, T, BLOCK_N): no copy of the accumulator in
+    another layout."""
+    T: tl.constexpr = window_lanes(BLOCK_M, E)
+    E_LO: tl.constexpr = window_low(E)
+    E_HI: tl.constexpr = E // E_LO
+    WG: tl.constexpr = BLOCK_M // (E * T)
+    vals = tl.reshape(acc, (E_HI, WG, E_LO, T, BLOCK_N))
+    elem = (tl.arange(0, E_HI)[:, None, None, None, None] * E_LO
+            + tl.arange(0, E_LO)[None, None, :, None, None])
+    nan = vals != vals
+    best = tl.max(tl.max(tl.where(nan, float("-inf"), vals), axis=2), axis=0)   # (WG, T, N)
+    tie = vals == tl.expand_dims(tl.expand_dims(best, 0), 2)
+    # one reduction for the offset: a NaN scores E + its element (the last NaN wins), else a
+    # maximum scores E - 1 - its element (the first maximum wins)
+    score = tl.where(nan, E + elem, tl.where(tie, E - 1 - elem, -1))
+    score = tl.max(tl.max(score, axis=2), axis=0)
+    has_nan = score >= E
+    best = tl.where(has_nan, float("nan"), best)
+    arg = tl.where(has_nan, score - E, E - 1 - score)
+    return tl.reshape(best, (BLOCK_M // E, BLOCK_N)), tl.reshape(arg, (BLOCK_M // E, BLOCK_N))

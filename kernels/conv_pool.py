@@ -47,8 +47,8 @@ from tritoncnn.autotune import heuristics
 from ._checks import (autocast_enabled, bias_operand, cdiv, channel_strides, channel_vector,
                       channels_inner, check_float, dot_args, kernel_strides, launch, launch_opts,
                       memory_format_of, pixel_vector, register_tiles, resolve_tf32)
-from ._gemm import (acc_type, bias_relu, conv_mainloop, pooled_pixel, tensor_core_dot, tile_ids,
-                    times, window_max)
+from ._gemm import (acc_type, accumulator_window_max, bias_relu, conv_mainloop, pooled_pixel,
+                    tensor_core_dot, tile_ids, times, window_order)
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
                   grads_or_empty, op_function, register_autocast, register_op_autograd,
                   route_backward, traced_checks_quiet, wanted)
@@ -86,8 +86,9 @@ def _conv_pool_fwd_kernel(
 
     Window element (i, j) of pooled pixel (n, ph, pw) of the (PP, PQ) pooled map is conv pixel
     (ph*POOL + i, pw*POOL + j). WINDOW_ROWS (POOL*POOL a power of two, at most BLOCK_M): the
-    tile's BLOCK_M rows are BLOCK_M / POOL**2 whole windows, element by element, and the maxima
-    come from a reduction over each window's rows (``window_max``). Otherwise the BLOCK_M rows
+    tile's BLOCK_M rows are BLOCK_M / POOL**2 whole windows, in ``window_order`` (a window's
+    elements in one thread of the accumulator), and the maxima come from a reduction over each
+    window's rows (``accumulator_window_max``). Otherwise the BLOCK_M rows
     are pooled pixels and the mainloop runs once per window element.
     Ties and NaN as ``F.max_pool2d(F.relu(...))``: an element replaces the running maximum when
     it is greater or NaN (first maximum wins, last NaN wins), and a window whose maximum is <= 0
@@ -113,17 +114,17 @@ def _conv_pool_fwd_kernel(
     x_col = g * CG * sxc
     if WINDOW_ROWS:
         WIN: tl.constexpr = BLOCK_M // E                   # whole windows per tile
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)     # (pooled pixel, window element)
-        e = rows % E
-        n, ph, pw = pooled_pixel(rows // E, PP, PQ)
+        win, e = window_order(BLOCK_M, E)                  # each row's window and element
+        pooled = pid_m * WIN + win                         # pooled pixel (n, ph, pw)
+        n, ph, pw = pooled_pixel(pooled, PP, PQ)
         acc = conv_mainloop(
             x_ptr, w_ptr, n.to(tl.int64) * sxn + x_col,
             (ph * POOL + e // POOL) * stride_h - pad_h, (pw * POOL + e % POOL) * stride_w - pad_w,
-            rows // E < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
+            pooled < MP, chan * swk, mask_n, H, W, CG, R, S, sxc, sxh, sxw, swc, swr, sws,
             dil_h, dil_w, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32, PRECISION,
             tensor_core_dot(x_ptr.dtype.element_ty, PRECISION),
         )
-        best, arg = window_max(tl.reshape(acc, (WIN, E, BLOCK_N)), E)
+        best, arg = accumulator_window_max(acc, BLOCK_M, BLOCK_N, E)
         offs_m = pid_m * WIN + tl.arange(0, WIN)           # pooled pixel (n, ph, pw)
     else:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # pooled pixel (n, ph, pw)

@@ -73,8 +73,9 @@ def test_big_layer_keeps_big_tiles():
 
 
 def test_fused_pool_space_follows_its_row_mapping():
-    """pool 2: rows are the conv pixels of whole windows (4 per pooled pixel), two register tiles
-    (128x64 at 4 warps fits); pool 3: rows are pooled pixels and three tiles (64x64 at most)."""
+    """pool 2: rows are the conv pixels of whole windows (4 per pooled pixel), reduced in place:
+    one register tile, as the plain conv (128x128 at 4 warps); pool 3: rows are pooled pixels,
+    three tiles (64x64 at most) and runtime taps (4 warps at most)."""
     base = conv(n=8, c=64, h=32, w=32, k=128)  # conv output 32x32
     kw = dict(smem_budget=spaces.DEFAULT_SMEM_BYTES, num_sms=132)
     assert spaces.gemm_dims("conv_pool_fwd", dict(base, pool=2))[0] == 8 * 16 * 16 * 4
@@ -83,9 +84,11 @@ def test_fused_pool_space_follows_its_row_mapping():
     two = spaces.candidates("conv_pool_fwd", dict(base, pool=2), torch.bfloat16, **kw)
     three = spaces.candidates("conv_pool_fwd", dict(base, pool=3), torch.bfloat16, **kw)
     area = [c["BLOCK_M"] * c["BLOCK_N"] // c["num_warps"] for c in two]
-    assert max(area) == 128 * 64 // 4  # 128x64 (or 64x128) over 4 warps
+    assert max(area) == 128 * 128 // 4  # 128x128 over 4 warps, as conv_fwd
     assert max(c["BLOCK_M"] * c["BLOCK_N"] // c["num_warps"] for c in three) == 64 * 64 // 4
-    assert spaces.acc_tiles("conv_pool_fwd", dict(base, pool=2)) == spaces.WINDOW_ROWS_TILES
+    assert max(c["num_warps"] for c in three) == spaces.max_warps("conv_pool_fwd",
+                                                                  dict(base, pool=3)) == 4
+    assert spaces.acc_tiles("conv_pool_fwd", dict(base, pool=2)) == 1
     assert spaces.acc_tiles("conv_pool_fwd", dict(base, pool=3)) == 3
     assert spaces.acc_tiles("conv_fwd", base) == 1
 
