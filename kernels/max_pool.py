@@ -34,8 +34,8 @@ import triton.language as tl
 from tritoncnn import autotune
 from tritoncnn.autotune import heuristics
 
-from ._checks import (as_pair, cdiv, check_device, check_float, is_channels_last, launch,
-                      next_pow2, pixel_vector, pooled_len)
+from ._checks import (KernelLaunch, PlanCache, as_pair, cdiv, check_device, check_float,
+                      is_channels_last, next_pow2, pixel_vector, pooled_len)
 from ._gemm import acc_type, window_max
 from ._op import (apply_function, eager_ok, op_function, register_op_autograd, route_backward,
                   traced_checks_quiet)
@@ -228,11 +228,39 @@ def _max_pool_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+def _plain(value):
+    """An int, None, or a tuple of ints for a list or tuple of them; anything else raises
+    TypeError (it is not memoised)."""
+    if value is None or type(value) is int:
+        return value
+    if type(value) in (tuple, list) and all(type(v) is int for v in value):
+        return tuple(value)
+    raise TypeError
+
+
+_PARAMS: dict = {}  # _pool_params of plain arguments (a model has a few sets)
+
+
 def _pool_params(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, Pair]:
     """Normalise the pooling arguments to pairs; stride None or () means stride = kernel_size.
 
     A non-int argument is PyTorch's TypeError, a sequence of the wrong length its RuntimeError.
+    Plain arguments (ints, lists and tuples of ints) are normalised once: every call of a layer
+    asks several times.
     """
+    try:
+        key = (_plain(kernel_size), _plain(stride), _plain(padding), _plain(dilation))
+    except TypeError:
+        return _normalised(kernel_size, stride, padding, dilation)
+    params = _PARAMS.get(key)
+    if params is None:
+        params = _normalised(kernel_size, stride, padding, dilation)
+        if len(_PARAMS) < 1024:
+            _PARAMS[key] = params
+    return params
+
+
+def _normalised(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, Pair]:
     def pair(value, name):
         return as_pair(value, name, prefix="max_pool2d: ", errors=(TypeError, RuntimeError))
 
@@ -291,6 +319,10 @@ def _ceil_mode_of(input_hw: Pair, output_hw: Pair, k: Pair, s: Pair, p: Pair, d:
 # --------------------------------------------------------------------------------------------
 
 
+#: the launchers' prepared launches, by call signature
+_PLANS = PlanCache()
+
+
 def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                        ceil_mode: bool = False, config: dict | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,17 +330,39 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
 
     Both outputs keep the input's memory format (channels_last stays channels_last). The input is
     read through its strides, never copied. ``config`` ({"BLOCK", "num_warps"}) overrides the
-    autotuned/heuristic launch configuration.
+    autotuned/heuristic launch configuration. Without it a call like an earlier one (shape,
+    strides, dtype, device, arguments) reuses that call's checked plan (:data:`_PLANS`).
     """
     _check_input(input)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    key = plan = None
+    if config is None:
+        key = ("fwd", input.shape, input.stride(), input.dtype, input.device, k, s, p, d,
+               bool(ceil_mode))
+        plan = _PLANS.get(key)
+    if plan is None:
+        plan = _forward_plan(input, k, s, p, d, ceil_mode, config)
+        if key is not None:
+            _PLANS.put(key, plan)
+    shape, strides, offset_dtype_, run = plan
+    out = torch.empty_strided(shape, strides, dtype=input.dtype, device=input.device)
+    offsets = torch.empty_strided(shape, strides, dtype=offset_dtype_, device=input.device)
+    if run is not None:
+        run(x_ptr=as_4d(input), out_ptr=out, off_ptr=offsets)
+    return out, offsets
+
+
+def _forward_plan(input: torch.Tensor, k: Pair, s: Pair, p: Pair, d: Pair, ceil_mode: bool,
+                  config: dict | None) -> tuple:
+    """(output shape, output strides, offsets dtype, prepared launch or None when the output is
+    empty) of a forward: the arguments checked, the config looked up."""
     oh, ow = output_hw("max_pool2d", input.shape, k, s, p, d, ceil_mode)
     nhwc = is_channels_last(input)
     out_shape = (*input.shape[:-2], oh, ow)
-    out = empty(out_shape, input.dtype, input.device, nhwc)
-    offsets = empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc)
+    out = empty(out_shape, input.dtype, "meta", nhwc)  # shape and strides only
+    plan = (out_shape, out.stride(), offset_dtype(k[0] * k[1]))
     if out.numel() == 0:
-        return out, offsets
+        return (*plan, None)
 
     x4 = as_4d(input)
     N, C, H, W = x4.shape
@@ -318,6 +372,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
                                  input.dtype, layout, _non_overlapping(k, s, p, d), config)
     total = out.numel()
     block = cfg["BLOCK"]
+    tensors = ("x_ptr", "out_ptr", "off_ptr")
     if not nhwc and _rows_path(k, s, p, d):
         # a (rows x columns) tile of outputs, as wide as the output allows, whose window rows
         # hold 2 * BLOCK input elements (BLOCK outputs of 2-wide windows): wider windows get
@@ -331,24 +386,18 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
         # runs of VEC columns aligned: a hint, as for the conv outputs (Triton checks the
         # pointer's own alignment)
         vec = pixel_vector(w_in, (sxn, sxc, sxh), sxw, most=16 // x4.element_size())
-        launch(_max_pool_fwd_rows_kernel, (cdiv(rows, block_r), cdiv(ow, block_ow)),
-            x4, out, offsets,
-            rows, C, H, oh, ow, w_in // vec,
-            sxn // vec, sxc // vec, sxh // vec, sxw,
+        return (*plan, KernelLaunch(
+            _max_pool_fwd_rows_kernel, (cdiv(rows, block_r), cdiv(ow, block_ow)), tensors,
+            rows=rows, C=C, H=H, OH=oh, OW=ow, w_in_v=w_in // vec,
+            sxn_v=sxn // vec, sxc_v=sxc // vec, sxh_v=sxh // vec, sxw=sxw,
             KH=k[0], KW=k[1], VEC=vec, INT64=needs_int64(total, block, x4, out),
-            BLOCK_R=block_r, BLOCK_OW=block_ow, num_warps=cfg["num_warps"],
-        )
-        return out, offsets
-    grid = (cdiv(total, block),)
-    launch(_max_pool_fwd_kernel, grid,
-        x4, out, offsets,
-        total, C, H, W, oh, ow,
-        *x4.stride(),
+            BLOCK_R=block_r, BLOCK_OW=block_ow, num_warps=cfg["num_warps"]))
+    sxn, sxc, sxh, sxw = x4.stride()
+    return (*plan, KernelLaunch(
+        _max_pool_fwd_kernel, (cdiv(total, block),), tensors,
+        total=total, C=C, H=H, W=W, OH=oh, OW=ow, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw,
         **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
-        INT64=needs_int64(total, block, x4, out),
-        BLOCK=block, num_warps=cfg["num_warps"],
-    )
-    return out, offsets
+        INT64=needs_int64(total, block, x4, out), BLOCK=block, num_warps=cfg["num_warps"]))
 
 
 def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
@@ -358,21 +407,46 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     """Gradient of the input from the upstream gradient and the forward's window offsets.
 
     ``input_size`` is the input's shape, ``channels_last`` its memory format (4-D only). Each input
-    element gathers from the windows that can hold it; no atomics, deterministic.
+    element gathers from the windows that can hold it; no atomics, deterministic. Without
+    ``config`` a call like an earlier one reuses its checked plan (:data:`_PLANS`).
     """
     check_float("grad_output", grad_output)
     check_device("grad_output", grad_output)
     check_device("offsets", offsets)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
+    key = plan = None
+    if config is None:
+        key = ("bwd", grad_output.shape, grad_output.stride(), grad_output.dtype,
+               grad_output.device, offsets.shape, offsets.stride(), offsets.dtype,
+               tuple(input_size), k, s, p, d, bool(channels_last))
+        plan = _PLANS.get(key)
+    if plan is None:
+        plan = _backward_plan(grad_output, offsets, input_size, k, s, p, d, channels_last,
+                              config)
+        if key is not None:
+            _PLANS.put(key, plan)
+    strides, run = plan
+    grad_input = torch.empty_strided(tuple(input_size), strides, dtype=grad_output.dtype,
+                                     device=grad_output.device)
+    if run is not None:
+        run(go_ptr=as_4d(grad_output), off_ptr=as_4d(offsets), gi_ptr=grad_input)
+    return grad_input
+
+
+def _backward_plan(grad_output: torch.Tensor, offsets: torch.Tensor, input_size, k: Pair,
+                   s: Pair, p: Pair, d: Pair, channels_last: bool, config: dict | None
+                   ) -> tuple:
+    """(dX strides, prepared launch or None when dX is empty) of a backward: the shapes checked,
+    the config looked up."""
     if grad_output.shape != offsets.shape or grad_output.shape[:-2] != tuple(input_size[:-2]):
         raise RuntimeError(
             f"max_pool2d backward: grad_output {list(grad_output.shape)}, offsets "
             f"{list(offsets.shape)} and input_size {list(input_size)} do not match"
         )
     nhwc = channels_last and len(input_size) == 4
-    grad_input = empty(tuple(input_size), grad_output.dtype, grad_output.device, nhwc)
+    grad_input = empty(tuple(input_size), grad_output.dtype, "meta", nhwc)
     if grad_input.numel() == 0:
-        return grad_input
+        return grad_input.stride(), None
 
     g4 = as_4d(grad_output)
     o4 = as_4d(offsets)
@@ -386,18 +460,15 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
                                  grad_output.dtype, layout, non_overlap, config)
     total = grad_input.numel()
     block = cfg["BLOCK"]
-    grid = (cdiv(total, block),)
-    launch(_max_pool_bwd_kernel, grid,
-        g4, o4, grad_input,
-        total, C, H, W, oh, ow,
-        *g4.stride(),
-        *o4.stride(),
-        **_window_args(k, s, p, d), CHANNELS_LAST=nhwc,
-        NON_OVERLAP=non_overlap,
+    sgn, sgc, sgh, sgw = g4.stride()
+    son, soc, soh, sow = o4.stride()
+    return grad_input.stride(), KernelLaunch(
+        _max_pool_bwd_kernel, (cdiv(total, block),), ("go_ptr", "off_ptr", "gi_ptr"),
+        total=total, C=C, H=H, W=W, OH=oh, OW=ow,
+        sgn=sgn, sgc=sgc, sgh=sgh, sgw=sgw, son=son, soc=soc, soh=soh, sow=sow,
+        **_window_args(k, s, p, d), CHANNELS_LAST=nhwc, NON_OVERLAP=non_overlap,
         INT64=needs_int64(total, block, g4, o4, grad_input),
-        BLOCK=block, num_warps=cfg["num_warps"],
-    )
-    return grad_input
+        BLOCK=block, num_warps=cfg["num_warps"])
 
 
 def offsets_to_indices(offsets: torch.Tensor, input_width: int, kernel_size, stride=None,
