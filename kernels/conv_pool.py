@@ -44,9 +44,10 @@ import triton.language as tl
 from tritoncnn._shapes import window_rows
 from tritoncnn.autotune import heuristics
 
-from ._checks import (autocast_enabled, bias_operand, cdiv, channel_strides, channel_vector,
-                      channels_inner, check_float, dot_args, kernel_strides, launch, launch_opts,
-                      memory_format_of, pixel_vector, register_tiles, resolve_tf32)
+from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, cdiv,
+                      channel_strides, channel_vector, channels_inner, check_float, dot_args,
+                      kernel_strides, launch_opts, memory_format_of, pixel_vector,
+                      register_tiles, resolve_tf32)
 from ._gemm import (acc_type, accumulator_window_max, bias_relu, conv_mainloop, pooled_pixel,
                     tensor_core_dot, tile_ids, times, window_order)
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
@@ -182,6 +183,10 @@ def _pooled_size(geometry: ConvGeometry, input_shape, weight_shape, pool: int):
     return (P, Q), (P // pool, Q // pool)
 
 
+#: conv2d_relu_pool_forward's prepared launches, by call signature
+_PLANS = PlanCache()
+
+
 def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
                              bias: Optional[torch.Tensor], geometry: ConvGeometry, pool: int,
                              allow_tf32: Optional[bool] = None, config: Optional[dict] = None
@@ -191,43 +196,71 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
 
     Tensors and ``pool`` must already be checked (:func:`resolve_geometry`, :func:`check_pool`);
     ``config`` overrides keys of the "conv_pool_fwd" launch config. The offset of element (i, j)
-    of a window is ``i * pool + j``; the offsets have the output's strides.
+    of a window is ``i * pool + j``; the offsets have the output's strides. Without ``config`` a
+    call like an earlier one reuses its prepared launch (:data:`_PLANS`).
     """
+    plan = key = None
+    if config is None:
+        key = (input.shape, input.stride(), weight.shape, weight.stride(), input.dtype,
+               input.device, bias is None, geometry, pool,
+               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
+        plan = _PLANS.get(key)
+    if plan is None:
+        plan = _forward_plan(input, weight, bias is not None, geometry, pool, allow_tf32, config)
+        if key is not None:
+            _PLANS.put(key, plan)
+    shape, strides, run = plan
+    y = torch.empty_strided(shape, strides, device=input.device, dtype=input.dtype)
+    offsets = torch.empty_strided(shape, strides, device=input.device,
+                                  dtype=offset_dtype(pool * pool))
+    if run is not None:
+        weight = channels_inner(weight)  # see conv2d_forward
+        run(x_ptr=channels_inner(input), w_ptr=weight, b_ptr=bias_operand(bias, weight), y_ptr=y,
+            off_ptr=offsets)
+    return y, offsets
+
+
+def _forward_plan(input: torch.Tensor, weight: torch.Tensor, has_bias: bool,
+                  geometry: ConvGeometry, pool: int, allow_tf32: Optional[bool],
+                  config: Optional[dict]) -> tuple:
+    """(output shape, output strides, the prepared launch or None when the output is empty):
+    the launch takes x_ptr and w_ptr channels-inner, b_ptr, y_ptr and off_ptr (the outputs'
+    strides)."""
     N, C, H, W = input.shape
     K, CG, R, S = weight.shape
     KG = K // geometry.groups
     (P, Q), (PP, PQ) = _pooled_size(geometry, input.shape, weight.shape, pool)
-    fmt = memory_format_of(input)
-    y = torch.empty((N, K, PP, PQ), device=input.device, dtype=input.dtype, memory_format=fmt)
-    offsets = torch.empty((N, K, PP, PQ), device=input.device, dtype=offset_dtype(pool * pool),
-                          memory_format=fmt)
+    y = torch.empty((N, K, PP, PQ), device="meta", dtype=input.dtype,
+                    memory_format=memory_format_of(input))  # shape and strides only
     if y.numel() == 0:
-        return y, offsets
-    input, weight = channels_inner(input), channels_inner(weight)  # see conv2d_forward
+        return tuple(y.shape), y.stride(), None
+    # the operands' strides as the launch will see them (channels_inner copies NCHW)
+    x = torch.empty_strided(input.shape, input.stride(), device="meta", dtype=input.dtype)
+    w = torch.empty_strided(weight.shape, weight.stride(), device="meta", dtype=weight.dtype)
+    x, w = channels_inner(x), channels_inner(w)
     MP = N * PP * PQ
     cfg = heuristics.conv_config(
-        "conv_pool_fwd", tuning_shape(input, weight, geometry, pool), input.dtype, LAYOUT,
-        heuristics.conv_pool_heuristic(MP, pool, KG, CG, input.dtype), config,
-        register_tiles(input.dtype, allow_tf32))
+        "conv_pool_fwd", tuning_shape(x, w, geometry, pool), x.dtype, LAYOUT,
+        heuristics.conv_pool_heuristic(MP, pool, KG, CG, x.dtype), config,
+        register_tiles(x.dtype, allow_tf32))
     whole = window_rows(pool) and cfg["BLOCK_M"] >= pool * pool  # rows: whole windows
     rows = MP * pool * pool if whole else MP
     grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(KG, cfg["BLOCK_N"]), geometry.groups)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geometry.stride, geometry.padding, geometry.dilation
     syn, syk, syp, syq = kernel_strides(y)  # offsets: the same (conv._conv_fwd_kernel: YV)
     yv = pixel_vector(PQ, (syn, syk, syp), syq)
-    xs, ws = kernel_strides(input), kernel_strides(weight)
+    xs, ws = kernel_strides(x), kernel_strides(w)
     cv = channel_vector(CG, xs, ws)
     sxn, sxc, sxh, sxw = channel_strides(xs, cv)
     swk, swc, swr, sws = channel_strides(ws, cv)
-    launch(_conv_pool_fwd_kernel, grid,
-           x_ptr=input, w_ptr=weight, b_ptr=bias_operand(bias, weight), y_ptr=y,
-           off_ptr=offsets, N=N, H=H, W=W, PP=PP, pq_v=PQ // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
-           sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
-           syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,
-           stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
-           POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=bias is not None, YV=yv, CV=cv,
-           **dot_args(input.dtype, allow_tf32), **launch_opts(cfg))
-    return y, offsets
+    return tuple(y.shape), y.stride(), KernelLaunch(
+        _conv_pool_fwd_kernel, grid, ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "off_ptr"),
+        N=N, H=H, W=W, PP=PP, pq_v=PQ // yv, R=R, S=S, cg_v=CG // cv, KG=KG,
+        sxn_v=sxn, sxc=sxc, sxh_v=sxh, sxw_v=sxw, swk_v=swk, swc=swc, swr_v=swr, sws_v=sws,
+        syn_v=syn // yv, syk_v=syk // yv, syp_v=syp // yv, syq=syq,
+        stride_h=sh, stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw,
+        POOL=pool, WINDOW_ROWS=whole, HAS_BIAS=has_bias, YV=yv, CV=cv,
+        **dot_args(x.dtype, allow_tf32), **launch_opts(cfg))
 
 
 def conv2d_relu_pool_backward(grad_output: torch.Tensor, input: torch.Tensor,
