@@ -416,6 +416,59 @@ def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                   allow_tf32=allow_tf32)
 
 
+#: a linear layer's geometry: a 1x1 convolution over a 1x1 map
+_LINEAR = ConvGeometry((1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+
+def _as_map(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(rows, features) -> (rows, features, 1, 1), a view."""
+    return None if t is None else t.view(*t.shape, 1, 1)
+
+
+def _linear_forward(input, weight, bias, relu, allow_tf32):
+    return conv2d_forward(_as_map(input), _as_map(weight), bias, _LINEAR, relu,
+                          allow_tf32).flatten(1)
+
+
+def _linear_setup_context(ctx, inputs, output):
+    input, weight, bias, relu, allow_tf32 = inputs
+    _save_for_backward(ctx, input, weight, bias, output, _LINEAR, relu, allow_tf32)
+    ctx.save_for_forward(input, weight, output)
+
+
+class _MapContext:
+    """A linear layer's backward context seen as its 1x1 convolution's: the saved 2-D tensors
+    as (rows, features, 1, 1) views (made in the backward, so autograd records them when it
+    records the backward: double backward)."""
+
+    def __init__(self, ctx):
+        self.saved_tensors = tuple(_as_map(t) for t in ctx.saved_tensors)
+        self.needs_input_grad = ctx.needs_input_grad
+        self.geometry, self.relu, self.allow_tf32 = ctx.geometry, ctx.relu, ctx.allow_tf32
+        self.configs, self.has_bias = None, ctx.has_bias
+
+
+def _linear_backward(ctx, grad_output):
+    dx, dw, db = _grads(_MapContext(ctx), _as_map(grad_output))
+    return (None if dx is None else dx.flatten(1), None if dw is None else dw.flatten(1), db,
+            None, None)
+
+
+def _linear_jvp(ctx, input_t, weight_t, bias_t, *_):
+    input, weight, output = ctx.saved_tensors
+    tangent = conv_tangent(_as_map(input), _as_map(weight), _as_map(input_t), _as_map(weight_t),
+                           bias_t, _LINEAR).flatten(1)
+    return tangent * (output > 0) if ctx.relu else tangent
+
+
+_LinearChecked = op_function(
+    "_LinearChecked",
+    """:func:`linear`'s eager path on (rows, in_features) input: one autograd node, where the
+    1x1 convolution's views would add four.""",
+    forward=_linear_forward, setup_context=_linear_setup_context, backward=_linear_backward,
+    jvp=_linear_jvp)
+
+
 @traced_checks_quiet
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            activation: Optional[str] = None, *, allow_tf32: Optional[bool] = None) -> torch.Tensor:
@@ -440,8 +493,13 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
             f"bias must have shape ({out_features},) to match the out_features={out_features} "
             f"of weight {shape_of(weight)}, got shape {shape_of(bias)}"
         )
-    rows = math.prod(input.shape[:-1])
-    x = input.reshape(rows, in_features)[:, :, None, None]            # (B, in, 1, 1)
-    y = conv2d(x, weight[:, :, None, None], bias, activation=activation,
-               allow_tf32=allow_tf32)                                  # (B, out, 1, 1)
-    return y.reshape(*input.shape[:-1], out_features)
+    flat = input.dim() == 2
+    x = input if flat else input.reshape(math.prod(input.shape[:-1]), in_features)
+    if eager_ok(x, weight, bias) and not autocast_enabled(x):
+        check_tensors(x, weight, bias)
+        y = apply_function(_LinearChecked, x, weight, bias, _parse_activation(activation),
+                           resolve_tf32(allow_tf32))
+    else:
+        y = conv2d(_as_map(x), _as_map(weight), bias, activation=activation,
+                   allow_tf32=allow_tf32).flatten(1)              # (rows, out_features)
+    return y if flat else y.reshape(*input.shape[:-1], out_features)

@@ -336,3 +336,57 @@ def test_float64_matches_pytorch_to_its_rounding(name, channels_last):
         torch.testing.assert_close(x.grad, y.grad, rtol=1e-12, atol=1e-12)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         assert ours(*tensors).dtype == torch.float64
+
+
+@pytest.mark.parametrize("lead", [(5,), (2, 3)])
+def test_linear_takes_every_transform(lead):
+    """linear's eager path is one autograd Function on (rows, in_features) (the 1x1 conv's views
+    made inside it): backward, double backward, torch.func grad, vjp, jacrev, per-sample vmap and
+    ensembles, jvp, jacfwd, hessian and forward_ad all match F.linear + ReLU in float64; a call
+    with nothing to record runs no Function."""
+    import torch.autograd.forward_ad as fwAD
+
+    def ours(x, w, b):
+        return linear(x, w, b, activation="relu")
+
+    def theirs(x, w, b):
+        return F.relu(F.linear(x, w, b))
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(*lead, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE),
+               torch.randn(3, device=DEVICE)]
+    tangents = [torch.randn_like(t) for t in tensors]
+
+    def results(op, tensors, tangents):
+        x, w, b = tensors
+        rows = x.reshape(-1, 4)
+        out = [op(*tensors), *_penalized(op, tensors),
+               torch.func.grad(lambda x: op(x, w, b).square().sum())(x),
+               torch.func.grad(lambda x: torch.func.grad(
+                   lambda x: op(x, w, b).square().sum())(x).square().sum())(x),
+               torch.func.vjp(lambda x: op(x, w, b), x)[1](op(x, w, b))[0],
+               torch.func.jacrev(lambda x: op(x, w, b).sum(0))(rows),
+               *torch.func.vmap(torch.func.grad(lambda xi, w, b: op(xi[None], w, b).square()
+                                                .sum(), argnums=(0, 1, 2)),
+                                in_dims=(0, None, None))(rows, w, b),
+               torch.func.vmap(lambda w, b: op(x, w, b))(torch.stack([w, -w]),
+                                                        torch.stack([b, 2 * b])),
+               torch.func.jvp(op, tuple(tensors), tuple(tangents))[1],
+               torch.func.jacfwd(lambda x: op(x, w, b).sum(0))(rows),
+               torch.func.hessian(lambda x: op(x, w, b).square().sum())(rows[:2])]
+        with fwAD.dual_level():
+            out.append(fwAD.unpack_dual(op(fwAD.make_dual(x, tangents[0]), w, b)).tangent)
+        return out
+
+    with _ieee_fp32():
+        got = results(ours, tensors, tangents)
+    want = results(theirs, [t.double() for t in tensors], [t.double() for t in tangents])
+    for i, (g, r) in enumerate(zip(got, want)):
+        assert g.shape == r.shape and r.abs().max() > 0, i
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item(),
+                                   msg=f"linear: result {i}")
+    with torch.no_grad():
+        assert ours(*tensors).grad_fn is None
+    leaf = tensors[0].clone().requires_grad_()
+    assert type(ours(leaf, *tensors[1:]).grad_fn).__name__.startswith(
+        "_LinearChecked" if len(lead) == 1 else "View")
