@@ -28,8 +28,8 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, next_pow2(max(1, int(n)))))
 
 
-#: Tiles of 128 x 256 on 8 warps: for layers with at least this many of them (two waves of an
-#: H100's 132 SMs), so that the wider tile does not leave SMs idle.
+#: Tiles of 256 x 128 on 8 warps: for layers with at least this many of them (two waves of an
+#: H100's 132 SMs), so that the larger tile does not leave SMs idle.
 WIDE_TILES_MIN = 264
 
 
@@ -46,11 +46,13 @@ def _gemm_heuristic_items(rows: int, cols: int, red: int, dtype: torch.dtype,
         wide = 64 if cols % 16 or red % 16 else 128
         cfg = dict(BLOCK_M=_pow2(rows, 16, wide), BLOCK_N=_pow2(cols, 16, wide), BLOCK_K=block_k,
                    GROUP_M=8, num_warps=4, num_stages=3 if block_k == 64 else 4)
-        if wide == 128 and dtype in (torch.float16, torch.bfloat16) and \
-                cdiv(rows, 128) * cdiv(cols, 256) >= WIDE_TILES_MIN:
-            # large layers: 128 x 256 on two warpgroups, half the operand loads per MMA FLOP
-            # of 128 x 128 on one, at the same 128 accumulator values per thread
-            cfg.update(BLOCK_N=256, num_warps=8)
+        if wide == 128 and dtype in (torch.float16, torch.bfloat16) and cols >= 128 and \
+                cdiv(rows, 256) * cdiv(cols, 128) >= WIDE_TILES_MIN:
+            # large layers: 256 x 128 on two warpgroups, fewer operand loads per MMA FLOP than
+            # 128 x 128 on one, at the same 128 accumulator values per thread. Not 128 x 256:
+            # with a 1x1 filter ptxas serializes its wgmma (C7515, sm_90), and the fused pool
+            # would spread each window over both warpgroups (see conv_pool_heuristic)
+            cfg.update(BLOCK_M=256, num_warps=8)
         elif dtype == torch.float32 and cfg["BLOCK_M"] * cfg["BLOCK_N"] >= 128 * 128:
             # TF32 128 x 128 on 4 warps spills in its epilogue (sm_90, ptxas -v): 8 warps
             cfg["num_warps"] = 8
@@ -108,7 +110,10 @@ def _grad_z_items(rows: int, K: int, device: torch.device) -> tuple:
         chunks = 1
     else:
         block_c = _pow2(K, 16, 64)
-        block_r = 4096 // block_c
+        # channel counts off multiples of 16 load element by element, each with its own 64-bit
+        # address: a quarter of the tile keeps them in registers (K = 6: 255 registers and
+        # 92-328 B spilled at 4096 elements, sm_90 ptxas -v)
+        block_r = (4096 if K % 16 == 0 else 1024) // block_c
         chunks = min(cdiv(rows, block_r), cdiv(4 * _num_sms(device), cdiv(K, block_c)))
     chunk = cdiv(cdiv(rows, chunks), block_r) * block_r
     return tuple(dict(BLOCK_R=block_r, BLOCK_C=block_c, chunk=chunk, chunks=cdiv(rows, chunk),
@@ -125,18 +130,15 @@ def grad_z_config(rows: int, K: int, device) -> dict:
 
 def conv_pool_heuristic(pooled: int, pool: int, cols: int, red: int, dtype: torch.dtype) -> dict:
     """The fused conv + ReLU + pool forward's tiles. With whole windows as rows
-    (:func:`window_rows`): the conv's tiles over the conv pixels of ``pooled`` windows, at most
-    128 x 128 on 4 warps for 16-bit operands, where a window's rows lie in one thread of the
-    wgmma accumulator and its maximum is a reduction in registers (on 8 warps the window spans
-    two warpgroups and goes through shared memory). Otherwise the pooled pixels, at most 64 x 64:
-    a running maximum and offset beside the accumulator make three register tiles where the conv
-    keeps one."""
+    (:func:`window_rows`): the conv's tiles over the conv pixels of ``pooled`` windows. In them
+    a window's rows lie in one thread of the wgmma accumulator and its maximum is a reduction in
+    registers (``kernels._gemm.window_order``): 128 rows on 4 warps and 256 on 8 hold a window
+    in a thread (rows r, r + 8 and the same two half a tile down); 128 x 256 on 8 warps would
+    spread each over two warpgroups (shuffles and shared memory, sm_90 SASS). Otherwise the
+    pooled pixels, at most 64 x 64: a running maximum and offset beside the accumulator make
+    three register tiles where the conv keeps one."""
     if window_rows(pool):
-        cfg = gemm_heuristic(pooled * pool * pool, cols, red, dtype)
-        if not INTERPRET and dtype in (torch.float16, torch.bfloat16) and cfg["num_warps"] > 4:
-            cfg.update(BLOCK_M=min(cfg["BLOCK_M"], 128), BLOCK_N=min(cfg["BLOCK_N"], 128),
-                       num_warps=4)
-        return cfg
+        return gemm_heuristic(pooled * pool * pool, cols, red, dtype)
     cfg = gemm_heuristic(pooled, cols, red, dtype)
     if not INTERPRET:
         cfg.update(BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4)

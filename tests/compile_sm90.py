@@ -580,11 +580,12 @@ def scan_suites(nchw: bool = False) -> int:
                                           f"{str(dtype)[6:]} {name[1:-7]}")
                     if spills > SPILL_TOLERANCE:
                         bad += 1
-                        tile = "x".join(str(consts[v]) for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                        tile = "x".join(str(consts.get(v, "-"))
+                                        for v in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
                         in_loop = main_loop_spills(_ptx(k))
                         print(f"{sh.suite}/{sh.layer} {'nchw' if nchw else 'nhwc'} "
                               f"pool={pool or 1} {str(dtype)[6:]} {name} "
-                              f"{tile} w{consts['num_warps']}: {regs} registers, {spills} B "
+                              f"{tile} w{consts.get('num_warps')}: {regs} registers, {spills} B "
                               f"spilled, {in_loop or 'no'} LDL/STL in the main loop")
     # not a failure: a measurement decides what serialized MMAs cost; the GPU run's tuning
     # tables and these names together say where to look

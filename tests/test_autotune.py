@@ -15,7 +15,7 @@ from torch import nn
 
 from tritoncnn import _runtime, autotune, cli
 from tritoncnn.autotune import cache as cache_mod
-from tritoncnn.autotune import spaces, tuner
+from tritoncnn.autotune import heuristics, spaces, tuner
 
 INTERPRET_MODE = _runtime.INTERPRET
 HEURISTIC = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)
@@ -754,3 +754,25 @@ def test_valid_pool_entries_pass_the_config_check():
     assert autotune.config_problem("max_pool_fwd", dict(BLOCK=256, num_warps=4)) is None
     assert autotune.config_problem("conv_dw", dict(HEURISTIC, SPLIT=8)) is None
     assert "BLOCK=300" in autotune.config_problem("max_pool_bwd", dict(BLOCK=300, num_warps=4))
+
+
+def test_fused_pool_heuristic_keeps_windows_in_one_thread(monkeypatch):
+    """On a GPU the conv's large tiles are 256 x 128 on 8 warps (128 x 256 serializes a 1x1
+    filter's wgmma), only where the layer has 128 columns or more; the fused pool-2 kernel takes
+    the conv's tiles, where a window's 4 rows lie in one thread of the wgmma accumulator (128
+    rows on 4 warps, 256 on 8); pool 3 keeps 64 x 64 on 4 warps."""
+    monkeypatch.setattr(heuristics, "INTERPRET", False)
+    heuristics._gemm_heuristic_items.cache_clear()
+    try:
+        big = heuristics.gemm_heuristic(64 * 56 * 56, 256, 256, torch.bfloat16)
+        assert (big["BLOCK_M"], big["BLOCK_N"], big["num_warps"]) == (256, 128, 8)
+        narrow = heuristics.gemm_heuristic(256 * 56 * 56, 64, 64, torch.bfloat16)
+        assert (narrow["BLOCK_M"], narrow["BLOCK_N"], narrow["num_warps"]) == (128, 64, 4)
+        fused = heuristics.conv_pool_heuristic(64 * 28 * 28, 2, 256, 256, torch.bfloat16)
+        assert (fused["BLOCK_M"], fused["BLOCK_N"], fused["num_warps"]) == (256, 128, 8)
+        small = heuristics.conv_pool_heuristic(8 * 8 * 8, 2, 64, 64, torch.bfloat16)
+        assert (small["BLOCK_M"], small["num_warps"]) == (128, 4)
+        three = heuristics.conv_pool_heuristic(64 * 18 * 18, 3, 256, 256, torch.bfloat16)
+        assert three["BLOCK_M"] <= 64 and three["BLOCK_N"] <= 64 and three["num_warps"] == 4
+    finally:
+        heuristics._gemm_heuristic_items.cache_clear()
