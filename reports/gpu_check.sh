@@ -6,11 +6,12 @@
 #
 #   bash reports/gpu_check.sh OUTDIR
 #
-# Writes at most nine files and a training run's folder into OUTDIR:
+# Writes at most ten files and a training run's folder into OUTDIR:
 #   env.txt    tritoncnn env
 #   tests.log  pytest output
 #   bench.csv  every benchmark row (the headline's, ceilings, the fuller suites, training steps)
 #   host.csv   host time per op call and per training step (bench --host)
+#   profile.csv  torch.profiler's breakdown of eager vgg11 training steps (bench --host --profile)
 #   ncu.csv    hardware counters of one layer's forward and backward kernels (where ncu runs;
 #              ncu.log: its messages)
 #   tune.csv   the tuning tables of bench --tune (every config tried, per kernel shape)
@@ -172,8 +173,10 @@ part ncu 60 30 bash -c 'out=$1; shift
 # Host time per op call on small shapes (bench --host): tritoncnn with real launches and with
 # launches stubbed (the difference is Triton's launch), cuDNN beside it, and the vgg11 training
 # step; bf16, whose vgg11 kernels headline-train has compiled already. Its own file, host.csv.
-part host 90 40 "${PY[@]}" -m tritoncnn.cli bench --host --out "$OUTDIR" --dtype bf16 \
-    --rounds 7 --round-ms 20 --budget-s 60 >> "$LOG" 2>&1
+# Then torch.profiler's breakdown of five eager vgg11 steps at batch 256 per backend (host time
+# per layer, autograd node and optimizer, launches a step, GPU busy and idle): profile.csv.
+part host 120 60 "${PY[@]}" -m tritoncnn.cli bench --host --out "$OUTDIR" --dtype bf16 \
+    --rounds 7 --round-ms 20 --budget-s 60 --profile 5 --profile-batch 256 >> "$LOG" 2>&1
 
 # Compiling each kernel specialization dominates the compiled tests: spread them over a process
 # per CPU core (at most 16), with pytest-xdist or, where it is not installed, tests/shards.py (one

@@ -90,6 +90,14 @@ def add_arguments(parser) -> None:
                         help="with --host: length of one round of back-to-back calls (ms)")
     parser.add_argument("--host-batch", type=int, default=2,
                         help="with --host: batch of the vgg11 training step")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="with --host: also profile STEPS eager vgg11 training steps per "
+                             "backend (torch.profiler: host time per layer, autograd node and "
+                             "optimizer, launches a step, GPU busy and idle time), at "
+                             "--profile-batch, the first --dtype and --layout (on the CPU: vgg11 "
+                             "at 1/16 of its width, launches stubbed); rows to profile.csv")
+    parser.add_argument("--profile-batch", type=int, default=None, metavar="N",
+                        help="with --profile: the profiled steps' batch (default --host-batch)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ _NOT_FOR_HOST = ("suite", "quick", "layers", "graph_below_ms", "tune", "train_gr
                  "train_models", "no_train", "no_ceilings", "warmup_ms", "rep_ms", "cpu_reps",
                  "train_steps", "train_batch")
 #: --host's own options
-HOST_ONLY = ("launches", "rounds", "round_ms", "host_batch")
+HOST_ONLY = ("launches", "rounds", "round_ms", "host_batch", "profile", "profile_batch")
 
 
 def _given(args, names) -> list[str]:
@@ -160,11 +168,16 @@ def resolve(args, device) -> dict:
         value = getattr(args, name)
         if not isinstance(value, int) or value < 1:
             _fail(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if not isinstance(args.profile, int) or args.profile < 0:
+        _fail(f"--profile must be a number of steps (0: none), got {args.profile!r}")
+    profile_batch = args.host_batch if args.profile_batch is None else args.profile_batch
+    if not isinstance(profile_batch, int) or profile_batch < 1:
+        _fail(f"--profile-batch must be a positive integer, got {profile_batch!r}")
     if not (args.round_ms > 0 and math.isfinite(args.round_ms)):
         _fail(f"--round-ms must be a positive number of milliseconds, got {args.round_ms!r}")
     return dict(ops=ops, directions=directions, impls=impls, dtypes=dtypes, layouts=layouts,
                 launches=launches, rounds=args.rounds, round_s=args.round_ms / 1e3,
-                batch=args.host_batch)
+                batch=args.host_batch, profile=args.profile, profile_batch=profile_batch)
 
 
 class Case:
@@ -338,6 +351,7 @@ def _train_step(case: Case, device, batch: int) -> Callable[[], object]:
         opt.step()
         return loss
 
+    step.model = model  # (what a profile hooks)
     return step
 
 
@@ -519,4 +533,19 @@ def main(args) -> int:
         writer.close()
     counts = ", ".join(f"{n} {k}" for k, n in sorted(writer.counts.items()))
     print(f"tritoncnn bench --host: wrote {counts} rows to {writer.path}")
+    if s["profile"]:
+        from tritoncnn.reports import step_profile
+
+        # real launches on a GPU (what a step costs there), stubbed on the CPU
+        cuda = device.type == "cuda"
+        rows = step_profile.profile_rows(device, s["dtypes"][0], s["layouts"][0],
+                                         s["profile_batch"], s["profile"], stub=not cuda,
+                                         layer="vgg11" if cuda else "vgg11-w1/16")
+        path = step_profile.write(rows, info, out / "profile.csv")
+        for row in rows:
+            if row["kind"] in ("step", "launches", "gpu"):
+                value = (f"{row['calls']:.0f} a step" if row["kind"] == "launches" else
+                         f"{row['us']:.0f} us" if row["status"] == "ok" else row.get("note"))
+                print(f"  profile {row['implementation']} {row['item']}: {value}")
+        print(f"tritoncnn bench --host: wrote {len(rows)} profile rows to {path}")
     return 0

@@ -31,6 +31,7 @@ KEY = ["gpu", "git_sha", "suite", "layer", "op", "shape", "dtype", "precision", 
        "direction", "implementation"]
 BENCH_REQUIRED = {"suite", "layer", "implementation", "median_ms", "direction", "status"}
 HOST_REQUIRED = {"suite", "layer", "implementation", "median_us", "direction", "status"}
+PROFILE_REQUIRED = {"suite", "item", "kind", "us", "implementation", "status"}  # --profile
 BASELINES = ("cudnn", "torch")  # F.conv2d & co: cuDNN on a GPU, PyTorch's own kernels on the CPU
 KERNEL_OPS = ("conv_relu", "conv_relu_pool", "pool", "avg_pool")
 DIRECTION_ORDER = {"forward": 0, "backward": 1, "backward-dx": 2, "backward-dw": 3,
@@ -142,7 +143,8 @@ def find_csvs(paths) -> list[Path]:
 def read_csvs(paths, skipping: str = "skipping"):
     """(path, table, kind) of each readable CSV under ``paths``; kind is "bench" (rows of
     ``tritoncnn bench``), "host" (rows of ``tritoncnn bench --host``, in microseconds: filed by
-    ``--add``, not in the report's tables), "tune" (a tuning table: "tune" in the file name),
+    ``--add``, not in the report's tables), "profile" (``--host --profile``'s step breakdown,
+    filed the same way), "tune" (a tuning table: "tune" in the file name),
     "curves" (training metrics) or None."""
     import pandas as pd
 
@@ -157,6 +159,8 @@ def read_csvs(paths, skipping: str = "skipping"):
             kind = "bench"
         elif HOST_REQUIRED <= set(df.columns):
             kind = "host"
+        elif PROFILE_REQUIRED <= set(df.columns):
+            kind = "profile"
         elif "tune" in path.name.lower():
             kind = "tune"
         elif {"step", "loss"} <= set(df.columns) or (
@@ -243,12 +247,12 @@ def _training_runs(sources) -> list[Path]:
 
 
 def add_results(sources, into: Path) -> list[Path]:
-    """Copy the bench rows (``bench --host``'s too) and tuning tables under ``sources`` into
-    ``into/<gpu-name>/`` (the folder ``tritoncnn bench`` writes by default), one file per source
-    file name, appended to a file of the same name already there; rows already present are not
-    added twice. A ``tritoncnn train`` run's folder (its CSVs and config.json) goes to
-    ``into/<device-name>/<folder name>/`` whole, in place of an earlier run of that name. Returns
-    the files written. Other CSVs are left where they are."""
+    """Copy the bench rows (``bench --host``'s and its profile's too) and tuning tables under
+    ``sources`` into ``into/<gpu-name>/`` (the folder ``tritoncnn bench`` writes by default), one
+    file per source file name, appended to a file of the same name already there; rows already
+    present are not added twice. A ``tritoncnn train`` run's folder (its CSVs and config.json)
+    goes to ``into/<device-name>/<folder name>/`` whole, in place of an earlier run of that name.
+    Returns the files written. Other CSVs are left where they are."""
     import json
     import shutil
 
@@ -273,7 +277,7 @@ def add_results(sources, into: Path) -> list[Path]:
     for path, df, kind in read_csvs(sources, "not adding"):
         if path.parent in runs:
             continue
-        if kind not in ("bench", "host", "tune") or "gpu" not in df.columns:
+        if kind not in ("bench", "host", "profile", "tune") or "gpu" not in df.columns:
             print(f"tritoncnn report: not adding {path}: neither bench rows nor a tuning table "
                   "with a gpu column")
             continue

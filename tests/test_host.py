@@ -208,6 +208,7 @@ def test_list_names_every_case(capsys):
     (["--round-ms", "-1"], "--round-ms must be a positive number"),
     (["--round-ms", "nan"], "--round-ms must be a positive number"),
     (["--host-batch", "0"], "--host-batch must be a positive integer"),
+    (["--profile", "2", "--profile-batch", "0"], "--profile-batch must be a positive integer"),
     (["--tune"], "--tune applies to the other suites, not to --host"),
     (["--suite", "Tiny", "--quick"], "--suite, --quick apply to the other suites, not to --host"),
     (["--device", "tpu"], "--device tpu is not cpu or cuda"),
@@ -254,6 +255,78 @@ def test_gpu_check_host_part_selects_the_host_cases(capsys):
     assert cli.main([*args, "--device", "cpu", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == (4 * 3 + 2) * 2 and all(" bf16 " in ln for ln in listed)
+
+
+# The step profile -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU run of the command (stubbed launches)")
+def test_profile_breaks_a_training_step_down_per_backend(tmp_path):
+    """--profile writes profile.csv: per backend, the step, each kind of layer's forward, each
+    kind of autograd node, the optimizer, and (tritoncnn, stubbed) its launches a step, which
+    are the host suite's count for the same step; report --add files it."""
+    from tritoncnn.reports import report, step_profile
+
+    argv = ["bench", "--host", "--device", "cpu", "--ops", "train_step", "--impl", "tritoncnn",
+            "--rounds", "1", "--round-ms", "0.2", "--profile", "2", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    with open(tmp_path / "profile.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == step_profile.PROFILE_COLUMNS
+        rows = list(reader)
+    assert {r["status"] for r in rows} == {"ok"} and {r["steps"] for r in rows} == {"2"}
+    by = {(r["implementation"], r["item"]): r for r in rows}
+    for impl in ("tritoncnn", "torch"):
+        assert float(by[impl, "step"]["us"]) > 0 and by[impl, "step"]["calls"] == "1"
+        assert by[impl, "optimizer"]["kind"] == "optimizer"
+    assert by["tritoncnn", "forward Conv2dReLUPool"]["calls"] == "5"  # vgg11's five pools
+    assert by["tritoncnn", "forward Conv2dReLU"]["calls"] == "3"
+    assert by["torch", "forward Conv2d"]["calls"] == "8"
+    assert any(item.startswith("backward _Conv2dReLUPoolChecked") for _, item in by)
+    with open(tmp_path / "host.csv", newline="") as f:
+        steps = [r for r in csv.DictReader(f) if r["layer"] == "vgg11-w1/16"]
+    assert by["tritoncnn", "launches"]["calls"] == steps[0]["launches"]
+    assert by["tritoncnn", "launches"]["launch_mode"] == "stub"
+    assert all(r["gpu"] == host.machine_name(torch.device("cpu")) for r in rows)
+    written = report.add_results([tmp_path], tmp_path / "results")
+    assert tmp_path / "results" / bench.slug(rows[0]["gpu"]) / "profile.csv" in written
+
+
+def test_profile_gpu_rows_count_launches_and_split_busy_from_idle():
+    """On a GPU the launches are the CUDA launch calls the profiler saw, and a step's wall time
+    splits into the union of its kernels' intervals (busy) and the rest (idle)."""
+    from types import SimpleNamespace as NS
+
+    from torch.autograd import DeviceType
+
+    from tritoncnn.reports import step_profile
+
+    def event(name, start, end, cuda=False, cpu_us=0.0):
+        return NS(name=name, time_range=NS(start=start, end=end), cpu_time_total=cpu_us,
+                  device_type=DeviceType.CUDA if cuda else DeviceType.CPU)
+
+    events = [event("step", 0, 100, cpu_us=100), event("step", 200, 260, cpu_us=60),
+              event("forward Conv2dReLU", 1, 5, cpu_us=4), event("cuLaunchKernel", 2, 3),
+              event("cudaLaunchKernel", 4, 5), event("cuLaunchKernel", 201, 202),
+              event("kernel a", 10, 40, cuda=True), event("kernel b", 30, 50, cuda=True),
+              event("kernel c", 90, 120, cuda=True), event("kernel d", 210, 220, cuda=True),
+              event("Optimizer.step#SGD.step", 80, 90, cpu_us=10)]
+    rows = {item: (kind, calls, us) for item, kind, calls, us in
+            step_profile.breakdown(events, steps=2, cuda=True)}
+    assert rows["step"] == ("step", 1, 80)
+    assert rows["forward Conv2dReLU"] == ("forward", 0.5, 2)
+    assert rows["optimizer"] == ("optimizer", 0.5, 5)
+    assert rows["launches"][1] == 1.5
+    # busy: [10, 50] and [90, 100] in the first step, [210, 220] in the second: 60 of 160 us
+    assert rows["gpu busy"][2] == 30 and rows["gpu idle"][2] == 50
+
+
+def test_profile_steps_must_be_a_count(tmp_path):
+    with pytest.raises(SystemExit, match="--profile must be a number of steps"):
+        cli.main(["bench", "--host", "--list", "--profile", "-1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--profile applies only with --host"):
+        cli.main(["bench", "--device", "cpu", "--suite", "Tiny", "--profile", "2", "--out",
+                  str(tmp_path)])
 
 
 # Prepared launches ------------------------------------------------------------------------------
