@@ -382,7 +382,7 @@ def avg_pool2d_backward(grad_output: torch.Tensor, input_size: Sequence[int], ke
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tritoncnn::avg_pool2d", mutates_args=())
+@torch.library.triton_op("tritoncnn::avg_pool2d", mutates_args=())
 def _avg_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int],
                    padding: list[int], ceil_mode: bool, count_include_pad: bool,
                    divisor_override: Optional[int]) -> torch.Tensor:
@@ -401,7 +401,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
                   is_channels_last(input))
 
 
-@torch.library.custom_op("tritoncnn::avg_pool2d_backward", mutates_args=())
+@torch.library.triton_op("tritoncnn::avg_pool2d_backward", mutates_args=())
 def _avg_pool2d_bwd_op(grad_output: torch.Tensor, input_size: list[int], kernel_size: list[int],
                        stride: list[int], padding: list[int], ceil_mode: bool,
                        count_include_pad: bool, divisor_override: Optional[int],

@@ -319,7 +319,7 @@ class Conv2dFunction(torch.autograd.Function):
                               _parse_activation(activation), resolve_tf32(allow_tf32), configs)
 
 
-@torch.library.custom_op("tritoncnn::conv2d", mutates_args=())
+@torch.library.triton_op("tritoncnn::conv2d", mutates_args=())
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                stride: List[int], padding: List[int], dilation: List[int], groups: int,
                relu: bool, allow_tf32: bool) -> torch.Tensor:
@@ -339,7 +339,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, a
                        memory_format=memory_format_of(input))
 
 
-@torch.library.custom_op("tritoncnn::conv2d_backward", mutates_args=())
+@torch.library.triton_op("tritoncnn::conv2d_backward", mutates_args=())
 def _conv2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                         output: Optional[torch.Tensor], stride: List[int], padding: List[int],
                         dilation: List[int], groups: int, relu: bool, allow_tf32: bool,

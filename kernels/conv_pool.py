@@ -364,7 +364,7 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
         return y
 
 
-@torch.library.custom_op("tritoncnn::conv2d_relu_pool", mutates_args=())
+@torch.library.triton_op("tritoncnn::conv2d_relu_pool", mutates_args=())
 def _conv2d_relu_pool_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          stride: List[int], padding: List[int], dilation: List[int], groups: int,
                          pool: int, allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -387,7 +387,7 @@ def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, group
                         memory_format=fmt))
 
 
-@torch.library.custom_op("tritoncnn::conv2d_relu_pool_backward", mutates_args=())
+@torch.library.triton_op("tritoncnn::conv2d_relu_pool_backward", mutates_args=())
 def _conv2d_relu_pool_backward_op(
         grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
         offsets: torch.Tensor, stride: List[int], padding: List[int],

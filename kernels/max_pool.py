@@ -421,7 +421,7 @@ def offsets_to_indices(offsets: torch.Tensor, input_width: int, kernel_size, str
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tritoncnn::max_pool2d_fwd", mutates_args=())
+@torch.library.triton_op("tritoncnn::max_pool2d_fwd", mutates_args=())
 def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list[int],
                        padding: list[int], dilation: list[int], ceil_mode: bool
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,7 +439,7 @@ def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mod
             empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc))
 
 
-@torch.library.custom_op("tritoncnn::max_pool2d_bwd", mutates_args=())
+@torch.library.triton_op("tritoncnn::max_pool2d_bwd", mutates_args=())
 def _max_pool2d_bwd_op(grad_output: torch.Tensor, offsets: torch.Tensor, input_size: list[int],
                        kernel_size: list[int], stride: list[int], padding: list[int],
                        dilation: list[int], channels_last: bool) -> torch.Tensor:
