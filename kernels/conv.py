@@ -27,6 +27,7 @@ from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, c
                       kernel_strides, launch_opts, memory_format_of, pixel_vector,
                       register_tiles, resolve_tf32)
 from ._gemm import bias_relu, conv_mainloop, tensor_core_dot, tile_ids, times
+from ._op import kernel_op
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads,
                   grad_mask, grads_or_empty, op_function, register_autocast,
                   register_op_autograd, route_backward, traced_checks_quiet, wanted)
@@ -319,7 +320,7 @@ class Conv2dFunction(torch.autograd.Function):
                               _parse_activation(activation), resolve_tf32(allow_tf32), configs)
 
 
-@torch.library.triton_op("tritoncnn::conv2d", mutates_args=())
+@kernel_op("tritoncnn::conv2d")
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                stride: List[int], padding: List[int], dilation: List[int], groups: int,
                relu: bool, allow_tf32: bool) -> torch.Tensor:
@@ -339,7 +340,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, a
                        memory_format=memory_format_of(input))
 
 
-@torch.library.triton_op("tritoncnn::conv2d_backward", mutates_args=())
+@kernel_op("tritoncnn::conv2d_backward")
 def _conv2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                         output: Optional[torch.Tensor], stride: List[int], padding: List[int],
                         dilation: List[int], groups: int, relu: bool, allow_tf32: bool,
