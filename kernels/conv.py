@@ -445,4 +445,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     x = input.reshape(rows, in_features)[:, :, None, None]            # (B, in, 1, 1)
     y = conv2d(x, weight[:, :, None, None], bias, activation=activation,
                allow_tf32=allow_tf32)                                  # (B, out, 1, 1)
+    if torch.compiler.is_compiling():
+        # a compiled graph whose output views the (B, out, 1, 1) output that the ReLU's backward
+        # keeps trips AOTAutograd's tangent handling (it expects the view's size for the
+        # tangent of the 1x1 map): the output is a copy there
+        y = y.clone()
     return y.reshape(*input.shape[:-1], out_features)
