@@ -218,7 +218,10 @@ def kernel_op(name: str) -> Callable:
 
     def declare(body: Callable):
         op = torch.library.triton_op(name, mutates_args=())(body)
-        decompose = op._torch_dispatch_fns[FunctionalTensorMode]
+        # triton_op's own rule (private: a torch without it keeps triton_op's behaviour)
+        decompose = getattr(op, "_torch_dispatch_fns", {}).get(FunctionalTensorMode)
+        if decompose is None:
+            return op
 
         def functional(mode, func, types, args, kwargs):
             if _symbolic(args):

@@ -209,7 +209,7 @@ bench bench-quick 60 40 --quick --no-train
 part train 45 35 bash -c 'out=$1; shift
     "$@" -m tritoncnn.cli train --epochs 3 --out "$out/train" --no-progress --cuda-graphs || {
         echo "train --cuda-graphs failed: eager steps"
-        "$@" -m tritoncnn.cli train --epochs 3 --out "$out/train" --no-progress; }' \
+        "$@" -m tritoncnn.cli train --epochs 3 --out "$out/train" --no-progress --mode eager; }' \
     _ "$OUTDIR" "${PY[@]}" >> "$LOG" 2>&1
 # The quick layers' tritoncnn kernels tuned first (compiled in parallel, then timed; winners to
 # the cache, tables to tune.csv): rows marked configs=tuned.
