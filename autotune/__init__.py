@@ -132,8 +132,8 @@ def get_config(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout
 def _missing(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: str,
              heuristic: Mapping[str, int]) -> dict | None:
     """A cache miss: tune it now when asked to (once per entry and process), else None."""
-    if not autotune_enabled() or tuner.tuning_now():
-        return None
+    if not autotune_enabled() or tuner.tuning_now() or tuner.cannot_time_now():
+        return None  # (not tried: a later call may tune it)
     key = entry_key(kernel, shape, dtype, layout)
     if key in _tried:
         return None

@@ -365,16 +365,26 @@ def tuning_now() -> bool:
     return getattr(_tuning, "active", False)
 
 
+def cannot_time_now() -> bool:
+    """True while nothing may be timed: while torch.compile traces, while a CUDA graph captures,
+    or under a dispatch mode (fake tensors, make_fx, functionalization: the ops' bodies traced
+    outside torch.compile), whose tensors hold no data to time. A lookup then takes the
+    heuristic and leaves the entry to the next call that may tune it."""
+    if torch._C._len_torch_dispatch_stack():
+        return True
+    try:
+        return torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
+    except Exception:
+        return False
+
+
 def tune_on_first_use(kernel: str, shape: Mapping[str, int], dtype: torch.dtype, layout: str,
                       heuristic: Mapping[str, int], cache) -> dict | None:
     """Tune one missing entry in place; the winner, or None (use the heuristic)."""
     if tuning_now():
         return None  # the problem's own launches come back through get_config
-    try:
-        if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-            return None
-    except Exception:
-        pass
+    if cannot_time_now():
+        return None
     _tuning.active = True
     try:
         problem = make_problem(kernel, shape, dtype, layout, heuristic)

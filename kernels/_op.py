@@ -6,7 +6,8 @@ Each op file declares its op with these pieces:
 * an autograd Function for the eager path, made by :func:`op_function` from the op's forward,
   setup_context, backward and jvp (plus a vmap rule and an eager twin, which every op shares);
 * the ``torch.library`` custom ops (forward and backward, with fake kernels) that torch.compile,
-  fake tensors, dispatch modes and ``torch.jit.trace`` see, registered for autograd with
+  fake tensors, dispatch modes and ``torch.jit.trace`` see, declared with :func:`kernel_op` (so
+  that torch.compile's graphs hold their kernel launches), registered for autograd with
   :func:`register_op_autograd` and, for the conv ops, for autocast with :func:`register_autocast`;
 * a backward that :func:`route_backward` sends to PyTorch's differentiable ops (double backward),
   the launchers (plain eager calls) or the backward custom op (everything else).
@@ -199,6 +200,45 @@ def fake_conv_grads(input: torch.Tensor, weight: torch.Tensor, output_mask) -> t
         torch.empty_like(weight) if need_dw else input.new_empty(0),
         weight.new_empty((weight.shape[0],)) if need_db else input.new_empty(0),
     )
+
+
+def kernel_op(name: str) -> Callable:
+    """Decorator declaring a tritoncnn custom op ``name`` ("tritoncnn::...") whose body launches
+    Triton kernels: a ``torch.library.triton_op``, which torch.compile decomposes into its body,
+    so that its graph holds the kernel launches themselves (``triton_kernel_wrapper`` nodes,
+    which ``_runtime.launch`` records for launches on fake tensors) and Inductor compiles them
+    with the rest of the graph. Called eagerly, it runs as any custom op.
+
+    The bodies are host code for static shapes (configs looked up per shape, launches prepared
+    per call signature): traced with symbolic sizes (torch.compile's dynamic shapes), the op is
+    left whole in the graph, as a plain custom op is, and runs its body at run time. Each op
+    registers its own fake kernel after this (which replaces the body as the fake kernel: it
+    serves meta tensors and symbolic sizes too)."""
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def declare(body: Callable):
+        op = torch.library.triton_op(name, mutates_args=())(body)
+        # triton_op's own rule (private: a torch without it keeps triton_op's behaviour)
+        decompose = getattr(op, "_torch_dispatch_fns", {}).get(FunctionalTensorMode)
+        if decompose is None:
+            return op
+
+        def functional(mode, func, types, args, kwargs):
+            if _symbolic(args):
+                return mode.__torch_dispatch__(func, types, args, kwargs)
+            return decompose(mode, func, types, args, kwargs)
+
+        op.register_torch_dispatch(FunctionalTensorMode, functional)
+        return op
+
+    return declare
+
+
+def _symbolic(args) -> bool:
+    """Whether any tensor among ``args`` has a symbolic size or stride."""
+    return any(isinstance(a, torch.Tensor) and any(isinstance(n, torch.SymInt)
+                                                   for n in (*a.shape, *a.stride()))
+               for a in args)
 
 
 def register_op_autograd(op, backward: Callable, setup_context: Callable, params: int) -> None:

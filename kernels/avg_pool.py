@@ -39,6 +39,7 @@ from tritoncnn.autotune import heuristics
 from ._checks import (as_pair, cdiv, check_device, check_float, is_channels_last, launch,
                       next_pow2, pixel_vector)
 from ._gemm import acc_type
+from ._op import kernel_op
 from ._op import (apply_function, eager_ok, register_op_autograd, route_backward,
                   traced_checks_quiet, vmap_rule, with_eager_twin)
 
@@ -382,7 +383,7 @@ def avg_pool2d_backward(grad_output: torch.Tensor, input_size: Sequence[int], ke
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tritoncnn::avg_pool2d", mutates_args=())
+@kernel_op("tritoncnn::avg_pool2d")
 def _avg_pool2d_op(input: torch.Tensor, kernel_size: list[int], stride: list[int],
                    padding: list[int], ceil_mode: bool, count_include_pad: bool,
                    divisor_override: Optional[int]) -> torch.Tensor:
@@ -401,7 +402,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
                   is_channels_last(input))
 
 
-@torch.library.custom_op("tritoncnn::avg_pool2d_backward", mutates_args=())
+@kernel_op("tritoncnn::avg_pool2d_backward")
 def _avg_pool2d_bwd_op(grad_output: torch.Tensor, input_size: list[int], kernel_size: list[int],
                        stride: list[int], padding: list[int], ceil_mode: bool,
                        count_include_pad: bool, divisor_override: Optional[int],

@@ -27,6 +27,7 @@ from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, c
                       kernel_strides, launch_opts, memory_format_of, pixel_vector,
                       register_tiles, resolve_tf32)
 from ._gemm import bias_relu, conv_mainloop, tensor_core_dot, tile_ids, times
+from ._op import kernel_op
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads,
                   grad_mask, grads_or_empty, op_function, register_autocast,
                   register_op_autograd, route_backward, traced_checks_quiet, wanted)
@@ -319,7 +320,7 @@ class Conv2dFunction(torch.autograd.Function):
                               _parse_activation(activation), resolve_tf32(allow_tf32), configs)
 
 
-@torch.library.custom_op("tritoncnn::conv2d", mutates_args=())
+@kernel_op("tritoncnn::conv2d")
 def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                stride: List[int], padding: List[int], dilation: List[int], groups: int,
                relu: bool, allow_tf32: bool) -> torch.Tensor:
@@ -339,7 +340,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, a
                        memory_format=memory_format_of(input))
 
 
-@torch.library.custom_op("tritoncnn::conv2d_backward", mutates_args=())
+@kernel_op("tritoncnn::conv2d_backward")
 def _conv2d_backward_op(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                         output: Optional[torch.Tensor], stride: List[int], padding: List[int],
                         dilation: List[int], groups: int, relu: bool, allow_tf32: bool,
@@ -501,5 +502,11 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                            resolve_tf32(allow_tf32))
     else:
         y = conv2d(_as_map(x), _as_map(weight), bias, activation=activation,
-                   allow_tf32=allow_tf32).flatten(1)              # (rows, out_features)
+                   allow_tf32=allow_tf32)                           # (rows, out_features, 1, 1)
+        if torch.compiler.is_compiling():
+            # a compiled graph whose output views the (rows, out, 1, 1) output that the ReLU's
+            # backward keeps trips AOTAutograd's tangent handling (it expects the view's size
+            # for the tangent of the 1x1 map): the output is a copy there
+            y = y.clone()
+        y = y.flatten(1)
     return y if flat else y.reshape(*input.shape[:-1], out_features)

@@ -554,7 +554,9 @@ def _run(plan: _Plan, src: GradSource, input: torch.Tensor, weight: torch.Tensor
         kind = src.kind
         m = dy if kind == "plain" else \
             channels_inner(src.output if kind == "relu" else src.offsets)
-        db_dst = (part[:, plan.l_dw:] if plan.l_db else db) if need_db else dz
+        # without db, a tensor the pass only reads stands in for it: never one it writes (dz),
+        # as a traced launch (torch.compile) copies each argument it may write on its own
+        db_dst = (part[:, plan.l_dw:] if plan.l_db else db) if need_db else dy
         plan.grad_z(dy_ptr=dy, m_ptr=m, dz_ptr=dz, db_ptr=db_dst)
     dx = None
     if need_dx:

@@ -50,6 +50,7 @@ from ._checks import (KernelLaunch, PlanCache, autocast_enabled, bias_operand, c
                       register_tiles, resolve_tf32)
 from ._gemm import (acc_type, accumulator_window_max, bias_relu, conv_mainloop, pooled_pixel,
                     tensor_core_dot, tile_ids, times, window_order)
+from ._op import kernel_op
 from ._op import (apply_function, autocast_inputs, eager_ok, fake_conv_grads, grad_mask,
                   grads_or_empty, op_function, register_autocast, register_op_autograd,
                   route_backward, traced_checks_quiet, wanted)
@@ -397,7 +398,7 @@ class Conv2dReLUPoolFunction(torch.autograd.Function):
         return y
 
 
-@torch.library.custom_op("tritoncnn::conv2d_relu_pool", mutates_args=())
+@kernel_op("tritoncnn::conv2d_relu_pool")
 def _conv2d_relu_pool_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          stride: List[int], padding: List[int], dilation: List[int], groups: int,
                          pool: int, allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -420,7 +421,7 @@ def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, group
                         memory_format=fmt))
 
 
-@torch.library.custom_op("tritoncnn::conv2d_relu_pool_backward", mutates_args=())
+@kernel_op("tritoncnn::conv2d_relu_pool_backward")
 def _conv2d_relu_pool_backward_op(
         grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
         offsets: torch.Tensor, stride: List[int], padding: List[int],

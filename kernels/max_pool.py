@@ -37,6 +37,7 @@ from tritoncnn.autotune import heuristics
 from ._checks import (KernelLaunch, PlanCache, as_pair, cdiv, check_device, check_float,
                       is_channels_last, next_pow2, pixel_vector, pooled_len)
 from ._gemm import acc_type, window_max
+from ._op import kernel_op
 from ._op import (apply_function, eager_ok, op_function, register_op_autograd, route_backward,
                   traced_checks_quiet)
 
@@ -492,7 +493,7 @@ def offsets_to_indices(offsets: torch.Tensor, input_width: int, kernel_size, str
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tritoncnn::max_pool2d_fwd", mutates_args=())
+@kernel_op("tritoncnn::max_pool2d_fwd")
 def _max_pool2d_fwd_op(input: torch.Tensor, kernel_size: list[int], stride: list[int],
                        padding: list[int], dilation: list[int], ceil_mode: bool
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,7 +511,7 @@ def _max_pool2d_fwd_fake(input, kernel_size, stride, padding, dilation, ceil_mod
             empty(out_shape, offset_dtype(k[0] * k[1]), input.device, nhwc))
 
 
-@torch.library.custom_op("tritoncnn::max_pool2d_bwd", mutates_args=())
+@kernel_op("tritoncnn::max_pool2d_bwd")
 def _max_pool2d_bwd_op(grad_output: torch.Tensor, offsets: torch.Tensor, input_size: list[int],
                        kernel_size: list[int], stride: list[int], padding: list[int],
                        dilation: list[int], channels_last: bool) -> torch.Tensor:

@@ -15,12 +15,24 @@ compilation of the kernels (and cuDNN's algorithm search); that step's time is i
 first step of each other batch size (an epoch's last, smaller batch) compiles and searches again,
 and is left out too.
 
-``--cuda-graphs`` captures each backend's forward and backward in a CUDA graph and replays it for
-every full batch, so a small model's step is no longer bound by the host's kernel launches. The
-first steps run eagerly on a side stream (they compile, autotune and search cuDNN's algorithms),
-then one step is captured; images/s leaves those steps out too. A last, smaller batch of an epoch
-runs eagerly. The optimizer step and the fp16 loss scaler stay eager, so the learning-rate
-schedule and skipped fp16 steps behave exactly as without graphs. Not under torchrun.
+``--mode`` says how each step runs; both backends run the same way, so the side-by-side stays
+fair, and the summary names the mode:
+
+* ``cuda-graphs`` (``--cuda-graphs``; the default on CUDA, one process): each backend's forward and
+  backward are captured in a CUDA graph and replayed for every full batch, so a small model's step
+  is no longer bound by the host's kernel launches. The first steps run eagerly on a side stream
+  (they compile, autotune and search cuDNN's algorithms: nothing is tuned inside a capture), then
+  one step is captured; images/s leaves those steps out too.
+* ``compile`` (``--compile``): the model under ``torch.compile``, the triton twin against the cuDNN
+  twin. tritoncnn's ops are ``triton_op``s, so Inductor's generated code launches their Triton
+  kernels itself. The first step runs eagerly (it compiles the kernels and, with ``--autotune``,
+  tunes them: nothing is tuned while tracing), the second traces and compiles; images/s leaves
+  both out. CUDA only, one process.
+* ``eager`` (the default on the CPU and under torchrun): every step op by op.
+
+In every mode a last, smaller batch of an epoch runs eagerly, and the optimizer step and the fp16
+loss scaler stay eager, so the learning-rate schedule and skipped fp16 steps behave exactly as in
+eager mode.
 
 ``--layout channels_last`` (the default on CUDA; also ``--channels-last``) keeps the weights and
 images of both backends in channels_last (NHWC), the layout the kernels are fastest in; on the CPU
@@ -72,7 +84,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +131,7 @@ class TrainConfig:
     channels_last: bool | None = None  # model and images in channels_last; None: on CUDA only
     save_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     stop_after: int = 0  # stop, as Ctrl-C would, after N steps of this invocation (0: never)
-    cuda_graphs: bool = False  # replay each full batch's forward+backward from a CUDA graph
+    mode: str | None = None  # eager | cuda-graphs | compile; None: cuda-graphs on CUDA, else eager
     progress: bool = True  # tqdm progress bars
 
 
@@ -127,7 +139,10 @@ _FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 # Settings a resumed run must share with the run it continues (epochs may grow).
 _MUST_MATCH = ("model", "spec", "data", "input_size", "width", "batch_size", "lr", "schedule",
-               "momentum", "weight_decay", "dtype", "backend", "seed", "channels_last")
+               "momentum", "weight_decay", "dtype", "backend", "seed", "channels_last", "mode")
+
+#: how a step runs (see the module's docstring)
+MODES = ("eager", "cuda-graphs", "compile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,9 +200,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="also checkpoint every STEPS steps (default: at each epoch's end only)")
     a("--stop-after", type=int, default=None, metavar="STEPS",
       help="stop after STEPS steps as Ctrl-C would (checkpoint, then --resume continues)")
-    a("--cuda-graphs", action="store_true", default=None,
-      help="capture forward+backward in a CUDA graph after a few eager steps and replay it for "
-           "every full batch (both backends; CUDA only, not under torchrun)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--mode", choices=MODES, default=None,
+                      help="how each step runs, on both backends: eager, cuda-graphs (each full "
+                           "batch's forward+backward replayed from a CUDA graph) or compile "
+                           "(the model under torch.compile); default cuda-graphs on CUDA in one "
+                           "process, else eager")
+    mode.add_argument("--cuda-graphs", dest="mode", action="store_const", const="cuda-graphs",
+                      help="the same as --mode cuda-graphs (CUDA only, not under torchrun)")
+    mode.add_argument("--compile", dest="mode", action="store_const", const="compile",
+                      help="the same as --mode compile (CUDA only, not under torchrun)")
     a("--no-progress", dest="progress", action="store_false", default=None,
       help="no progress bars")
 
@@ -210,6 +232,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit(f"--resume: {saved} is not readable JSON ({err})") from None
         if not isinstance(stored, dict):
             raise SystemExit(f"--resume: {saved} holds no run settings")
+        if "mode" not in stored and "cuda_graphs" in stored:  # a run from before --mode
+            stored["mode"] = "cuda-graphs" if stored["cuda_graphs"] else "eager"
         for key in _MUST_MATCH:
             if key in given and key in stored and given[key] != stored[key]:
                 raise SystemExit(
@@ -507,7 +531,7 @@ class _CudaGraphs:
     @staticmethod
     def check(device: torch.device) -> None:
         if device.type != "cuda":
-            raise ValueError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+            raise ValueError(f"--mode cuda-graphs needs a CUDA device; this run is on {device}")
 
     @staticmethod
     @contextmanager
@@ -581,6 +605,65 @@ class _CapturedStep:
                 p.grad = g
         self._replay()
         return self._out
+
+
+# --------------------------------------------------------------------------------------------
+# a step under torch.compile
+
+class _Compiler:
+    """What :class:`_CompiledStep` asks of torch.compile (tests on the CPU put a stand-in here)."""
+
+    @staticmethod
+    def check(device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"--mode compile needs a CUDA device (Inductor compiles tritoncnn's "
+                             f"kernels for the GPU); this run is on {device}")
+
+    @staticmethod
+    def compile(module: nn.Module):
+        # static shapes: the ops' host code looks its configs up per shape while tracing, and a
+        # smaller last batch runs eagerly instead of compiling again
+        return torch.compile(module, dynamic=False)
+
+
+class _CompiledStep:
+    """``compiled(x, y)`` (forward and backward of one batch through the compiled model), after
+    ``warmup`` eager calls of ``eager(x, y)``: they compile the kernels, autotune them (which
+    cannot happen while tracing) and let cuDNN pick its algorithms. The first compiled call
+    traces and compiles; :attr:`warming` is True until it has run."""
+
+    def __init__(self, eager, compiled, warmup: int = 1) -> None:
+        self.eager, self.compiled, self.warmup = eager, compiled, warmup
+        self.calls = 0
+
+    @property
+    def warming(self) -> bool:
+        """Whether the next call is an eager warm-up or the compiling one (its time is not a
+        step's)."""
+        return self.calls <= self.warmup
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        self.calls += 1
+        return (self.eager if self.calls <= self.warmup else self.compiled)(x, y)
+
+
+def resolve_mode(cfg: TrainConfig, device: torch.device, world: int = 1) -> str:
+    """The mode a run on ``device`` in ``world`` processes trains in: ``cfg.mode``, checked, or
+    the default (cuda-graphs on CUDA in one process, else eager). A ValueError names the option
+    and why it cannot work."""
+    mode = cfg.mode
+    if mode is None:
+        return "cuda-graphs" if device.type == "cuda" and world == 1 else "eager"
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "eager" and world > 1:
+        raise ValueError(f"--mode {mode} is not supported under torchrun (DDP); run with "
+                         "--mode eager")
+    if mode == "cuda-graphs":
+        _CudaGraphs.check(device)
+    elif mode == "compile":
+        _Compiler.check(device)
+    return mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,8 +776,15 @@ class _BackendRun:
                                           rank=dist.rank, shuffle=True, seed=cfg.seed,
                                           drop_last=False)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.local_batch)
-        self.captured = _CapturedStep(self.forward_backward, model.parameters(), device,
-                                      cuda=_CudaGraphs) if cfg.cuda_graphs else None
+        # the step of a full batch, in cuda-graphs and compile modes (None: eager)
+        self.fast = None
+        if cfg.mode == "cuda-graphs":
+            self.fast = _CapturedStep(self.forward_backward, model.parameters(), device,
+                                      cuda=_CudaGraphs)
+        elif cfg.mode == "compile":
+            compiled = _Compiler.compile(self.net)
+            self.fast = _CompiledStep(self.forward_backward,
+                                      lambda x, y: self.forward_backward(x, y, compiled))
         self.memory = _PeakMemory(device)
         self.done_steps = 0  # in this invocation
         self.batch_sizes: set[int] = set()  # seen in this invocation: a new one compiles
@@ -741,13 +831,14 @@ class _BackendRun:
             return nullcontext()
         # no cast-weight cache under a graph: PyTorch's capture recipe for autocast
         return torch.autocast(self.device.type, dtype=self.amp_dtype,
-                              cache_enabled=not self.cfg.cuda_graphs)
+                              cache_enabled=self.cfg.mode != "cuda-graphs")
 
-    def forward_backward(self, xb: torch.Tensor, yb: torch.Tensor):
-        """One batch's logits and loss, its gradients in the parameters' .grad."""
+    def forward_backward(self, xb: torch.Tensor, yb: torch.Tensor, net: nn.Module | None = None):
+        """One batch's logits and loss through ``net`` (default the model itself), its
+        gradients in the parameters' .grad."""
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = self.net(xb)  # (B, classes)
+            logits = (net or self.net)(xb)  # (B, classes)
         loss = F.cross_entropy(logits.float(), yb)
         self.scaler.scale(loss).backward()
         return logits, loss
@@ -764,12 +855,13 @@ class _BackendRun:
         lr = _lr_at(self.cfg, p.global_step, self.cfg.epochs * self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        full = self.fast is not None and len(idx) == self.local_batch
         warming = (self.done_steps == 0 or len(idx) not in self.batch_sizes
-                   or (self.captured is not None and self.captured.warming))
+                   or (full and self.fast.warming))
         self.batch_sizes.add(len(idx))
         t0 = _clock()
-        if self.captured is not None and len(idx) == self.local_batch:
-            logits, loss = self.captured(xb, yb)
+        if full:
+            logits, loss = self.fast(xb, yb)
         else:
             logits, loss = self.forward_backward(xb, yb)
         self.scaler.step(self.optimizer)
@@ -930,8 +1022,11 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError("--save-every and --stop-after must be >= 0")
     if cfg.model and cfg.spec:
         raise ValueError("give --model or --spec, not both")
-    if cfg.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--cuda-graphs is not supported under torchrun (DDP); run without it")
+    if cfg.mode is not None and cfg.mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode not in (None, "eager") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"--mode {cfg.mode} is not supported under torchrun (DDP); run with "
+                         "--mode eager")
 
 
 def _prepare_out(cfg: TrainConfig, out: Path) -> None:
@@ -1039,8 +1134,7 @@ def run(cfg: TrainConfig) -> dict:
     dist = _init_distributed(cfg.device if cfg.device != "auto" else
                              ("cuda" if torch.cuda.is_available() else "cpu"))
     device = _pick_device(cfg, dist)
-    if cfg.cuda_graphs:
-        _CudaGraphs.check(device)
+    cfg = replace(cfg, mode=resolve_mode(cfg, device, dist.world))  # saved resolved: --resume
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the cuDNN twin at its best, as benchmarks run it
     out = Path(cfg.out)
@@ -1059,9 +1153,8 @@ def run(cfg: TrainConfig) -> dict:
     _check_fits(checkpoints, base, out)
     if dist.main:
         _write_config(cfg, out, device, data)
-        graphs = ", CUDA graphs" if cfg.cuda_graphs else ""
         print(f"tritoncnn train: {_describe(cfg)} on {data} | {', '.join(backends)} on "
-              f"{device} | {cfg.dtype}, {_layout(cfg, device)}{graphs} | "
+              f"{device} | {cfg.dtype}, {_layout(cfg, device)}, {MODE_NAMES[cfg.mode]} | "
               f"{sum(p.numel() for p in base.parameters()):,} parameters | out {out}",
               file=sys.stderr)
 
@@ -1084,7 +1177,7 @@ def run(cfg: TrainConfig) -> dict:
             print(f"tritoncnn train: stopped; checkpoint saved. Continue with: tritoncnn train "
                   f"--out {out} --resume", file=sys.stderr)
         else:
-            table = _summary(results, out, cfg.cuda_graphs)
+            table = _summary(results, out, cfg.mode)
             print(_show_table(table), flush=True)
         _figures(out)
         if "triton" in results and not stopped:
@@ -1099,7 +1192,7 @@ def run(cfg: TrainConfig) -> dict:
         tdist.barrier()
         tdist.destroy_process_group()
     return {"results": results, "stopped": stopped, "summary": table, "out": out,
-            "device": str(device)}
+            "device": str(device), "mode": cfg.mode}
 
 
 def _describe(cfg: TrainConfig) -> str:
@@ -1116,13 +1209,20 @@ def _enable_autotune() -> None:
 WEIGHTS_ROW = "max |w_triton - w_torch|"
 
 
-def _summary(results: dict[str, dict], out: Path, cuda_graphs: bool = False):
-    """The side-by-side table (one column per backend), also written to summary.csv. The
-    weights' difference, one number for the pair, sits in the first column only."""
+#: each mode as the printed line and the summary name it
+MODE_NAMES = {"eager": "eager", "cuda-graphs": "CUDA graphs", "compile": "torch.compile"}
+#: the steps each mode's images/s leaves out
+_UNTIMED = {"eager": "the 1st step", "cuda-graphs": "the warm-up and capture steps",
+            "compile": "the warm-up and compile steps"}
+
+
+def _summary(results: dict[str, dict], out: Path, mode: str = "eager"):
+    """The side-by-side table (one column per backend), also written to summary.csv; its images/s
+    row names the mode. The weights' difference, one number for the pair, sits in the first
+    column only."""
     import pandas as pd
 
-    timed = "after the warm-up and capture steps" if cuda_graphs \
-        else "after the 1st step"
+    timed = f"{MODE_NAMES[mode]}, after {_UNTIMED[mode]}"
     rows = {
         "final train loss": {b: r["final_loss"] for b, r in results.items()},
         "test loss": {b: r["test_loss"] for b, r in results.items()},

@@ -130,10 +130,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"zoo models for suite Train (default {','.join(TRAIN_MODELS)})")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--train-batch", type=int, default=256, help="training batch size")
+    parser.add_argument("--train-modes", type=_csv_list, default=None,
+                        help="how the training steps run, comma-separated, each on both backends "
+                             f"and as its own suite: {', '.join(TRAIN_MODES)} (default eager; "
+                             "cuda-graphs and compile on a GPU only: a CPU run leaves them out)")
     parser.add_argument("--train-graphs", action="store_true",
                         help="also time each training step captured in a CUDA graph and replayed "
-                             "(suite 'Train (CUDA graph)', both backends): the GPU's time without "
-                             "the host's launch overhead")
+                             f"(suite '{TRAIN_GRAPH_SUITE}', both backends): the GPU's time "
+                             "without the host's launch overhead; the same as adding cuda-graphs "
+                             "to --train-modes")
     parser.add_argument("--tune", action="store_true",
                         help="tune the kernel launches of each tritoncnn case that the autotune "
                              "cache lacks before timing it (tables to tune.csv beside the CSV)")
@@ -667,44 +672,70 @@ TRAIN_INPUTS = {"lenet5": (1, 32, 32)}
 
 
 TRAIN_GRAPH_SUITE = "Train (CUDA graph)"
+TRAIN_COMPILE_SUITE = "Train (compile)"
+#: how a training step runs (as ``tritoncnn train --mode`` names it) -> the suite of its rows
+TRAIN_SUITES = {"eager": "Train", "cuda-graphs": TRAIN_GRAPH_SUITE,
+                "compile": TRAIN_COMPILE_SUITE}
+TRAIN_MODES = tuple(TRAIN_SUITES)
+
+
+def train_modes(opts, device) -> list[str]:
+    """The training modes to time: ``--train-modes`` (default eager) plus cuda-graphs with
+    ``--train-graphs``, in :data:`TRAIN_MODES`' order; on the CPU eager alone (graphs and
+    Inductor's launches of the kernels need CUDA)."""
+    asked = set(getattr(opts, "train_modes", None) or ["eager"])
+    if getattr(opts, "train_graphs", False):
+        asked.add("cuda-graphs")
+    return [m for m in TRAIN_MODES if m in asked and (m == "eager" or device.type == "cuda")]
 
 
 def train_rows(models, dtypes, device, info: dict, opts, stop=lambda: False):
     """Step time, images/s and peak memory of a training step, both backends, per model: yields
-    one row per model, dtype and backend (and, with ``train_graphs`` on a GPU, the same step
-    replayed from a CUDA graph: suite :data:`TRAIN_GRAPH_SUITE`), until ``stop()`` says the
-    budget is spent."""
-    graphs = (False, True) if getattr(opts, "train_graphs", False) and device.type == "cuda" \
-        else (False,)
+    one row per model, dtype, mode (:func:`train_modes`; each mode its own suite,
+    :data:`TRAIN_SUITES`) and backend, until ``stop()`` says the budget is spent."""
+    modes = train_modes(opts, device)
     for name in models:
         for token in dtypes:
-            for graph in graphs:
+            for mode in modes:
                 if stop():
                     return
-                yield from _train_pair(name, token, graph, device, info, opts)
+                yield from _train_pair(name, token, mode, device, info, opts)
 
 
-def _train_pair(name: str, token: str, graph: bool, device, info: dict, opts):
-    """The two backends' rows of one model, dtype and timing mode."""
+def _train_pair(name: str, token: str, mode: str, device, info: dict, opts):
+    """The two backends' rows of one model, dtype and mode."""
     for backend in ("triton", "torch"):
         impl = "tritoncnn" if backend == "triton" else impl_name("cudnn", device)
-        row = dict(info, suite=TRAIN_GRAPH_SUITE if graph else "Train", layer=name,
+        row = dict(info, suite=TRAIN_SUITES[mode], layer=name,
                    op="train_step", dtype=dtype_name(token),
                    precision=_Precision(token, device).name,
                    layout="channels_last" if device.type == "cuda" else "nchw",
                    direction="forward+backward", implementation=impl, batch=opts.train_batch)
         with recorded(row, device):
             with _Precision(token, device):
-                row.update(_train_step(name, backend, token, device, opts, graph))
+                row.update(_train_step(name, backend, token, device, opts, mode))
             row["status"] = "ok"
         yield row
 
 
-def _train_step(name: str, backend: str, token: str, device, opts, graph: bool = False) -> dict:
+#: what each mode's timed steps are, for the ``timing`` column
+_TIMED = {"eager": "steps", "cuda-graphs": "graph replays", "compile": "compiled steps"}
+
+
+def _train_step(name: str, backend: str, token: str, device, opts, mode: str = "eager") -> dict:
     """One model's training step on synthetic data, timed over ``opts.train_steps`` steps after
-    three untimed ones. ``graph``: the step (forward, backward, SGD) is captured once in a CUDA
-    graph after the warm-up, as PyTorch's whole-network capture recipe does (warm-up on a side
-    stream, autocast without its weight-cast cache), and the timed steps replay it."""
+    three untimed ones, run as ``mode`` says:
+
+    * "eager": op by op;
+    * "cuda-graphs": the step (forward, backward, SGD) is captured once in a CUDA graph after
+      the warm-up, as PyTorch's whole-network capture recipe does (warm-up on a side stream,
+      autocast without its weight-cast cache), and the timed steps replay it;
+    * "compile": the model under ``torch.compile`` (static shapes), as ``tritoncnn train
+      --compile`` runs it: the first warm-up step is eager (it compiles and tunes the kernels),
+      the second traces and compiles; ``setup_s`` holds them."""
+    if mode not in TRAIN_SUITES:
+        raise ValueError(f"training mode must be one of {', '.join(TRAIN_MODES)}, got {mode!r}")
+    graph = mode == "cuda-graphs"
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -728,11 +759,13 @@ def _train_step(name: str, backend: str, token: str, device, opts, graph: bool =
         classes = model(x[:1]).shape[-1]
     target = torch.randint(0, classes, (B,), device=device)
 
+    net = model
+
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, torch_dtype(token), enabled=autocast,
                             cache_enabled=not graph):
-            loss = F.cross_entropy(model(x).float(), target)
+            loss = F.cross_entropy(net(x).float(), target)
         loss.backward()
         opt.step()
         return loss
@@ -750,7 +783,10 @@ def _train_step(name: str, backend: str, token: str, device, opts, graph: bool =
             step()
         step = captured.replay  # noqa: F811 (the timed steps replay the capture)
     else:
-        for _ in range(3):
+        for i in range(3):
+            if mode == "compile" and i == 1:
+                torch._dynamo.reset()  # a fresh compile per model: no recompile limit
+                net = torch.compile(model, dynamic=False)
             step()
     _sync(device)
     setup_s = time.perf_counter() - t0
@@ -766,7 +802,7 @@ def _train_step(name: str, backend: str, token: str, device, opts, graph: bool =
     q = np.quantile(times, [0.5, 0.2, 0.8])
     return {"shape": f"batch {B} x {'x'.join(map(str, chw))}", "median_ms": float(q[0]),
             "p20_ms": float(q[1]), "p80_ms": float(q[2]), "setup_s": setup_s,
-            "timing": f"perf_counter x{len(times)} {'graph replays' if graph else 'steps'}",
+            "timing": f"perf_counter x{len(times)} {_TIMED[mode]}",
             "images_per_s": B / (float(q[0]) * 1e-3), "peak_mem_mb": peak}
 
 
@@ -837,7 +873,8 @@ def _resolve_options(args, device):
     ops = args.ops or list(OPS)
     for name, got, known in (("--dtype", dtypes, DTYPES), ("--layout", layouts, LAYOUTS),
                              ("--direction", directions, S.DIRECTIONS),
-                             ("--impl", impls, IMPLEMENTATIONS), ("--ops", ops, OPS)):
+                             ("--impl", impls, IMPLEMENTATIONS), ("--ops", ops, OPS),
+                             ("--train-modes", args.train_modes or [], TRAIN_MODES)):
         bad = [g for g in got if g not in known]
         if bad:
             raise SystemExit(f"tritoncnn bench: {name} {','.join(bad)} is not one of "
@@ -876,7 +913,8 @@ def main(args) -> int:
         for case in cases:
             print(case.label(), "|", case.shape.describe())
         for name in train_models:
-            print(f"Train/{name} train_step {','.join(dtypes)} both backends")
+            print(f"Train/{name} train_step {','.join(dtypes)} both backends, "
+                  f"{','.join(train_modes(args, device))}")
         return 0
     if device.type == "cuda" and not torch.cuda.is_available():
         print("tritoncnn bench: no CUDA device here; use --device cpu for a CPU run of the "

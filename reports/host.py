@@ -106,8 +106,8 @@ def add_arguments(parser) -> None:
 
 #: bench options that mean nothing to --host
 _NOT_FOR_HOST = ("suite", "quick", "layers", "graph_below_ms", "tune", "train_graphs",
-                 "train_models", "no_train", "no_ceilings", "warmup_ms", "rep_ms", "cpu_reps",
-                 "train_steps", "train_batch")
+                 "train_modes", "train_models", "no_train", "no_ceilings", "warmup_ms", "rep_ms",
+                 "cpu_reps", "train_steps", "train_batch")
 #: --host's own options
 HOST_ONLY = ("launches", "rounds", "round_ms", "host_batch", "profile", "profile_batch")
 

@@ -20,7 +20,8 @@ with ``ptxas -v``: no spill stores); that every kernel it compiled, and the conf
 shared-memory model rates the largest, fit sm_90's shared memory as compiled; and that the
 tuner's parallel pre-compilation
 (``autotune.tuner.precompile``) compiles every config of a real tuning problem on worker threads,
-so that the timed pass compiles nothing.
+so that the timed pass compiles nothing; and that the copy of every kernel Inductor makes for
+torch.compile's graphs (the kernel's source with the helpers and globals it reaches) compiles.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ COMPILED: list[tuple[str, dict, object]] = []  # (kernel name, constexprs, kerne
 NOT_GEMM = frozenset({"_sum_splits_kernel", "_grad_z_kernel", "_dx_weight_kernel"})
 
 
+FIRST_CALLS: dict = {}  # kernel -> (args, grid, kwargs) of its first compiled specialization
+
+
 def _compile_only(self, *args, grid, warmup, **kwargs):
+    FIRST_CALLS.setdefault(self, (args, grid, kwargs))
     # under AsyncCompileMode this is a future: resolved (ptx) only once every compile is done
     kernel = _jit_run(self, *args, grid=grid, warmup=True, **kwargs)
     consts = {k: v for k, v in kwargs.items() if k.isupper() or k.startswith("num_")}
@@ -595,6 +600,42 @@ def scan_suites(nchw: bool = False) -> int:
     return 1 if bad else 0
 
 
+def check_inductor_copies() -> str | None:
+    """torch.compile's graphs launch the ops' kernels through Inductor, which copies each kernel's
+    source, with the jitted helpers and globals it reaches, into a module of its own and compiles
+    that copy: every kernel's copy, as Inductor writes it, must compile for sm_90 (a helper or
+    global the copy misses fails here, not on the GPU)."""
+    import importlib.util
+
+    from torch._inductor.codegen.triton import TritonKernel
+    from torch._inductor.codegen.wrapper import (
+        user_defined_triton_kernel_transitive_closure_source_code as closure)
+
+    folder = tempfile.mkdtemp()
+    failed = []
+    for kernel, (args, grid, kwargs) in FIRST_CALLS.items():
+        name = kernel.__name__
+        source = (TritonKernel.gen_common_triton_imports() + "\n@triton.jit\n"
+                  + closure(kernel))
+        path = os.path.join(folder, f"inductor_copy_{name}.py")
+        with open(path, "w") as f:
+            f.write(source)
+        try:
+            spec = importlib.util.spec_from_file_location(f"inductor_copy_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            copy = getattr(module, name)
+            compiled = _jit_run(copy, *args, grid=grid, warmup=True, **kwargs)
+            _ptx(compiled)
+        except Exception as err:  # noqa: BLE001 (any failure of the copy is the finding)
+            failed.append(f"{name}: {type(err).__name__}: {str(err)[:300]}")
+    if failed or not FIRST_CALLS:
+        return "Inductor's copies of the kernels do not compile: " + "; ".join(failed) \
+            if failed else "no kernel was compiled to copy"
+    print(f"Inductor's copies of {len(FIRST_CALLS)} kernels compile for sm_90")
+    return None
+
+
 def main() -> int:
     install()
     if "--suites" in sys.argv[1:]:
@@ -629,7 +670,8 @@ def main() -> int:
               else "no prepared launch was made")
         return 1
     print(f"prepared launches of {', '.join(sorted(PREPARED))}: arguments as Triton binds them")
-    for check in (check_registers, check_shared_memory, check_vector_loads, check_precompile):
+    for check in (check_registers, check_shared_memory, check_vector_loads, check_precompile,
+                  check_inductor_copies):
         problem = check()
         if problem is not None:
             print(problem)

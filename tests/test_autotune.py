@@ -597,6 +597,35 @@ def test_autotune_on_first_use_tunes_a_missing_entry_once(store, monkeypatch):
     assert autotune.autotune_enabled()
 
 
+def test_autotune_on_first_use_times_nothing_while_traced(store, monkeypatch):
+    """Nothing is tuned while torch.compile traces or under fake tensors (the ops' bodies traced,
+    as make_fx and the fake kernels do): the heuristic serves, and the entry stays missing for
+    the next eager call to tune."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    made = []
+    ref = torch.randn(4)
+
+    def factory(shape, dtype, layout):
+        made.append(shape)
+        return autotune.Problem(run=fake_kernel(ref, {16: 2.0, 64: 1.0}), reference=ref,
+                                configs=configs(16, 64))
+
+    monkeypatch.setitem(tuner._FACTORIES, "conv_fwd", factory)
+    monkeypatch.setattr(tuner, "default_timer", FakeTimer)
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "1")
+    with FakeTensorMode():
+        assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc",
+                                   HEURISTIC) == HEURISTIC
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc", HEURISTIC) == HEURISTIC
+    assert not made
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert autotune.get_config("conv_fwd", conv(), torch.float16, "nhwc",
+                               HEURISTIC)["BLOCK_M"] == 64
+    assert len(made) == 1
+
+
 def test_autotune_without_a_factory_warns_and_uses_the_heuristic(store, monkeypatch):
     monkeypatch.setattr(tuner, "_FACTORIES", {})
     monkeypatch.setattr(tuner, "_warned_missing", set())

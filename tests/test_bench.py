@@ -401,16 +401,90 @@ def test_bench_training_step(tmp_path, monkeypatch):
                                                          rel=1e-4)
 
 
-def test_training_graphs_only_on_a_gpu(tmp_path, monkeypatch):
-    """--train-graphs adds the CUDA-graph suite on a GPU; a CPU run keeps the eager rows alone."""
+@pytest.mark.parametrize("flags,eager", [(["--train-graphs"], True),
+                                         (["--train-modes", "compile,eager", "--train-graphs"],
+                                          True),
+                                         (["--train-modes", "cuda-graphs,compile"], False)])
+def test_training_graphs_and_compile_only_on_a_gpu(tmp_path, monkeypatch, flags, eager):
+    """--train-graphs and --train-modes add the CUDA-graph and compile suites on a GPU; a CPU run
+    keeps the eager rows alone (none when eager was not asked for)."""
     import tritoncnn.models as models
 
     monkeypatch.setattr(models, "get_model", lambda name, backend="triton": _TinyNet(),
                         raising=False)
     _, rows = _bench(tmp_path, "--suite", "Train", "--train-models", "tiny", "--train-steps", "1",
-                     "--train-batch", "2", "--no-ceilings", "--train-graphs")
+                     "--train-batch", "2", "--no-ceilings", *flags)
     assert [(r["suite"], r["implementation"], r["status"]) for r in rows] == [
-        ("Train", "tritoncnn", "ok"), ("Train", "torch", "ok")]
+        ("Train", "tritoncnn", "ok"), ("Train", "torch", "ok")][:2 if eager else 0]
+
+
+def test_training_modes_in_order_one_suite_each():
+    """The modes a GPU run times, in eager, cuda-graphs, compile order whatever the order asked,
+    each as its own suite; an unknown mode is an error naming the option."""
+    import types
+
+    cuda, cpu = types.SimpleNamespace(type="cuda"), types.SimpleNamespace(type="cpu")
+
+    def modes(device, **opts):
+        return bench.train_modes(types.SimpleNamespace(**opts), device)
+
+    assert modes(cuda) == ["eager"]
+    assert modes(cuda, train_graphs=True) == ["eager", "cuda-graphs"]
+    assert modes(cuda, train_modes=["compile", "eager"], train_graphs=True) == [
+        "eager", "cuda-graphs", "compile"]
+    assert modes(cuda, train_modes=["compile"]) == ["compile"]
+    assert modes(cpu, train_modes=["compile", "eager"], train_graphs=True) == ["eager"]
+    assert bench.TRAIN_SUITES == {"eager": "Train", "cuda-graphs": "Train (CUDA graph)",
+                                  "compile": "Train (compile)"}
+    with pytest.raises(SystemExit, match="--train-modes jit is not one of eager, cuda-graphs, "
+                                         "compile"):
+        cli.main(["bench", "--device", "cpu", "--suite", "Train", "--train-modes", "eager,jit",
+                  "--list"])
+
+
+def test_compile_training_step_on_the_cpu_traces_the_kernels(monkeypatch):
+    """_train_step's compile mode on the CPU with torch.compile's aot_eager backend (Inductor
+    needs CUDA to launch the kernels): the tritoncnn model's steps run through graphs that launch
+    its kernels, and train as eager steps do."""
+    import types
+
+    import tritoncnn.models as models
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+    from conftest import DEVICE
+
+    built, backends = [], []
+    real_compile = torch.compile
+
+    def get_model(name, backend="triton"):
+        torch.manual_seed(0)
+        net = _TinyNet()
+        built.append(models.convert(net) if backend == "triton" else net)
+        return built[-1]
+
+    def compile_aot_eager(model, dynamic=None):
+        backends.append(AotEagerAndRecordGraphs())
+        return real_compile(model, backend=backends[-1], dynamic=dynamic)
+
+    monkeypatch.setattr(models, "get_model", get_model, raising=False)
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    opts = types.SimpleNamespace(train_batch=4, train_steps=2)
+    device = torch.device(DEVICE)
+    eager = bench._train_step("tiny", "triton", "fp32", device, opts, "eager")
+    compiled = bench._train_step("tiny", "triton", "fp32", device, opts, "compile")
+    torch._dynamo.reset()
+    assert compiled["timing"] == "perf_counter x2 compiled steps" and eager["timing"].endswith(
+        " steps")
+    (backend,) = backends
+    launches = [n for g in backend.fw_graphs + backend.bw_graphs for n in g.graph.nodes
+                if "triton_kernel_wrapper" in str(n.target)]
+    assert launches and len(backend.fw_graphs) == 1
+    a, b = (dict(m.named_parameters()) for m in built)
+    for name, param in a.items():
+        assert torch.equal(b[name], param), name
+    with pytest.raises(ValueError, match="training mode must be one of eager, cuda-graphs, "
+                                         "compile, got 'jit'"):
+        bench._train_step("tiny", "triton", "fp32", device, opts, "jit")
 
 
 @pytest.mark.gpu
@@ -434,8 +508,8 @@ def test_gpu_graph_replays_train_as_eager_steps_do(monkeypatch, backend):
     monkeypatch.setattr(models, "get_model", get_model, raising=False)
     opts = types.SimpleNamespace(train_batch=8, train_steps=4)
     cuda = torch.device("cuda")
-    results = [bench._train_step("tiny", backend, "fp32", cuda, opts, graph)
-               for graph in (False, True)]
+    results = [bench._train_step("tiny", backend, "fp32", cuda, opts, mode)
+               for mode in ("eager", "cuda-graphs")]
     assert all(r["median_ms"] > 0 for r in results)
     assert "graph replays" in results[1]["timing"]
     eager, graphed = (dict(m.named_parameters()) for m in built)
@@ -591,13 +665,13 @@ def test_gpu_check_runs_only_the_parts_named(tmp_path):
                    "bench-bwd", "bench-conv", "bench-tf32", "bench-pool", "tests-rest",
                    "bench-compile"]
 
-    # PARTS=headline: its parts alone, planned at about four minutes, install and env included
+    # PARTS=headline: its parts alone, planned at about 5.5 minutes, install and env included
     run = _dry_run(tmp_path / "h", PARTS="headline")
     ran = re.findall(r"\] ([\w-]+): would run \(about (\d+)s", run.stdout)
     assert [name for name, _ in ran] == ["install", "env", "headline-conv", "headline-compile",
                                          "headline-pool", "headline-train"]
     planned = int(re.search(r"planned about (\d+)s in all", run.stdout).group(1))
-    assert planned == sum(int(s) for _, s in ran) and 180 <= planned <= 270
+    assert planned == sum(int(s) for _, s in ran) and 240 <= planned <= 360
 
     bad = _dry_run(tmp_path / "bad", PARTS="bench-pool tests-all")
     assert bad.returncode == 2 and "unknown part 'tests-all'" in bad.stderr

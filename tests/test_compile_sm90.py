@@ -27,3 +27,4 @@ def test_all_kernels_compile_for_sm90(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "kernels compiled for sm_90" in done.stdout
     assert "registers (ptxas -v, sm_90a):" in done.stdout and "precompile:" in done.stdout
+    assert "Inductor's copies of" in done.stdout  # what torch.compile's graphs launch

@@ -360,6 +360,25 @@ def test_tuned_needs_the_runs_own_tuning_tables(tmp_path):
     assert set(h["configs"]) == {report.UNTABLED}
 
 
+def test_headline_has_a_row_per_training_mode(tmp_path):
+    """The bench's training modes are suites of their own: eager, CUDA graphs and torch.compile
+    each get a headline row, each against cuDNN in the same mode."""
+    from tritoncnn.reports.bench import TRAIN_SUITES
+
+    def step(suite, impl, ms):
+        return _row(suite=suite, layer="vgg11", op="train_step", implementation=impl,
+                    direction="forward+backward", median_ms=ms, images_per_s=256 / ms * 1e3,
+                    peak_mem_mb=700.0 if impl == "tritoncnn" else 1000.0, batch=256,
+                    shape="batch 256 x 3x32x32")
+
+    times = {"eager": (20.0, 16.0), "cuda-graphs": (10.0, 10.0), "compile": (8.0, 10.0)}
+    df, h = _headline(tmp_path, [step(TRAIN_SUITES[mode], impl, ms)
+                                 for mode, pair in times.items()
+                                 for impl, ms in zip(("cudnn", "tritoncnn"), pair)])
+    got = {r["suite"]: r["speedup"] for _, r in h.iterrows()}
+    assert got == {"Train": "1.25x", "Train (CUDA graph)": "1.00x", "Train (compile)": "0.80x"}
+
+
 def test_headline_rows_never_mix_runs(tmp_path):
     """Two runs (commits) on one GPU: a row's speedup is against its own run's cuDNN, a headline
     row comes from one run (the newest that measured the case), and the table names the commit

@@ -28,8 +28,9 @@ TINY_SPEC = "CONV3-4-RELU-POOL2-CONV3-8-RELU-POOL2-FC10"
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
+    # eager unless a test says otherwise (the default on CUDA is cuda-graphs)
     base = dict(spec=TINY_SPEC, data="synthetic:64", input_size=8, epochs=2, batch_size=16,
-                lr=0.05, backend="torch", out=str(tmp_path / "run"), progress=False)
+                lr=0.05, backend="torch", out=str(tmp_path / "run"), progress=False, mode="eager")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -240,7 +241,7 @@ def test_images_per_second_leaves_out_the_first_step(tmp_path, monkeypatch):
     assert res["history"][1]["images_per_s"] == 72 / 5
     assert res["images_per_s"] == (48 + 72) / 8
     table = out["summary"]
-    assert table.loc["images/s (after the 1st step)", "torch"] == 15.0
+    assert table.loc["images/s (eager, after the 1st step)", "torch"] == 15.0
     assert table.loc["1st step seconds (incl. compile)", "torch"] == 101.0
 
 
@@ -274,7 +275,12 @@ def test_default_model_uses_the_fused_block():
     (["--spec", "CONV3-4-RELU-FC7", "--data", "synthetic:8", "--input-size", "4"], "FC10"),
     (["--spec", "CONV3-4-", "--data", "synthetic:8"], "index 8"),
     (["--data", "mnist:/nonexistent/folder"], "not found"),
-    (["--data", "synthetic:8", "--device", "cpu", "--cuda-graphs"], "needs a CUDA device"),
+    (["--data", "synthetic:8", "--device", "cpu", "--cuda-graphs"],
+     "--mode cuda-graphs needs a CUDA device"),
+    (["--data", "synthetic:8", "--device", "cpu", "--mode", "cuda-graphs"],
+     "--mode cuda-graphs needs a CUDA device"),
+    (["--data", "synthetic:8", "--device", "cpu", "--compile"],
+     "--mode compile needs a CUDA device"),
     (["--data", "synthetic:8", "--lr", "nan"], "--lr must be a finite number >= 0, got nan"),
     (["--data", "synthetic:8", "--momentum", "-0.5"], "--momentum must be a finite number"),
     (["--data", "synthetic:8", "--model", "vgg11", "--width", "-1"],
@@ -366,7 +372,7 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(_ReplayedGraphs, "captures", 0)
     ticks = iter(range(1000))
     monkeypatch.setattr(train_mod, "_clock", lambda: float(next(ticks)))  # 1 s per step
-    run_graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))
+    run_graphed = run(_config(tmp_path / "graphs", mode="cuda-graphs", **kw))
     graphed = run_graphed["results"]
     assert _ReplayedGraphs.captures == 2  # one per backend
     exact = {"triton": True, "torch": DEVICE == "cpu"}
@@ -377,7 +383,7 @@ def test_cuda_graph_training_equals_eager_steps(tmp_path, monkeypatch):
         # (a new size: compiles): the 5 steps of epoch 2 are timed
         assert graphed[backend]["images_per_s"] == (4 * 16 + 8) / 5
     table = run_graphed["summary"]
-    assert table.loc["images/s (after the warm-up and capture steps)",
+    assert table.loc["images/s (CUDA graphs, after the warm-up and capture steps)",
                      "torch"] == (4 * 16 + 8) / 5
     a = _rows(tmp_path / "eager/run/steps.csv")
     b = _rows(tmp_path / "graphs/run/steps.csv")
@@ -403,8 +409,145 @@ def test_a_failed_capture_trains_on_eagerly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "_CudaGraphs", Uncapturable)
     with pytest.warns(RuntimeWarning, match="capturing the step failed.*not permitted.*eager"):
-        graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]["torch"]
+        graphed = run(_config(tmp_path / "graphs", mode="cuda-graphs", **kw))["results"]["torch"]
     _assert_same_weights(graphed["state_dict"], eager["state_dict"])
+
+
+# --------------------------------------------------------------------------------------------
+# modes: the default, bad combinations, config.json and --resume, --compile
+
+def test_default_mode_is_cuda_graphs_on_cuda_in_one_process_else_eager():
+    resolve = train_mod.resolve_mode
+    assert resolve(TrainConfig(), torch.device("cpu")) == "eager"
+    assert resolve(TrainConfig(), torch.device("cuda", 0)) == "cuda-graphs"
+    assert resolve(TrainConfig(), torch.device("cuda", 0), world=2) == "eager"
+    assert resolve(TrainConfig(mode="eager"), torch.device("cuda", 0)) == "eager"
+    with pytest.raises(ValueError, match="--mode must be one of eager, cuda-graphs, compile, "
+                                         "got 'jit'"):
+        resolve(TrainConfig(mode="jit"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["cuda-graphs", "compile"])
+def test_graphs_and_compile_refuse_torchrun(tmp_path, monkeypatch, capsys, mode):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc = cli_main(["train", "--backend", "torch", "--data", "synthetic:8", "--out",
+                   str(tmp_path / "r"), "--mode", mode])
+    assert rc == 2
+    assert f"--mode {mode} is not supported under torchrun (DDP)" in capsys.readouterr().err
+
+
+def test_mode_is_saved_named_and_resumed(tmp_path, capsys):
+    """config.json holds the resolved mode, --resume keeps it (another mode is refused), a run
+    saved before --mode existed resumes in the mode its cuda_graphs flag meant, and the printed
+    line and the summary name the mode."""
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "torch", "--data", "synthetic:32", "--spec", TINY_SPEC,
+            "--input-size", "8", "--epochs", "1", "--batch-size", "8", "--out", str(out),
+            "--no-progress", "--device", "cpu"]
+    assert cli_main([*argv, "--stop-after", "1"]) == 130
+    assert "fp32, nchw, eager |" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["mode"] == "eager"
+    with pytest.raises(SystemExit, match="started with --mode eager, not compile"):
+        cli_main([*_resume_argv(out), "--compile"])
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    assert train_mod.config_from_args(parser.parse_args(["--out", str(out), "--resume"])
+                                      ).mode == "eager"
+    old = json.loads((out / "config.json").read_text())
+    del old["mode"]
+    for flag, mode in ((True, "cuda-graphs"), (False, "eager")):
+        (out / "config.json").write_text(json.dumps(dict(old, cuda_graphs=flag)))
+        cfg = train_mod.config_from_args(parser.parse_args(["--out", str(out), "--resume"]))
+        assert cfg.mode == mode
+    (out / "config.json").write_text(json.dumps(dict(old, mode="eager")))
+    assert cli_main(_resume_argv(out)) == 0
+    table = _rows(out / "summary.csv")
+    assert "images/s (eager, after the 1st step)" in [r["metric"] for r in table]
+    for argv_mode, mode in ((["--cuda-graphs"], "cuda-graphs"), (["--compile"], "compile"),
+                            (["--mode", "compile"], "compile"), ([], None)):
+        assert train_mod.config_from_args(parser.parse_args(argv_mode)).mode == mode
+    with pytest.raises(SystemExit):  # one mode at a time
+        parser.parse_args(["--cuda-graphs", "--compile"])
+
+
+class _AotEagerCompiler:
+    """torch.compile on the CPU: Dynamo and AOTAutograd trace the model as on a GPU, and the
+    graphs run eagerly (aot_eager: no Inductor, which cannot launch Triton kernels on the CPU).
+    Records every forward and backward graph."""
+
+    backends: list = []  # one graph-recording backend per compiled model
+
+    @staticmethod
+    def check(device):
+        pass
+
+    @classmethod
+    def compile(cls, module):
+        from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+        cls.backends.append(AotEagerAndRecordGraphs())
+        return torch.compile(module, backend=cls.backends[-1], dynamic=False, fullgraph=True)
+
+
+def _graph_targets(graphs) -> set[str]:
+    return {str(node.target) for g in graphs for node in g.graph.nodes
+            if node.op == "call_function"}
+
+
+def test_compiled_training_equals_eager_steps(tmp_path, monkeypatch):
+    """--compile's training loop, with the model traced by torch.compile as on a GPU (the graphs
+    run by aot_eager on the CPU): the triton twin's forward and backward graphs hold the kernel
+    launches themselves (triton_kernel_wrapper nodes), no opaque tritoncnn op; the weights and
+    losses are those of eager steps (bit for bit: the same kernels with the same configs); the
+    warm-up step, the compiling step and the first smaller batch stay out of images/s."""
+    torch._dynamo.reset()
+    kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both")  # 4 full + 8, twice
+    eager = run(_config(tmp_path / "eager", **kw))["results"]
+    monkeypatch.setattr(train_mod, "_Compiler", _AotEagerCompiler)
+    monkeypatch.setattr(_AotEagerCompiler, "backends", [])
+    ticks = iter(range(1000))
+    monkeypatch.setattr(train_mod, "_clock", lambda: float(next(ticks)))  # 1 s per step
+    out = run(_config(tmp_path / "compiled", mode="compile", **kw))
+    torch._dynamo.reset()
+    assert out["mode"] == "compile"
+    compiled = out["results"]
+    triton_backend, torch_backend = _AotEagerCompiler.backends  # built in this order
+    targets = _graph_targets(triton_backend.fw_graphs) | _graph_targets(triton_backend.bw_graphs)
+    assert "triton_kernel_wrapper_functional" in {t.split(".")[-1] for t in targets}, targets
+    assert not any("tritoncnn" in t for t in targets), targets
+    assert len(triton_backend.fw_graphs) == len(triton_backend.bw_graphs) == 1  # no recompile
+    assert not any("triton_kernel" in t for t in _graph_targets(torch_backend.fw_graphs))
+    for backend in ("triton", "torch"):
+        _assert_same_weights(compiled[backend]["state_dict"], eager[backend]["state_dict"],
+                             atol=0.0 if backend == "triton" else 1e-6)
+        # epoch 1: step 1 eager (warm-up), step 2 compiles, 3 and 4 timed, 5 a new size
+        assert compiled[backend]["images_per_s"] == (2 * 16 + 4 * 16 + 8) / (2 + 5)
+    assert out["summary"].loc["images/s (torch.compile, after the warm-up and compile steps)",
+                              "torch"] == (2 * 16 + 4 * 16 + 8) / 7
+    a = _rows(tmp_path / "eager/run/steps.csv")
+    b = _rows(tmp_path / "compiled/run/steps.csv")
+    assert [(r["backend"], r["step"]) for r in b] == [(r["backend"], r["step"]) for r in a]
+    for ra, rb in zip(a, b):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-6, abs=1e-7), ra
+    assert json.loads((tmp_path / "compiled/run/config.json").read_text())["mode"] == "compile"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gpu_compiled_training_matches_eager(tmp_path, dtype):
+    """Real torch.compile (Inductor) of both twins: its generated code launches tritoncnn's
+    kernels with the configs the eager steps use, so the triton twin trains as eager steps do
+    (to rounding: Inductor may fuse the parts of the step around the kernels differently)."""
+    torch._dynamo.reset()
+    kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both", device="cuda",
+              dtype=dtype, channels_last=True)
+    eager = run(_config(tmp_path / "eager", **kw))["results"]
+    compiled = run(_config(tmp_path / "compiled", mode="compile", **kw))["results"]
+    torch._dynamo.reset()
+    tol = 1e-5 if dtype == "fp32" else 2e-2
+    for backend in ("triton", "torch"):
+        _assert_same_weights(compiled[backend]["state_dict"], eager[backend]["state_dict"],
+                             atol=tol)
 
 
 @pytest.mark.gpu
@@ -415,7 +558,7 @@ def test_gpu_cuda_graph_training_equals_eager(tmp_path, dtype):
     kw = dict(data="synthetic:72", epochs=2, batch_size=16, backend="both", device="cuda",
               dtype=dtype, channels_last=True)
     eager = run(_config(tmp_path / "eager", **kw))["results"]
-    graphed = run(_config(tmp_path / "graphs", cuda_graphs=True, **kw))["results"]
+    graphed = run(_config(tmp_path / "graphs", mode="cuda-graphs", **kw))["results"]
     _assert_same_weights(graphed["triton"]["state_dict"], eager["triton"]["state_dict"])
     # cuDNN's benchmark mode may pick other algorithms in another run
     tol = 1e-5 if dtype == "fp32" else 1e-2

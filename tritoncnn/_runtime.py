@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import logging
 import os
 import warnings
 
@@ -166,11 +167,90 @@ def launch(kernel, grid, *args, **kwargs):
     if _COMPILE_ONLY.get():
         return kernel.warmup(*args, grid=grid, **kwargs)
     first = args[0] if args else next(iter(kwargs.values()), None)
+    if first.__class__ not in _PLAIN and tracing(first):
+        return traceable(kernel)[grid](*args, **kwargs)
     device = getattr(first, "device", None)
     if device is not None and device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             return kernel[grid](*args, **kwargs)
     return kernel[grid](*args, **kwargs)
+
+
+# Tracing -----------------------------------------------------------------------------------------
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def tracing(tensor) -> bool:
+    """Whether a launch on ``tensor`` is being traced rather than run: a fake tensor (or a
+    functional wrapper of one), as torch.compile's AOT tracing, ``make_fx`` and the fake kernels
+    pass the ops' bodies. Such a launch must become a ``triton_kernel_wrapper`` node of the graph
+    (:func:`traceable`), which Inductor compiles into a launch of the same kernel; it cannot
+    run, as there is no data."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return isinstance(tensor, torch.Tensor) and is_fake(tensor)
+
+
+def traceable(kernel):
+    """``torch.library.wrap_triton(kernel)``: the kernel as a traced launch records it. Triton's
+    interpreter makes ``@triton.jit`` return an ``InterpretedFunction``, which ``wrap_triton``
+    hands back unwrapped (it would then be called on fake tensors); the graph takes a
+    :class:`_InterpretedJIT` of it instead, so that tracing records the same nodes on the CPU as
+    on a GPU, and running the graph runs the interpreter."""
+    from torch._library.triton import is_wrap_triton_enabled
+
+    if not INTERPRET or not is_wrap_triton_enabled():
+        return torch.library.wrap_triton(kernel)
+    from torch._higher_order_ops.triton_kernel_wrap import TraceableTritonKernelWrapper
+
+    twin = _twins.get(kernel)
+    if twin is None:
+        twin = _twins[kernel] = _interpreted_jit()(kernel)
+    return TraceableTritonKernelWrapper(twin, None, None)
+
+
+_twins: dict = {}  # interpreted kernel -> its _InterpretedJIT
+
+
+def _interpreted_jit():
+    """The class :class:`_InterpretedJIT` (made on first use: it subclasses Triton's
+    ``JITFunction``, which the CPU-only import path never needs)."""
+    global _InterpretedJIT
+    if _InterpretedJIT is None:
+        from triton.runtime.jit import JITFunction
+
+        class InterpretedJIT(JITFunction):
+            """A ``JITFunction`` over an interpreted kernel's Python function, for tracing
+            (which reads a JITFunction's parameters and source); launching it, as a traced
+            graph does when it runs, runs the interpreted kernel."""
+
+            def __init__(self, interpreted) -> None:
+                super().__init__(interpreted.fn)
+                self.interpreted = interpreted
+
+            def __getitem__(self, grid):
+                return self.interpreted[grid]
+
+            def run(self, *args, **kwargs):
+                return self.interpreted.run(*args, **kwargs)
+
+            @property
+            def cache_key(self) -> str:
+                # (JITFunction's hashes the source of every jitted function the kernel calls,
+                # which it refuses when they are interpreted ones)
+                return f"interpreted {self.fn.__module__}.{self.fn.__qualname__}"
+
+        _InterpretedJIT = InterpretedJIT
+        # Tracing reads which arguments a kernel writes from its TTIR, which needs a GPU target:
+        # on the interpreter the analysis always fails, and warns (with a traceback) that every
+        # argument counts as written, which only costs copies. That warning says nothing here.
+        logging.getLogger("torch._dynamo").addFilter(
+            lambda record: "assuming every input is mutated" not in str(record.msg))
+    return _InterpretedJIT
+
+
+_InterpretedJIT = None
 
 
 class KernelLaunch:
@@ -224,7 +304,7 @@ class KernelLaunch:
         if _counting is not None and not _counting.run:  # stubbed: counted, nothing built
             _counting.add(self.kernel)
             return None
-        result = launch(self.kernel, self.grid, **self.fixed, **tensors)
+        result = launch(self.kernel, self.grid, **tensors, **self.fixed)  # a tensor first
         if compiled is None and hasattr(result, "packed_metadata") and not _COMPILE_ONLY.get():
             self.device = _fast_device(tensors)
             if self.device is not None:
@@ -238,10 +318,11 @@ class KernelLaunch:
 
 def _fast_device(tensors: dict):
     """The CUDA device index a prepared launch's compiled kernel (see :class:`KernelLaunch`) may
-    serve these tensors on, or None: all 16-byte aligned (as when it was compiled), on the
-    current CUDA device."""
+    serve these tensors on, or None: plain tensors (not the fake ones of a traced call), all
+    16-byte aligned (as when it was compiled), on the current CUDA device."""
     first = next(iter(tensors.values()))
-    if first.device.type != "cuda" or any(t.data_ptr() % 16 for t in tensors.values()):
+    if first.__class__ not in _PLAIN or first.device.type != "cuda" or \
+            any(t.data_ptr() % 16 for t in tensors.values()):
         return None
     index = torch.cuda.current_device()
     return index if first.device.index == index else None
