@@ -122,14 +122,16 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ("conv_dx", the conv's own shape), into each stride phase of dX (the backward prepares
     those launches itself: :func:`forward_launch`).
 
-    A call with neither looks its launch up by its signature (:data:`_PLANS`): the config,
-    strides and vector hints of a layer are derived on its first call only.
+    A call without ``config`` or ``tuning`` looks its launch up by its signature (:data:`_PLANS`,
+    ``out``'s strides included): the config, strides and vector hints of a layer are derived on
+    its first call only.
     """
     plan = key = None
-    if config is None and tuning is None and out is None:
+    if config is None and tuning is None:
         key = (input.shape, input.stride(), weight.shape, weight.stride(), input.dtype,
                input.device, bias is None, geometry, relu,
-               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
+               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32,
+               None if out is None else out.stride())
         plan = _PLANS.get(key)
     if plan is None:
         N, C, H, W = input.shape
@@ -143,7 +145,8 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
             _PLANS.put(key, (tuple(y.shape), y.stride(), run))
     else:
         shape, strides, run = plan
-        y = torch.empty_strided(shape, strides, device=input.device, dtype=input.dtype)
+        y = out if out is not None else torch.empty_strided(shape, strides, device=input.device,
+                                                             dtype=input.dtype)
         x, w = channels_inner(input), channels_inner(weight)
     if run is not None:
         run(x_ptr=x, w_ptr=w, b_ptr=bias_operand(bias, w), y_ptr=y)
@@ -427,8 +430,12 @@ def _as_map(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _linear_forward(input, weight, bias, relu, allow_tf32):
-    return conv2d_forward(_as_map(input), _as_map(weight), bias, _LINEAR, relu,
-                          allow_tf32).flatten(1)
+    # written through a view, returned whole: an autograd Function's output that views a tensor
+    # made inside it could not be modified in place
+    y = input.new_empty((input.shape[0], weight.shape[0]))
+    conv2d_forward(_as_map(input), _as_map(weight), bias, _LINEAR, relu, allow_tf32,
+                   out=_as_map(y))
+    return y
 
 
 def _linear_setup_context(ctx, inputs, output):

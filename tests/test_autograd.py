@@ -390,3 +390,25 @@ def test_linear_takes_every_transform(lead):
     leaf = tensors[0].clone().requires_grad_()
     assert type(ours(leaf, *tensors[1:]).grad_fn).__name__.startswith(
         "_LinearChecked" if len(lead) == 1 else "View")
+
+
+def test_linear_output_can_be_modified_in_place():
+    """linear's output is no view of a tensor made inside its autograd Function (which autograd
+    forbids modifying in place): an in-place op on it keeps the right gradients. (With ReLU the
+    output is saved for the backward, as F.relu's is: autograd refuses it there, as for F.relu.)"""
+    torch.manual_seed(0)
+    tensors = [torch.randn(5, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE),
+               torch.randn(3, device=DEVICE)]
+
+    def grads(op, tensors):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        y = op(*leaves)
+        y.mul_(2).add_(1)
+        y.square().sum().backward()
+        return [t.grad for t in leaves]
+
+    with _ieee_fp32():
+        got = grads(linear, tensors)
+    want = grads(F.linear, [t.double() for t in tensors])
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
