@@ -429,12 +429,15 @@ def test_gpu_tf32_follows_cudnn_flag():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rows, depth", [(128, 64), (256, 32)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_eight_warp_configs(dtype):
-    """Large tiles with num_warps=8 asked for: the flattened-loop kernels must stay correct (they
-    cap themselves at 4 warps; a Triton miscompile breaks that loop form at 8)."""
-    big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=2)
-    configs = {"conv_fwd": big, "conv_dx": big, "conv_dw": dict(big, SPLIT=4)}
+def test_gpu_eight_warp_configs(dtype, rows, depth):
+    """Tiles on 8 warps, as large 16-bit layers get them by default (256 x 128): the main loop
+    with its taps unrolled must be correct there (Triton miscompiled the flattened (tap, channel)
+    loop it replaced at 8 warps)."""
+    big = dict(BLOCK_M=rows, BLOCK_N=128, BLOCK_K=depth, GROUP_M=8, num_warps=8, num_stages=2)
+    configs = {"conv_fwd": big, "conv_dx": big,
+               "conv_dw": dict(big, BLOCK_M=128, BLOCK_K=64, SPLIT=4)}
     x = torch.randn(4, 128, 16, 16, device=DEVICE, dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     w = (torch.randn(128, 128, 3, 3, device=DEVICE) / 34).to(dtype)
