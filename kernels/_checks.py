@@ -39,6 +39,16 @@ class PlanCache:
             self.epoch = epoch
         return self.plans.get(key) if epoch is not None else None
 
+    def lookup(self, key, build):
+        """The plan kept for ``key``, else ``build()``'s, kept for it unless ``key`` is None (a
+        call with launch-config overrides) or the plan is (nothing to launch again)."""
+        plan = None if key is None else self.get(key)
+        if plan is None:
+            plan = build()
+            if key is not None and plan is not None:
+                self.put(key, plan)
+        return plan
+
     def put(self, key, plan) -> None:
         """Keep ``plan`` for ``key`` (unless inside ``autotune.record_calls``)."""
         if self.epoch is None:

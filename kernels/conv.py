@@ -126,28 +126,27 @@ def conv2d_forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``out``'s strides included): the config, strides and vector hints of a layer are derived on
     its first call only.
     """
-    plan = key = None
+    key = None
     if config is None and tuning is None:
         key = (input.shape, input.stride(), weight.shape, weight.stride(), input.dtype,
                input.device, bias is None, geometry, relu,
                torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32,
                None if out is None else out.stride())
-        plan = _PLANS.get(key)
-    if plan is None:
+    x, w = channels_inner(input), channels_inner(weight)
+
+    def build():
         N, C, H, W = input.shape
         K, _, R, S = weight.shape
-        y = out if out is not None else torch.empty(
-            (N, K, *geometry.output_size(H, W, R, S)), device=input.device, dtype=input.dtype,
+        y = out if out is not None else torch.empty(  # (meta: shape and strides only)
+            (N, K, *geometry.output_size(H, W, R, S)), device="meta", dtype=input.dtype,
             memory_format=memory_format_of(input))
-        x, w = channels_inner(input), channels_inner(weight)
-        run = forward_launch(x, w, bias is not None, y, geometry, relu, allow_tf32, config, tuning)
-        if key is not None:
-            _PLANS.put(key, (tuple(y.shape), y.stride(), run))
-    else:
-        shape, strides, run = plan
-        y = out if out is not None else torch.empty_strided(shape, strides, device=input.device,
-                                                             dtype=input.dtype)
-        x, w = channels_inner(input), channels_inner(weight)
+        return (tuple(y.shape), y.stride(),
+                forward_launch(x, w, bias is not None, y, geometry, relu, allow_tf32, config,
+                               tuning))
+
+    shape, strides, run = _PLANS.lookup(key, build)
+    y = out if out is not None else torch.empty_strided(shape, strides, device=input.device,
+                                                         dtype=input.dtype)
     if run is not None:
         run(x_ptr=x, w_ptr=w, b_ptr=bias_operand(bias, w), y_ptr=y)
     return y

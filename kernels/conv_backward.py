@@ -589,7 +589,7 @@ def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
 
     The work is planned once per call signature (:class:`_Plan`, kept in :data:`_PLANS` unless
     ``configs`` overrides a config): configs, strides, vector hints and launches."""
-    plan = key = None
+    key = None
     needs = tuple(needs)
     if not configs:
         m = src.output if src.offsets is None else src.offsets
@@ -598,19 +598,19 @@ def conv_grads(src: GradSource, input: torch.Tensor, weight: torch.Tensor,
                src.offsets is not None, input.shape, input.stride(), weight.shape,
                weight.stride(), input.dtype, input.device, geometry, needs,
                torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
-        plan = _PLANS.get(key)
-    if plan is None:
+
+    def build():
         N, C, H, W = input.shape
         src.check(*geometry.output_size(H, W, *weight.shape[2:]))
-        plan = _prepare(src, input, weight, geometry, needs, allow_tf32, configs or {})
-        if plan is None:  # no gradient flows
-            need_dx, need_dw, need_db = needs
-            return (torch.zeros_like(input, memory_format=memory_format_of(input))
-                    if need_dx else None,
-                    torch.zeros_like(weight) if need_dw else None,
-                    weight.new_zeros((weight.shape[0],)) if need_db else None)
-        if key is not None:
-            _PLANS.put(key, plan)
+        return _prepare(src, input, weight, geometry, needs, allow_tf32, configs or {})
+
+    plan = _PLANS.lookup(key, build)
+    if plan is None:  # no gradient flows
+        need_dx, need_dw, need_db = needs
+        return (torch.zeros_like(input, memory_format=memory_format_of(input))
+                if need_dx else None,
+                torch.zeros_like(weight) if need_dw else None,
+                weight.new_zeros((weight.shape[0],)) if need_db else None)
     return _run(plan, src, input, weight)
 
 

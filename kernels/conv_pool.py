@@ -200,17 +200,12 @@ def conv2d_relu_pool_forward(input: torch.Tensor, weight: torch.Tensor,
     of a window is ``i * pool + j``; the offsets have the output's strides. Without ``config`` a
     call like an earlier one reuses its prepared launch (:data:`_PLANS`).
     """
-    plan = key = None
-    if config is None:
-        key = (input.shape, input.stride(), weight.shape, weight.stride(), input.dtype,
-               input.device, bias is None, geometry, pool,
-               torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
-        plan = _PLANS.get(key)
-    if plan is None:
-        plan = _forward_plan(input, weight, bias is not None, geometry, pool, allow_tf32, config)
-        if key is not None:
-            _PLANS.put(key, plan)
-    shape, strides, run = plan
+    key = None if config is not None else (
+        input.shape, input.stride(), weight.shape, weight.stride(), input.dtype, input.device,
+        bias is None, geometry, pool,
+        torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32)
+    shape, strides, run = _PLANS.lookup(key, lambda: _forward_plan(
+        input, weight, bias is not None, geometry, pool, allow_tf32, config))
     y = torch.empty_strided(shape, strides, device=input.device, dtype=input.dtype)
     offsets = torch.empty_strided(shape, strides, device=input.device,
                                   dtype=offset_dtype(pool * pool))

@@ -336,16 +336,11 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size, stride=None, padding=0,
     """
     _check_input(input)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
-    key = plan = None
-    if config is None:
-        key = ("fwd", input.shape, input.stride(), input.dtype, input.device, k, s, p, d,
-               bool(ceil_mode))
-        plan = _PLANS.get(key)
-    if plan is None:
-        plan = _forward_plan(input, k, s, p, d, ceil_mode, config)
-        if key is not None:
-            _PLANS.put(key, plan)
-    shape, strides, offset_dtype_, run = plan
+    key = None if config is not None else (
+        "fwd", input.shape, input.stride(), input.dtype, input.device, k, s, p, d,
+        bool(ceil_mode))
+    shape, strides, offset_dtype_, run = _PLANS.lookup(
+        key, lambda: _forward_plan(input, k, s, p, d, ceil_mode, config))
     out = torch.empty_strided(shape, strides, dtype=input.dtype, device=input.device)
     offsets = torch.empty_strided(shape, strides, dtype=offset_dtype_, device=input.device)
     if run is not None:
@@ -415,18 +410,12 @@ def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor,
     check_device("grad_output", grad_output)
     check_device("offsets", offsets)
     k, s, p, d = _pool_params(kernel_size, stride, padding, dilation)
-    key = plan = None
-    if config is None:
-        key = ("bwd", grad_output.shape, grad_output.stride(), grad_output.dtype,
-               grad_output.device, offsets.shape, offsets.stride(), offsets.dtype,
-               tuple(input_size), k, s, p, d, bool(channels_last))
-        plan = _PLANS.get(key)
-    if plan is None:
-        plan = _backward_plan(grad_output, offsets, input_size, k, s, p, d, channels_last,
-                              config)
-        if key is not None:
-            _PLANS.put(key, plan)
-    strides, run = plan
+    key = None if config is not None else (
+        "bwd", grad_output.shape, grad_output.stride(), grad_output.dtype, grad_output.device,
+        offsets.shape, offsets.stride(), offsets.dtype, tuple(input_size), k, s, p, d,
+        bool(channels_last))
+    strides, run = _PLANS.lookup(key, lambda: _backward_plan(
+        grad_output, offsets, input_size, k, s, p, d, channels_last, config))
     grad_input = torch.empty_strided(tuple(input_size), strides, dtype=grad_output.dtype,
                                      device=grad_output.device)
     if run is not None:
